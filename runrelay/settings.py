@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     sse_retry_ms: int = 2000
     wait_timeout_s: float = 600.0
     hub_block_ms: int = 5000
+    # Redis connections of one shim process for commands; SSE tails add one (the hub's).
+    shim_redis_connections: int = 32
 
     @field_validator("database_url")
     @classmethod

@@ -42,7 +42,7 @@ class AsyncRuntime:
     async def _build(self) -> RunExecutor:
         settings = self.settings
         keys = RedisKeys(settings.redis_prefix)
-        self._redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+        self._redis = Redis.from_pool(BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=100, timeout=20))
         self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=500,
                                                            max_keepalive_connections=100))

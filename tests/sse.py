@@ -1,0 +1,34 @@
+"""Reading a run's SSE stream in tests, the way a client would."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from httpx_sse import connect_sse
+
+
+def read_events(
+    client: httpx.Client, method: str, url: str, *, limit: int | None = None, **kwargs: Any
+) -> list[dict[str, Any]]:
+    """Events of one SSE response, stopping (and dropping the connection) after `limit`."""
+    events: list[dict[str, Any]] = []
+    with connect_sse(client, method, url, **kwargs) as source:
+        assert source.response.status_code == 200, source.response.read()
+        for sse in source.iter_sse():
+            event = json.loads(sse.data)
+            assert sse.id == str(event["seq"]), "the SSE id is the event's seq"
+            assert sse.event == event["type"], "the SSE event name is the event's type"
+            events.append(event)
+            if limit is not None and len(events) >= limit:
+                break
+    return events
+
+
+def assert_complete_log(events: list[dict[str, Any]], *, first_seq: int = 1) -> None:
+    """seq grows by exactly one, and the log ends with exactly one `done`."""
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(first_seq, first_seq + len(events))), f"gap or duplicate in {seqs}"
+    assert [e["type"] for e in events].count("done") == 1
+    assert events[-1]["type"] == "done"
