@@ -15,12 +15,17 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def upgrade(settings: Settings, engine: Engine | None = None, revision: str = "head") -> None:
+    owned = engine is None
     engine = engine or make_engine(settings)
     if settings.database_schema and engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{settings.database_schema}"'))
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        if owned:
+            engine.dispose()

@@ -88,8 +88,10 @@ def settings(
 
 
 @pytest.fixture(scope="session")
-def store(settings: Settings) -> Store:
-    return Store(make_engine(settings))
+def store(settings: Settings) -> Iterator[Store]:
+    store = Store(make_engine(settings))
+    yield store
+    store.engine.dispose()
 
 
 @pytest.fixture(scope="session")

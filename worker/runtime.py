@@ -47,9 +47,10 @@ class AsyncRuntime:
         self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=500,
                                                            max_keepalive_connections=100))
         registry = Registry.from_file(settings.agents_config, os.environ)
+        self._store = Store(make_engine(settings))
         return RunExecutor(
             settings=settings,
-            store=Store(make_engine(settings)),
+            store=self._store,
             events=EventLog(self._redis, keys, settings.events_ttl_s),
             leases=Leases(self._redis, keys, settings.run_lease_ttl_s),
             registry=registry,
@@ -71,3 +72,4 @@ class AsyncRuntime:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
             self._loop.close()
+            self._store.engine.dispose()
