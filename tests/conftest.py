@@ -78,6 +78,7 @@ def settings(
     settings = Settings(
         redis_url=redis_url, database_url=database_url, database_schema=schema,
         redis_prefix=prefix, hub_block_ms=2000, sse_ping_s=5, run_lease_ttl_s=10,
+        shim_redis_connections=8,
     )
     upgrade(settings)
     yield settings

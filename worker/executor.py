@@ -33,22 +33,23 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunWriter:
-    """Appends a run's events under its lease, numbering them."""
+    """Appends a run's events under its lease, numbering them.
+
+    Concurrent emitters (parallel tool calls) are serialised, so seqs stay gapless and ordered.
+    """
 
     events: EventLog
     run_id: str
     lease: Lease
     next_seq: int
-    written: list[tuple[int, str, str]] = field(default_factory=list)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def emit(self, type: EventType, data: dict[str, Any]) -> None:
-        await self.append(make_event(self.run_id, self.next_seq, type, data))
-
-    async def append(self, event: dict[str, Any], *, ttl_s: int | None = None) -> None:
-        seq, type_, data = event["seq"], event["type"], encode(event)
-        await self.events.append(self.run_id, seq, type_, data, token=self.lease.token, ttl_s=ttl_s)
-        self.written.append((seq, type_, data))
-        self.next_seq = seq + 1
+    async def emit(self, type: EventType, data: dict[str, Any], *, ttl_s: int | None = None) -> None:
+        async with self._lock:
+            event = make_event(self.run_id, self.next_seq, type, data)
+            await self.events.append(self.run_id, event["seq"], type, encode(event),
+                                     token=self.lease.token, ttl_s=ttl_s)
+            self.next_seq += 1
 
 
 @dataclass
@@ -174,10 +175,9 @@ class RunExecutor:
         the run finished in the database."""
         usage = outcome.result.usage.model_dump() if outcome.result else None
         tool_calls = [vars(record) for record in outcome.result.tool_calls] if outcome.result else []
-        done = make_event(run.id, writer.next_seq, "done", {
-            "status": outcome.status, "output": outcome.output, "usage": usage,
-            "error": outcome.error, "duration_ms": duration_ms,
-        })
+        done_data = {"status": outcome.status, "output": outcome.output, "usage": usage,
+                     "error": outcome.error, "duration_ms": duration_ms}
+        done = make_event(run.id, writer.next_seq, "done", done_data)
         history = await self.events.read(run.id)
         archive = [(e.seq, e.type, e.data) for e in history]
         archive.append((done["seq"], "done", encode(done)))
@@ -186,7 +186,9 @@ class RunExecutor:
             result={"output": outcome.output, "tool_calls": tool_calls} if outcome.result else None,
             usage=usage, error=outcome.error, events=archive,
         )
-        await writer.append(done, ttl_s=self.settings.events_ttl_after_done_s)
+        await writer.events.append(run.id, done["seq"], "done", encode(done),
+                                   token=writer.lease.token,
+                                   ttl_s=self.settings.events_ttl_after_done_s)
 
 
 def _user_message(run: Run) -> str:

@@ -1,0 +1,566 @@
+"""Throughput and latency of runrelay end to end: shim → Celery → one worker → Redis Stream → SSE.
+
+    python bench/throughput.py --runs 500 --concurrency 50 [--worker-concurrency 100] [--stream]
+
+It starts its own stack as separate processes, like production: Redis from REDIS_URL (else an
+embedded redis-server), the database from DATABASE_URL (else a temporary SQLite file), then
+`runrelay migrate`, `runrelay keys create`, `runrelay api` and ONE `runrelay worker`. Every Redis
+key lives under a fresh RUNRELAY_REDIS_PREFIX and, on PostgreSQL, every table in a fresh schema;
+both are deleted at the end, as are the processes (also on Ctrl-C or error).
+
+A closed-loop client keeps `--concurrency` runs in flight. Per run: t0, POST /v1/runs (202), then
+GET /v1/runs/{id}/events until `done`, checking the log is complete. `--stream` uses POST
+/v1/runs/stream instead. The table goes to stdout and the JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+import redis
+from httpx_sse import aconnect_sse
+from sqlalchemy import create_engine, text
+
+from runrelay.embedded_redis import EmbeddedRedis, free_port
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+AGENT = "bench-analyst"
+EXPECTED_DELTAS = 20
+EXPECTED_TOOL_RESULTS = 1
+STOP_TIMEOUT_S = 15.0
+READY_TIMEOUT_S = 60.0
+WARMUP_TIMEOUT_S = 120.0
+
+
+class BenchError(Exception):
+    """The bench could not set up or measure; the message says what and where the logs are."""
+
+
+# ---------------------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    """The processes and data of one bench run, and how to take them down."""
+
+    tmp: Path
+    prefix: str
+    redis_url: str
+    database_url: str
+    schema: str | None
+    embedded_redis: EmbeddedRedis | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    base_url: str = ""
+    api_key: str = ""
+    keep_tmp: bool = False
+
+    def log(self, name: str) -> Path:
+        return self.tmp / f"{name}.log"
+
+    def run_cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "runrelay", *args], env=self.env,
+                              cwd=REPO_DIR, capture_output=True, text=True, timeout=120,
+                              check=False)
+        if done.returncode != 0:
+            raise BenchError(f"`runrelay {' '.join(args)}` exited {done.returncode}:\n"
+                             f"{done.stderr}")
+        return done.stdout
+
+    def spawn(self, name: str, *args: str) -> None:
+        with self.log(name).open("ab") as log_file:
+            # A session of its own: Ctrl-C reaches only the bench, which then stops it in order.
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "runrelay", *args], env=self.env, cwd=REPO_DIR,
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise BenchError(f"{name} exited with {proc.returncode}; see {self.log(name)}")
+
+    def stop_processes(self) -> None:
+        """SIGTERM to all, then SIGKILL to whatever is still up after STOP_TIMEOUT_S."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"{name} ignored SIGTERM for {STOP_TIMEOUT_S:g} s; SIGKILL", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+
+    def delete_data(self) -> dict[str, Any]:
+        """Delete our Redis keys (SCAN on our prefix only) and our PostgreSQL schema."""
+        report: dict[str, Any] = {}
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            deleted = 0
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=f"{self.prefix}*", count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    deleted += client.unlink(*batch)
+                    batch = []
+            if batch:
+                deleted += client.unlink(*batch)
+            report["redis_keys_deleted"] = deleted
+            if self.embedded_redis is not None:
+                # Nobody else uses this server: a key outside the prefix leaked out of it.
+                outside = [k.decode() for k in client.scan_iter(count=1000)]
+                report["redis_keys_outside_prefix"] = sorted(outside)[:50]
+        finally:
+            client.close()
+        if self.schema:
+            engine = create_engine(_sqlalchemy_url(self.database_url))
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+                report["schema_dropped"] = self.schema
+            finally:
+                engine.dispose()
+        return report
+
+
+def _sqlalchemy_url(url: str) -> str:
+    for plain in ("postgres://", "postgresql://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        rest = userinfo.partition(":")[0] + ":***@" + host if ":" in userinfo else rest
+    return scheme + sep + rest
+
+
+@contextlib.contextmanager
+def stack_up(args: argparse.Namespace) -> Iterator[Stack]:
+    """Everything the measurement needs, up and ready; torn down on the way out, come what may."""
+    tmp = Path(tempfile.mkdtemp(prefix="runrelay-bench-"))
+    tag = secrets.token_hex(4)
+    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{tmp / 'bench.db'}"
+    is_sqlite = database_url.startswith("sqlite")
+    stack = Stack(tmp=tmp, prefix=f"rrbench-{tag}:", redis_url=os.environ.get("REDIS_URL", ""),
+                  database_url=database_url, schema=None if is_sqlite else f"rrbench_{tag}")
+    failed = True
+    try:
+        if not stack.redis_url:
+            stack.embedded_redis = EmbeddedRedis(tmp / "redis")
+            stack.redis_url = stack.embedded_redis.url
+        stack.env = {**os.environ, "REDIS_URL": stack.redis_url, "DATABASE_URL": database_url,
+                     "RUNRELAY_REDIS_PREFIX": stack.prefix,
+                     "RUNRELAY_AGENTS_CONFIG": str(BENCH_DIR / "agents.yaml")}
+        stack.env.pop("RUNRELAY_DATABASE_SCHEMA", None)
+        if stack.schema:
+            stack.env["RUNRELAY_DATABASE_SCHEMA"] = stack.schema
+        stack.run_cli("migrate")
+        stack.api_key = stack.run_cli("keys", "create", "--tenant", "bench").strip()
+        port = free_port()
+        stack.base_url = f"http://127.0.0.1:{port}"
+        stack.spawn("api", "api", "--port", str(port))
+        stack.spawn("worker", "worker", "--concurrency", str(args.worker_concurrency),
+                    "--hostname", f"bench-{tag}@%h")
+        _wait_ready(stack)
+        yield stack
+        failed = False
+    finally:
+        stack.stop_processes()
+        with contextlib.suppress(Exception):  # best effort: report what could not be cleaned
+            stack.delete_data()
+        if stack.embedded_redis is not None:
+            stack.embedded_redis.close()
+        if failed or args.keep_logs or stack.keep_tmp:
+            print(f"logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_ready(stack: Stack) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with httpx.Client(base_url=stack.base_url, timeout=5) as http:
+        while True:
+            stack.check_alive()
+            with contextlib.suppress(httpx.HTTPError):
+                if http.get("/readyz").status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise BenchError(f"/readyz not 200 after {READY_TIMEOUT_S:g} s; see {stack.tmp}")
+            time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Sample:
+    """One run as the client saw it; times in seconds after t0 (just before the POST)."""
+
+    ok: bool = False
+    error: str | None = None
+    run_id: str | None = None
+    t0: float = 0.0
+    response: float | None = None  # 202 (or, with --stream, the response headers)
+    first_event: float | None = None
+    run_started: float | None = None
+    done: float | None = None
+    events: int = 0
+    worker_duration_ms: int | None = None
+
+
+def check_log(run_id: str, events: list[dict[str, Any]]) -> str | None:
+    """None if the log is complete, else what is wrong with it."""
+    seqs = [e.get("seq") for e in events]
+    if seqs != list(range(1, len(events) + 1)):
+        return f"seqs not 1..{len(events)}: {seqs[:5]}...{seqs[-5:]}"
+    types = Counter(e.get("type") for e in events)
+    dones = [e for e in events if e.get("type") == "done"]
+    if len(dones) != 1 or events[-1].get("type") != "done":
+        return f"{len(dones)} done events, last is {events[-1].get('type')!r}"
+    if dones[0].get("status") != "completed":
+        return f"done status {dones[0].get('status')!r}: {dones[0].get('error')}"
+    if types["output_text_delta"] != EXPECTED_DELTAS:
+        return f"{types['output_text_delta']} output_text_delta, expected {EXPECTED_DELTAS}"
+    if types["tool_call_result"] != EXPECTED_TOOL_RESULTS:
+        return f"{types['tool_call_result']} tool_call_result, expected {EXPECTED_TOOL_RESULTS}"
+    if any(e.get("run_id") != run_id or "ts" not in e for e in events):
+        return "an event has the wrong run_id or no ts"
+    return None
+
+
+async def _follow(source: Any, sample: Sample) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async for sse in source.aiter_sse():
+        if not sse.data:
+            continue  # a keep-alive comment
+        now = time.perf_counter() - sample.t0
+        event = json.loads(sse.data)
+        if sse.id != str(event.get("seq")):
+            raise BenchError(f"SSE id {sse.id!r} is not the event's seq {event.get('seq')!r}")
+        events.append(event)
+        if sample.first_event is None:
+            sample.first_event = now
+        if event["type"] == "run_started":
+            sample.run_started = now
+        if event["type"] == "done":
+            sample.done = now
+            sample.worker_duration_ms = event.get("duration_ms")
+            break
+    return events
+
+
+async def one_run(http: httpx.AsyncClient, stream: bool, timeout_s: float) -> Sample:
+    sample = Sample()
+    body = {"agent": AGENT, "input": {"company": "ACME Corp", "query": "Assess credit risk"}}
+    try:
+        async with asyncio.timeout(timeout_s):
+            sample.t0 = time.perf_counter()
+            if stream:
+                async with aconnect_sse(http, "POST", "/v1/runs/stream", json=body) as source:
+                    sample.response = time.perf_counter() - sample.t0
+                    if source.response.status_code != 200:
+                        body_text = (await source.response.aread())[:200].decode(errors="replace")
+                        raise BenchError(f"POST /v1/runs/stream: {source.response.status_code} "
+                                         f"{body_text}")
+                    sample.run_id = source.response.headers.get("X-Run-ID")
+                    events = await _follow(source, sample)
+            else:
+                created = await http.post("/v1/runs", json=body)
+                sample.response = time.perf_counter() - sample.t0
+                if created.status_code != 202:
+                    raise BenchError(f"POST /v1/runs: {created.status_code} {created.text[:200]}")
+                sample.run_id = created.json()["id"]
+                async with aconnect_sse(http, "GET", f"/v1/runs/{sample.run_id}/events") as source:
+                    if source.response.status_code != 200:
+                        raise BenchError(f"GET events: {source.response.status_code}")
+                    events = await _follow(source, sample)
+        sample.events = len(events)
+        sample.error = check_log(sample.run_id or "", events) if events else "no events"
+    except TimeoutError:
+        sample.error = f"no done within {timeout_s:g} s"
+    except (httpx.HTTPError, BenchError, ValueError, KeyError) as exc:
+        sample.error = f"{type(exc).__name__}: {exc}"
+    sample.ok = sample.error is None
+    return sample
+
+
+# ---------------------------------------------------------------------------- measurement
+
+
+def _client(stack: Stack, concurrency: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=2 * concurrency + 10,
+                          max_keepalive_connections=2 * concurrency + 10)
+    return httpx.AsyncClient(base_url=stack.base_url, limits=limits,
+                             headers={"Authorization": f"Bearer {stack.api_key}"},
+                             timeout=httpx.Timeout(60.0, connect=10.0))
+
+
+async def warm_up(stack: Stack, args: argparse.Namespace) -> None:
+    """The worker builds its runtime on its first task: wait until runs reach `done`."""
+    async with _client(stack, args.concurrency) as http:
+        samples = await asyncio.gather(*(one_run(http, args.stream, WARMUP_TIMEOUT_S)
+                                         for _ in range(args.warmup)))
+    failed = [s.error for s in samples if not s.ok]
+    if failed:
+        stack.check_alive()
+        raise BenchError(f"warm-up runs failed: {failed[:3]}; see {stack.tmp}")
+
+
+async def measure(stack: Stack, args: argparse.Namespace) -> list[Sample]:
+    samples: list[Sample] = []
+    todo = iter(range(args.runs))
+
+    async def slot(http: httpx.AsyncClient) -> None:
+        for _ in todo:
+            samples.append(await one_run(http, args.stream, args.run_timeout))
+
+    async with _client(stack, args.concurrency) as http:
+        await asyncio.gather(*(slot(http) for _ in range(args.concurrency)))
+    return samples
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def distribution(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ms = [v * 1000 for v in values]
+    return {"n": len(ms), "min_ms": min(ms), "p50_ms": percentile(ms, 50),
+            "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99), "max_ms": max(ms),
+            "mean_ms": sum(ms) / len(ms)}
+
+
+def _cpu_ticks(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(stack: Stack, redis_pid: int | None) -> dict[str, float | None]:
+    pids = {name: proc.pid for name, proc in stack.procs.items()}
+    if redis_pid:
+        pids["redis"] = redis_pid
+    snapshot = {name: _cpu_ticks(pid) for name, pid in pids.items()}
+    times = os.times()
+    snapshot["client"] = times.user + times.system
+    return snapshot
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+            "cpu_model": model, "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg_at_start": os.getloadavg()}
+
+
+def backends(stack: Stack) -> tuple[dict[str, Any], int | None]:
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    redis_info = {"url": _redact(stack.redis_url), "embedded": stack.embedded_redis is not None,
+                  "version": info.get("redis_version"), "prefix": stack.prefix}
+    engine = create_engine(_sqlalchemy_url(stack.database_url))
+    try:
+        with engine.connect() as conn:
+            query = ("SELECT sqlite_version()" if engine.dialect.name == "sqlite"
+                     else "SHOW server_version")
+            db_version = conn.execute(text(query)).scalar()
+    finally:
+        engine.dispose()
+    db_info = {"url": _redact(stack.database_url), "dialect": engine.dialect.name,
+               "version": db_version, "schema": stack.schema}
+    pid = info.get("process_id")
+    return {"redis": redis_info, "database": db_info}, int(pid) if pid else None
+
+
+def log_findings(stack: Stack) -> dict[str, Any]:
+    """Counts of warnings, errors and tracebacks in the processes' logs, with the first few."""
+    findings: dict[str, Any] = {}
+    for name in stack.procs:
+        lines = stack.log(name).read_text(errors="replace").splitlines()
+        bad = [ln for ln in lines if any(w in ln for w in (" WARNING ", " ERROR ", "Traceback",
+                                                           "CRITICAL"))]
+        findings[name] = {"lines": len(lines), "warnings_errors": len(bad), "first": bad[:10]}
+    return findings
+
+
+def summarize(samples: list[Sample]) -> dict[str, Any]:
+    ok = [s for s in samples if s.ok]
+    wall = 0.0
+    if ok:
+        wall = max(s.t0 + (s.done or 0) for s in ok) - min(s.t0 for s in samples)
+    return {
+        "runs": len(samples), "completed": len(ok), "failures": len(samples) - len(ok),
+        "failure_reasons": dict(Counter(s.error for s in samples if s.error).most_common(10)),
+        "wall_s": wall, "runs_per_s": len(ok) / wall if wall else 0.0,
+        "events_per_run": sorted(Counter(s.events for s in ok).items()),
+        "latency": {
+            "post_to_response": distribution([s.response for s in ok if s.response is not None]),
+            "post_to_first_event": distribution(
+                [s.first_event for s in ok if s.first_event is not None]),
+            "post_to_run_started": distribution(
+                [s.run_started for s in ok if s.run_started is not None]),
+            "post_to_done": distribution([s.done for s in ok if s.done is not None]),
+            "worker_duration": distribution(
+                [s.worker_duration_ms / 1000 for s in ok if s.worker_duration_ms is not None]),
+        },
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    m, r, s = report["machine"], report["results"], report["settings"]
+    rds, db = report["backends"]["redis"], report["backends"]["database"]
+    print(f"\nrunrelay throughput — {report['mode']} mode, {s['runs']} runs, client concurrency "
+          f"{s['concurrency']}, 1 worker process x {s['worker_concurrency']} threads")
+    print(f"machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}")
+    print(f"redis: {rds['url']} {'(embedded) ' if rds['embedded'] else ''}v{rds['version']}; "
+          f"database: {db['dialect']} {db['version']}")
+    print(f"\ncompleted {r['completed']}/{r['runs']}, failures {r['failures']}, wall "
+          f"{r['wall_s']:.2f} s, {r['runs_per_s']:.1f} runs/s")
+    for reason, count in r["failure_reasons"].items():
+        print(f"  failure x{count}: {reason}")
+    labels = {"post_to_response": "POST → 200 headers" if report["mode"] == "stream"
+              else "POST → 202",
+              "post_to_first_event": "POST → first event", "post_to_run_started":
+              "POST → run_started", "post_to_done": "POST → done",
+              "worker_duration": "worker run_started→done"}
+    print(f"\n{'latency (ms)':<26}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
+    for key, label in labels.items():
+        d = r["latency"][key]
+        if d:
+            print(f"{label:<26}{d['p50_ms']:>9.1f}{d['p90_ms']:>9.1f}{d['p99_ms']:>9.1f}"
+                  f"{d['max_ms']:>9.1f}")
+    cpu = report.get("cpu_s_during_measurement", {})
+    if cpu:
+        shares = ", ".join(f"{k} {v:.1f} s ({v / r['wall_s'] * 100:.0f}%)" for k, v in cpu.items()
+                           if v is not None and r["wall_s"])
+        print(f"\nCPU during measurement (100% = one core): {shares}")
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=500, help="measured runs")
+    parser.add_argument("--concurrency", type=int, default=50, help="runs in flight (client)")
+    parser.add_argument("--worker-concurrency", type=int, default=100,
+                        help="threads of the one worker process")
+    parser.add_argument("--stream", action="store_true", help="POST /v1/runs/stream instead")
+    parser.add_argument("--warmup", type=int, default=5, help="unmeasured runs first")
+    parser.add_argument("--run-timeout", type=float, default=60.0, help="seconds per run")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir and its logs")
+    parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.concurrency < 1 or args.worker_concurrency < 1 or args.warmup < 1:
+        parser.error("--runs, --concurrency, --worker-concurrency and --warmup must be >= 1")
+    return args
+
+
+def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started_at = datetime.now(UTC)
+    report: dict[str, Any] = {"started_at": started_at.isoformat(),
+                              "mode": "stream" if args.stream else "background",
+                              "machine": machine()}
+    with stack_up(args) as stack:
+        report["backends"], redis_pid = backends(stack)
+        asyncio.run(warm_up(stack, args))
+        before = cpu_snapshot(stack, redis_pid)
+        samples = asyncio.run(measure(stack, args))
+        after = cpu_snapshot(stack, redis_pid)
+        stack.check_alive()
+        stack.stop_processes()
+        report["cpu_s_during_measurement"] = {
+            k: (after[k] or 0) - (before[k] or 0) if before.get(k) is not None else None
+            for k in after}
+        report["logs"] = log_findings(stack)
+        report["cleanup"] = stack.delete_data()
+        stack.keep_tmp = any(not s.ok for s in samples) or any(
+            f["warnings_errors"] for f in report["logs"].values())
+        report["log_dir"] = str(stack.tmp) if args.keep_logs or stack.keep_tmp else None
+    report["settings"] = {
+        "runs": args.runs, "concurrency": args.concurrency, "warmup_runs": args.warmup,
+        "worker_processes": 1, "worker_concurrency": args.worker_concurrency,
+        "agent": AGENT, "agents_config": "bench/agents.yaml", "run_timeout_s": args.run_timeout,
+        "runrelay_env": {k: v for k, v in os.environ.items() if k.startswith("RUNRELAY_")},
+        "versions": {p: version(p) for p in ("runrelay", "celery", "kombu", "redis", "uvicorn",
+                                             "fastapi", "sse-starlette", "httpx", "sqlalchemy")},
+    }
+    report["results"] = summarize(samples)
+    report["failed_samples"] = [asdict(s) for s in samples if not s.ok][:20]
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path = args.results_dir / f"throughput-{started_at:%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print_table(report)
+    print(f"\nJSON: {path}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        report = run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; processes stopped and bench data deleted", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    return 0 if report["results"]["failures"] == 0 else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

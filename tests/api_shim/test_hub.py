@@ -1,0 +1,67 @@
+"""One hub per shim process: many SSE clients, a fixed number of Redis connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import redis
+from httpx_sse import aconnect_sse
+
+from runrelay.settings import Settings
+from tests.conftest import TenantKey
+
+CLIENTS = 40
+
+
+def _shim_connections(settings: Settings) -> int:
+    raw = redis.Redis.from_url(settings.redis_url)
+    try:
+        name = f"{settings.redis_prefix}shim"
+        return sum(1 for c in raw.client_list() if c.get("name") == name)
+    finally:
+        raw.close()
+
+
+def test_redis_connections_do_not_grow_with_sse_clients(
+    api: str, tenant: TenantKey, settings: Settings
+) -> None:
+    async def scenario() -> tuple[list[list[dict]], list[int]]:
+        limits = httpx.Limits(max_connections=CLIENTS * 2)
+        async with httpx.AsyncClient(base_url=api, headers=tenant.headers, timeout=60,
+                                     limits=limits) as http:
+            runs = [
+                (await http.post("/v1/runs", json={"agent": "slow-analyst", "message": "go"})).json()
+                for _ in range(CLIENTS)
+            ]
+            samples: list[int] = []
+            all_started = asyncio.Event()
+            started = 0
+
+            async def follow(run_id: str) -> list[dict]:
+                nonlocal started
+                events = []
+                async with aconnect_sse(http, "GET", f"/v1/runs/{run_id}/events") as source:
+                    async for sse in source.aiter_sse():
+                        events.append(json.loads(sse.data))
+                        if len(events) == 1:
+                            started += 1
+                            if started == CLIENTS:
+                                all_started.set()
+                return events
+
+            async def sample() -> None:
+                await all_started.wait()
+                for _ in range(10):
+                    samples.append(await asyncio.to_thread(_shim_connections, settings))
+                    await asyncio.sleep(0.2)
+
+            results = await asyncio.gather(*(follow(r["id"]) for r in runs), sample())
+            return results[:-1], samples
+
+    logs, samples = asyncio.run(scenario())
+    assert all(log[-1]["type"] == "done" and log[-1]["status"] == "completed" for log in logs)
+    assert len(samples) == 10
+    # The command pool is bounded, and every tail shares the hub's one connection.
+    assert max(samples) <= settings.shim_redis_connections + 1 < CLIENTS
