@@ -17,12 +17,12 @@ async def principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
     if not authorization:
-        raise APIError(401, "missing_api_key",
-                       "no API key: send `Authorization: Bearer rr_sk_...`")
+        raise APIError(401, "missing_api_key", "no API key: send `Authorization: Bearer rr_sk_...`")
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise APIError(401, "invalid_api_key",
-                       "the Authorization header must be `Bearer <api key>`")
+        raise APIError(
+            401, "invalid_api_key", "the Authorization header must be `Bearer <api key>`"
+        )
     found = await asyncio.to_thread(state_of(request).store.authenticate, key.strip())
     if found is None:
         raise APIError(401, "invalid_api_key", "the API key is not valid (unknown or revoked)")
@@ -45,6 +45,10 @@ async def acting_tenant(request: Request, caller: Principal, requested: str | No
         return tenant.id
     if tenant is not None and tenant.id == caller.tenant_id:
         return caller.tenant_id
-    raise APIError(403, "tenant_not_allowed",
-                   "this key belongs to one tenant and cannot act for another; "
-                   "use a platform key to pass `tenant_id`", param="tenant_id")
+    raise APIError(
+        403,
+        "tenant_not_allowed",
+        "this key belongs to one tenant and cannot act for another; "
+        "use a platform key to pass `tenant_id`",
+        param="tenant_id",
+    )

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -92,12 +93,14 @@ class StreamHub:
                 await self._changed.wait()
                 continue
             self._changed.clear()
-            streams: dict[str, str] = {
+            streams: dict[Any, Any] = {
                 key: entry_id(min(sub.cursor for sub in subs)) for key, subs in self._subs.items()
             }
             streams[self._wakeup_key] = self._wakeup_id
             try:
-                response = await self.reader.xread(streams, count=_XREAD_COUNT, block=self.block_ms)
+                response: Any = await self.reader.xread(
+                    streams, count=_XREAD_COUNT, block=self.block_ms
+                )
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("SSE hub lost Redis (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1)

@@ -23,11 +23,18 @@ router = APIRouter()
 
 def agent_info(agent: AgentSpec) -> AgentInfo:
     return AgentInfo(
-        id=agent.id, name=agent.name, display_name=agent.title, description=agent.description,
-        module_key=agent.module_key, module_name=agent.module_name, revision=agent.revision,
-        provider=agent.provider, model=agent.model,
+        id=agent.id,
+        name=agent.name,
+        display_name=agent.title,
+        description=agent.description,
+        module_key=agent.module_key,
+        module_name=agent.module_name,
+        revision=agent.revision,
+        provider=agent.provider,
+        model=agent.model,
         tools=[path.rpartition(":")[2] for path in agent.tools],
-        capabilities=agent.capabilities, task_template=agent.task_template,
+        capabilities=agent.capabilities,
+        task_template=agent.task_template,
         shortcuts=[f"{agent.module_key} {s}" for s in agent.shortcuts],
     )
 
@@ -38,8 +45,12 @@ async def list_agents(request: Request, _: Caller) -> dict[str, object]:
     return {"object": "list", "data": [agent_info(a) for a in agents]}
 
 
-@router.get("/v1/agents/{agent_ref}", response_model=AgentInfo, tags=["agents"],
-            summary="Get an agent by id, name or shortcut")
+@router.get(
+    "/v1/agents/{agent_ref}",
+    response_model=AgentInfo,
+    tags=["agents"],
+    summary="Get an agent by id, name or shortcut",
+)
 async def get_agent(request: Request, _: Caller, agent_ref: str) -> AgentInfo:
     try:
         return agent_info(state_of(request).registry.resolve(agent_ref))
@@ -67,5 +78,7 @@ async def readyz(request: Request) -> JSONResponse:
     except SQLAlchemyError as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )

@@ -18,14 +18,31 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
 def _error_body(status: int, code: str, message: str, request_id: str) -> bytes:
     kind = "invalid_request_error" if status < 500 else "api_error"
-    return json.dumps({"error": {"type": kind, "code": code, "message": message, "param": None,
-                                 "request_id": request_id}}).encode()
+    return json.dumps(
+        {
+            "error": {
+                "type": kind,
+                "code": code,
+                "message": message,
+                "param": None,
+                "request_id": request_id,
+            }
+        }
+    ).encode()
 
 
 async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -62,13 +79,14 @@ class RequestIdMiddleware:
             log.exception("unhandled error (request %s)", request_id)
             if started:
                 raise
-            body = _error_body(500, "internal_error",
-                               "internal error; report it with the request id", request_id)
+            body = _error_body(
+                500, "internal_error", "internal error; report it with the request id", request_id
+            )
             await _send_json(send, 500, body, request_id)
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over `max_bytes` with 413, whether Content-Length says so or the stream does."""
+    """Answers 413 to bodies over `max_bytes`, declared by Content-Length or streamed."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -111,5 +129,6 @@ class BodyLimitMiddleware:
 
     async def _too_large(self, send: Send, request_id: str) -> None:
         message = f"the request body is larger than the limit of {self.max_bytes} bytes"
-        await _send_json(send, 413, _error_body(413, "body_too_large", message, request_id),
-                         request_id)
+        await _send_json(
+            send, 413, _error_body(413, "body_too_large", message, request_id), request_id
+        )

@@ -51,8 +51,11 @@ async def run_events(state: ShimState, run_id: str, after: int) -> AsyncIterator
                 event = await asyncio.wait_for(sub.queue.get(), timeout=_ARCHIVE_CHECK_S)
             except TimeoutError:
                 run = await asyncio.to_thread(state.store.get_run, run_id)
-                if run is not None and is_terminal(run.status) and \
-                        not await state.events.exists(run_id):
+                if (
+                    run is not None
+                    and is_terminal(run.status)
+                    and not await state.events.exists(run_id)
+                ):
                     for archived in await _archived(state, run_id, last):
                         yield archived
                     return
@@ -76,9 +79,15 @@ def sse_response(
             yield ServerSentEvent(data=event.data, event=event.type, id=str(event.seq), retry=retry)
             retry = None
 
-    all_headers: dict[str, Any] = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                   **(headers or {})}
+    all_headers: dict[str, Any] = {
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        **(headers or {}),
+    }
     return EventSourceResponse(
-        frames(), headers=all_headers, ping=state.settings.sse_ping_s, sep="\n",
+        frames(),
+        headers=all_headers,
+        ping=state.settings.sse_ping_s,
+        sep="\n",
         ping_message_factory=lambda: ServerSentEvent(comment="ping"),
     )

@@ -50,11 +50,20 @@ class ShimState:
         # Bounded, whatever the number of clients: past the limit a request waits for a
         # connection instead of opening one. SSE tails share the hub's single connection.
         name = f"{settings.redis_prefix}shim"
-        redis = Redis.from_pool(BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.shim_redis_connections, timeout=10,
-            client_name=name))
-        hub_redis = Redis.from_url(settings.redis_url, max_connections=1, client_name=name,
-                                   socket_timeout=settings.hub_block_ms / 1000 + 10)
+        redis = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.shim_redis_connections,
+                timeout=10,
+                client_name=name,
+            )
+        )
+        hub_redis = Redis.from_url(
+            settings.redis_url,
+            max_connections=1,
+            client_name=name,
+            socket_timeout=settings.hub_block_ms / 1000 + 10,
+        )
         return cls(
             settings=settings,
             store=Store(make_engine(settings)),

@@ -40,7 +40,7 @@ class ScriptedToolCall(BaseModel):
 
 
 class ScriptedTurn(BaseModel):
-    """One model turn of the scripted provider: some text (cut into `chunks` deltas) or tool calls."""
+    """One scripted model turn: some text (cut into `chunks` deltas) or tool calls."""
 
     model_config = ConfigDict(extra="forbid")
     text: str | None = None
@@ -59,7 +59,9 @@ class ProviderConfig(BaseModel):
     type: Literal["scripted", "openai"]
     base_url: str | None = None
     api_key: str | None = None
-    timeout_s: float = Field(60.0, gt=0, description="connect timeout, and longest silence mid-stream")
+    timeout_s: float = Field(
+        60.0, gt=0, description="connect timeout, and longest silence mid-stream"
+    )
     max_retries: int = Field(2, ge=0, le=10)
 
 
@@ -151,7 +153,9 @@ def load_config(path: Path, environ: Mapping[str, str]) -> AgentsConfig:
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+        raise ConfigError(
+            f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
+        ) from exc
     try:
         return AgentsConfig.model_validate(_interpolate(raw, environ))
     except ValidationError as exc:

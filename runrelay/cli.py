@@ -23,15 +23,22 @@ def _settings() -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 def main(log_level: str) -> None:
     """runrelay: run LLM agents at scale.
 
     Configured by REDIS_URL, DATABASE_URL and RUNRELAY_* environment variables.
     """
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @main.command()
@@ -69,13 +76,23 @@ def api(host: str, port: int, workers: int) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
-    uvicorn.run("api_shim.asgi:app", host=host, port=port, workers=workers,
-                proxy_headers=True, log_level="info")
+    uvicorn.run(
+        "api_shim.asgi:app",
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        log_level="info",
+    )
 
 
 @main.command()
-@click.option("--concurrency", default=None, type=int,
-              help="runs held at once by this process (threads); default RUNRELAY_WORKER_CONCURRENCY")
+@click.option(
+    "--concurrency",
+    default=None,
+    type=int,
+    help="runs held at once by this process (threads); default RUNRELAY_WORKER_CONCURRENCY",
+)
 @click.option("--hostname", default=None, help="Celery node name")
 def worker(concurrency: int | None, hostname: str | None) -> None:
     """Run a Celery worker (threads pool, one shared asyncio loop per process)."""
@@ -83,9 +100,15 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
 
     settings = _settings()
     app = create_app(settings)
-    argv = ["worker", "--pool=threads", f"--concurrency={concurrency or settings.worker_concurrency}",
-            f"--queues={settings.task_queue}", "--loglevel=INFO", "--without-gossip",
-            "--without-mingle"]
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--queues={settings.task_queue}",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.worker_main(argv)
@@ -94,8 +117,13 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--data-dir", default=".runrelay", show_default=True, type=click.Path(path_type=Path),
-              help="where the embedded Redis and SQLite keep their files")
+@click.option(
+    "--data-dir",
+    default=".runrelay",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="where the embedded Redis and SQLite keep their files",
+)
 @click.option("--no-demo", is_flag=True, help="do not stream a demo run at start-up")
 def dev(host: str, port: int, data_dir: Path, no_demo: bool) -> None:
     """Everything on one machine: embedded Redis and SQLite unless REDIS_URL / DATABASE_URL are

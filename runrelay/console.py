@@ -19,20 +19,26 @@ def print_stream(http: httpx.Client, key: str, body: dict[str, Any]) -> dict[str
             click.secho(f"error {source.response.status_code}: {source.response.text}", fg="red")
             return None
         for sse in source.iter_sse():
-            event = json.loads(sse.data)
+            event: dict[str, Any] = json.loads(sse.data)
             kind = event["type"]
             if kind == "run_queued":
                 click.secho(f"  run {event['run_id']} queued", dim=True)
             elif kind == "output_text_delta":
                 click.echo(event["delta"], nl=False)
             elif kind == "tool_call_result":
-                click.secho(f"  ⚙ {event['name']}({json.dumps(event['arguments'])}) → "
-                            f"{json.dumps(event.get('result') or event.get('error'))}", fg="cyan")
+                click.secho(
+                    f"  ⚙ {event['name']}({json.dumps(event['arguments'])}) → "
+                    f"{json.dumps(event.get('result') or event.get('error'))}",
+                    fg="cyan",
+                )
             elif kind == "error":
                 click.secho(f"\n  ✗ {event['code']}: {event['message']}", fg="red")
             elif kind == "done":
                 usage = event.get("usage") or {}
-                click.secho(f"\n  ■ {event['status']} · {usage.get('total_tokens', 0)} tokens · "
-                            f"run {event['run_id']}", bold=True)
+                click.secho(
+                    f"\n  ■ {event['status']} · {usage.get('total_tokens', 0)} tokens · "
+                    f"run {event['run_id']}",
+                    bold=True,
+                )
                 return event
     return None

@@ -45,10 +45,22 @@ def _port_free(host: str, port: int) -> bool:
 def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url}
     log_file = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "runrelay", "--log-level", "WARNING", "worker",
-         "--concurrency", "50", "--hostname", f"dev-worker-{os.getpid()}@%h"],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT,
+    return subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
+        [
+            sys.executable,
+            "-m",
+            "runrelay",
+            "--log-level",
+            "WARNING",
+            "worker",
+            "--concurrency",
+            "50",
+            "--hostname",
+            f"dev-worker-{os.getpid()}@%h",
+        ],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -71,8 +83,11 @@ def _demo(base_url: str, key: str) -> None:
                     break
             time.sleep(0.2)
         click.secho(f"\n▶ demo run: {DEMO_AGENT}", bold=True)
-        print_stream(http, key, {"agent": DEMO_AGENT,
-                                 "input": {"company": "ACME Corp", "query": "Assess credit risk"}})
+        print_stream(
+            http,
+            key,
+            {"agent": DEMO_AGENT, "input": {"company": "ACME Corp", "query": "Assess credit risk"}},
+        )
         click.echo("\nServing until Ctrl-C.")
 
 
@@ -85,11 +100,14 @@ def run_dev(*, host: str, port: int, data_dir: Path, demo: bool) -> None:
     given = Settings()
     redis = None if "redis_url" in given.model_fields_set else EmbeddedRedis(data_dir / "redis")
     try:
-        settings = given.model_copy(update={
-            "redis_url": redis.url if redis else given.redis_url,
-            "database_url": given.database_url if "database_url" in given.model_fields_set
-            else f"sqlite:///{(data_dir / 'runrelay.db').resolve()}",
-        })
+        settings = given.model_copy(
+            update={
+                "redis_url": redis.url if redis else given.redis_url,
+                "database_url": given.database_url
+                if "database_url" in given.model_fields_set
+                else f"sqlite:///{(data_dir / 'runrelay.db').resolve()}",
+            }
+        )
         upgrade(settings)
         store = Store(make_engine(settings))
         key = store.create_api_key(store.ensure_tenant(DEMO_TENANT).id)
@@ -106,8 +124,9 @@ def run_dev(*, host: str, port: int, data_dir: Path, demo: bool) -> None:
     click.echo("runrelay dev stopped.")
 
 
-def _serve(settings: Settings, host: str, port: int, key: str, data_dir: Path, embedded: bool,
-           demo: bool) -> None:
+def _serve(
+    settings: Settings, host: str, port: int, key: str, data_dir: Path, embedded: bool, demo: bool
+) -> None:
     from api_shim.app import create_app
 
     base_url = f"http://{host}:{port}"
@@ -116,10 +135,13 @@ def _serve(settings: Settings, host: str, port: int, key: str, data_dir: Path, e
     click.echo(f"  database: {settings.database_url}")
     click.echo(f"  worker log: {data_dir / 'worker.log'}")
     click.echo(f"  demo API key (tenant {DEMO_TENANT!r}): {key}")
-    click.echo(f"  try: curl -N -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-               f"-d '{{\"agent\": \"{DEMO_AGENT}\", \"message\": \"hello\"}}' {base_url}/v1/runs/stream")
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
-                                           log_level="warning"))
+    click.echo(
+        f"  try: curl -N -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        f'-d \'{{"agent": "{DEMO_AGENT}", "message": "hello"}}\' {base_url}/v1/runs/stream'
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")
+    )
     if demo:
         threading.Thread(target=_demo, args=(base_url, key), daemon=True).start()
     server.run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -40,7 +41,13 @@ class EventLog:
         self._append = redis.register_script((_LUA_DIR / "append_event.lua").read_text())
 
     async def append(
-        self, run_id: str, seq: int, type: str, data: str, *, token: str = "",
+        self,
+        run_id: str,
+        seq: int,
+        type: str,
+        data: str,
+        *,
+        token: str = "",
         ttl_s: int | None = None,
     ) -> None:
         keys = [self.keys.events(run_id), self.keys.lease(run_id)]
@@ -53,27 +60,27 @@ class EventLog:
                 raise SeqConflict(f"{run_id}: seq {seq} is not above the last event") from exc
             raise
 
-    async def read(self, run_id: str, *, after: int = 0, count: int | None = None) -> list[LoggedEvent]:
-        entries = await self.redis.xrange(
+    async def read(
+        self, run_id: str, *, after: int = 0, count: int | None = None
+    ) -> list[LoggedEvent]:
+        entries: Any = await self.redis.xrange(
             self.keys.events(run_id), min=f"({entry_id(after)}", max="+", count=count
         )
-        return [_decode(entry_id_, fields) for entry_id_, fields in entries]
+        return [decode_entry(raw_id, fields) for raw_id, fields in entries]
 
     async def last_seq(self, run_id: str) -> int:
-        entries = await self.redis.xrevrange(self.keys.events(run_id), count=1)
+        entries: Any = await self.redis.xrevrange(self.keys.events(run_id), count=1)
         return seq_of(entries[0][0]) if entries else 0
 
     async def exists(self, run_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.events(run_id)))
 
 
-def _decode(raw_id: bytes | str, fields: dict[bytes, bytes] | dict[str, str]) -> LoggedEvent:
+def decode_entry(raw_id: bytes | str, fields: dict[Any, Any]) -> LoggedEvent:
+    """A stream entry as redis-py returns it (bytes, or str with decode_responses)."""
+
     def field(name: str) -> str:
-        value = fields.get(name) or fields.get(name.encode())  # type: ignore[call-overload]
+        value = fields.get(name.encode(), fields.get(name))
         return value.decode() if isinstance(value, bytes) else str(value)
 
     return LoggedEvent(seq=seq_of(raw_id), type=field("t"), data=field("d"))
-
-
-def decode_entry(raw_id: bytes | str, fields: dict[bytes, bytes]) -> LoggedEvent:
-    return _decode(raw_id, fields)

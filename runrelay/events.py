@@ -28,7 +28,9 @@ EventType = Literal[
 ]
 EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))
 
-RunStatus = Literal["queued", "running", "requires_action", "completed", "failed", "cancelled", "expired"]
+RunStatus = Literal[
+    "queued", "running", "requires_action", "completed", "failed", "cancelled", "expired"
+]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired"})
 
 

@@ -136,23 +136,35 @@ class AgentLoop:
             text = "".join(turn.text)
             if not turn.calls:
                 messages.append({"role": "assistant", "content": text})
-                await self.emit("usage", {"usage": usage.model_dump(), "model": self.settings.model})
+                await self.emit(
+                    "usage", {"usage": usage.model_dump(), "model": self.settings.model}
+                )
                 return LoopResult(text, usage, records, messages, turn_number)
-            messages.append({
-                "role": "assistant",
-                "content": text or None,
-                "tool_calls": [
-                    {"id": c.id, "type": "function",
-                     "function": {"name": c.name, "arguments": c.arguments}}
-                    for c in turn.calls
-                ],
-            })
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": text or None,
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments},
+                        }
+                        for c in turn.calls
+                    ],
+                }
+            )
             results = await asyncio.gather(*(self._call_tool(call) for call in turn.calls))
             for record in results:
                 records.append(record)
                 content = record.result if record.error is None else {"error": record.error}
-                messages.append({"role": "tool", "tool_call_id": record.tool_call_id,
-                                 "content": json.dumps(content, default=str)})
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": record.tool_call_id,
+                        "content": json.dumps(content, default=str),
+                    }
+                )
         raise AssertionError("unreachable: the final turn offers no tools")
 
     async def _model_turn(
@@ -174,8 +186,14 @@ class AgentLoop:
                 await self.emit("output_text_delta", {"delta": chunk.text})
             elif isinstance(chunk, ToolCallFragment):
                 call = calls.add(chunk)
-                await self.emit("tool_call_delta", {"tool_call_id": call.id, "name": call.name,
-                                                    "arguments_delta": chunk.arguments})
+                await self.emit(
+                    "tool_call_delta",
+                    {
+                        "tool_call_id": call.id,
+                        "name": call.name,
+                        "arguments_delta": chunk.arguments,
+                    },
+                )
             elif isinstance(chunk, UsageReport):
                 turn.usage = Usage(
                     prompt_tokens=chunk.prompt_tokens,
@@ -207,8 +225,12 @@ class AgentLoop:
             record.result = await tool.invoke(call.arguments)
         except ToolError as exc:
             record.error = str(exc)
-        data: dict[str, Any] = {"tool_call_id": record.tool_call_id, "name": record.name,
-                                "arguments": record.arguments, "result": record.result}
+        data: dict[str, Any] = {
+            "tool_call_id": record.tool_call_id,
+            "name": record.name,
+            "arguments": record.arguments,
+            "result": record.result,
+        }
         if record.error is not None:
             data["error"] = record.error
         await self.emit("tool_call_result", data)

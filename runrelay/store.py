@@ -63,8 +63,9 @@ def make_engine(settings: Settings) -> Engine:
     connect_args: dict[str, Any] = {}
     if settings.database_schema:
         connect_args["options"] = f"-csearch_path={settings.database_schema}"
-    return create_engine(url, connect_args=connect_args, pool_size=10, max_overflow=20,
-                         pool_pre_ping=True)
+    return create_engine(
+        url, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True
+    )
 
 
 def ping(engine: Engine) -> None:
@@ -105,7 +106,9 @@ class Store:
         with Session(self.engine, expire_on_commit=False) as session:
             tenant = session.get(Tenant, tenant_id_or_name)
             if tenant is None:
-                tenant = session.exec(select(Tenant).where(Tenant.name == tenant_id_or_name)).first()
+                tenant = session.exec(
+                    select(Tenant).where(Tenant.name == tenant_id_or_name)
+                ).first()
             return tenant
 
     def ensure_tenant(self, name: str) -> Tenant:
@@ -122,8 +125,13 @@ class Store:
     def create_api_key(self, tenant_id: str, *, is_platform: bool = False) -> str:
         """Store a new key (hashed) and return its only plaintext copy."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        row = ApiKey(id=new_id("key"), tenant_id=tenant_id, prefix=key[:12],
-                     key_hash=hash_key(key), is_platform=is_platform)
+        row = ApiKey(
+            id=new_id("key"),
+            tenant_id=tenant_id,
+            prefix=key[:12],
+            key_hash=hash_key(key),
+            is_platform=is_platform,
+        )
         with Session(self.engine) as session:
             session.add(row)
             session.commit()
@@ -172,7 +180,7 @@ class Store:
         agent: str | None = None,
         thread_id: str | None = None,
     ) -> list[Run]:
-        """The tenant's runs, newest first; `before` is the id of the last run of the previous page."""
+        """The tenant's runs, newest first; `before` is the last run id of the previous page."""
         query = select(Run).where(Run.tenant_id == tenant_id)
         if before is not None:
             query = query.where(col(Run.id) < before)

@@ -46,8 +46,11 @@ class Tool:
         parameters.pop("title", None)
         return {
             "type": "function",
-            "function": {"name": self.name, "description": self.description,
-                         "parameters": parameters},
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": parameters,
+            },
         }
 
     async def invoke(self, arguments: str | dict[str, Any]) -> Any:
@@ -101,17 +104,26 @@ def tool_from_function(
     tool_name = name or fn.__name__
     args_model = create_model(f"{tool_name}_arguments", __base__=_ArgsBase, **fields)
     doc = inspect.getdoc(fn) or ""
-    return Tool(name=tool_name, description=description or doc.split("\n\n")[0], fn=fn,
-                args_model=args_model, timeout_s=timeout_s, approval_mode=approval_mode,
-                max_invocations=max_invocations)
+    return Tool(
+        name=tool_name,
+        description=description or doc.split("\n\n")[0],
+        fn=fn,
+        args_model=args_model,
+        timeout_s=timeout_s,
+        approval_mode=approval_mode,
+        max_invocations=max_invocations,
+    )
 
 
 @overload
 def tool(fn: Callable[..., Any], /) -> Tool: ...
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None,
-    approval_mode: ApprovalMode = "never_require", max_invocations: int | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    approval_mode: ApprovalMode = "never_require",
+    max_invocations: int | None = None,
     timeout_s: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Tool | Callable[..., Tool]:

@@ -28,7 +28,7 @@ class Usage(BaseModel):
 class ModelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float | None = Field(None, ge=0, le=2, description="0–2 inclusive")
+    temperature: float | None = Field(None, ge=0, le=2, description="0 to 2 inclusive")
     max_tokens: int | None = Field(None, gt=0, description="a positive integer")
     seed: int | None = None
 

@@ -44,11 +44,14 @@ class RunWriter:
     next_seq: int
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def emit(self, type: EventType, data: dict[str, Any], *, ttl_s: int | None = None) -> None:
+    async def emit(
+        self, type: EventType, data: dict[str, Any], *, ttl_s: int | None = None
+    ) -> None:
         async with self._lock:
             event = make_event(self.run_id, self.next_seq, type, data)
-            await self.events.append(self.run_id, event["seq"], type, encode(event),
-                                     token=self.lease.token, ttl_s=ttl_s)
+            await self.events.append(
+                self.run_id, event["seq"], type, encode(event), token=self.lease.token, ttl_s=ttl_s
+            )
             self.next_seq += 1
 
 
@@ -119,40 +122,58 @@ class RunExecutor:
         outcome = await self._run_agent(run, writer)
         if outcome.error is not None:
             await writer.emit("error", outcome.error)
-        await writer.emit("chat_completed", {
-            "thread_id": run.thread_id,
-            "status": "completed" if outcome.status == "completed" else "failed",
-            "output": outcome.output,
-        })
-        await self._finish(run, writer, outcome, duration_ms=int((time.monotonic() - started) * 1000))
+        await writer.emit(
+            "chat_completed",
+            {
+                "thread_id": run.thread_id,
+                "status": "completed" if outcome.status == "completed" else "failed",
+                "output": outcome.output,
+            },
+        )
+        await self._finish(
+            run, writer, outcome, duration_ms=int((time.monotonic() - started) * 1000)
+        )
 
     async def _run_agent(self, run: Run, writer: RunWriter) -> Outcome:
         try:
             agent = self.registry.resolve(run.agent_name)
         except AgentNotFound as exc:
             return Outcome("failed", error={"code": "agent_not_found", "message": str(exc)})
-        await writer.emit("agent_resolved", {
-            "agent_id": agent.id, "agent_name": agent.name, "agent_revision": run.agent_revision,
-            "agent_tag": run.agent_tag, "thread_id": run.thread_id, "model": self._model(agent, run),
-        })
+        await writer.emit(
+            "agent_resolved",
+            {
+                "agent_id": agent.id,
+                "agent_name": agent.name,
+                "agent_revision": run.agent_revision,
+                "agent_tag": run.agent_tag,
+                "thread_id": run.thread_id,
+                "model": self._model(agent, run),
+            },
+        )
         try:
             loop = self._build_loop(agent, run, writer)
-            messages = [{"role": "system", "content": agent.instructions},
-                        {"role": "user", "content": _user_message(run)}]
+            messages = [
+                {"role": "system", "content": agent.instructions},
+                {"role": "user", "content": _user_message(run)},
+            ]
             timeout = agent.timeout_s or self.settings.run_timeout_s
             async with asyncio.timeout(timeout):
                 result = await loop.run(messages)
         except ProviderError as exc:
             return Outcome("failed", error={"code": exc.code, "message": exc.message})
         except TimeoutError:
-            return Outcome("failed", error={"code": "run_timeout",
-                                            "message": f"the run took longer than {timeout:g} s"})
+            return Outcome(
+                "failed",
+                error={"code": "run_timeout", "message": f"the run took longer than {timeout:g} s"},
+            )
         except LeaseLost:
             raise
         except Exception as exc:  # a bug or a broken tool import: the run fails, visibly
             log.exception("run %s failed", run.id)
-            return Outcome("failed", error={"code": "internal_error",
-                                            "message": f"{type(exc).__name__}: {exc}"})
+            return Outcome(
+                "failed",
+                error={"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"},
+            )
         return Outcome("completed", output=result.output, result=result)
 
     def _model(self, agent: AgentSpec, run: Run) -> str:
@@ -168,27 +189,48 @@ class RunExecutor:
             max_tokens=params.get("max_tokens", agent.max_tokens),
             seed=params.get("seed"),
         )
-        return AgentLoop(provider, settings, [import_tool(path) for path in agent.tools], writer.emit)
+        return AgentLoop(
+            provider, settings, [import_tool(path) for path in agent.tools], writer.emit
+        )
 
-    async def _finish(self, run: Run, writer: RunWriter, outcome: Outcome, *, duration_ms: int) -> None:
+    async def _finish(
+        self, run: Run, writer: RunWriter, outcome: Outcome, *, duration_ms: int
+    ) -> None:
         """Write the outcome and the archive first, then `done`: a client that sees `done` finds
         the run finished in the database."""
         usage = outcome.result.usage.model_dump() if outcome.result else None
-        tool_calls = [vars(record) for record in outcome.result.tool_calls] if outcome.result else []
-        done_data = {"status": outcome.status, "output": outcome.output, "usage": usage,
-                     "error": outcome.error, "duration_ms": duration_ms}
+        tool_calls = (
+            [vars(record) for record in outcome.result.tool_calls] if outcome.result else []
+        )
+        done_data = {
+            "status": outcome.status,
+            "output": outcome.output,
+            "usage": usage,
+            "error": outcome.error,
+            "duration_ms": duration_ms,
+        }
         done = make_event(run.id, writer.next_seq, "done", done_data)
         history = await self.events.read(run.id)
         archive = [(e.seq, e.type, e.data) for e in history]
         archive.append((done["seq"], "done", encode(done)))
         await asyncio.to_thread(
-            self.store.finish_run, run.id, status=outcome.status, output=outcome.output,
+            self.store.finish_run,
+            run.id,
+            status=outcome.status,
+            output=outcome.output,
             result={"output": outcome.output, "tool_calls": tool_calls} if outcome.result else None,
-            usage=usage, error=outcome.error, events=archive,
+            usage=usage,
+            error=outcome.error,
+            events=archive,
         )
-        await writer.events.append(run.id, done["seq"], "done", encode(done),
-                                   token=writer.lease.token,
-                                   ttl_s=self.settings.events_ttl_after_done_s)
+        await writer.events.append(
+            run.id,
+            done["seq"],
+            "done",
+            encode(done),
+            token=writer.lease.token,
+            ttl_s=self.settings.events_ttl_after_done_s,
+        )
 
 
 def _user_message(run: Run) -> str:

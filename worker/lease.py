@@ -39,8 +39,9 @@ class Leases:
         return Lease(run_id, token) if taken else None
 
     async def renew(self, lease: Lease) -> bool:
-        return bool(await self._renew(keys=[self.keys.lease(lease.run_id)],
-                                      args=[lease.token, self.ttl_ms]))
+        return bool(
+            await self._renew(keys=[self.keys.lease(lease.run_id)], args=[lease.token, self.ttl_ms])
+        )
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[self.keys.lease(lease.run_id)], args=[lease.token])

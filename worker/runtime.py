@@ -34,18 +34,21 @@ class AsyncRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="runrelay-asyncio",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="runrelay-asyncio", daemon=True
+        )
         self._thread.start()
         self.executor: RunExecutor = self.call(self._build())
 
     async def _build(self) -> RunExecutor:
         settings = self.settings
         keys = RedisKeys(settings.redis_prefix)
-        self._redis = Redis.from_pool(BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=100, timeout=20))
-        self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=500,
-                                                           max_keepalive_connections=100))
+        self._redis = Redis.from_pool(
+            BlockingConnectionPool.from_url(settings.redis_url, max_connections=100, timeout=20)
+        )
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=500, max_keepalive_connections=100)
+        )
         registry = Registry.from_file(settings.agents_config, os.environ)
         self._store = Store(make_engine(settings))
         return RunExecutor(

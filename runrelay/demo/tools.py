@@ -30,4 +30,9 @@ def get_financials(
     year: Annotated[int, Field(ge=1990, le=2100)] = 2024,
 ) -> dict[str, Any]:
     base = _score(company) * 1_000_000
-    return {"company": company, "year": year, "revenue": base, "debt_to_equity": round(base % 97 / 40, 2)}
+    return {
+        "company": company,
+        "year": year,
+        "revenue": base,
+        "debt_to_equity": round(base % 97 / 40, 2),
+    }

@@ -8,7 +8,9 @@ from runrelay.agents import AgentSpec, ProviderConfig, Script
 from runrelay.providers.base import ModelProvider, ProviderError
 
 
-def build_provider(agent: AgentSpec, config: ProviderConfig, http: httpx.AsyncClient) -> ModelProvider:
+def build_provider(
+    agent: AgentSpec, config: ProviderConfig, http: httpx.AsyncClient
+) -> ModelProvider:
     if config.type == "scripted":
         from runrelay.providers.scripted import ScriptedProvider
 

@@ -2,14 +2,14 @@
 
 A provider streams one model turn as `Chunk`s. Exceptions::
 
-    ProviderError                  any failure of a model call; .code names it in the run's error event
-    ├── ProviderAuthError          401/403: bad or missing credentials            code provider_auth
-    ├── ProviderRateLimited        429 (after retries); .retry_after seconds      code provider_rate_limited
-    ├── ProviderServerError        5xx (after retries)                            code provider_server_error
-    ├── ProviderBadRequest         other 4xx: the request was refused             code provider_bad_request
-    ├── ProviderProtocolError      a malformed stream                             code provider_protocol_error
-    ├── ProviderTimeout            connect timeout, or no bytes for too long      code provider_timeout
-    └── ProviderConnectionError    the server cannot be reached                   code provider_unreachable
+    ProviderError                 any failure of a model call; .code names it in the error event
+    ├── ProviderAuthError        401/403, bad or missing credentials       provider_auth
+    ├── ProviderRateLimited      429 after retries; .retry_after seconds   provider_rate_limited
+    ├── ProviderServerError      5xx after retries                         provider_server_error
+    ├── ProviderBadRequest       other 4xx: the request was refused        provider_bad_request
+    ├── ProviderProtocolError    a malformed stream                        provider_protocol_error
+    ├── ProviderTimeout          connect timeout, or silence too long      provider_timeout
+    └── ProviderConnectionError  the server cannot be reached              provider_unreachable
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ class ProviderAuthError(ProviderError):
 class ProviderRateLimited(ProviderError):
     code = "provider_rate_limited"
 
-    def __init__(self, message: str, *, retry_after: float | None = None,
-                 status_code: int | None = 429) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status_code: int | None = 429
+    ) -> None:
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
 

@@ -131,8 +131,11 @@ def _request_body(request: ModelRequest) -> dict[str, Any]:
     }
     if request.tools:
         body["tools"] = request.tools
-    optional = {"temperature": request.temperature, "max_tokens": request.max_tokens,
-                "seed": request.seed}
+    optional = {
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+        "seed": request.seed,
+    }
     body.update({key: value for key, value in optional.items() if value is not None})
     return body
 
@@ -219,8 +222,9 @@ def _fragment(position: int, item: Any, obj: dict[str, Any]) -> ToolCallFragment
     )
 
 
-def _field(holder: dict[str, Any], key: str, kind: type[_T], obj: dict[str, Any], *,
-           default: _T) -> _T:
+def _field(
+    holder: dict[str, Any], key: str, kind: type[_T], obj: dict[str, Any], *, default: _T
+) -> _T:
     """`holder[key]` if it has type `kind`; `default` if absent or null; else a protocol error."""
     value = holder.get(key)
     if value is None:

@@ -71,8 +71,12 @@ class ScriptedProvider:
                 half = len(arguments) // 2
                 for n, part in enumerate((arguments[:half], arguments[half:])):
                     await asyncio.sleep(delay)
-                    yield ToolCallFragment(index=index, id=call_id if n == 0 else None,
-                                           name=call.name if n == 0 else None, arguments=part)
+                    yield ToolCallFragment(
+                        index=index,
+                        id=call_id if n == 0 else None,
+                        name=call.name if n == 0 else None,
+                        arguments=part,
+                    )
                 completion += call.name + arguments
         if turn.text:
             for piece in split_text(turn.text, turn.chunks):

@@ -1,0 +1,279 @@
+"""The database store: tenants, hashed API keys, run listing, and archiving a finished run's events.
+
+Runs against the session's database: SQLite, or PostgreSQL when DATABASE_URL is set. The database
+is shared by the session, so every test makes its own uniquely named tenants.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from runrelay.store import KEY_PREFIX, AlreadyExists, Store, StoreError, hash_key, new_id
+from runrelay.tables import ApiKey, Run, Tenant, utcnow
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def fresh_tenant(store: Store) -> Tenant:
+    return store.create_tenant(unique())
+
+
+MakeRun = Callable[..., Run]
+
+
+@pytest.fixture
+def make_run(store: Store, fresh_tenant: Tenant) -> MakeRun:
+    def make(tenant_id: str | None = None, **fields: Any) -> Run:
+        time.sleep(0.002)  # ids order by millisecond; see the same-millisecond test below
+        values: dict[str, Any] = {"status": "queued", "agent_name": "credit-risk-analyst",
+                                  "agent_id": "bank.credit-risk-analyst", **fields}
+        owner = tenant_id or fresh_tenant.id
+        return store.create_run(Run(id=new_id("run"), tenant_id=owner, **values))
+
+    return make
+
+
+def test_create_tenant_and_get_it_by_id_or_name(store: Store) -> None:
+    name = unique()
+
+    tenant = store.create_tenant(name)
+
+    assert tenant.id.startswith("ten_") and tenant.name == name
+    by_id, by_name = store.get_tenant(tenant.id), store.get_tenant(name)
+    assert by_id is not None and by_name is not None
+    assert by_id.id == by_name.id == tenant.id
+    assert store.get_tenant(unique()) is None
+
+
+def test_duplicate_tenant_name_is_already_exists(store: Store, fresh_tenant: Tenant) -> None:
+    with pytest.raises(AlreadyExists, match=fresh_tenant.name):
+        store.create_tenant(fresh_tenant.name)
+
+
+def test_ensure_tenant_creates_once_then_returns_the_same_tenant(store: Store) -> None:
+    name = unique()
+
+    first = store.ensure_tenant(name)
+    second = store.ensure_tenant(name)
+
+    assert first.id == second.id
+    with Session(store.engine) as session:
+        assert len(session.exec(select(Tenant).where(Tenant.name == name)).all()) == 1
+
+
+def test_api_key_is_returned_once_and_only_its_hash_is_stored(store: Store, fresh_tenant: Tenant) -> None:
+    key = store.create_api_key(fresh_tenant.id)
+
+    assert key.startswith(KEY_PREFIX) and len(key) > 30
+    with Session(store.engine) as session:
+        row = session.exec(select(ApiKey).where(ApiKey.tenant_id == fresh_tenant.id)).one()
+    assert row.key_hash == hash_key(key) != key
+    assert key not in {str(value) for value in row.model_dump().values()}
+    assert key.startswith(row.prefix) and len(row.prefix) < len(key) // 2
+
+
+def test_authenticate_finds_the_keys_tenant(store: Store, fresh_tenant: Tenant) -> None:
+    key = store.create_api_key(fresh_tenant.id)
+    platform_key = store.create_api_key(fresh_tenant.id, is_platform=True)
+
+    principal = store.authenticate(key)
+    platform = store.authenticate(platform_key)
+
+    assert principal is not None and platform is not None
+    assert (principal.tenant_id, principal.is_platform) == (fresh_tenant.id, False)
+    assert (platform.tenant_id, platform.is_platform) == (fresh_tenant.id, True)
+    assert principal.key_id != platform.key_id
+
+
+def test_authenticate_records_when_a_key_was_last_used(store: Store, fresh_tenant: Tenant) -> None:
+    key = store.create_api_key(fresh_tenant.id)
+
+    store.authenticate(key)
+
+    with Session(store.engine) as session:
+        row = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one()
+    assert row.last_used_at is not None
+
+
+@pytest.mark.parametrize(
+    "make_bad_key",
+    [
+        lambda key: key[:-1] + ("A" if key[-1] != "A" else "B"),
+        lambda key: KEY_PREFIX + secrets.token_urlsafe(32),
+        lambda key: key[len(KEY_PREFIX):],
+        lambda key: "",
+        lambda key: "garbage \x00 ' OR 1=1 --",
+        lambda key: hash_key(key),
+    ],
+    ids=["one-char-off", "unknown", "no-prefix", "empty", "garbage", "the-stored-hash"],
+)
+def test_a_wrong_key_authenticates_nobody(
+    store: Store, fresh_tenant: Tenant, make_bad_key: Callable[[str], str]
+) -> None:
+    key = store.create_api_key(fresh_tenant.id)
+
+    assert store.authenticate(make_bad_key(key)) is None
+
+
+def test_a_revoked_key_authenticates_nobody(store: Store, fresh_tenant: Tenant) -> None:
+    key = store.create_api_key(fresh_tenant.id)
+    assert store.authenticate(key) is not None
+    with Session(store.engine) as session:
+        row = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one()
+        row.revoked_at = utcnow()
+        session.add(row)
+        session.commit()
+
+    assert store.authenticate(key) is None
+
+
+def test_list_runs_is_newest_first(store: Store, fresh_tenant: Tenant, make_run: MakeRun) -> None:
+    created = [make_run().id for _ in range(4)]
+
+    listed = [run.id for run in store.list_runs(fresh_tenant.id, limit=10)]
+
+    assert listed == created[::-1]
+
+
+def test_before_cursor_pages_without_overlap_or_gap(
+    store: Store, fresh_tenant: Tenant, make_run: MakeRun
+) -> None:
+    created = [make_run().id for _ in range(7)]
+
+    pages: list[list[str]] = []
+    cursor: str | None = None
+    while True:
+        page = [r.id for r in store.list_runs(fresh_tenant.id, limit=3, before=cursor)]
+        if not page:
+            break
+        pages.append(page)
+        cursor = page[-1]
+
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [run_id for page in pages for run_id in page] == created[::-1]
+
+
+def test_list_runs_filters_by_status_agent_and_thread(
+    store: Store, fresh_tenant: Tenant, make_run: MakeRun
+) -> None:
+    queued = make_run()
+    done = make_run(status="completed", thread_id="th-1")
+    other_agent = make_run(status="completed", agent_name="slow-analyst", agent_id="bank.slow-analyst")
+
+    def ids(**filters: Any) -> list[str]:
+        return [r.id for r in store.list_runs(fresh_tenant.id, limit=10, **filters)]
+
+    assert ids(status="queued") == [queued.id]
+    assert ids(status="completed") == [other_agent.id, done.id]
+    assert ids(agent="slow-analyst") == [other_agent.id]
+    assert ids(agent="credit-risk-analyst", status="completed") == [done.id]
+    assert ids(thread_id="th-1") == [done.id]
+    assert ids(status="failed") == []
+
+
+def test_runs_of_another_tenant_are_invisible(
+    store: Store, fresh_tenant: Tenant, make_run: MakeRun
+) -> None:
+    other = store.create_tenant(unique())
+    mine = make_run()
+    theirs = make_run(tenant_id=other.id)
+
+    assert [r.id for r in store.list_runs(fresh_tenant.id, limit=10)] == [mine.id]
+    assert [r.id for r in store.list_runs(other.id, limit=10)] == [theirs.id]
+    assert store.get_run(theirs.id, tenant_id=fresh_tenant.id) is None
+    fetched = store.get_run(theirs.id, tenant_id=other.id)
+    assert fetched is not None and fetched.id == theirs.id
+
+
+@pytest.mark.xfail(strict=True, reason="bug: store.new_id orders only by millisecond, the rest is "
+                   "random, so runs created in the same millisecond list in random order")
+def test_ids_made_in_the_same_millisecond_still_sort_in_creation_order() -> None:
+    """A batch creates many runs at once; `list_runs` (ordered by id) must still be newest first."""
+    ids = [new_id("run") for _ in range(200)]
+
+    assert ids == sorted(ids)
+
+
+def test_mark_running_counts_attempts_and_never_reopens_a_finished_run(
+    store: Store, make_run: MakeRun
+) -> None:
+    run = make_run()
+
+    first = store.mark_running(run.id)
+    second = store.mark_running(run.id)
+    assert first is not None and second is not None
+    assert (second.status, second.attempts) == ("running", 2)
+    assert second.started_at is not None
+
+    store.finish_run(run.id, status="completed", output="ok", result=None, usage=None,
+                     error=None, events=[])
+    assert store.mark_running(run.id) is None
+    finished = store.get_run(run.id)
+    assert finished is not None and finished.status == "completed"
+
+
+def events(seqs: range) -> list[tuple[int, str, str]]:
+    return [(seq, "custom", f'{{"seq":{seq}}}') for seq in seqs]
+
+
+def test_finish_run_writes_the_outcome_and_archives_the_events(
+    store: Store, make_run: MakeRun
+) -> None:
+    run = make_run()
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+    store.finish_run(run.id, status="completed", output="Approve.", result={"answer": "Approve."},
+                     usage=usage, error=None, events=events(range(1, 6)))
+
+    finished = store.get_run(run.id)
+    assert finished is not None
+    assert (finished.status, finished.output, finished.result, finished.usage) == (
+        "completed", "Approve.", {"answer": "Approve."}, usage)
+    assert finished.finished_at is not None
+    assert store.archived_events(run.id) == [f'{{"seq":{n}}}' for n in range(1, 6)]
+
+
+def test_finish_run_twice_with_overlapping_events_keeps_one_copy_of_each(
+    store: Store, make_run: MakeRun
+) -> None:
+    """A redelivered task may finish the same run again with a longer log."""
+    run = make_run()
+    error = {"code": "provider_timeout", "message": "no bytes for 60 s"}
+
+    store.finish_run(run.id, status="failed", output=None, result=None, usage=None, error=error,
+                     events=events(range(1, 4)))
+    store.finish_run(run.id, status="failed", output=None, result=None, usage=None, error=error,
+                     events=events(range(1, 6)))
+
+    assert store.archived_events(run.id) == [f'{{"seq":{n}}}' for n in range(1, 6)]
+    finished = store.get_run(run.id)
+    assert finished is not None and (finished.status, finished.error) == ("failed", error)
+
+
+def test_archived_events_after_returns_only_later_events_in_order(
+    store: Store, make_run: MakeRun
+) -> None:
+    run = make_run()
+    store.finish_run(run.id, status="completed", output="", result=None, usage=None, error=None,
+                     events=list(reversed(events(range(1, 11)))))
+
+    assert store.archived_events(run.id, after=7) == ['{"seq":8}', '{"seq":9}', '{"seq":10}']
+    assert store.archived_events(run.id, after=10) == []
+    assert store.archived_events(new_id("run")) == []
+
+
+def test_finish_run_of_a_missing_run_is_a_store_error(store: Store) -> None:
+    missing = new_id("run")
+
+    with pytest.raises(StoreError, match=missing):
+        store.finish_run(missing, status="completed", output=None, result=None, usage=None,
+                         error=None, events=[])
