@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9\-_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9\-_]*$"
 
@@ -129,15 +130,32 @@ class AgentsConfig(BaseModel):
                     )
                 agent.module_key, agent.module_name = module.key, module.name
                 for tag in agent.tags:
+                    if not TAG_PATTERN.match(tag):
+                        raise ValueError(f"tag {tag!r} of {agent.name!r} must match {NAME_PATTERN}")
                     if tag in tags:
                         raise ValueError(f"tag {tag!r} is on both {tags[tag]!r} and {agent.name!r}")
                     tags[tag] = agent.name
+            _check_shortcuts(module)
         return self
+
+
+def _check_shortcuts(module: ModuleSpec) -> None:
+    """Within a module, every name and shortcut leads to exactly one agent."""
+    owners: dict[str, str] = {agent.name: agent.name for agent in module.agents}
+    for agent in module.agents:
+        for shortcut in agent.shortcuts:
+            owner = owners.setdefault(shortcut, agent.name)
+            if owner != agent.name:
+                raise ValueError(
+                    f"shortcut {module.key} {shortcut!r} of {agent.name!r} "
+                    f"already leads to {owner!r}"
+                )
 
 
 def _interpolate(value: Any, environ: Mapping[str, str]) -> Any:
     if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: environ.get(m.group(1), m.group(2) or ""), value)
+        # As in the shell: the default applies when the variable is unset *or empty*.
+        return _ENV_REF.sub(lambda m: environ.get(m.group(1)) or m.group(2) or "", value)
     if isinstance(value, list):
         return [_interpolate(item, environ) for item in value]
     if isinstance(value, dict):

@@ -19,6 +19,8 @@ def print_stream(http: httpx.Client, key: str, body: dict[str, Any]) -> dict[str
             click.secho(f"error {source.response.status_code}: {source.response.text}", fg="red")
             return None
         for sse in source.iter_sse():
+            if not sse.data:
+                continue  # httpx-sse reports a `: ping` keep-alive as an empty event
             event: dict[str, Any] = json.loads(sse.data)
             kind = event["type"]
             if kind == "run_queued":

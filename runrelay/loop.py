@@ -134,7 +134,8 @@ class AgentLoop:
             turn = await self._model_turn(messages, turn_number, offer_tools=not final)
             usage = usage + turn.usage
             text = "".join(turn.text)
-            if not turn.calls:
+            # On the final turn no tools were offered; calls a model makes anyway are ignored.
+            if not turn.calls or final:
                 messages.append({"role": "assistant", "content": text})
                 await self.emit(
                     "usage", {"usage": usage.model_dump(), "model": self.settings.model}

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,9 +37,19 @@ class AlreadyExists(StoreError):
     pass
 
 
+_last_id_value = 0
+_id_lock = threading.Lock()
+
+
 def new_id(prefix: str) -> str:
-    """A time-ordered id: 10 chars of milliseconds then 16 random chars, Crockford base32."""
+    """A time-ordered id (a monotonic ULID): 10 chars of milliseconds then 16 random chars,
+    Crockford base32. Within one process ids strictly increase, even in the same millisecond."""
+    global _last_id_value
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    with _id_lock:
+        if value >> 80 <= _last_id_value >> 80:
+            value = _last_id_value + 1 + int.from_bytes(os.urandom(2), "big")
+        _last_id_value = value
     chars = []
     for _ in range(26):
         value, digit = divmod(value, 32)

@@ -66,13 +66,16 @@ class Tool:
         except ValidationError as exc:
             raise ToolError(f"invalid arguments for {self.name}: {_brief(exc)}") from exc
         kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+        deadline = asyncio.timeout(self.timeout_s)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with deadline:
                 if inspect.iscoroutinefunction(self.fn):
                     return await self.fn(**kwargs)
                 return await asyncio.to_thread(self.fn, **kwargs)
         except TimeoutError as exc:
-            raise ToolError(f"{self.name} timed out after {self.timeout_s:g} s") from exc
+            if deadline.expired():
+                raise ToolError(f"{self.name} timed out after {self.timeout_s:g} s") from exc
+            raise ToolError(f"{self.name} failed: TimeoutError: {exc}") from exc
         except ToolError:
             raise
         except Exception as exc:  # the tool's own failure is reported to the model, not raised

@@ -52,7 +52,9 @@ def call_turn(*fragments: ToolCallFragment, usage: tuple[int, int] = (10, 5)) ->
     return [*fragments, UsageReport(*usage), Finish("tool_calls")]
 
 
-def whole_call(call_id: str, name: str, arguments: dict[str, Any], index: int = 0) -> ToolCallFragment:
+def whole_call(
+    call_id: str, name: str, arguments: dict[str, Any], index: int = 0
+) -> ToolCallFragment:
     return ToolCallFragment(index=index, id=call_id, name=name, arguments=json.dumps(arguments))
 
 
@@ -183,7 +185,8 @@ def test_interleaved_fragments_of_parallel_calls_are_joined_by_index() -> None:
 
     result = run_loop(provider, [tool_from_function(add)])
 
-    assert [(r.tool_call_id, r.result) for r in result.tool_calls] == [("call_x", 6), ("call_y", 10)]
+    assert [(r.tool_call_id, r.result) for r in result.tool_calls] == [
+        ("call_x", 6), ("call_y", 10)]
 
 
 def test_calls_without_ids_get_distinct_ids_that_tool_messages_reference() -> None:
@@ -212,7 +215,8 @@ def test_async_tools_of_one_turn_run_concurrently() -> None:
         return who
 
     provider = FakeProvider([
-        call_turn(whole_call("c1", "meet", {"who": "a"}, 0), whole_call("c2", "meet", {"who": "b"}, 1)),
+        call_turn(whole_call("c1", "meet", {"who": "a"}, 0),
+                  whole_call("c2", "meet", {"who": "b"}, 1)),
         text_turn("done"),
     ])
 
@@ -230,7 +234,8 @@ def test_sync_tools_of_one_turn_run_concurrently_in_threads() -> None:
         return threading.get_ident() != caller
 
     provider = FakeProvider([
-        call_turn(whole_call("c1", "meet", {"who": "a"}, 0), whole_call("c2", "meet", {"who": "b"}, 1)),
+        call_turn(whole_call("c1", "meet", {"who": "a"}, 0),
+                  whole_call("c2", "meet", {"who": "b"}, 1)),
         text_turn("done"),
     ])
 
@@ -307,7 +312,8 @@ def test_malformed_arguments_are_reported_to_the_model() -> None:
 def test_calls_beyond_max_invocations_are_refused_with_an_error() -> None:
     limited = tool_from_function(add, max_invocations=1)
     provider = FakeProvider([
-        call_turn(whole_call("c1", "add", {"a": 1, "b": 1}, 0), whole_call("c2", "add", {"a": 2, "b": 2}, 1)),
+        call_turn(whole_call("c1", "add", {"a": 1, "b": 1}, 0),
+                  whole_call("c2", "add", {"a": 2, "b": 2}, 1)),
         text_turn("ok"),
     ])
 
@@ -333,8 +339,6 @@ def test_max_turns_ends_with_a_final_answer_made_without_tools() -> None:
     assert [r.result for r in result.tool_calls] == [2, 4]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tool calls on the final (tool-less) turn crash the "
-                   "loop with AssertionError('unreachable') instead of ending the run")
 def test_tool_calls_on_the_final_turn_end_the_run_instead_of_crashing() -> None:
     """Models do not always obey an empty tool list; the run must still end with an answer."""
     calls: list[int] = []

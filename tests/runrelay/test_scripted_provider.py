@@ -100,7 +100,8 @@ def test_turns_follow_the_assistant_messages_since_the_last_user_message() -> No
 
 
 def test_without_tools_offered_tool_call_turns_are_skipped() -> None:
-    chunks = collect(ScriptedProvider(TOOL_THEN_TEXT), [{"role": "user", "content": "go"}], tools=[])
+    messages = [{"role": "user", "content": "go"}]
+    chunks = collect(ScriptedProvider(TOOL_THEN_TEXT), messages, tools=[])
 
     assert not any(isinstance(c, ToolCallFragment) for c in chunks)
     assert text_of(chunks) == "first answer"

@@ -70,7 +70,9 @@ def test_ensure_tenant_creates_once_then_returns_the_same_tenant(store: Store) -
         assert len(session.exec(select(Tenant).where(Tenant.name == name)).all()) == 1
 
 
-def test_api_key_is_returned_once_and_only_its_hash_is_stored(store: Store, fresh_tenant: Tenant) -> None:
+def test_api_key_is_returned_once_and_only_its_hash_is_stored(
+    store: Store, fresh_tenant: Tenant
+) -> None:
     key = store.create_api_key(fresh_tenant.id)
 
     assert key.startswith(KEY_PREFIX) and len(key) > 30
@@ -167,7 +169,8 @@ def test_list_runs_filters_by_status_agent_and_thread(
 ) -> None:
     queued = make_run()
     done = make_run(status="completed", thread_id="th-1")
-    other_agent = make_run(status="completed", agent_name="slow-analyst", agent_id="bank.slow-analyst")
+    other_agent = make_run(status="completed", agent_name="slow-analyst",
+                           agent_id="bank.slow-analyst")
 
     def ids(**filters: Any) -> list[str]:
         return [r.id for r in store.list_runs(fresh_tenant.id, limit=10, **filters)]
@@ -194,8 +197,6 @@ def test_runs_of_another_tenant_are_invisible(
     assert fetched is not None and fetched.id == theirs.id
 
 
-@pytest.mark.xfail(strict=True, reason="bug: store.new_id orders only by millisecond, the rest is "
-                   "random, so runs created in the same millisecond list in random order")
 def test_ids_made_in_the_same_millisecond_still_sort_in_creation_order() -> None:
     """A batch creates many runs at once; `list_runs` (ordered by id) must still be newest first."""
     ids = [new_id("run") for _ in range(200)]

@@ -111,7 +111,9 @@ def test_invoke_validates_and_coerces_json_arguments() -> None:
         ('{"amount": 1, "currency": "EUR", "fee": 3}', "fee: Extra inputs are not permitted"),
     ],
 )
-def test_bad_arguments_become_a_tool_error_naming_the_problem(arguments: str, expected: str) -> None:
+def test_bad_arguments_become_a_tool_error_naming_the_problem(
+    arguments: str, expected: str
+) -> None:
     with pytest.raises(ToolError, match="convert") as caught:
         invoke(convert, arguments)
 
@@ -200,8 +202,6 @@ def test_a_tool_error_raised_by_the_tool_passes_through_unchanged() -> None:
     assert str(caught.value) == "ask for a company name first"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: tools.py formats timeout_s=None with ':g' when the "
-                   "tool raises TimeoutError itself, so a TypeError escapes instead of a ToolError")
 def test_a_timeout_error_from_a_tool_without_timeout_is_a_tool_error() -> None:
     """E.g. a socket timeout inside the tool: the model should hear about it, not the run crash."""
     def upstream() -> None:
@@ -227,5 +227,5 @@ def test_import_tool_wraps_a_plain_function() -> None:
 
 
 def test_import_tool_needs_module_colon_function() -> None:
-    with pytest.raises(ValueError, match="package.module:function"):
+    with pytest.raises(ValueError, match=r"package\.module:function"):
         import_tool("runrelay.demo.tools.lookup_credit_score")
