@@ -1,0 +1,1 @@
+"""The HTTP side of runrelay: FastAPI app, auth, SSE replay hub."""

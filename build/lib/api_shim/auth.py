@@ -1,0 +1,54 @@
+"""API keys → tenants. `Authorization: Bearer rr_sk_...`; a platform key may act for a tenant
+named in the body's `tenant_id` or the `X-Tenant-ID` header."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from api_shim.errors import APIError
+from api_shim.state import state_of
+from runrelay.store import Principal
+
+
+async def principal(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    if not authorization:
+        raise APIError(401, "missing_api_key", "no API key: send `Authorization: Bearer rr_sk_...`")
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise APIError(
+            401, "invalid_api_key", "the Authorization header must be `Bearer <api key>`"
+        )
+    found = await asyncio.to_thread(state_of(request).store.authenticate, key.strip())
+    if found is None:
+        raise APIError(401, "invalid_api_key", "the API key is not valid (unknown or revoked)")
+    return found
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+async def acting_tenant(request: Request, caller: Principal, requested: str | None) -> str:
+    """The tenant a request acts for: the key's own, or for a platform key the one it names."""
+    requested = requested or request.headers.get("x-tenant-id")
+    if requested is None:
+        return caller.tenant_id
+    store = state_of(request).store
+    tenant = await asyncio.to_thread(store.get_tenant, requested)
+    if caller.is_platform:
+        if tenant is None:
+            raise APIError(404, "tenant_not_found", f"no tenant {requested!r}", param="tenant_id")
+        return tenant.id
+    if tenant is not None and tenant.id == caller.tenant_id:
+        return caller.tenant_id
+    raise APIError(
+        403,
+        "tenant_not_allowed",
+        "this key belongs to one tenant and cannot act for another; "
+        "use a platform key to pass `tenant_id`",
+        param="tenant_id",
+    )

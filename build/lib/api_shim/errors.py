@@ -1,0 +1,145 @@
+"""Error responses: every failure is `{"error": {type, code, message, param, request_id}}`.
+
+APIError                    raised by routes; carries the HTTP status and the body fields
+RequestValidationError      FastAPI's; answered 422 naming the field and the rule
+HTTPException               Starlette's (404 route, 405 …); answered in the same shape
+anything else               a bug: 500, logged with the request id
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.headers = dict(headers or {})
+
+
+def request_id_of(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = {
+        "error": {
+            "type": _TYPES.get(status, "api_error"),
+            "code": code,
+            "message": message,
+            "param": param,
+            "request_id": request_id_of(request),
+        }
+    }
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str | None, str]:
+    loc = [
+        str(part)
+        for part in error.get("loc", ())
+        if part not in ("body", "query", "header", "path")
+    ]
+    param = ".".join(loc) or None
+    message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+    if error.get("type") == "json_invalid":
+        return None, f"the request body is not valid JSON ({error.get('ctx', {}).get('error', '')})"
+    if error.get("type") == "missing":
+        return param, f"{param} is required"
+    if error.get("type") == "extra_forbidden":
+        return param, f"{param} is not a known field"
+    if param is None:
+        return None, message
+    value = error.get("input")
+    shown = (
+        f" (got {value!r})"
+        if isinstance(value, (int, float, str, bool)) and len(repr(value)) < 80
+        else ""
+    )
+    return param, f"{param}: {message[0].lower() + message[1:]}{shown}"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(
+            request, exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        described = [_describe(error) for error in exc.errors()]
+        param = described[0][0] if described else None
+        message = "; ".join(text for _, text in described) or "invalid request"
+        code = (
+            "invalid_json"
+            if any(e.get("type") == "json_invalid" for e in exc.errors())
+            else "validation_error"
+        )
+        status = 400 if code == "invalid_json" else 422
+        return error_response(request, status, code, message, param=param)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error_response(
+            request,
+            exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            str(exc.detail),
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception(
+            "unhandled error in %s %s (request %s)",
+            request.method,
+            request.url.path,
+            request_id_of(request),
+        )
+        return error_response(
+            request, 500, "internal_error", "internal error; report it with the request id"
+        )

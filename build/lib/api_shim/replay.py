@@ -1,0 +1,93 @@
+"""Replaying a run's events to one client: history, then the live tail, then close after `done`.
+
+A finished run is replayed from the database archive. A live one is read from Redis with XRANGE
+above the client's cursor, then followed through the hub from the last seq seen (never from
+`$`), so there is no gap and no duplicate between history and tail. While waiting, the run's row
+is re-read now and then: if it ended and its stream is gone, the rest comes from the archive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api_shim.state import ShimState
+from runrelay.eventlog import LoggedEvent
+from runrelay.events import is_terminal
+
+_ARCHIVE_CHECK_S = 5.0
+
+
+async def _archived(state: ShimState, run_id: str, after: int) -> list[LoggedEvent]:
+    rows = await asyncio.to_thread(state.store.archived_events, run_id, after=after)
+    events = []
+    for data in rows:
+        parsed = json.loads(data)
+        events.append(LoggedEvent(seq=parsed["seq"], type=parsed["type"], data=data))
+    return events
+
+
+async def run_events(state: ShimState, run_id: str, after: int) -> AsyncIterator[LoggedEvent]:
+    """Every event of the run with seq > `after`, in order, ending with `done`."""
+    run = await asyncio.to_thread(state.store.get_run, run_id)
+    if run is not None and is_terminal(run.status):
+        for event in await _archived(state, run_id, after):
+            yield event
+        return
+    last = after
+    for event in await state.events.read(run_id, after=after):
+        yield event
+        last = event.seq
+        if event.type == "done":
+            return
+    sub = await state.hub.subscribe(run_id, last)
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.queue.get(), timeout=_ARCHIVE_CHECK_S)
+            except TimeoutError:
+                run = await asyncio.to_thread(state.store.get_run, run_id)
+                if (
+                    run is not None
+                    and is_terminal(run.status)
+                    and not await state.events.exists(run_id)
+                ):
+                    for archived in await _archived(state, run_id, last):
+                        yield archived
+                    return
+                continue
+            if event.seq <= last:
+                continue
+            yield event
+            last = event.seq
+            if event.type == "done":
+                return
+    finally:
+        state.hub.unsubscribe(sub)
+
+
+def sse_response(
+    state: ShimState, run_id: str, after: int, headers: dict[str, str] | None = None
+) -> EventSourceResponse:
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        retry: int | None = state.settings.sse_retry_ms
+        async for event in run_events(state, run_id, after):
+            yield ServerSentEvent(data=event.data, event=event.type, id=str(event.seq), retry=retry)
+            retry = None
+
+    all_headers: dict[str, Any] = {
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        **(headers or {}),
+    }
+    return EventSourceResponse(
+        frames(),
+        headers=all_headers,
+        ping=state.settings.sse_ping_s,
+        sep="\n",
+        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
+    )

@@ -1,0 +1,281 @@
+"""`/v1/runs`: create (background, wait, stream), read, list, and replay a run's events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from sse_starlette import EventSourceResponse
+
+from api_shim.auth import Caller, acting_tenant
+from api_shim.errors import APIError, request_id_of
+from api_shim.replay import run_events, sse_response
+from api_shim.state import ShimState, state_of
+from runrelay.agents import AgentNotFound, AgentSpec
+from runrelay.events import encode, make_event
+from runrelay.store import new_id
+from runrelay.tables import Run
+from runrelay.types import AgentRef, RunCreate, RunError, RunList, RunObject, Usage, WaitResponse
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or invalid API key"},
+    404: {"description": "no such run for this tenant"},
+}
+
+
+def run_object(run: Run) -> RunObject:
+    return RunObject(
+        id=run.id,
+        tenant_id=run.tenant_id,
+        status=run.status,
+        agent=AgentRef(
+            name=run.agent_name, id=run.agent_id, revision=run.agent_revision, tag=run.agent_tag
+        ),
+        thread_id=run.thread_id,
+        input=run.input,
+        message=run.message,
+        metadata=run.run_metadata or {},
+        model_id=run.model_id,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        output=run.output,
+        result=run.result,
+        usage=Usage(**run.usage) if run.usage else None,
+        error=RunError(**run.error) if run.error else None,
+        attempts=run.attempts,
+        events_url=f"/v1/runs/{run.id}/events",
+    )
+
+
+def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
+    try:
+        if body.tag is not None:
+            return state.registry.by_tag(body.tag)
+        if body.agent_id is not None:
+            agent = state.registry.resolve(body.agent_id)
+            if body.revision not in (None, agent.revision):
+                raise APIError(
+                    404,
+                    "revision_not_found",
+                    f"agent {body.agent_id!r} has no revision {body.revision}",
+                    param="revision",
+                )
+            return agent
+        assert body.agent is not None  # RunCreate guarantees exactly one way
+        return state.registry.resolve(body.agent)
+    except AgentNotFound as exc:
+        param = "tag" if body.tag else "agent_id" if body.agent_id else "agent"
+        raise APIError(404, "agent_not_found", str(exc), param=param) from exc
+
+
+async def create_run(request: Request, caller: Caller, body: RunCreate) -> Run:
+    state = state_of(request)
+    tenant_id = await acting_tenant(request, caller, body.tenant_id)
+    agent = _resolve_agent(state, body)
+    run = Run(
+        id=new_id("run"),
+        tenant_id=tenant_id,
+        status="queued",
+        agent_name=agent.name,
+        agent_id=agent.id,
+        agent_revision=agent.revision,
+        agent_tag=body.tag,
+        thread_id=body.thread_id or new_id("thr"),
+        input=body.input,
+        message=body.message,
+        model_id=body.model_id,
+        model_params=body.model_params.model_dump(exclude_none=True) if body.model_params else None,
+        end_user_id=body.end_user_id,
+        run_metadata=body.metadata,
+        request_id=request_id_of(request),
+    )
+    await asyncio.to_thread(state.store.create_run, run)
+    queued = make_event(
+        run.id,
+        1,
+        "run_queued",
+        {"agent": agent.name, "agent_id": agent.id, "thread_id": run.thread_id},
+    )
+    try:
+        await state.events.append(run.id, 1, "run_queued", encode(queued))
+        await asyncio.to_thread(state.sender.send, run.id)
+    except Exception as exc:
+        log.exception("run %s could not be enqueued", run.id)
+        await asyncio.to_thread(
+            state.store.finish_run,
+            run.id,
+            status="failed",
+            output=None,
+            result=None,
+            usage=None,
+            error={"code": "enqueue_failed", "message": str(exc)},
+            events=[],
+        )
+        raise APIError(
+            503, "enqueue_failed", "the run could not be queued (broker unavailable); retry later"
+        ) from exc
+    return run
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=RunObject,
+    responses=_ERRORS,
+    summary="Create a background run",
+)
+async def create(
+    request: Request, response: Response, caller: Caller, body: RunCreate
+) -> RunObject:
+    run = await create_run(request, caller, body)
+    response.headers["Location"] = f"/v1/runs/{run.id}"
+    return run_object(run)
+
+
+@router.post(
+    "/wait",
+    response_model=WaitResponse,
+    responses=_ERRORS,
+    summary="Create a run and wait for its result",
+)
+async def create_and_wait(request: Request, caller: Caller, body: RunCreate) -> WaitResponse:
+    state = state_of(request)
+    run = await create_run(request, caller, body)
+    try:
+        async with asyncio.timeout(state.settings.wait_timeout_s):
+            async for _ in run_events(state, run.id, 0):
+                pass
+    except TimeoutError as exc:
+        raise APIError(
+            504,
+            "wait_timeout",
+            f"run {run.id} is still running after {state.settings.wait_timeout_s:g} s; "
+            f"follow it at /v1/runs/{run.id}",
+        ) from exc
+    finished = await asyncio.to_thread(state.store.get_run, run.id)
+    assert finished is not None  # runs are never deleted
+    obj = run_object(finished)
+    duration_ms = None
+    if finished.started_at and finished.finished_at:
+        duration_ms = int((finished.finished_at - finished.started_at).total_seconds() * 1000)
+    metadata = {
+        "run_id": run.id,
+        "status": finished.status,
+        "agent": finished.agent_name,
+        "agent_id": finished.agent_id,
+        "agent_revision": finished.agent_revision,
+        "model": finished.model_id or state.registry.resolve(finished.agent_name).model,
+        "thread_id": finished.thread_id,
+        "duration_ms": duration_ms,
+    }
+    if obj.error is not None:
+        metadata["error"] = obj.error.model_dump()
+    return WaitResponse(
+        result=finished.result or {"output": finished.output or ""},
+        metadata=metadata,
+        usage=obj.usage or Usage(),
+        request_id=request_id_of(request),
+        run=obj,
+    )
+
+
+@router.post(
+    "/stream",
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    summary="Create a run and stream its events (SSE)",
+)
+async def create_and_stream(
+    request: Request, caller: Caller, body: RunCreate
+) -> EventSourceResponse:
+    run = await create_run(request, caller, body)
+    return sse_response(
+        state_of(request),
+        run.id,
+        0,
+        headers={"Content-Location": f"/v1/runs/{run.id}/events", "X-Run-ID": run.id},
+    )
+
+
+@router.get("", response_model=RunList, responses=_ERRORS, summary="List the tenant's runs")
+async def list_runs(
+    request: Request,
+    caller: Caller,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=64, description="next_cursor of the previous page")
+    ] = None,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    agent: Annotated[str | None, Query(max_length=200)] = None,
+    thread_id: Annotated[str | None, Query(max_length=200)] = None,
+    tenant_id: Annotated[str | None, Query(max_length=100)] = None,
+) -> RunList:
+    state = state_of(request)
+    tenant = await acting_tenant(request, caller, tenant_id)
+    runs = await asyncio.to_thread(
+        state.store.list_runs,
+        tenant,
+        limit=limit + 1,
+        before=cursor,
+        status=status,
+        agent=agent,
+        thread_id=thread_id,
+    )
+    page = runs[:limit]
+    has_more = len(runs) > limit
+    return RunList(
+        data=[run_object(r) for r in page],
+        has_more=has_more,
+        next_cursor=page[-1].id if has_more else None,
+    )
+
+
+async def _own_run(request: Request, caller: Caller, run_id: str) -> Run:
+    state = state_of(request)
+    tenant = await acting_tenant(request, caller, None)
+    run = await asyncio.to_thread(state.store.get_run, run_id, tenant_id=tenant)
+    if run is None:
+        raise APIError(404, "run_not_found", f"no run {run_id!r}", param="run_id")
+    return run
+
+
+@router.get("/{run_id}", response_model=RunObject, responses=_ERRORS, summary="Get a run")
+async def get_run(request: Request, caller: Caller, run_id: str) -> RunObject:
+    return run_object(await _own_run(request, caller, run_id))
+
+
+def _cursor(value: str, source: str) -> int:
+    if not value.isdigit():
+        raise APIError(
+            400,
+            "invalid_cursor",
+            f"{source} must be a non-negative integer event seq (got {value!r})",
+            param=source,
+        )
+    return int(value)
+
+
+@router.get(
+    "/{run_id}/events",
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    summary="Replay and tail a run's events (SSE)",
+)
+async def events(
+    request: Request,
+    caller: Caller,
+    run_id: str,
+    after: Annotated[str | None, Query(description="resume after this seq")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    cursor = 0
+    if after is not None:
+        cursor = _cursor(after, "after")
+    elif last_event_id is not None:
+        cursor = _cursor(last_event_id.strip(), "Last-Event-ID")
+    run = await _own_run(request, caller, run_id)
+    return sse_response(state_of(request), run.id, cursor)

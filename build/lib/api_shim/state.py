@@ -1,0 +1,88 @@
+"""What the shim's routes share: built once in the app's lifespan from the settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from fastapi import Request
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from api_shim.hub import StreamHub
+from runrelay.agents import Registry
+from runrelay.eventlog import EventLog
+from runrelay.keys import EXECUTE_RUN_TASK, RedisKeys
+from runrelay.settings import Settings
+from runrelay.store import Store, make_engine
+
+
+class TaskSender:
+    """Enqueues runs by task name: the shim never imports the worker's code."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._celery = Celery("runrelay-shim", set_as_current=False)
+        self._celery.conf.update(settings.celery_config())
+        self._queue = settings.task_queue
+
+    def send(self, run_id: str) -> None:
+        self._celery.send_task(EXECUTE_RUN_TASK, args=[run_id], queue=self._queue)
+
+    def close(self) -> None:
+        self._celery.close()
+
+
+@dataclass
+class ShimState:
+    settings: Settings
+    store: Store
+    redis: Redis
+    hub_redis: Redis
+    events: EventLog
+    hub: StreamHub
+    registry: Registry
+    sender: TaskSender
+
+    @classmethod
+    def build(cls, settings: Settings) -> ShimState:
+        keys = RedisKeys(settings.redis_prefix)
+        # Bounded, whatever the number of clients: past the limit a request waits for a
+        # connection instead of opening one. SSE tails share the hub's single connection.
+        name = f"{settings.redis_prefix}shim"
+        redis = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.shim_redis_connections,
+                timeout=10,
+                client_name=name,
+            )
+        )
+        hub_redis = Redis.from_url(
+            settings.redis_url,
+            max_connections=1,
+            client_name=name,
+            socket_timeout=settings.hub_block_ms / 1000 + 10,
+        )
+        return cls(
+            settings=settings,
+            store=Store(make_engine(settings)),
+            redis=redis,
+            hub_redis=hub_redis,
+            events=EventLog(redis, keys, settings.events_ttl_s),
+            hub=StreamHub(hub_redis, redis, keys, block_ms=settings.hub_block_ms),
+            registry=Registry.from_file(settings.agents_config, os.environ),
+            sender=TaskSender(settings),
+        )
+
+    async def close(self) -> None:
+        await self.hub.stop()
+        await self.redis.aclose()
+        await self.hub_redis.aclose()
+        self.sender.close()
+        self.store.engine.dispose()
+
+
+def state_of(request: Request) -> ShimState:
+    state: Any = request.app.state.runrelay
+    return state  # type: ignore[no-any-return]

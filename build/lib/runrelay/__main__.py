@@ -1,0 +1,3 @@
+from runrelay.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The demo agents shipped with runrelay (`agents.yaml`) and their tools."""

@@ -1,0 +1,46 @@
+"""The run event protocol (DESIGN §4): one append-only log per run, `seq` 1, 2, 3 … with no gaps.
+
+Every event is a JSON object with `type`, `seq`, `run_id`, `ts` and the fields of its type. The
+worker and the shim append them; the SSE replay sends `data` as it was stored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal, get_args
+
+EventType = Literal[
+    "run_queued",
+    "run_started",
+    "agent_resolved",
+    "output_text_delta",
+    "tool_call_delta",
+    "tool_call_result",
+    "approval_required",
+    "suggestions",
+    "custom",
+    "metadata",
+    "usage",
+    "error",
+    "chat_completed",
+    "done",
+]
+EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))
+
+RunStatus = Literal[
+    "queued", "running", "requires_action", "completed", "failed", "cancelled", "expired"
+]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired"})
+
+
+def make_event(run_id: str, seq: int, type: EventType, data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": type, "seq": seq, "run_id": run_id, "ts": round(time.time(), 6), **data}
+
+
+def encode(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def is_terminal(status: str) -> bool:
+    return status in TERMINAL_STATUSES

@@ -1,0 +1,91 @@
+"""Process settings: one typed object, built at start-up from the environment and passed in.
+
+Nothing else in runrelay reads the environment. `REDIS_URL` and `DATABASE_URL` are read without
+prefix (the convention of Heroku-style platforms and docker-compose); everything else is
+`RUNRELAY_*`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEMO_AGENTS_CONFIG = Path(__file__).parent / "demo" / "agents.yaml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNRELAY_", extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "RUNRELAY_REDIS_URL")
+    )
+    database_url: str = Field(
+        "sqlite:///runrelay.db",
+        validation_alias=AliasChoices("DATABASE_URL", "RUNRELAY_DATABASE_URL"),
+    )
+    # PostgreSQL schema holding runrelay's tables (tests use one schema each).
+    database_schema: str | None = None
+    # Every Redis key runrelay writes starts with this, and so does the Celery queue.
+    redis_prefix: str = "rr:"
+    agents_config: Path = DEMO_AGENTS_CONFIG
+
+    # Event log
+    events_ttl_s: int = 7 * 24 * 3600
+    events_ttl_after_done_s: int = 3600
+
+    # Worker
+    worker_concurrency: int = 100
+    run_lease_ttl_s: float = 30.0
+    run_timeout_s: float = 3600.0
+    # Longer than any run: the broker redelivers an unacked task only after this.
+    broker_visibility_timeout_s: int = 6 * 3600
+
+    # HTTP shim
+    max_body_bytes: int = 10 * 1024 * 1024
+    sse_ping_s: float = 15.0
+    sse_retry_ms: int = 2000
+    wait_timeout_s: float = 600.0
+    hub_block_ms: int = 5000
+    # Redis connections of one shim process for commands; SSE tails add one (the hub's).
+    shim_redis_connections: int = 32
+
+    @field_validator("database_url")
+    @classmethod
+    def _sqlalchemy_driver(cls, url: str) -> str:
+        """Accept the usual `postgres://` and `postgresql://` URLs and pick the psycopg 3 driver."""
+        for plain in ("postgres://", "postgresql://"):
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url[len(plain) :]
+        return url
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url
+
+    @property
+    def task_queue(self) -> str:
+        return "runrelay.runs"
+
+    def celery_config(self) -> dict[str, Any]:
+        """Celery settings the worker and the shim (which only sends tasks) must agree on."""
+        return {
+            "broker_url": self.broker_url,
+            "broker_transport_options": {
+                # Every broker key lives under our prefix, so several deployments (or test
+                # sessions) can share one Redis without seeing each other's tasks.
+                "global_keyprefix": self.redis_prefix,
+                "visibility_timeout": self.broker_visibility_timeout_s,
+            },
+            "broker_connection_retry_on_startup": True,
+            "task_default_queue": self.task_queue,
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "task_ignore_result": True,
+            "worker_prefetch_multiplier": 1,
+            "worker_hijack_root_logger": False,
+            "worker_send_task_events": True,
+            "task_send_sent_event": True,
+        }

@@ -1,0 +1,74 @@
+"""SQLModel tables: the database is the truth about tenants, keys, runs and archived event logs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(unique=True, index=True, max_length=100)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=40)
+    prefix: str = Field(max_length=20)
+    key_hash: str = Field(unique=True, index=True, max_length=64)
+    is_platform: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_tenant_id_id", "tenant_id", "id"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenants.id", max_length=40)
+    status: str = Field(index=True, max_length=20)
+    agent_name: str = Field(max_length=200)
+    agent_id: str = Field(max_length=200)
+    agent_revision: int = 1
+    agent_tag: str | None = Field(default=None, max_length=100)
+    thread_id: str | None = Field(default=None, max_length=200)
+    input: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    message: str | None = Field(default=None, sa_column=Column(Text))
+    model_id: str | None = Field(default=None, max_length=200)
+    model_params: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    end_user_id: str | None = Field(default=None, max_length=200)
+    run_metadata: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSON))
+    request_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    output: str | None = Field(default=None, sa_column=Column(Text))
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    usage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    attempts: int = 0
+
+
+class RunEvent(SQLModel, table=True):
+    """The archived event log of a finished run, replayed once the Redis stream is gone."""
+
+    __tablename__ = "run_events"
+
+    run_id: str = Field(primary_key=True, foreign_key="runs.id", max_length=40)
+    seq: int = Field(primary_key=True)
+    type: str = Field(max_length=40)
+    data: str = Field(sa_column=Column(Text, nullable=False))

@@ -1,0 +1,145 @@
+"""Python function tools: the JSON schema the model sees comes from the function's signature.
+
+    @tool(description="Look up a company's credit score")
+    def lookup_credit_score(company: Annotated[str, Field(description="legal name")]) -> dict: ...
+
+Arguments are validated with pydantic before the call; sync functions run in a thread so they
+never block the event loop; a per-tool timeout bounds each call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+ApprovalMode = Literal["always_require", "never_require"]
+
+
+class ToolError(Exception):
+    """A tool call failed; the message goes back to the model as the tool's result."""
+
+
+class _ArgsBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    fn: Callable[..., Any]
+    args_model: type[BaseModel]
+    timeout_s: float | None = None
+    approval_mode: ApprovalMode = "never_require"
+    max_invocations: int | None = None
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI function-tool schema."""
+        parameters = self.args_model.model_json_schema()
+        parameters.pop("title", None)
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": parameters,
+            },
+        }
+
+    async def invoke(self, arguments: str | dict[str, Any]) -> Any:
+        """Validate the model's arguments and call the function; ToolError on any failure."""
+        try:
+            raw = json.loads(arguments or "{}") if isinstance(arguments, str) else arguments
+        except json.JSONDecodeError as exc:
+            raise ToolError(f"arguments of {self.name} are not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ToolError(f"arguments of {self.name} must be a JSON object")
+        try:
+            args = self.args_model.model_validate(raw)
+        except ValidationError as exc:
+            raise ToolError(f"invalid arguments for {self.name}: {_brief(exc)}") from exc
+        kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+        deadline = asyncio.timeout(self.timeout_s)
+        try:
+            async with deadline:
+                if inspect.iscoroutinefunction(self.fn):
+                    return await self.fn(**kwargs)
+                return await asyncio.to_thread(self.fn, **kwargs)
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise ToolError(f"{self.name} timed out after {self.timeout_s:g} s") from exc
+            raise ToolError(f"{self.name} failed: TimeoutError: {exc}") from exc
+        except ToolError:
+            raise
+        except Exception as exc:  # the tool's own failure is reported to the model, not raised
+            raise ToolError(f"{self.name} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _brief(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def tool_from_function(
+    fn: Callable[..., Any],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    approval_mode: ApprovalMode = "never_require",
+    max_invocations: int | None = None,
+    timeout_s: float | None = None,
+) -> Tool:
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(fn, eval_str=True).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(f"tool {fn.__name__}: *args and **kwargs have no JSON schema")
+        annotation = Any if param.annotation is param.empty else param.annotation
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (annotation, default)
+    tool_name = name or fn.__name__
+    args_model = create_model(f"{tool_name}_arguments", __base__=_ArgsBase, **fields)
+    doc = inspect.getdoc(fn) or ""
+    return Tool(
+        name=tool_name,
+        description=description or doc.split("\n\n")[0],
+        fn=fn,
+        args_model=args_model,
+        timeout_s=timeout_s,
+        approval_mode=approval_mode,
+        max_invocations=max_invocations,
+    )
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    approval_mode: ApprovalMode = "never_require",
+    max_invocations: int | None = None,
+    timeout_s: float | None = None,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Tool | Callable[..., Tool]:
+    """Decorator turning a function into a Tool, bare (`@tool`) or with options (`@tool(...)`)."""
+    if fn is not None:
+        return tool_from_function(fn)
+    return lambda f: tool_from_function(f, **options)
+
+
+def import_tool(path: str) -> Tool:
+    """Load `package.module:attribute`, a Tool or a plain function."""
+    module_name, _, attribute = path.partition(":")
+    if not attribute:
+        raise ValueError(f"tool path {path!r} must look like 'package.module:function'")
+    target = getattr(importlib.import_module(module_name), attribute)
+    return target if isinstance(target, Tool) else tool_from_function(target)

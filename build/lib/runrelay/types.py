@@ -1,0 +1,183 @@
+"""Request and response models of the HTTP contract (DESIGN §3), shared by the shim and the SDK."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9\-_]*$")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+
+class ModelParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0, le=2, description="0 to 2 inclusive")
+    max_tokens: int | None = Field(None, gt=0, description="a positive integer")
+    seed: int | None = None
+
+
+class A2ATask(BaseModel):
+    """Agent-to-Agent request shape: `{"task": {"id": ..., "input": {...}}}`."""
+
+    id: str | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunCreate(BaseModel):
+    """The body of `POST /v1/runs`, `/v1/runs/wait` and `/v1/runs/stream`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = Field(None, min_length=1, max_length=200, description="name or shortcut")
+    agent_id: str | None = Field(None, min_length=1, max_length=200)
+    revision: int | None = Field(None, ge=1)
+    tag: str | None = Field(None, min_length=1, max_length=100)
+    input: dict[str, Any] | None = None
+    message: str | None = Field(None, max_length=1_000_000)
+    task: A2ATask | None = None
+    thread_id: str | None = Field(None, min_length=1, max_length=200)
+    model_id: str | None = Field(None, min_length=1, max_length=200)
+    model_params: ModelParams | None = None
+    end_user_id: str | None = Field(None, max_length=200)
+    metadata: dict[str, Any] | None = None
+    tenant_id: str | None = Field(None, min_length=1, max_length=100)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    webhook: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+
+    @field_validator("tag")
+    @classmethod
+    def _tag_pattern(cls, tag: str | None) -> str | None:
+        if tag is not None and not TAG_PATTERN.match(tag):
+            raise ValueError(
+                "must match ^[a-z0-9][a-z0-9\\-_]*$ (lowercase letters, digits, '-' and '_', "
+                f"starting with a letter or digit); got {tag!r}"
+            )
+        return tag
+
+    @field_validator("message")
+    @classmethod
+    def _message_not_blank(cls, message: str | None) -> str | None:
+        if message is not None and not message.strip():
+            raise ValueError("must not be empty")
+        return message
+
+    @model_validator(mode="after")
+    def _one_agent_and_some_input(self) -> RunCreate:
+        given = [name for name in ("agent", "agent_id", "tag") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of `agent`, `agent_id` or `tag` "
+                f"(got {', '.join(given) if given else 'none'})"
+            )
+        if self.revision is not None and self.agent_id is None:
+            raise ValueError("`revision` goes with `agent_id`")
+        if self.task is not None:
+            if self.input is not None:
+                raise ValueError("give either `input` or an A2A `task`, not both")
+            self.input = self.task.input
+        if self.input is None and self.message is None:
+            raise ValueError("give `input` (an object) and/or `message` (a string)")
+        return self
+
+    def user_message(self) -> str:
+        """The text the model sees as the user's turn."""
+        if self.message is not None:
+            return self.message
+        return json.dumps(self.input, ensure_ascii=False, sort_keys=True)
+
+
+class AgentRef(BaseModel):
+    name: str
+    id: str
+    revision: int
+    tag: str | None = None
+
+
+class RunError(BaseModel):
+    code: str
+    message: str
+
+
+class RunObject(BaseModel):
+    object: Literal["run"] = "run"
+    id: str
+    tenant_id: str
+    status: str
+    agent: AgentRef
+    thread_id: str | None = None
+    input: dict[str, Any] | None = None
+    message: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    model_id: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    output: str | None = None
+    result: dict[str, Any] | None = None
+    usage: Usage | None = None
+    error: RunError | None = None
+    attempts: int = 0
+    events_url: str
+
+
+class RunList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RunObject]
+    has_more: bool
+    next_cursor: str | None = None
+
+
+class WaitResponse(BaseModel):
+    """FAOS-style synchronous response."""
+
+    result: dict[str, Any]
+    metadata: dict[str, Any]
+    usage: Usage
+    request_id: str
+    run: RunObject
+
+
+class AgentInfo(BaseModel):
+    object: Literal["agent"] = "agent"
+    id: str
+    name: str
+    display_name: str
+    description: str
+    module_key: str
+    module_name: str
+    revision: int
+    provider: str
+    model: str
+    tools: list[str]
+    capabilities: list[str]
+    task_template: str | None = None
+    shortcuts: list[str]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    code: str
+    message: str
+    param: str | None = None
+    request_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

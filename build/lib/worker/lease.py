@@ -1,0 +1,47 @@
+"""Run leases: the truth about which worker runs a run.
+
+A lease is a Redis string holding a fencing token (a per-run counter, so a newer holder always has
+a larger token) with a TTL the holder renews by heartbeat. Event appends check the token, so a
+worker that lost its lease can no longer write to the run's log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from runrelay.keys import RedisKeys
+
+_LUA_DIR = Path(__file__).parent / "lua"
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_id: str
+    token: str
+
+
+class Leases:
+    def __init__(self, redis: Redis, keys: RedisKeys, ttl_s: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl_ms = int(ttl_s * 1000)
+        self._renew = redis.register_script((_LUA_DIR / "renew_lease.lua").read_text())
+        self._release = redis.register_script((_LUA_DIR / "release_lease.lua").read_text())
+
+    async def acquire(self, run_id: str) -> Lease | None:
+        """Take the run's lease, or None while another holder's lease is alive."""
+        token = str(await self.redis.incr(self.keys.fence(run_id)))
+        await self.redis.expire(self.keys.fence(run_id), 30 * 24 * 3600)
+        taken = await self.redis.set(self.keys.lease(run_id), token, nx=True, px=self.ttl_ms)
+        return Lease(run_id, token) if taken else None
+
+    async def renew(self, lease: Lease) -> bool:
+        return bool(
+            await self._renew(keys=[self.keys.lease(lease.run_id)], args=[lease.token, self.ttl_ms])
+        )
+
+    async def release(self, lease: Lease) -> None:
+        await self._release(keys=[self.keys.lease(lease.run_id)], args=[lease.token])
