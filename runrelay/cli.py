@@ -115,6 +115,16 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
 
 
 @main.command()
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.option("--address", default="127.0.0.1", show_default=True)
+def flower(port: int, address: str) -> None:
+    """Serve Flower, Celery's web view of the workers and their tasks."""
+    from worker.app import create_app
+
+    create_app(_settings()).start(argv=["flower", f"--port={port}", f"--address={address}"])
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option(

@@ -44,24 +44,16 @@ def _port_free(host: str, port: int) -> bool:
 
 def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url}
-    log_file = log_path.open("ab")
-    return subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
-        [
-            sys.executable,
-            "-m",
-            "runrelay",
-            "--log-level",
-            "WARNING",
-            "worker",
-            "--concurrency",
-            "50",
-            "--hostname",
-            f"dev-worker-{os.getpid()}@%h",
-        ],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
+    with log_path.open("ab") as log_file:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
+            [
+                sys.executable, "-m", "runrelay", "--log-level", "WARNING", "worker",
+                "--concurrency", "50", "--hostname", f"dev-worker-{os.getpid()}@%h",
+            ],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
