@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runrelay.eventlog import LoggedEvent, decode_entry
@@ -101,8 +102,9 @@ class StreamHub:
                 response: Any = await self.reader.xread(
                     streams, count=_XREAD_COUNT, block=self.block_ms
                 )
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("SSE hub lost Redis (%s); retrying in 1 s", exc)
+            except RedisError as exc:
+                # Subscribers keep their cursors, so nothing is lost while Redis is away.
+                log.warning("SSE hub cannot read Redis (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1)
                 continue
             for raw_key, entries in response or []:

@@ -39,6 +39,9 @@ def main(log_level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if log_level.upper() != "DEBUG":
+        # Alembic narrates every plugin it loads at INFO; `migrate` says what matters itself.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @main.command()
