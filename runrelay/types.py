@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from typing import Any, Literal
@@ -95,12 +94,6 @@ class RunCreate(BaseModel):
         if self.input is None and self.message is None:
             raise ValueError("give `input` (an object) and/or `message` (a string)")
         return self
-
-    def user_message(self) -> str:
-        """The text the model sees as the user's turn."""
-        if self.message is not None:
-            return self.message
-        return json.dumps(self.input, ensure_ascii=False, sort_keys=True)
 
 
 class AgentRef(BaseModel):

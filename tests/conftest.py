@@ -29,7 +29,8 @@ from runrelay.migrate import upgrade
 from runrelay.settings import Settings
 from runrelay.store import Store, make_engine
 from tests.fake_openai import FakeOpenAI, serve_fake_openai
-from worker.app import WorkerApp, create_app as create_worker_app
+from worker.app import WorkerApp
+from worker.app import create_app as create_worker_app
 
 WORKER_CONCURRENCY = 64
 
@@ -76,8 +77,13 @@ def settings(
     database_url, schema = database
     prefix = f"rrtest:{secrets.token_hex(4)}:"
     settings = Settings(
-        redis_url=redis_url, database_url=database_url, database_schema=schema,
-        redis_prefix=prefix, hub_block_ms=2000, sse_ping_s=5, run_lease_ttl_s=10,
+        redis_url=redis_url,
+        database_url=database_url,
+        database_schema=schema,
+        redis_prefix=prefix,
+        hub_block_ms=2000,
+        sse_ping_s=5,
+        run_lease_ttl_s=10,
         shim_redis_connections=8,
     )
     upgrade(settings)
@@ -98,8 +104,14 @@ def store(settings: Settings) -> Iterator[Store]:
 @pytest.fixture(scope="session")
 def worker(settings: Settings) -> Iterator[WorkerApp]:
     app = create_worker_app(settings)
-    with start_worker(app, pool="threads", concurrency=WORKER_CONCURRENCY,
-                      perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30):
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=WORKER_CONCURRENCY,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+    ):
         yield app
     app.close_runtime()
 
@@ -109,9 +121,15 @@ class ServerThread:
 
     def __init__(self, app: object) -> None:
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1",  # type: ignore[arg-type]
-                                                    port=self.port, log_level="warning",
-                                                    loop="asyncio"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",  # type: ignore[arg-type]
+                port=self.port,
+                log_level="warning",
+                loop="asyncio",
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.base_url = f"http://127.0.0.1:{self.port}"
 

@@ -83,24 +83,34 @@ class RecordedRequest:
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _split(text: str, parts: int) -> list[str]:
     size = max(1, -(-len(text) // max(1, parts)))
-    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 def _choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-    return {"choices": [{"index": 0, "delta": delta, "logprobs": None,
-                         "finish_reason": finish_reason}]}
+    return {
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+    }
 
 
-def text_answer(text: str = "Hello from the fake server.", *, chunks: int = 3,
-                prompt_tokens: int = 12, completion_tokens: int = 7,
-                finish_reason: str = "stop", comment: str | None = None,
-                model: str | None = None) -> Plan:
+def text_answer(
+    text: str = "Hello from the fake server.",
+    *,
+    chunks: int = 3,
+    prompt_tokens: int = 12,
+    completion_tokens: int = 7,
+    finish_reason: str = "stop",
+    comment: str | None = None,
+    model: str | None = None,
+) -> Plan:
     """`text` as `chunks` content deltas, after OpenAI's opening role chunk.
 
     `comment` is sent first as an SSE comment line, as OpenRouter and some proxies do.
@@ -108,13 +118,20 @@ def text_answer(text: str = "Hello from the fake server.", *, chunks: int = 3,
     specs: list[ChunkSpec] = [_choice({"role": "assistant", "content": ""})]
     specs += [_choice({"content": part}) for part in _split(text, chunks)]
     specs.append(_choice({}, finish_reason))
-    return Plan(chunks=specs, usage=_usage(prompt_tokens, completion_tokens), comment=comment,
-                model=model)
+    return Plan(
+        chunks=specs, usage=_usage(prompt_tokens, completion_tokens), comment=comment, model=model
+    )
 
 
-def tool_call_answer(calls: Sequence[tuple[str, dict[str, Any]]], *, split: int = 3,
-                     reuse_index: bool = False, prompt_tokens: int = 20,
-                     completion_tokens: int = 9, model: str | None = None) -> Plan:
+def tool_call_answer(
+    calls: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    split: int = 3,
+    reuse_index: bool = False,
+    prompt_tokens: int = 20,
+    completion_tokens: int = 9,
+    model: str | None = None,
+) -> Plan:
     """Tool calls `(name, arguments)`, each call's arguments JSON cut into `split` fragments.
 
     The first fragment of a call carries its id, type and name with empty arguments (as OpenAI
@@ -123,46 +140,78 @@ def tool_call_answer(calls: Sequence[tuple[str, dict[str, Any]]], *, split: int 
     specs: list[ChunkSpec] = [_choice({"role": "assistant", "content": None})]
     for position, (name, arguments) in enumerate(calls):
         index = 0 if reuse_index else position
-        head = {"index": index, "id": f"call_fake{position}", "type": "function",
-                "function": {"name": name, "arguments": ""}}
+        head = {
+            "index": index,
+            "id": f"call_fake{position}",
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
         specs.append(_choice({"tool_calls": [head]}))
         for part in _split(json.dumps(arguments), split):
-            specs.append(_choice({"tool_calls": [{"index": index,
-                                                  "function": {"arguments": part}}]}))
+            specs.append(
+                _choice({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+            )
     specs.append(_choice({}, "tool_calls"))
     return Plan(chunks=specs, usage=_usage(prompt_tokens, completion_tokens), model=model)
 
 
-def http_error(status: int, message: str | None = None, *, retry_after: float | None = None,
-               error_type: str | None = None, code: str | None = None,
-               model: str | None = None) -> Plan:
+def http_error(
+    status: int,
+    message: str | None = None,
+    *,
+    retry_after: float | None = None,
+    error_type: str | None = None,
+    code: str | None = None,
+    model: str | None = None,
+) -> Plan:
     """An HTTP error with OpenAI's error body; `retry_after` sets the Retry-After header."""
-    defaults = {401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
-                429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded")}
+    defaults = {
+        401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+        429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+    }
     default_message, default_type, default_code = defaults.get(
-        status, (f"The server had an error (HTTP {status}).", "server_error", None))
+        status, (f"The server had an error (HTTP {status}).", "server_error", None)
+    )
     headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
-    body = {"error": {"message": message or default_message, "type": error_type or default_type,
-                      "param": None, "code": code or default_code}}
+    body = {
+        "error": {
+            "message": message or default_message,
+            "type": error_type or default_type,
+            "param": None,
+            "code": code or default_code,
+        }
+    }
     return Plan(status=status, error_body=body, headers=headers, model=model)
 
 
 def malformed_chunk(model: str | None = None) -> Plan:
     """A good first chunk, then `data: {not json`."""
-    return Plan(chunks=[_choice({"role": "assistant", "content": "Hi"}), "{not json"],
-                model=model)
+    return Plan(chunks=[_choice({"role": "assistant", "content": "Hi"}), "{not json"], model=model)
 
 
 def truncated_stream(model: str | None = None) -> Plan:
     """Two content chunks, then the body ends: no finish_reason and no `[DONE]`."""
-    return Plan(chunks=[_choice({"role": "assistant", "content": "Half an "}),
-                        _choice({"content": "answ"})], done=False, model=model)
+    return Plan(
+        chunks=[
+            _choice({"role": "assistant", "content": "Half an "}),
+            _choice({"content": "answ"}),
+        ],
+        done=False,
+        model=model,
+    )
 
 
 def stalled_stream(model: str | None = None) -> Plan:
     """Two content chunks, then silence until the server shuts down."""
-    return Plan(chunks=[_choice({"role": "assistant", "content": "Let me think"}),
-                        _choice({"content": "..."})], done=False, stall=True, model=model)
+    return Plan(
+        chunks=[
+            _choice({"role": "assistant", "content": "Let me think"}),
+            _choice({"content": "..."}),
+        ],
+        done=False,
+        stall=True,
+        model=model,
+    )
 
 
 class FakeOpenAI:
@@ -177,10 +226,12 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._counter = 0
-        self.app = Starlette(routes=[
-            Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
-            Route("/v1/models", self._models, methods=["GET"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
 
     def plan(self, *plans: Plan) -> None:
         """Queue responses for the next requests, in order."""
@@ -200,8 +251,12 @@ class FakeOpenAI:
         return self.default
 
     async def _models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}],
+            }
+        )
 
     async def _chat_completions(self, request: Request) -> Response:
         raw = await request.body()
@@ -215,31 +270,47 @@ class FakeOpenAI:
         ):
             return self._error_response(http_error(401))
         if not isinstance(body, dict) or "model" not in body or "messages" not in body:
-            return self._error_response(http_error(
-                400, "The request body must be a JSON object with model and messages.",
-                error_type="invalid_request_error"))
+            return self._error_response(
+                http_error(
+                    400,
+                    "The request body must be a JSON object with model and messages.",
+                    error_type="invalid_request_error",
+                )
+            )
         if body.get("stream") is not True:
-            return self._error_response(http_error(
-                400, "This fake server only streams; send stream: true.",
-                error_type="invalid_request_error"))
+            return self._error_response(
+                http_error(
+                    400,
+                    "This fake server only streams; send stream: true.",
+                    error_type="invalid_request_error",
+                )
+            )
         planned = self._take(body["model"])
         if planned.status != 200:
             return self._error_response(planned)
         stream_options = body.get("stream_options") or {}
         with_usage = isinstance(stream_options, dict) and stream_options.get("include_usage")
-        return StreamingResponse(self._events(planned, body["model"], bool(with_usage)),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", **planned.headers})
+        return StreamingResponse(
+            self._events(planned, body["model"], bool(with_usage)),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", **planned.headers},
+        )
 
     @staticmethod
     def _error_response(planned: Plan) -> Response:
-        return JSONResponse(planned.error_body or {}, status_code=planned.status,
-                            headers=planned.headers)
+        return JSONResponse(
+            planned.error_body or {}, status_code=planned.status, headers=planned.headers
+        )
 
     async def _events(self, planned: Plan, model: str, with_usage: bool) -> AsyncIterator[str]:
         self._counter += 1
-        envelope = {"id": f"chatcmpl-fake{self._counter}", "object": "chat.completion.chunk",
-                    "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
+        envelope = {
+            "id": f"chatcmpl-fake{self._counter}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_fake",
+        }
         if planned.comment is not None:
             yield f": {planned.comment}\n\n"
         for spec in planned.chunks:
@@ -265,8 +336,14 @@ class FakeOpenAI:
 def serve_fake_openai(api_key: str | None = None) -> Iterator[FakeOpenAI]:
     """Run a `FakeOpenAI` on a free 127.0.0.1 port for the duration of the block."""
     fake = FakeOpenAI(api_key)
-    config = uvicorn.Config(fake.app, log_level="warning", access_log=False, lifespan="off",
-                            ws="none", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        fake.app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        ws="none",
+        timeout_graceful_shutdown=2,
+    )
     server = uvicorn.Server(config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -274,8 +351,9 @@ def serve_fake_openai(api_key: str | None = None) -> Iterator[FakeOpenAI]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         fake.base_url = f"http://127.0.0.1:{port}/v1"
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                                  name=f"fake-openai-{port}", daemon=True)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-openai-{port}", daemon=True
+        )
         thread.start()
         deadline = time.monotonic() + 10
         while not server.started:

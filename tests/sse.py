@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -34,3 +35,14 @@ def assert_complete_log(events: list[dict[str, Any]], *, first_seq: int = 1) -> 
     assert seqs == list(range(first_seq, first_seq + len(events))), f"gap or duplicate in {seqs}"
     assert [e["type"] for e in events].count("done") == 1
     assert events[-1]["type"] == "done"
+
+
+def wait_finished(client: httpx.Client, run_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    """Poll the run until it reaches a final status; the run object."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run: dict[str, Any] = client.get(f"/v1/runs/{run_id}").json()
+        if run["status"] in ("completed", "failed", "cancelled", "expired"):
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not finish in {timeout_s} s")

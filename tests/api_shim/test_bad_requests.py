@@ -8,24 +8,37 @@ import pytest
 OK = {"agent": "bank credit-analyst", "message": "hi"}
 
 
-@pytest.mark.parametrize(("body", "status", "param", "words"), [
-    ({"agent": "no-such-agent", "message": "hi"}, 404, "agent", "no-such-agent"),
-    ({"agent": "bank credit-analys", "message": "hi"}, 404, "agent", "did you mean"),
-    ({"agent_id": "bank.nope", "message": "hi"}, 404, "agent_id", "bank.nope"),
-    ({"agent_id": "bank.credit-risk-analyst", "revision": 7, "message": "hi"}, 404, "revision", "7"),
-    ({"tag": "staging", "message": "hi"}, 404, "tag", "staging"),
-    ({**OK, "model_params": {"temperature": 3}}, 422, "model_params.temperature", "2"),
-    ({**OK, "model_params": {"temperature": -0.1}}, 422, "model_params.temperature", "0"),
-    ({**OK, "model_params": {"max_tokens": 0}}, 422, "model_params.max_tokens", "greater than 0"),
-    ({**OK, "agent_id": "bank.credit-risk-analyst"}, 422, None, "exactly one of"),
-    ({"message": "hi"}, 422, None, "exactly one of"),
-    ({"agent": "slow-analyst"}, 422, None, "`message`"),
-    ({**OK, "message": "   "}, 422, "message", "empty"),
-    ({**OK, "tag": "Prod!"}, 422, "tag", "^[a-z0-9]"),
-    ({**OK, "input": "not an object"}, 422, "input", "dictionary"),
-    ({**OK, "colour": "blue"}, 422, "colour", "not a known field"),
-    ({**OK, "webhook": "ftp://x"}, 422, "webhook", "pattern"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "param", "words"),
+    [
+        ({"agent": "no-such-agent", "message": "hi"}, 404, "agent", "no-such-agent"),
+        ({"agent": "bank credit-analys", "message": "hi"}, 404, "agent", "did you mean"),
+        ({"agent_id": "bank.nope", "message": "hi"}, 404, "agent_id", "bank.nope"),
+        (
+            {"agent_id": "bank.credit-risk-analyst", "revision": 7, "message": "hi"},
+            404,
+            "revision",
+            "7",
+        ),
+        ({"tag": "staging", "message": "hi"}, 404, "tag", "staging"),
+        ({**OK, "model_params": {"temperature": 3}}, 422, "model_params.temperature", "2"),
+        ({**OK, "model_params": {"temperature": -0.1}}, 422, "model_params.temperature", "0"),
+        (
+            {**OK, "model_params": {"max_tokens": 0}},
+            422,
+            "model_params.max_tokens",
+            "greater than 0",
+        ),
+        ({**OK, "agent_id": "bank.credit-risk-analyst"}, 422, None, "exactly one of"),
+        ({"message": "hi"}, 422, None, "exactly one of"),
+        ({"agent": "slow-analyst"}, 422, None, "`message`"),
+        ({**OK, "message": "   "}, 422, "message", "empty"),
+        ({**OK, "tag": "Prod!"}, 422, "tag", "^[a-z0-9]"),
+        ({**OK, "input": "not an object"}, 422, "input", "dictionary"),
+        ({**OK, "colour": "blue"}, 422, "colour", "not a known field"),
+        ({**OK, "webhook": "ftp://x"}, 422, "webhook", "pattern"),
+    ],
+)
 def test_bad_body_is_4xx_naming_the_field(
     client: httpx.Client, body: dict, status: int, param: str | None, words: str
 ) -> None:
@@ -40,7 +53,9 @@ def test_bad_body_is_4xx_naming_the_field(
 
 
 def test_body_that_is_not_json_is_400(client: httpx.Client) -> None:
-    response = client.post("/v1/runs", content=b"{nope", headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/v1/runs", content=b"{nope", headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
 
@@ -59,16 +74,21 @@ def test_20_mib_body_without_content_length_is_413(client: httpx.Client) -> None
             yield b"x" * (1024 * 1024)
         yield b'"}'
 
-    response = client.post("/v1/runs", content=chunks(), headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/v1/runs", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
 
 
-@pytest.mark.parametrize(("headers", "code"), [
-    ({}, "missing_api_key"),
-    ({"Authorization": "Bearer rr_sk_not-a-real-key"}, "invalid_api_key"),
-    ({"Authorization": "Basic dXNlcjpwYXNz"}, "invalid_api_key"),
-    ({"Authorization": "Bearer"}, "invalid_api_key"),
-])
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "missing_api_key"),
+        ({"Authorization": "Bearer rr_sk_not-a-real-key"}, "invalid_api_key"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "invalid_api_key"),
+        ({"Authorization": "Bearer"}, "invalid_api_key"),
+    ],
+)
 def test_missing_or_invalid_key_is_401(api: str, headers: dict, code: str) -> None:
     for method, path in (("POST", "/v1/runs"), ("GET", "/v1/runs"), ("GET", "/v1/agents")):
         response = httpx.request(method, f"{api}{path}", json=OK, headers=headers)

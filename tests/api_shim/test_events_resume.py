@@ -3,27 +3,15 @@ events after it, whether the run is live, finished, or archived."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 import redis
 
 from runrelay.keys import RedisKeys
 from runrelay.settings import Settings
-from tests.sse import assert_complete_log, read_events
+from tests.sse import assert_complete_log, read_events, wait_finished
 
 ANALYST = {"agent": "bank credit-analyst", "input": {"company": "ACME Corp"}}
-
-
-def _wait_done(client: httpx.Client, run_id: str, timeout_s: float = 30) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        run = client.get(f"/v1/runs/{run_id}").json()
-        if run["status"] in ("completed", "failed", "cancelled", "expired"):
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"run {run_id} did not finish in {timeout_s} s")
 
 
 def test_streamed_run_is_one_gapless_log_ending_in_done(client: httpx.Client) -> None:
@@ -54,17 +42,21 @@ def test_streamed_run_is_one_gapless_log_ending_in_done(client: httpx.Client) ->
 
 
 @pytest.mark.parametrize("how", ["last-event-id", "after"])
-def test_stream_dropped_mid_run_resumes_with_exactly_the_rest(client: httpx.Client, how: str) -> None:
+def test_stream_dropped_mid_run_resumes_with_exactly_the_rest(
+    client: httpx.Client, how: str
+) -> None:
     first = read_events(client, "POST", "/v1/runs/stream", json=ANALYST, limit=6)
     run_id = first[0]["run_id"]
     cursor = first[-1]["seq"]
-    assert client.get(f"/v1/runs/{run_id}").json()["status"] in ("queued", "running"), \
+    assert client.get(f"/v1/runs/{run_id}").json()["status"] in ("queued", "running"), (
         "the drop happened mid-run"
+    )
     if how == "after":
         rest = read_events(client, "GET", f"/v1/runs/{run_id}/events", params={"after": cursor})
     else:
-        rest = read_events(client, "GET", f"/v1/runs/{run_id}/events",
-                           headers={"Last-Event-ID": str(cursor)})
+        rest = read_events(
+            client, "GET", f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": str(cursor)}
+        )
     assert rest[0]["seq"] == cursor + 1
     assert_complete_log(first + rest)
     assert rest[-1]["status"] == "completed", "a client disconnect never cancels the run"
@@ -72,11 +64,12 @@ def test_stream_dropped_mid_run_resumes_with_exactly_the_rest(client: httpx.Clie
 
 def test_resume_after_the_run_ended_gets_exactly_the_rest(client: httpx.Client) -> None:
     run = client.post("/v1/runs", json=ANALYST).json()
-    _wait_done(client, run["id"])
+    wait_finished(client, run["id"])
     everything = read_events(client, "GET", f"/v1/runs/{run['id']}/events")
     assert_complete_log(everything)
-    rest = read_events(client, "GET", f"/v1/runs/{run['id']}/events",
-                       headers={"Last-Event-ID": "10"})
+    rest = read_events(
+        client, "GET", f"/v1/runs/{run['id']}/events", headers={"Last-Event-ID": "10"}
+    )
     assert rest == everything[10:]
 
 
@@ -84,7 +77,7 @@ def test_replay_after_the_redis_stream_is_gone_comes_from_the_archive(
     client: httpx.Client, settings: Settings
 ) -> None:
     run = client.post("/v1/runs", json=ANALYST).json()
-    _wait_done(client, run["id"])
+    wait_finished(client, run["id"])
     before = read_events(client, "GET", f"/v1/runs/{run['id']}/events")
     raw = redis.Redis.from_url(settings.redis_url)
     assert raw.delete(RedisKeys(settings.redis_prefix).events(run["id"])) == 1
@@ -96,18 +89,22 @@ def test_replay_after_the_redis_stream_is_gone_comes_from_the_archive(
 
 def test_cursor_beyond_the_end_of_a_live_run_waits_for_new_events(client: httpx.Client) -> None:
     run = client.post("/v1/runs", json={"agent": "slow-analyst", "message": "go"}).json()
-    events = read_events(client, "GET", f"/v1/runs/{run['id']}/events", params={"after": 8},
-                         limit=3)
+    events = read_events(
+        client, "GET", f"/v1/runs/{run['id']}/events", params={"after": 8}, limit=3
+    )
     assert [e["seq"] for e in events] == [9, 10, 11]
 
 
-@pytest.mark.parametrize(("params", "headers", "param"), [
-    ({"after": "abc"}, {}, "after"),
-    ({"after": "-3"}, {}, "after"),
-    ({"after": "1.5"}, {}, "after"),
-    ({}, {"Last-Event-ID": "evt-42"}, "Last-Event-ID"),
-    ({}, {"Last-Event-ID": "-1"}, "Last-Event-ID"),
-])
+@pytest.mark.parametrize(
+    ("params", "headers", "param"),
+    [
+        ({"after": "abc"}, {}, "after"),
+        ({"after": "-3"}, {}, "after"),
+        ({"after": "1.5"}, {}, "after"),
+        ({}, {"Last-Event-ID": "evt-42"}, "Last-Event-ID"),
+        ({}, {"Last-Event-ID": "-1"}, "Last-Event-ID"),
+    ],
+)
 def test_bad_cursor_is_400_naming_it(
     client: httpx.Client, params: dict, headers: dict, param: str
 ) -> None:

@@ -29,10 +29,13 @@ def test_redis_connections_do_not_grow_with_sse_clients(
 ) -> None:
     async def scenario() -> tuple[list[list[dict]], list[int]]:
         limits = httpx.Limits(max_connections=CLIENTS * 2)
-        async with httpx.AsyncClient(base_url=api, headers=tenant.headers, timeout=60,
-                                     limits=limits) as http:
+        async with httpx.AsyncClient(
+            base_url=api, headers=tenant.headers, timeout=60, limits=limits
+        ) as http:
             runs = [
-                (await http.post("/v1/runs", json={"agent": "slow-analyst", "message": "go"})).json()
+                (
+                    await http.post("/v1/runs", json={"agent": "slow-analyst", "message": "go"})
+                ).json()
                 for _ in range(CLIENTS)
             ]
             samples: list[int] = []

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from tests.conftest import TenantKey
-from tests.sse import read_events
+from tests.sse import read_events, wait_finished
 
 ANALYST = {"agent": "bank credit-analyst", "input": {"company": "ACME Corp"}}
-
-
-def _wait_done(client: httpx.Client, run_id: str, timeout_s: float = 30) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        run = client.get(f"/v1/runs/{run_id}").json()
-        if run["status"] in ("completed", "failed", "cancelled", "expired"):
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"run {run_id} did not finish in {timeout_s} s")
 
 
 def test_create_returns_202_with_location_and_the_run_completes(client: httpx.Client) -> None:
@@ -29,10 +17,14 @@ def test_create_returns_202_with_location_and_the_run_completes(client: httpx.Cl
     assert response.headers["location"] == f"/v1/runs/{run['id']}"
     assert run["status"] == "queued" and run["agent"]["name"] == "credit-risk-analyst"
     assert run["events_url"] == f"/v1/runs/{run['id']}/events"
-    done = _wait_done(client, run["id"])
+    done = wait_finished(client, run["id"])
     assert done["status"] == "completed"
     assert done["output"].startswith("The credit score")
-    assert done["usage"]["total_tokens"] == done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"] > 0
+    assert (
+        done["usage"]["total_tokens"]
+        == done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"]
+        > 0
+    )
     assert done["metadata"] == {"batch": "q1"}
     assert done["started_at"] and done["finished_at"] and done["attempts"] == 1
     assert done["result"]["tool_calls"][0]["name"] == "lookup_credit_score"
@@ -51,8 +43,10 @@ def test_wait_returns_the_result_usage_and_metadata(client: httpx.Client) -> Non
 
 
 def test_a2a_task_body_is_recognised(client: httpx.Client) -> None:
-    response = client.post("/v1/runs/wait", json={
-        "agent": "credit-risk-analyst", "task": {"id": "task-1", "input": {"query": "Q1"}}})
+    response = client.post(
+        "/v1/runs/wait",
+        json={"agent": "credit-risk-analyst", "task": {"id": "task-1", "input": {"query": "Q1"}}},
+    )
     assert response.status_code == 200
     assert response.json()["run"]["input"] == {"query": "Q1"}
 
@@ -60,8 +54,12 @@ def test_a2a_task_body_is_recognised(client: httpx.Client) -> None:
 def test_tag_resolves_to_its_agent(client: httpx.Client) -> None:
     response = client.post("/v1/runs", json={"tag": "production", "message": "hi"})
     assert response.status_code == 202
-    assert response.json()["agent"] == {"name": "credit-risk-analyst", "id": "bank.credit-risk-analyst",
-                                        "revision": 1, "tag": "production"}
+    assert response.json()["agent"] == {
+        "name": "credit-risk-analyst",
+        "id": "bank.credit-risk-analyst",
+        "revision": 1,
+        "tag": "production",
+    }
 
 
 def test_list_is_newest_first_with_cursor_pagination(client: httpx.Client) -> None:
@@ -90,8 +88,11 @@ def test_another_tenants_run_and_events_are_404(
 ) -> None:
     run = client.post("/v1/runs/wait", json=ANALYST).json()["run"]
     other_tenant = store.create_tenant(f"other-{tenant.tenant_id}")
-    other = httpx.Client(base_url=api, timeout=10, headers={
-        "Authorization": f"Bearer {store.create_api_key(other_tenant.id)}"})
+    other = httpx.Client(
+        base_url=api,
+        timeout=10,
+        headers={"Authorization": f"Bearer {store.create_api_key(other_tenant.id)}"},
+    )
     with other:
         for path in (f"/v1/runs/{run['id']}", f"/v1/runs/{run['id']}/events"):
             response = other.get(path)

@@ -32,12 +32,18 @@ def _runrelay(*args: str) -> list[str]:
 
 
 @pytest.fixture
-def process_env(redis_url: str, database: tuple[str, str | None], tmp_path: Path) -> Iterator[dict[str, str]]:
+def process_env(
+    redis_url: str, database: tuple[str, str | None], tmp_path: Path
+) -> Iterator[dict[str, str]]:
     """Environment for separate processes: their own key prefix, schema or SQLite file."""
     database_url, schema = database
     prefix = f"rrproc:{secrets.token_hex(4)}:"
-    env = {**os.environ, "REDIS_URL": redis_url, "RUNRELAY_REDIS_PREFIX": prefix,
-           "DATABASE_URL": database_url if schema else f"sqlite:///{tmp_path / 'proc.db'}"}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "RUNRELAY_REDIS_PREFIX": prefix,
+        "DATABASE_URL": database_url if schema else f"sqlite:///{tmp_path / 'proc.db'}",
+    }
     if schema:
         env["RUNRELAY_DATABASE_SCHEMA"] = f"{schema}_proc"
     yield env
@@ -65,11 +71,18 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
         raise
 
 
-def test_separate_processes_serve_a_run_end_to_end(process_env: dict[str, str], tmp_path: Path) -> None:
+def test_separate_processes_serve_a_run_end_to_end(
+    process_env: dict[str, str], tmp_path: Path
+) -> None:
     migrate = subprocess.run(_runrelay("migrate"), env=process_env, capture_output=True, timeout=60)
     assert migrate.returncode == 0, migrate.stderr
-    created = subprocess.run(_runrelay("keys", "create", "--tenant", "acme"), env=process_env,
-                             capture_output=True, text=True, timeout=60)
+    created = subprocess.run(
+        _runrelay("keys", "create", "--tenant", "acme"),
+        env=process_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert re.fullmatch(r"rr_sk_[A-Za-z0-9_\-]{20,}", key), "stdout is only the new key"
@@ -78,10 +91,18 @@ def test_separate_processes_serve_a_run_end_to_end(process_env: dict[str, str], 
     logs = tmp_path / "logs"
     logs.mkdir()
     with (logs / "api.log").open("wb") as api_log, (logs / "worker.log").open("wb") as worker_log:
-        api = subprocess.Popen(_runrelay("api", "--host", "127.0.0.1", "--port", str(port)),
-                               env=process_env, stdout=api_log, stderr=subprocess.STDOUT)
-        worker = subprocess.Popen(_runrelay("worker", "--concurrency", "8"), env=process_env,
-                                  stdout=worker_log, stderr=subprocess.STDOUT)
+        api = subprocess.Popen(
+            _runrelay("api", "--host", "127.0.0.1", "--port", str(port)),
+            env=process_env,
+            stdout=api_log,
+            stderr=subprocess.STDOUT,
+        )
+        worker = subprocess.Popen(
+            _runrelay("worker", "--concurrency", "8"),
+            env=process_env,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -91,10 +112,15 @@ def test_separate_processes_serve_a_run_end_to_end(process_env: dict[str, str], 
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        with httpx.Client(base_url=base, timeout=60,
-                          headers={"Authorization": f"Bearer {key}"}) as http:
-            events = read_events(http, "POST", "/v1/runs/stream",
-                                 json={"agent": "bank credit-analyst", "message": "hi"})
+        with httpx.Client(
+            base_url=base, timeout=60, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
+            events = read_events(
+                http,
+                "POST",
+                "/v1/runs/stream",
+                json={"agent": "bank credit-analyst", "message": "hi"},
+            )
         assert_complete_log(events)
         assert events[-1]["status"] == "completed"
     finally:
@@ -107,8 +133,13 @@ def test_separate_processes_serve_a_run_end_to_end(process_env: dict[str, str], 
 def test_dev_streams_a_demo_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     port = free_port()
-    proc = subprocess.Popen(_runrelay("dev", "--port", str(port), "--data-dir", str(tmp_path / "dev")),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _runrelay("dev", "--port", str(port), "--data-dir", str(tmp_path / "dev")),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output: list[str] = []
     children: list[psutil.Process] = []
     try:
@@ -129,16 +160,19 @@ def test_dev_streams_a_demo_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
         assert redis.Redis(port=redis_port).ping(), "the embedded Redis answers"
         children = psutil.Process(proc.pid).children(recursive=True)
         assert any("worker" in " ".join(c.cmdline()) for c in children)
-        response = httpx.get(f"http://127.0.0.1:{port}/v1/agents",
-                             headers={"Authorization": f"Bearer {key.group(1)}"})
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/v1/agents",
+            headers={"Authorization": f"Bearer {key.group(1)}"},
+        )
         assert response.status_code == 200, "the printed key works"
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, rest
         assert "runrelay dev stopped." in rest
         time.sleep(0.5)
-        assert [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == [], \
-            "no worker process is left behind"
+        assert [
+            c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+        ] == [], "no worker process is left behind"
         with pytest.raises(redis.ConnectionError):
             redis.Redis(port=redis_port, socket_connect_timeout=2).ping()
     finally:
@@ -150,12 +184,18 @@ def test_dev_streams_a_demo_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
 
 
 def test_procfile_and_compose_use_commands_the_cli_has() -> None:
-    commands = [line.split(":", 1)[1].split() for line in
-                (ROOT / "Procfile").read_text().splitlines() if line.strip()]
+    commands = [
+        line.split(":", 1)[1].split()
+        for line in (ROOT / "Procfile").read_text().splitlines()
+        if line.strip()
+    ]
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert {"redis", "postgres", "api", "worker", "flower"} <= set(compose["services"])
-    commands += [svc["command"] for svc in compose["services"].values()
-                 if svc.get("command", [None])[0] == "runrelay"]
+    commands += [
+        svc["command"]
+        for svc in compose["services"].values()
+        if svc.get("command", [None])[0] == "runrelay"
+    ]
     assert len(commands) >= 8
     runner = CliRunner()
     for command in commands:
@@ -163,8 +203,17 @@ def test_procfile_and_compose_use_commands_the_cli_has() -> None:
         args = [a for a in command[1:] if not a.startswith("$")]
         # Options must exist: `--help` after them parses them without running anything.
         options = [a for a in args if a.startswith("--")]
-        result = runner.invoke(cli, [*[a for a in args if not a.startswith("--") and
-                                       not a[0].isdigit() and a not in ("0.0.0.0",)][:2], "--help"])
+        result = runner.invoke(
+            cli,
+            [
+                *[
+                    a
+                    for a in args
+                    if not a.startswith("--") and not a[0].isdigit() and a not in ("0.0.0.0",)
+                ][:2],
+                "--help",
+            ],
+        )
         assert result.exit_code == 0, (command, result.output)
         for option in options:
             assert option in result.output, (command, option)

@@ -14,8 +14,9 @@ from runrelay.settings import DEMO_AGENTS_CONFIG
 
 
 def minimal(**agent: Any) -> dict[str, Any]:
-    return {"modules": [{"key": "ops", "name": "Operations",
-                         "agents": [{"name": "triager", **agent}]}]}
+    return {
+        "modules": [{"key": "ops", "name": "Operations", "agents": [{"name": "triager", **agent}]}]
+    }
 
 
 def write(tmp_path: Path, config: Any, suffix: str = ".yaml") -> Path:
@@ -31,7 +32,10 @@ def demo() -> Registry:
 
 def test_demo_config_loads_with_defaults_when_the_environment_is_empty(demo: Registry) -> None:
     assert [a.name for a in demo.agents] == [
-        "credit-risk-analyst", "slow-analyst", "openai-analyst"]
+        "credit-risk-analyst",
+        "slow-analyst",
+        "openai-analyst",
+    ]
     openai = demo.config.providers["openai"]
     assert openai.base_url == "https://api.openai.com/v1"
     assert openai.api_key == ""
@@ -40,22 +44,34 @@ def test_demo_config_loads_with_defaults_when_the_environment_is_empty(demo: Reg
 
 
 def test_interpolation_reads_the_mapping_passed_in() -> None:
-    environ = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "sk-x",
-               "OPENAI_TIMEOUT_S": "2.5", "OPENAI_MODEL": "llama3"}
+    environ = {
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "OPENAI_API_KEY": "sk-x",
+        "OPENAI_TIMEOUT_S": "2.5",
+        "OPENAI_MODEL": "llama3",
+    }
 
     registry = Registry.from_file(DEMO_AGENTS_CONFIG, environ)
 
     openai = registry.config.providers["openai"]
     assert (openai.base_url, openai.api_key, openai.timeout_s) == (
-        "http://127.0.0.1:9/v1", "sk-x", 2.5)
+        "http://127.0.0.1:9/v1",
+        "sk-x",
+        2.5,
+    )
     assert registry.resolve("openai-analyst").model == "llama3"
 
 
 def test_interpolation_without_default_gives_empty_and_leaves_plain_text_alone(
     tmp_path: Path,
 ) -> None:
-    path = write(tmp_path, minimal(description="key=${MISSING}; cost $5 {not a ref}",
-                                   instructions="Team ${TEAM:-core} of ${ORG}"))
+    path = write(
+        tmp_path,
+        minimal(
+            description="key=${MISSING}; cost $5 {not a ref}",
+            instructions="Team ${TEAM:-core} of ${ORG}",
+        ),
+    )
 
     agent = load_config(path, {"ORG": "acme"}).modules[0].agents[0]
 
@@ -174,8 +190,13 @@ def test_one_shortcut_claimed_by_two_agents_of_a_module_is_refused(tmp_path: Pat
 
 @pytest.mark.parametrize(
     "ref",
-    ["credit-risk-analyst", "bank.credit-risk-analyst", "bank credit-analyst",
-     "bank credit-risk-analyst", "  bank \t credit-analyst\n"],
+    [
+        "credit-risk-analyst",
+        "bank.credit-risk-analyst",
+        "bank credit-analyst",
+        "bank credit-risk-analyst",
+        "  bank \t credit-analyst\n",
+    ],
 )
 def test_resolve_by_name_id_or_shortcut(demo: Registry, ref: str) -> None:
     assert demo.resolve(ref).id == "bank.credit-risk-analyst"

@@ -87,8 +87,12 @@ def run_loop(
     messages: list[dict[str, Any]] | None = None,
     **settings: Any,
 ) -> LoopResult:
-    loop = AgentLoop(provider, LoopSettings(model="m-1", max_turns=max_turns, **settings),
-                     tools=tools, emit=events)
+    loop = AgentLoop(
+        provider,
+        LoopSettings(model="m-1", max_turns=max_turns, **settings),
+        tools=tools,
+        emit=events,
+    )
     history = messages if messages is not None else [{"role": "user", "content": "hi"}]
     return asyncio.run(loop.run(history))
 
@@ -107,8 +111,9 @@ def test_plain_answer_streams_text_deltas_and_ends_with_usage() -> None:
     assert result.turns == 1
     assert [t for t, _ in events.items] == ["output_text_delta", "output_text_delta", "usage"]
     assert [d["delta"] for d in events.of("output_text_delta")] == ["Hel", "lo"]
-    assert events.of("usage") == [{"usage": {"prompt_tokens": 12, "completion_tokens": 3,
-                                             "total_tokens": 15}, "model": "m-1"}]
+    assert events.of("usage") == [
+        {"usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}, "model": "m-1"}
+    ]
     assert result.messages[-1] == {"role": "assistant", "content": "Hello"}
 
 
@@ -119,30 +124,38 @@ def test_request_carries_model_settings_and_tool_schemas() -> None:
 
     request = provider.requests[0]
     assert (request.model, request.temperature, request.max_tokens, request.seed) == (
-        "m-1", 0.3, 50, 7)
+        "m-1",
+        0.3,
+        50,
+        7,
+    )
     assert [t["function"]["name"] for t in request.tools] == ["add"]
     assert request.tools[0]["function"]["parameters"]["required"] == ["a", "b"]
     assert request.messages == [{"role": "user", "content": "hi"}]
 
 
 def test_tool_call_fragments_are_joined_before_the_tool_runs() -> None:
-    provider = FakeProvider([
-        call_turn(
-            ToolCallFragment(index=0, id="call_a", name="add", arguments=""),
-            ToolCallFragment(index=0, arguments='{"a": 2'),
-            ToolCallFragment(index=0, arguments=', "b": 40}'),
-        ),
-        text_turn("42"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(
+                ToolCallFragment(index=0, id="call_a", name="add", arguments=""),
+                ToolCallFragment(index=0, arguments='{"a": 2'),
+                ToolCallFragment(index=0, arguments=', "b": 40}'),
+            ),
+            text_turn("42"),
+        ]
+    )
     events = Events()
 
     result = run_loop(provider, [tool_from_function(add)], events=events)
 
     assert result.output == "42"
     assert [(r.name, r.arguments, r.result) for r in result.tool_calls] == [
-        ("add", {"a": 2, "b": 40}, 42)]
+        ("add", {"a": 2, "b": 40}, 42)
+    ]
     assert tool_messages(provider.requests[1]) == [
-        {"role": "tool", "tool_call_id": "call_a", "content": "42"}]
+        {"role": "tool", "tool_call_id": "call_a", "content": "42"}
+    ]
     deltas = events.of("tool_call_delta")
     assert [(d["tool_call_id"], d["name"]) for d in deltas] == [("call_a", "add")] * 3
     assert "".join(d["arguments_delta"] for d in deltas) == '{"a": 2, "b": 40}'
@@ -150,20 +163,24 @@ def test_tool_call_fragments_are_joined_before_the_tool_runs() -> None:
 
 def test_parallel_calls_sharing_index_zero_become_separate_calls() -> None:
     """Some servers (vLLM, Ollama) send every parallel call with index 0 and a new id."""
-    provider = FakeProvider([
-        call_turn(
-            ToolCallFragment(index=0, id="call_1", name="add", arguments='{"a": 1,'),
-            ToolCallFragment(index=0, arguments=' "b": 2}'),
-            ToolCallFragment(index=0, id="call_2", name="echo", arguments='{"text":'),
-            ToolCallFragment(index=0, arguments=' "hi"}'),
-        ),
-        text_turn("done"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(
+                ToolCallFragment(index=0, id="call_1", name="add", arguments='{"a": 1,'),
+                ToolCallFragment(index=0, arguments=' "b": 2}'),
+                ToolCallFragment(index=0, id="call_2", name="echo", arguments='{"text":'),
+                ToolCallFragment(index=0, arguments=' "hi"}'),
+            ),
+            text_turn("done"),
+        ]
+    )
 
     result = run_loop(provider, [tool_from_function(add), tool_from_function(echo)])
 
     assert [(r.tool_call_id, r.name, r.result) for r in result.tool_calls] == [
-        ("call_1", "add", 3), ("call_2", "echo", "hi")]
+        ("call_1", "add", 3),
+        ("call_2", "echo", "hi"),
+    ]
     assistant = provider.requests[1].messages[1]
     assert [c["function"] for c in assistant["tool_calls"]] == [
         {"name": "add", "arguments": '{"a": 1, "b": 2}'},
@@ -173,30 +190,36 @@ def test_parallel_calls_sharing_index_zero_become_separate_calls() -> None:
 
 
 def test_interleaved_fragments_of_parallel_calls_are_joined_by_index() -> None:
-    provider = FakeProvider([
-        call_turn(
-            ToolCallFragment(index=0, id="call_x", name="add", arguments='{"a": 5'),
-            ToolCallFragment(index=1, id="call_y", name="add", arguments='{"a": 7'),
-            ToolCallFragment(index=0, arguments=', "b": 1}'),
-            ToolCallFragment(index=1, arguments=', "b": 3}'),
-        ),
-        text_turn("done"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(
+                ToolCallFragment(index=0, id="call_x", name="add", arguments='{"a": 5'),
+                ToolCallFragment(index=1, id="call_y", name="add", arguments='{"a": 7'),
+                ToolCallFragment(index=0, arguments=', "b": 1}'),
+                ToolCallFragment(index=1, arguments=', "b": 3}'),
+            ),
+            text_turn("done"),
+        ]
+    )
 
     result = run_loop(provider, [tool_from_function(add)])
 
     assert [(r.tool_call_id, r.result) for r in result.tool_calls] == [
-        ("call_x", 6), ("call_y", 10)]
+        ("call_x", 6),
+        ("call_y", 10),
+    ]
 
 
 def test_calls_without_ids_get_distinct_ids_that_tool_messages_reference() -> None:
-    provider = FakeProvider([
-        call_turn(
-            ToolCallFragment(index=0, name="add", arguments='{"a": 1, "b": 1}'),
-            ToolCallFragment(index=1, name="add", arguments='{"a": 2, "b": 2}'),
-        ),
-        text_turn("done"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(
+                ToolCallFragment(index=0, name="add", arguments='{"a": 1, "b": 1}'),
+                ToolCallFragment(index=1, name="add", arguments='{"a": 2, "b": 2}'),
+            ),
+            text_turn("done"),
+        ]
+    )
 
     run_loop(provider, [tool_from_function(add)])
 
@@ -214,11 +237,14 @@ def test_async_tools_of_one_turn_run_concurrently() -> None:
             await barrier.wait()
         return who
 
-    provider = FakeProvider([
-        call_turn(whole_call("c1", "meet", {"who": "a"}, 0),
-                  whole_call("c2", "meet", {"who": "b"}, 1)),
-        text_turn("done"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(
+                whole_call("c1", "meet", {"who": "a"}, 0), whole_call("c2", "meet", {"who": "b"}, 1)
+            ),
+            text_turn("done"),
+        ]
+    )
 
     result = run_loop(provider, [tool_from_function(meet)])
 
@@ -233,11 +259,14 @@ def test_sync_tools_of_one_turn_run_concurrently_in_threads() -> None:
         barrier.wait()
         return threading.get_ident() != caller
 
-    provider = FakeProvider([
-        call_turn(whole_call("c1", "meet", {"who": "a"}, 0),
-                  whole_call("c2", "meet", {"who": "b"}, 1)),
-        text_turn("done"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(
+                whole_call("c1", "meet", {"who": "a"}, 0), whole_call("c2", "meet", {"who": "b"}, 1)
+            ),
+            text_turn("done"),
+        ]
+    )
 
     result = run_loop(provider, [tool_from_function(meet)])
 
@@ -249,25 +278,31 @@ def test_tool_messages_follow_the_order_of_the_calls_not_of_completion() -> None
         await asyncio.sleep(0.05 if n == 1 else 0)
         return n
 
-    provider = FakeProvider([
-        call_turn(whole_call("c1", "slow", {"n": 1}, 0), whole_call("c2", "slow", {"n": 2}, 1)),
-        text_turn("done"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(whole_call("c1", "slow", {"n": 1}, 0), whole_call("c2", "slow", {"n": 2}, 1)),
+            text_turn("done"),
+        ]
+    )
 
     run_loop(provider, [tool_from_function(slow)])
 
     assert [(m["tool_call_id"], m["content"]) for m in tool_messages(provider.requests[1])] == [
-        ("c1", "1"), ("c2", "2")]
+        ("c1", "1"),
+        ("c2", "2"),
+    ]
 
 
 def test_tool_exception_goes_back_to_the_model_and_the_loop_continues() -> None:
     def explode(reason: str) -> None:
         raise ValueError(reason)
 
-    provider = FakeProvider([
-        call_turn(whole_call("c1", "explode", {"reason": "disk on fire"})),
-        text_turn("Sorry, the tool failed."),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(whole_call("c1", "explode", {"reason": "disk on fire"})),
+            text_turn("Sorry, the tool failed."),
+        ]
+    )
     events = Events()
 
     result = run_loop(provider, [tool_from_function(explode)], events=events)
@@ -281,10 +316,12 @@ def test_tool_exception_goes_back_to_the_model_and_the_loop_continues() -> None:
 
 
 def test_unknown_tool_is_reported_to_the_model_with_the_available_names() -> None:
-    provider = FakeProvider([
-        call_turn(whole_call("c1", "subtract", {"a": 1, "b": 2})),
-        text_turn("ok"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(whole_call("c1", "subtract", {"a": 1, "b": 2})),
+            text_turn("ok"),
+        ]
+    )
 
     result = run_loop(provider, [tool_from_function(add), tool_from_function(echo)])
 
@@ -294,11 +331,13 @@ def test_unknown_tool_is_reported_to_the_model_with_the_available_names() -> Non
 
 
 def test_malformed_arguments_are_reported_to_the_model() -> None:
-    provider = FakeProvider([
-        call_turn(ToolCallFragment(index=0, id="c1", name="add", arguments='{"a": 1, "b":')),
-        call_turn(whole_call("c2", "add", {"a": "one", "b": 2})),
-        text_turn("ok"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(ToolCallFragment(index=0, id="c1", name="add", arguments='{"a": 1, "b":')),
+            call_turn(whole_call("c2", "add", {"a": "one", "b": 2})),
+            text_turn("ok"),
+        ]
+    )
 
     result = run_loop(provider, [tool_from_function(add)])
 
@@ -311,24 +350,32 @@ def test_malformed_arguments_are_reported_to_the_model() -> None:
 
 def test_calls_beyond_max_invocations_are_refused_with_an_error() -> None:
     limited = tool_from_function(add, max_invocations=1)
-    provider = FakeProvider([
-        call_turn(whole_call("c1", "add", {"a": 1, "b": 1}, 0),
-                  whole_call("c2", "add", {"a": 2, "b": 2}, 1)),
-        text_turn("ok"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(
+                whole_call("c1", "add", {"a": 1, "b": 1}, 0),
+                whole_call("c2", "add", {"a": 2, "b": 2}, 1),
+            ),
+            text_turn("ok"),
+        ]
+    )
 
     result = run_loop(provider, [limited])
 
     assert [(r.result, r.error) for r in result.tool_calls] == [
-        (2, None), (None, "add may be called at most 1 times")]
+        (2, None),
+        (None, "add may be called at most 1 times"),
+    ]
 
 
 def test_max_turns_ends_with_a_final_answer_made_without_tools() -> None:
-    provider = FakeProvider([
-        call_turn(whole_call("c1", "add", {"a": 1, "b": 1})),
-        call_turn(whole_call("c2", "add", {"a": 2, "b": 2})),
-        text_turn("Final answer."),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(whole_call("c1", "add", {"a": 1, "b": 1})),
+            call_turn(whole_call("c2", "add", {"a": 2, "b": 2})),
+            text_turn("Final answer."),
+        ]
+    )
 
     result = run_loop(provider, [tool_from_function(add)], max_turns=2)
 
@@ -347,10 +394,12 @@ def test_tool_calls_on_the_final_turn_end_the_run_instead_of_crashing() -> None:
         calls.append(n)
         return n
 
-    provider = FakeProvider([
-        call_turn(whole_call("c1", "count", {"n": 1})),
-        [TextDelta("Best effort."), whole_call("c2", "count", {"n": 2}), Finish("tool_calls")],
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(whole_call("c1", "count", {"n": 1})),
+            [TextDelta("Best effort."), whole_call("c2", "count", {"n": 2}), Finish("tool_calls")],
+        ]
+    )
 
     result = run_loop(provider, [tool_from_function(count)], max_turns=1)
 
@@ -359,10 +408,12 @@ def test_tool_calls_on_the_final_turn_end_the_run_instead_of_crashing() -> None:
 
 
 def test_usage_adds_up_over_all_turns() -> None:
-    provider = FakeProvider([
-        call_turn(whole_call("c1", "add", {"a": 1, "b": 1}), usage=(100, 20)),
-        text_turn("ok", usage=(150, 7)),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(whole_call("c1", "add", {"a": 1, "b": 1}), usage=(100, 20)),
+            text_turn("ok", usage=(150, 7)),
+        ]
+    )
     events = Events()
 
     result = run_loop(provider, [tool_from_function(add)], events=events)
@@ -382,20 +433,36 @@ def test_provider_error_propagates_out_of_the_loop() -> None:
 
 
 def test_history_grows_in_place_with_assistant_and_tool_messages() -> None:
-    provider = FakeProvider([
-        [TextDelta("Let me add."), whole_call("c1", "add", {"a": 3, "b": 4}), Finish("tool_calls")],
-        text_turn("7"),
-    ])
-    history: list[dict[str, Any]] = [{"role": "system", "content": "be brief"},
-                                     {"role": "user", "content": "3+4?"}]
+    provider = FakeProvider(
+        [
+            [
+                TextDelta("Let me add."),
+                whole_call("c1", "add", {"a": 3, "b": 4}),
+                Finish("tool_calls"),
+            ],
+            text_turn("7"),
+        ]
+    )
+    history: list[dict[str, Any]] = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "3+4?"},
+    ]
 
     result = run_loop(provider, [tool_from_function(add)], messages=history)
 
     assert result.messages is history
     assert history[2:] == [
-        {"role": "assistant", "content": "Let me add.", "tool_calls": [
-            {"id": "c1", "type": "function",
-             "function": {"name": "add", "arguments": '{"a": 3, "b": 4}'}}]},
+        {
+            "role": "assistant",
+            "content": "Let me add.",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "add", "arguments": '{"a": 3, "b": 4}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "7"},
         {"role": "assistant", "content": "7"},
     ]

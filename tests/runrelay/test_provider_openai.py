@@ -47,8 +47,11 @@ WEATHER_TOOL = {
     "function": {
         "name": "get_weather",
         "description": "Current weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
 
@@ -60,8 +63,13 @@ def server() -> Iterator[FakeOpenAI]:
 
 
 def config_for(server: FakeOpenAI, **overrides: object) -> ProviderConfig:
-    values: dict[str, object] = {"type": "openai", "base_url": server.base_url, "api_key": KEY,
-                                 "timeout_s": 5.0, "max_retries": 0}
+    values: dict[str, object] = {
+        "type": "openai",
+        "base_url": server.base_url,
+        "api_key": KEY,
+        "timeout_s": 5.0,
+        "max_retries": 0,
+    }
     values.update(overrides)
     return ProviderConfig.model_validate(values)
 
@@ -110,8 +118,9 @@ def fragments_of(chunks: list[Chunk]) -> list[ToolCallFragment]:
 
 
 def test_text_answer_arrives_as_several_deltas_with_usage_and_finish(server: FakeOpenAI) -> None:
-    server.plan(text_answer("The answer is forty-two.", chunks=4, prompt_tokens=11,
-                            completion_tokens=6))
+    server.plan(
+        text_answer("The answer is forty-two.", chunks=4, prompt_tokens=11, completion_tokens=6)
+    )
 
     chunks = stream_all(config_for(server), ask())
 
@@ -129,8 +138,10 @@ def test_sse_comment_lines_are_ignored(server: FakeOpenAI) -> None:
 
 
 def test_split_tool_call_arguments_concatenate_to_valid_json(server: FakeOpenAI) -> None:
-    calls = [("get_weather", {"city": "Paris", "unit": "celsius"}),
-             ("get_time", {"timezone": "Europe/Paris"})]
+    calls = [
+        ("get_weather", {"city": "Paris", "unit": "celsius"}),
+        ("get_time", {"timezone": "Europe/Paris"}),
+    ]
     server.plan(tool_call_answer(calls, split=4))
 
     chunks = stream_all(config_for(server), ask())
@@ -166,8 +177,14 @@ def test_request_carries_model_messages_tools_sampling_and_bearer_key(
     server: FakeOpenAI,
 ) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    request = ModelRequest(model="gpt-test", messages=messages, tools=[WEATHER_TOOL],
-                           temperature=0.2, max_tokens=128, seed=7)
+    request = ModelRequest(
+        model="gpt-test",
+        messages=messages,
+        tools=[WEATHER_TOOL],
+        temperature=0.2,
+        max_tokens=128,
+        seed=7,
+    )
 
     stream_all(config_for(server), request)
 
@@ -175,9 +192,14 @@ def test_request_carries_model_messages_tools_sampling_and_bearer_key(
     assert sent.path == "/v1/chat/completions"
     assert sent.headers["authorization"] == f"Bearer {KEY}"
     assert sent.body == {
-        "model": "gpt-test", "messages": messages, "tools": [WEATHER_TOOL],
-        "temperature": 0.2, "max_tokens": 128, "seed": 7,
-        "stream": True, "stream_options": {"include_usage": True},
+        "model": "gpt-test",
+        "messages": messages,
+        "tools": [WEATHER_TOOL],
+        "temperature": 0.2,
+        "max_tokens": 128,
+        "seed": 7,
+        "stream": True,
+        "stream_options": {"include_usage": True},
     }
 
 

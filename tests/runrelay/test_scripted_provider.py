@@ -26,10 +26,14 @@ from runrelay.tools import import_tool
 LOOKUP_TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {}}}
 
 
-def collect(provider: ScriptedProvider, messages: list[dict[str, Any]],
-            tools: list[dict[str, Any]] | None = None) -> list[Chunk]:
-    request = ModelRequest(model="scripted", messages=messages,
-                           tools=[LOOKUP_TOOL] if tools is None else tools)
+def collect(
+    provider: ScriptedProvider,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+) -> list[Chunk]:
+    request = ModelRequest(
+        model="scripted", messages=messages, tools=[LOOKUP_TOOL] if tools is None else tools
+    )
 
     async def drain() -> list[Chunk]:
         return [chunk async for chunk in provider.stream(request)]
@@ -41,17 +45,26 @@ def text_of(chunks: list[Chunk]) -> str:
     return "".join(c.text for c in chunks if isinstance(c, TextDelta))
 
 
-TOOL_THEN_TEXT = Script(turns=[
-    ScriptedTurn(tool_calls=[ScriptedToolCall(name="lookup", arguments={"company": "ACME"})]),
-    ScriptedTurn(text="first answer", chunks=2),
-    ScriptedTurn(text="last answer", chunks=1),
-])
+TOOL_THEN_TEXT = Script(
+    turns=[
+        ScriptedTurn(tool_calls=[ScriptedToolCall(name="lookup", arguments={"company": "ACME"})]),
+        ScriptedTurn(text="first answer", chunks=2),
+        ScriptedTurn(text="last answer", chunks=1),
+    ]
+)
 
 
 @pytest.mark.parametrize(
     ("text", "chunks"),
-    [("one two three four five six seven", 3), ("a b", 5), ("word", 1), ("x  y   z", 2),
-     ("no-spaces-at-all-here", 4), ("", 3), (" leading and trailing ", 2)],
+    [
+        ("one two three four five six seven", 3),
+        ("a b", 5),
+        ("word", 1),
+        ("x  y   z", 2),
+        ("no-spaces-at-all-here", 4),
+        ("", 3),
+        (" leading and trailing ", 2),
+    ],
 )
 def test_split_text_pieces_join_back_to_the_text(text: str, chunks: int) -> None:
     pieces = split_text(text, chunks)
@@ -93,7 +106,10 @@ def test_turns_follow_the_assistant_messages_since_the_last_user_message() -> No
     new_user_turn = collect(provider, [user, assistant, assistant, user])
 
     assert [text_of(c) for c in (second, third, beyond)] == [
-        "first answer", "last answer", "last answer"]
+        "first answer",
+        "last answer",
+        "last answer",
+    ]
     assert [c.text for c in second if isinstance(c, TextDelta)] == ["first", " answer"]
     assert second[-1] == Finish("stop")
     assert any(isinstance(c, ToolCallFragment) for c in new_user_turn)
@@ -117,8 +133,13 @@ def test_a_script_of_only_tool_calls_still_gives_a_final_answer_without_tools() 
 
 
 def test_tool_call_ids_are_unique_across_turns() -> None:
-    script = Script(turns=[ScriptedTurn(tool_calls=[ScriptedToolCall(name="lookup"),
-                                                    ScriptedToolCall(name="lookup")])])
+    script = Script(
+        turns=[
+            ScriptedTurn(
+                tool_calls=[ScriptedToolCall(name="lookup"), ScriptedToolCall(name="lookup")]
+            )
+        ]
+    )
     user = {"role": "user", "content": "go"}
     first = collect(ScriptedProvider(script), [user])
     second = collect(ScriptedProvider(script), [user, {"role": "assistant", "content": None}])
@@ -148,10 +169,20 @@ def test_demo_credit_analyst_runs_through_the_loop_with_its_tools() -> None:
     async def emit(type: str, data: dict[str, Any]) -> None:
         events.append((type, data))
 
-    loop = AgentLoop(ScriptedProvider(script), LoopSettings(model=agent.model,
-                     max_turns=agent.max_turns), tools=tools, emit=emit)
-    result = asyncio.run(loop.run([{"role": "system", "content": agent.instructions},
-                                   {"role": "user", "content": "Assess ACME Corp"}]))
+    loop = AgentLoop(
+        ScriptedProvider(script),
+        LoopSettings(model=agent.model, max_turns=agent.max_turns),
+        tools=tools,
+        emit=emit,
+    )
+    result = asyncio.run(
+        loop.run(
+            [
+                {"role": "system", "content": agent.instructions},
+                {"role": "user", "content": "Assess ACME Corp"},
+            ]
+        )
+    )
 
     assert result.output == script.turns[1].text
     assert [(r.name, r.error) for r in result.tool_calls] == [("lookup_credit_score", None)]

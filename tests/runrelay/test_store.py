@@ -34,8 +34,12 @@ MakeRun = Callable[..., Run]
 def make_run(store: Store, fresh_tenant: Tenant) -> MakeRun:
     def make(tenant_id: str | None = None, **fields: Any) -> Run:
         time.sleep(0.002)  # ids order by millisecond; see the same-millisecond test below
-        values: dict[str, Any] = {"status": "queued", "agent_name": "credit-risk-analyst",
-                                  "agent_id": "bank.credit-risk-analyst", **fields}
+        values: dict[str, Any] = {
+            "status": "queued",
+            "agent_name": "credit-risk-analyst",
+            "agent_id": "bank.credit-risk-analyst",
+            **fields,
+        }
         owner = tenant_id or fresh_tenant.id
         return store.create_run(Run(id=new_id("run"), tenant_id=owner, **values))
 
@@ -111,7 +115,7 @@ def test_authenticate_records_when_a_key_was_last_used(store: Store, fresh_tenan
     [
         lambda key: key[:-1] + ("A" if key[-1] != "A" else "B"),
         lambda key: KEY_PREFIX + secrets.token_urlsafe(32),
-        lambda key: key[len(KEY_PREFIX):],
+        lambda key: key[len(KEY_PREFIX) :],
         lambda key: "",
         lambda key: "garbage \x00 ' OR 1=1 --",
         lambda key: hash_key(key),
@@ -169,8 +173,9 @@ def test_list_runs_filters_by_status_agent_and_thread(
 ) -> None:
     queued = make_run()
     done = make_run(status="completed", thread_id="th-1")
-    other_agent = make_run(status="completed", agent_name="slow-analyst",
-                           agent_id="bank.slow-analyst")
+    other_agent = make_run(
+        status="completed", agent_name="slow-analyst", agent_id="bank.slow-analyst"
+    )
 
     def ids(**filters: Any) -> list[str]:
         return [r.id for r in store.list_runs(fresh_tenant.id, limit=10, **filters)]
@@ -215,8 +220,9 @@ def test_mark_running_counts_attempts_and_never_reopens_a_finished_run(
     assert (second.status, second.attempts) == ("running", 2)
     assert second.started_at is not None
 
-    store.finish_run(run.id, status="completed", output="ok", result=None, usage=None,
-                     error=None, events=[])
+    store.finish_run(
+        run.id, status="completed", output="ok", result=None, usage=None, error=None, events=[]
+    )
     assert store.mark_running(run.id) is None
     finished = store.get_run(run.id)
     assert finished is not None and finished.status == "completed"
@@ -232,13 +238,24 @@ def test_finish_run_writes_the_outcome_and_archives_the_events(
     run = make_run()
     usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 
-    store.finish_run(run.id, status="completed", output="Approve.", result={"answer": "Approve."},
-                     usage=usage, error=None, events=events(range(1, 6)))
+    store.finish_run(
+        run.id,
+        status="completed",
+        output="Approve.",
+        result={"answer": "Approve."},
+        usage=usage,
+        error=None,
+        events=events(range(1, 6)),
+    )
 
     finished = store.get_run(run.id)
     assert finished is not None
     assert (finished.status, finished.output, finished.result, finished.usage) == (
-        "completed", "Approve.", {"answer": "Approve."}, usage)
+        "completed",
+        "Approve.",
+        {"answer": "Approve."},
+        usage,
+    )
     assert finished.finished_at is not None
     assert store.archived_events(run.id) == [f'{{"seq":{n}}}' for n in range(1, 6)]
 
@@ -250,10 +267,24 @@ def test_finish_run_twice_with_overlapping_events_keeps_one_copy_of_each(
     run = make_run()
     error = {"code": "provider_timeout", "message": "no bytes for 60 s"}
 
-    store.finish_run(run.id, status="failed", output=None, result=None, usage=None, error=error,
-                     events=events(range(1, 4)))
-    store.finish_run(run.id, status="failed", output=None, result=None, usage=None, error=error,
-                     events=events(range(1, 6)))
+    store.finish_run(
+        run.id,
+        status="failed",
+        output=None,
+        result=None,
+        usage=None,
+        error=error,
+        events=events(range(1, 4)),
+    )
+    store.finish_run(
+        run.id,
+        status="failed",
+        output=None,
+        result=None,
+        usage=None,
+        error=error,
+        events=events(range(1, 6)),
+    )
 
     assert store.archived_events(run.id) == [f'{{"seq":{n}}}' for n in range(1, 6)]
     finished = store.get_run(run.id)
@@ -264,8 +295,15 @@ def test_archived_events_after_returns_only_later_events_in_order(
     store: Store, make_run: MakeRun
 ) -> None:
     run = make_run()
-    store.finish_run(run.id, status="completed", output="", result=None, usage=None, error=None,
-                     events=list(reversed(events(range(1, 11)))))
+    store.finish_run(
+        run.id,
+        status="completed",
+        output="",
+        result=None,
+        usage=None,
+        error=None,
+        events=list(reversed(events(range(1, 11)))),
+    )
 
     assert store.archived_events(run.id, after=7) == ['{"seq":8}', '{"seq":9}', '{"seq":10}']
     assert store.archived_events(run.id, after=10) == []
@@ -276,5 +314,6 @@ def test_finish_run_of_a_missing_run_is_a_store_error(store: Store) -> None:
     missing = new_id("run")
 
     with pytest.raises(StoreError, match=missing):
-        store.finish_run(missing, status="completed", output=None, result=None, usage=None,
-                         error=None, events=[])
+        store.finish_run(
+            missing, status="completed", output=None, result=None, usage=None, error=None, events=[]
+        )

@@ -61,7 +61,10 @@ def test_schema_comes_from_the_signature_with_field_descriptions() -> None:
 
 def test_decorator_options_are_kept_on_the_tool() -> None:
     assert (convert.timeout_s, convert.max_invocations, convert.approval_mode) == (
-        5, 3, "never_require")
+        5,
+        3,
+        "never_require",
+    )
     approved = tool(approval_mode="always_require")(untyped)
     assert approved.approval_mode == "always_require"
     assert approved.name == "untyped"
@@ -129,6 +132,7 @@ def test_empty_arguments_mean_no_arguments() -> None:
 
 def test_sync_tools_run_in_a_worker_thread() -> None:
     """A blocking tool must not block the event loop that other runs share."""
+
     def blocking() -> str:
         time.sleep(0.1)
         return threading.current_thread().name
@@ -161,7 +165,9 @@ def test_async_tools_are_awaited_on_the_event_loop() -> None:
         return {"key": key, "thread": threading.current_thread().name}
 
     assert invoke(tool_from_function(lookup), {"key": "k"}) == {
-        "key": "k", "thread": threading.main_thread().name}
+        "key": "k",
+        "thread": threading.main_thread().name,
+    }
 
 
 def test_slow_async_tool_times_out_with_a_tool_error() -> None:
@@ -204,6 +210,7 @@ def test_a_tool_error_raised_by_the_tool_passes_through_unchanged() -> None:
 
 def test_a_timeout_error_from_a_tool_without_timeout_is_a_tool_error() -> None:
     """E.g. a socket timeout inside the tool: the model should hear about it, not the run crash."""
+
     def upstream() -> None:
         raise TimeoutError("upstream did not answer")
 

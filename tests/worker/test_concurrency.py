@@ -14,7 +14,9 @@ from tests.sse import assert_complete_log
 RUNS = 50
 
 
-def test_50_concurrent_streamed_runs_complete_with_correct_logs(api: str, tenant: TenantKey) -> None:
+def test_50_concurrent_streamed_runs_complete_with_correct_logs(
+    api: str, tenant: TenantKey
+) -> None:
     async def stream_one(http: httpx.AsyncClient, n: int) -> list[dict]:
         body = {"agent": "bank credit-analyst", "input": {"company": f"Company {n}"}}
         events = []
@@ -28,8 +30,9 @@ def test_50_concurrent_streamed_runs_complete_with_correct_logs(api: str, tenant
 
     async def scenario() -> list[list[dict]]:
         limits = httpx.Limits(max_connections=RUNS * 2)
-        async with httpx.AsyncClient(base_url=api, headers=tenant.headers, timeout=120,
-                                     limits=limits) as http:
+        async with httpx.AsyncClient(
+            base_url=api, headers=tenant.headers, timeout=120, limits=limits
+        ) as http:
             return await asyncio.gather(*(stream_one(http, n) for n in range(RUNS)))
 
     logs = asyncio.run(scenario())
@@ -41,6 +44,8 @@ def test_50_concurrent_streamed_runs_complete_with_correct_logs(api: str, tenant
         assert sum(e["type"] == "tool_call_result" for e in log) == 1
     # The runs overlapped: each takes ~0.7 s of scripted latency, so 50 one after the other would
     # take 35 s; started/done timestamps show how many were in flight together.
-    spans = [(next(e["ts"] for e in log if e["type"] == "run_started"), log[-1]["ts"]) for log in logs]
+    spans = [
+        (next(e["ts"] for e in log if e["type"] == "run_started"), log[-1]["ts"]) for log in logs
+    ]
     peak = max(sum(1 for s, d in spans if s <= t < d) for t, _ in spans)
     assert peak >= 25, f"only {peak} runs were in flight at once"

@@ -23,14 +23,24 @@ from tests.sse import assert_complete_log, read_events
 
 
 def _run(client: httpx.Client, model: str) -> list[dict]:
-    events = read_events(client, "POST", "/v1/runs/stream", json={
-        "agent": "openai-analyst", "message": "Assess ACME Corp", "model_id": model,
-        "model_params": {"temperature": 0.3, "max_tokens": 300, "seed": 7}})
+    events = read_events(
+        client,
+        "POST",
+        "/v1/runs/stream",
+        json={
+            "agent": "openai-analyst",
+            "message": "Assess ACME Corp",
+            "model_id": model,
+            "model_params": {"temperature": 0.3, "max_tokens": 300, "seed": 7},
+        },
+    )
     assert_complete_log(events)
     return events
 
 
-def test_tool_call_split_across_chunks_then_answer(client: httpx.Client, fake_openai: FakeOpenAI) -> None:
+def test_tool_call_split_across_chunks_then_answer(
+    client: httpx.Client, fake_openai: FakeOpenAI
+) -> None:
     model = f"m-{secrets.token_hex(4)}"
     fake_openai.plan(
         tool_call_answer([("lookup_credit_score", {"company": "ACME Corp"})], split=4, model=model),
@@ -46,17 +56,27 @@ def test_tool_call_split_across_chunks_then_answer(client: httpx.Client, fake_op
     assert result["result"]["company"] == "ACME Corp" and "error" not in result
     sent = [r.body for r in fake_openai.requests if r.body.get("model") == model]
     assert sent[0]["temperature"] == 0.3 and sent[0]["max_tokens"] == 300 and sent[0]["seed"] == 7
-    assert {t["function"]["name"] for t in sent[0]["tools"]} == {"lookup_credit_score", "get_financials"}
+    assert {t["function"]["name"] for t in sent[0]["tools"]} == {
+        "lookup_credit_score",
+        "get_financials",
+    }
     tool_message = sent[1]["messages"][-1]
     assert tool_message["role"] == "tool" and "ACME Corp" in tool_message["content"]
 
 
-def test_parallel_calls_reusing_index_zero_both_run(client: httpx.Client, fake_openai: FakeOpenAI) -> None:
+def test_parallel_calls_reusing_index_zero_both_run(
+    client: httpx.Client, fake_openai: FakeOpenAI
+) -> None:
     model = f"m-{secrets.token_hex(4)}"
     fake_openai.plan(
-        tool_call_answer([("lookup_credit_score", {"company": "A"}),
-                          ("get_financials", {"company": "B", "year": 2023})],
-                         reuse_index=True, model=model),
+        tool_call_answer(
+            [
+                ("lookup_credit_score", {"company": "A"}),
+                ("get_financials", {"company": "B", "year": 2023}),
+            ],
+            reuse_index=True,
+            model=model,
+        ),
         text_answer("Both looked up.", model=model),
     )
     events = _run(client, model)
@@ -80,13 +100,20 @@ def test_tool_errors_go_back_to_the_model(client: httpx.Client, fake_openai: Fak
     assert events[-1]["status"] == "completed"
 
 
-@pytest.mark.parametrize(("plans", "code", "words"), [
-    ([http_error(401)], "provider_auth", "401"),
-    ([http_error(429, retry_after=1), http_error(429, retry_after=1)], "provider_rate_limited", "429"),
-    ([http_error(500), http_error(500)], "provider_server_error", "500"),
-    ([malformed_chunk()], "provider_protocol_error", "JSON"),
-    ([stalled_stream()], "provider_timeout", ""),
-])
+@pytest.mark.parametrize(
+    ("plans", "code", "words"),
+    [
+        ([http_error(401)], "provider_auth", "401"),
+        (
+            [http_error(429, retry_after=1), http_error(429, retry_after=1)],
+            "provider_rate_limited",
+            "429",
+        ),
+        ([http_error(500), http_error(500)], "provider_server_error", "500"),
+        ([malformed_chunk()], "provider_protocol_error", "JSON"),
+        ([stalled_stream()], "provider_timeout", ""),
+    ],
+)
 def test_provider_failure_ends_the_run_failed_with_a_clear_error(
     client: httpx.Client, fake_openai: FakeOpenAI, plans: list[Plan], code: str, words: str
 ) -> None:
@@ -105,7 +132,9 @@ def test_provider_failure_ends_the_run_failed_with_a_clear_error(
     assert run["status"] == "failed" and run["error"]["code"] == code
 
 
-def test_unreachable_provider_fails_the_run(client: httpx.Client, fake_openai: FakeOpenAI, worker) -> None:
+def test_unreachable_provider_fails_the_run(
+    client: httpx.Client, fake_openai: FakeOpenAI, worker
+) -> None:
     """The agent's provider points at a closed port: a clear `provider_unreachable` error."""
     executor = worker.runtime.executor
     config = executor.registry.config.providers["openai"]

@@ -1,1 +1,0 @@
-"""The HTTP side of runrelay: FastAPI app, auth, SSE replay hub."""

@@ -1,3 +1,0 @@
-from runrelay.cli import main
-
-main()

@@ -1,1 +1,0 @@
-"""The demo agents shipped with runrelay (`agents.yaml`) and their tools."""

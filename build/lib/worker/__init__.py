@@ -1,1 +1,0 @@
-"""The Celery side of runrelay: app and config, thin tasks, the asyncio runtime, leases."""
