@@ -384,6 +384,14 @@ class Runs(_Resource):
         after = _cursor(last_event_id)
         return self._stream(_raw, run_id=run_id, after=after)
 
+    def stream(
+        self, agent: str | None = None, *, idempotency_key: str | None = None, **fields: Any
+    ) -> EventStream[Event]:
+        """Create a run (`POST /v1/runs/stream`) and stream its events as dicts."""
+        body = _run_create_body(agent, fields)
+        create = _create("/v1/runs/stream", body, idempotency_key, self._options)
+        return self._stream(_raw, create=create)
+
 
 class AsyncRuns(_Resource):
     """`client.runs` of `AsyncClient`."""
@@ -430,6 +438,13 @@ class AsyncRuns(_Resource):
 
     def events(self, run_id: str, *, last_event_id: str | None = None) -> EventStream[Event]:
         return self._stream(_raw, run_id=run_id, after=_cursor(last_event_id))
+
+    def stream(
+        self, agent: str | None = None, *, idempotency_key: str | None = None, **fields: Any
+    ) -> EventStream[Event]:
+        body = _run_create_body(agent, fields)
+        create = _create("/v1/runs/stream", body, idempotency_key, self._options)
+        return self._stream(_raw, create=create)
 
 
 def _cursor(last_event_id: str | None) -> int:
