@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runrelay import AgentResponse, AsyncClient, Client, NotFoundError, StreamChunk
+from runrelay import AgentResponse, AsyncClient, Client, NotFoundError, StreamChunk, ValidationError
 from tests.conftest import TenantKey
 
 QUERY = {"query": "Analyze Q1 2024 revenue trends", "company": "ACME Corp"}
@@ -102,6 +102,25 @@ def test_stream_resumes_from_a_last_event_id_given_back(sdk: Client) -> None:
     assert int(rest[0].id) > int(seen[-1].id)
     text, done = _text_and_done(seen + rest)
     assert done.data["output"] == text, "nothing lost, nothing twice"
+
+
+def test_stream_resumes_by_idempotency_key_without_the_run_id(sdk: Client) -> None:
+    key = "faos-resume-" + QUERY["company"].replace(" ", "-")
+    first = sdk.agents.stream("credit-risk-analyst", QUERY, idempotency_key=key)
+    head = [chunk for _, chunk in zip(range(6), first, strict=False)]
+    rest = list(sdk.agents.stream("credit-risk-analyst", QUERY, idempotency_key=key,
+                                  last_event_id=head[-1].id))
+    assert int(rest[0].id) > int(head[-1].id)
+    assert rest[-1].data["run_id"] == first.run_id, "the same run, not a new one"
+    text, done = _text_and_done(head + rest)
+    assert done.data["output"] == text
+
+
+def test_resuming_without_a_run_is_a_validation_error(sdk: Client) -> None:
+    with pytest.raises(ValidationError, match="run_id"):
+        sdk.agents.stream("credit-risk-analyst", QUERY, last_event_id="42")
+    with pytest.raises(ValidationError, match="last_event_id"):
+        sdk.agents.stream("credit-risk-analyst", QUERY, last_event_id="evt-42", run_id="run_x")
 
 
 def test_shortcuts_list_and_resolve(sdk: Client) -> None:
