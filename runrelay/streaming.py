@@ -75,8 +75,11 @@ class _Cursor:
         """The event to deliver, or None for keep-alives and events already delivered."""
         if not sse.data:
             return None  # httpx-sse reports a `: ping` comment as an event without data
-        event: dict[str, Any] = json.loads(sse.data)
-        seq = int(event.get("seq", sse.id or 0))
+        try:
+            event: dict[str, Any] = json.loads(sse.data)
+            seq = int(event.get("seq", sse.id or 0))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise APIError(f"malformed event {sse.id!r} in the stream: {sse.data[:200]!r}") from exc
         if seq <= self.last_seq:
             return None
         self.last_seq = seq

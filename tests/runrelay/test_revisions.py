@@ -86,6 +86,9 @@ def test_publish_moves_the_tag_and_runs_use_the_revision_they_resolved(
         sdk.agents.run(AgentRunParams(agent_id=agent_id, revision=3, message="hi"))
     assert error.value.code == "revision_not_found" and "revision 3" in str(error.value)
 
+    info = sdk.runs._transport.http.get(f"/v1/agents/{agent_id}").json()
+    assert info["revision"] == 2, "the registry shows the newest revision"
+
     again = _publish(settings, tmp_path / "a.yaml")
     assert f"{agent_id}: revision 2 (unchanged)" in again and "tag" not in again
 
