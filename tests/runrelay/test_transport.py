@@ -4,6 +4,7 @@ never makes two runs; retry delays honour Retry-After."""
 from __future__ import annotations
 
 import asyncio
+
 import httpx
 import pytest
 
