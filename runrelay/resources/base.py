@@ -25,6 +25,8 @@ Event = dict[str, Any]
 def create_request(
     path: str, body: dict[str, Any], key: str | None, options: ClientOptions
 ) -> Request:
+    """A create, with its idempotency key fixed now so every retry of it carries the same one;
+    `/wait` may take as long as the run."""
     timeout = None
     if path.endswith("/wait"):
         timeout = httpx.Timeout(options.timeout, read=max(options.timeout, WAIT_READ_TIMEOUT_S))
@@ -37,6 +39,9 @@ def raw(event: Event) -> Event:
 
 
 class Resource:
+    """A resource of a `Client` (sync transport; async calls open a short-lived async one) or of
+    an `AsyncClient` (async transport only)."""
+
     def __init__(
         self,
         options: ClientOptions,
