@@ -43,7 +43,9 @@ class TcpProxy:
             self._live.clear()
         for sock in live:
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
                 sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
@@ -71,8 +73,12 @@ class TcpProxy:
                 drop = self._drop_next > 0
                 self._drop_next -= 1 if drop else 0
                 self._live.update((client, server))
-            threading.Thread(target=self._pump, args=(client, server, True, drop), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False, drop), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(client, server, True, drop), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(server, client, False, drop), daemon=True
+            ).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool, drop: bool) -> None:
         try:

@@ -41,9 +41,14 @@ def test_the_key_in_the_body_and_in_the_header_are_the_same_key(client: httpx.Cl
 
 def test_same_key_with_another_body_is_refused(client: httpx.Client) -> None:
     key = f"k-{secrets.token_hex(8)}"
-    assert client.post("/v1/runs", json=ANALYST, headers={"Idempotency-Key": key}).status_code == 202
-    response = client.post("/v1/runs", json={**ANALYST, "input": {"company": "Other"}},
-                           headers={"Idempotency-Key": key})
+    assert (
+        client.post("/v1/runs", json=ANALYST, headers={"Idempotency-Key": key}).status_code == 202
+    )
+    response = client.post(
+        "/v1/runs",
+        json={**ANALYST, "input": {"company": "Other"}},
+        headers={"Idempotency-Key": key},
+    )
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "idempotency_key_reused" and error["param"] == "idempotency_key"
@@ -52,8 +57,9 @@ def test_same_key_with_another_body_is_refused(client: httpx.Client) -> None:
 
 
 def test_header_and_body_keys_that_differ_are_refused(client: httpx.Client) -> None:
-    response = client.post("/v1/runs", json={**ANALYST, "idempotency_key": "a"},
-                           headers={"Idempotency-Key": "b"})
+    response = client.post(
+        "/v1/runs", json={**ANALYST, "idempotency_key": "a"}, headers={"Idempotency-Key": "b"}
+    )
     assert response.status_code == 422 and response.json()["error"]["param"] == "idempotency_key"
 
 
@@ -61,15 +67,20 @@ def test_keys_belong_to_one_tenant(client: httpx.Client, api: str, store) -> Non
     key = f"k-{secrets.token_hex(8)}"
     mine = client.post("/v1/runs", json=ANALYST, headers={"Idempotency-Key": key}).json()
     other_tenant = store.create_tenant(f"idem-{secrets.token_hex(6)}")
-    headers = {"Authorization": f"Bearer {store.create_api_key(other_tenant.id)}",
-               "Idempotency-Key": key}
+    headers = {
+        "Authorization": f"Bearer {store.create_api_key(other_tenant.id)}",
+        "Idempotency-Key": key,
+    }
     theirs = httpx.post(f"{api}/v1/runs", json=ANALYST, headers=headers).json()
     assert theirs["id"] != mine["id"] and theirs["tenant_id"] == other_tenant.id
 
 
 def test_a_key_whose_agent_was_not_found_stays_free(client: httpx.Client) -> None:
     key = f"k-{secrets.token_hex(8)}"
-    missing = client.post("/v1/runs", json={"agent": "nobody", "message": "hi"},
-                          headers={"Idempotency-Key": key})
+    missing = client.post(
+        "/v1/runs", json={"agent": "nobody", "message": "hi"}, headers={"Idempotency-Key": key}
+    )
     assert missing.status_code == 404
-    assert client.post("/v1/runs", json=ANALYST, headers={"Idempotency-Key": key}).status_code == 202
+    assert (
+        client.post("/v1/runs", json=ANALYST, headers={"Idempotency-Key": key}).status_code == 202
+    )

@@ -16,8 +16,10 @@ from tests.conftest import TenantKey
 @pytest.fixture
 def cli(api: str, tenant: TenantKey):
     def invoke(*args: str) -> Result:
-        return CliRunner().invoke(main, list(args), env={"RUNRELAY_API_KEY": tenant.key,
-                                                         "RUNRELAY_BASE_URL": api})
+        return CliRunner().invoke(
+            main, list(args), env={"RUNRELAY_API_KEY": tenant.key, "RUNRELAY_BASE_URL": api}
+        )
+
     return invoke
 
 
@@ -79,9 +81,21 @@ def test_shortcuts_list_and_resolve(cli) -> None:
 
 def test_the_installed_command_runs_an_agent(api: str, tenant: TenantKey) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "runrelay", "run", "--api-key", tenant.key, "--base-url", api,
-         "credit-risk-analyst", "Assess ACME Corp"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "runrelay",
+            "run",
+            "--api-key",
+            tenant.key,
+            "--base-url",
+            api,
+            "credit-risk-analyst",
+            "Assess ACME Corp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert "■ completed" in out.stdout and "queued" in out.stderr

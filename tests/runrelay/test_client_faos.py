@@ -26,13 +26,19 @@ def test_invoke_returns_result_metadata_usage_and_request_id(sdk: Client) -> Non
     assert response.result["tool_calls"][0]["name"] == "lookup_credit_score"
     assert response.metadata["model"] == "scripted-analyst"
     assert response.metadata["duration_ms"] >= 0
-    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens > 0
+    assert (
+        response.usage.total_tokens
+        == response.usage.prompt_tokens + response.usage.completion_tokens
+        > 0
+    )
     assert response.request_id.startswith("req_")
     assert response.run.status == "completed" and response.run.input == QUERY
 
 
 def test_a2a_input_is_recognised_by_its_task_key(sdk: Client) -> None:
-    response = sdk.agents.invoke("credit-risk-analyst", {"task": {"id": "task-1", "input": {"query": "Q1"}}})
+    response = sdk.agents.invoke(
+        "credit-risk-analyst", {"task": {"id": "task-1", "input": {"query": "Q1"}}}
+    )
     assert response.run.input == {"query": "Q1"}
 
 
@@ -63,7 +69,9 @@ def _text_and_done(chunks: list[StreamChunk]) -> tuple[str, StreamChunk]:
     return "".join(c.data for c in chunks if c.type == "text"), chunks[-1]
 
 
-def test_stream_chunks_with_async_for_and_with_for(sdk: Client, api: str, tenant: TenantKey) -> None:
+def test_stream_chunks_with_async_for_and_with_for(
+    sdk: Client, api: str, tenant: TenantKey
+) -> None:
     async def collect() -> list[StreamChunk]:
         return [chunk async for chunk in sdk.agents.stream("credit-risk-analyst", QUERY)]
 
@@ -72,7 +80,9 @@ def test_stream_chunks_with_async_for_and_with_for(sdk: Client, api: str, tenant
     assert done.data["status"] == "completed" and done.data["output"] == text
     assert done.data["usage"]["total_tokens"] > 0
     tool = next(c for c in chunks if c.type == "tool_call")
-    assert tool.data["name"] == "lookup_credit_score" and tool.data["result"]["company"] == "ACME Corp"
+    assert (
+        tool.data["name"] == "lookup_credit_score" and tool.data["result"]["company"] == "ACME Corp"
+    )
     assert any(c.type == "metadata" and c.data["type"] == "agent_resolved" for c in chunks)
     ids = [int(c.id) for c in chunks if c.id]
     assert ids == sorted(set(ids)), "each chunk once, in order"
@@ -97,8 +107,14 @@ def test_stream_resumes_from_a_last_event_id_given_back(sdk: Client) -> None:
         if len([c for c in seen if c.type == "text"]) == 5:
             break
     assert first.last_event_id == seen[-1].id
-    rest = list(sdk.agents.stream("slow-analyst", {"query": "portfolio"},
-                                  last_event_id=first.last_event_id, run_id=first.run_id))
+    rest = list(
+        sdk.agents.stream(
+            "slow-analyst",
+            {"query": "portfolio"},
+            last_event_id=first.last_event_id,
+            run_id=first.run_id,
+        )
+    )
     assert int(rest[0].id) > int(seen[-1].id)
     text, done = _text_and_done(seen + rest)
     assert done.data["output"] == text, "nothing lost, nothing twice"
@@ -108,8 +124,11 @@ def test_stream_resumes_by_idempotency_key_without_the_run_id(sdk: Client) -> No
     key = "faos-resume-" + QUERY["company"].replace(" ", "-")
     first = sdk.agents.stream("credit-risk-analyst", QUERY, idempotency_key=key)
     head = [chunk for _, chunk in zip(range(6), first, strict=False)]
-    rest = list(sdk.agents.stream("credit-risk-analyst", QUERY, idempotency_key=key,
-                                  last_event_id=head[-1].id))
+    rest = list(
+        sdk.agents.stream(
+            "credit-risk-analyst", QUERY, idempotency_key=key, last_event_id=head[-1].id
+        )
+    )
     assert int(rest[0].id) > int(head[-1].id)
     assert rest[-1].data["run_id"] == first.run_id, "the same run, not a new one"
     text, done = _text_and_done(head + rest)

@@ -50,8 +50,10 @@ def _write(path: Path, module: str, text: str, declared: str = "declared-x") -> 
 
 
 def _publish(settings: Settings, config: Path, *args: str) -> str:
-    env = {"DATABASE_URL": settings.database_url,
-           "RUNRELAY_DATABASE_SCHEMA": settings.database_schema or ""}
+    env = {
+        "DATABASE_URL": settings.database_url,
+        "RUNRELAY_DATABASE_SCHEMA": settings.database_schema or "",
+    }
     result = CliRunner().invoke(main, ["agents", "publish", str(config), *args], env=env)
     assert result.exit_code == 0, result.output
     return result.output
@@ -62,25 +64,44 @@ def test_publish_moves_the_tag_and_runs_use_the_revision_they_resolved(
 ) -> None:
     tag = f"prod-{module}"
     agent_id = f"{module}.echo"
-    out = _publish(settings, _write(tmp_path / "a.yaml", module, "first answer"), "--tag", tag,
-                   "--agent", "echo")
+    out = _publish(
+        settings,
+        _write(tmp_path / "a.yaml", module, "first answer"),
+        "--tag",
+        tag,
+        "--agent",
+        "echo",
+    )
     assert f"{agent_id}: revision 1 (new)" in out and f"tag {tag} → {agent_id} revision 1" in out
 
     first = sdk.agents.run(AgentRunParams(tag=tag, message="hi"))
-    assert (first.output, first.agent_id, first.agent_revision, first.agent_tag) == \
-        ("first answer", agent_id, 1, tag)
+    assert (first.output, first.agent_id, first.agent_revision, first.agent_tag) == (
+        "first answer",
+        agent_id,
+        1,
+        tag,
+    )
 
-    out = _publish(settings, _write(tmp_path / "a.yaml", module, "second answer"), "--tag", tag,
-                   "--agent", "echo")
-    assert f"{agent_id}: revision 2 (new)" in out and f"{module}.other: revision 1 (unchanged)" in out
+    out = _publish(
+        settings,
+        _write(tmp_path / "a.yaml", module, "second answer"),
+        "--tag",
+        tag,
+        "--agent",
+        "echo",
+    )
+    assert (
+        f"{agent_id}: revision 2 (new)" in out and f"{module}.other: revision 1 (unchanged)" in out
+    )
     second = sdk.agents.run(AgentRunParams(tag=tag, message="hi"))
     assert (second.output, second.agent_revision) == ("second answer", 2)
     newest = sdk.agents.run(AgentRunParams(agent_id=agent_id, message="hi"))
     assert (newest.output, newest.agent_revision) == ("second answer", 2)
 
     pinned = sdk.agents.run(AgentRunParams(agent_id=agent_id, revision=1, message="hi"))
-    assert (pinned.output, pinned.agent_revision) == ("first answer", 1), \
+    assert (pinned.output, pinned.agent_revision) == ("first answer", 1), (
         "the worker runs the pinned revision's definition"
+    )
     assert sdk.runs.get(pinned.run_id).agent.revision == 1
     with pytest.raises(NotFoundError) as error:
         sdk.agents.run(AgentRunParams(agent_id=agent_id, revision=3, message="hi"))
@@ -102,17 +123,23 @@ def test_a_tag_goes_to_the_agent_that_declares_it(
     assert result.agent_id == f"{module}.other"
 
 
-def test_publish_refuses_a_tag_it_cannot_place(settings: Settings, store, tmp_path: Path,
-                                               module: str) -> None:
+def test_publish_refuses_a_tag_it_cannot_place(
+    settings: Settings, store, tmp_path: Path, module: str
+) -> None:
     config = load_config(_write(tmp_path / "c.yaml", module, "x"), {})
     catalog = AgentCatalog(store.engine, Registry(config))
     with pytest.raises(PublishError, match="name one with --agent"):
         catalog.publish(config, ["nobody-declares-this"])
     with pytest.raises(PublishError, match="must match"):
         catalog.publish(config, ["Bad Tag"], "echo")
-    result = CliRunner().invoke(main, ["agents", "publish", str(tmp_path / "c.yaml"), "--tag", "zz"],
-                                env={"DATABASE_URL": settings.database_url,
-                                     "RUNRELAY_DATABASE_SCHEMA": settings.database_schema or ""})
+    result = CliRunner().invoke(
+        main,
+        ["agents", "publish", str(tmp_path / "c.yaml"), "--tag", "zz"],
+        env={
+            "DATABASE_URL": settings.database_url,
+            "RUNRELAY_DATABASE_SCHEMA": settings.database_schema or "",
+        },
+    )
     assert result.exit_code == 1 and "name one with --agent" in result.output
 
 

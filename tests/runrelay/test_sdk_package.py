@@ -22,15 +22,48 @@ from runrelay.errors import (
 )
 
 PUBLIC_API = [
-    "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AgentErrorEvent",
-    "AgentResolvedEvent", "AgentResponse", "AgentRunParams", "AgentRunResult", "AgentStreamEvent",
-    "AgentToolCall", "AsyncClient", "AuthenticationError", "BadRequestError", "ChatCompletedEvent",
-    "Client", "ConflictError", "CustomEvent", "EventStream", "InternalServerError",
-    "InvokeResponse", "ModelParams", "NetworkError", "NotFoundError", "OutputTextDeltaEvent",
-    "PermissionDeniedError", "RateLimitError", "RunList", "RunObject", "RunrelayError",
-    "ShortcutDefinition", "ShortcutResolution", "StreamChunk", "SuggestionItem",
-    "SuggestionsEvent", "ToolCallDeltaEvent", "ToolCallResultEvent", "UnprocessableEntityError",
-    "Usage", "UsageInfo", "ValidationError", "__version__",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AgentErrorEvent",
+    "AgentResolvedEvent",
+    "AgentResponse",
+    "AgentRunParams",
+    "AgentRunResult",
+    "AgentStreamEvent",
+    "AgentToolCall",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatCompletedEvent",
+    "Client",
+    "ConflictError",
+    "CustomEvent",
+    "EventStream",
+    "InternalServerError",
+    "InvokeResponse",
+    "ModelParams",
+    "NetworkError",
+    "NotFoundError",
+    "OutputTextDeltaEvent",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RunList",
+    "RunObject",
+    "RunrelayError",
+    "ShortcutDefinition",
+    "ShortcutResolution",
+    "StreamChunk",
+    "SuggestionItem",
+    "SuggestionsEvent",
+    "ToolCallDeltaEvent",
+    "ToolCallResultEvent",
+    "UnprocessableEntityError",
+    "Usage",
+    "UsageInfo",
+    "ValidationError",
+    "__version__",
 ]
 
 
@@ -77,8 +110,14 @@ def _response(status: int, body: object, headers: dict[str, str] | None = None) 
 
 
 def test_error_statuses_map_to_typed_errors() -> None:
-    body = {"error": {"type": "rate_limit_error", "code": "concurrency_limit",
-                      "message": "too many concurrent runs", "request_id": "req_1"}}
+    body = {
+        "error": {
+            "type": "rate_limit_error",
+            "code": "concurrency_limit",
+            "message": "too many concurrent runs",
+            "request_id": "req_1",
+        }
+    }
     limited = status_error(_response(429, body, {"Retry-After": "7", "X-Request-ID": "req_1"}))
     assert isinstance(limited, RateLimitError) and isinstance(limited, APIStatusError)
     assert limited.retry_after == 7 and limited.status_code == 429

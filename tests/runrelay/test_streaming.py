@@ -4,6 +4,7 @@ end without `done`, keep-alives, and the bounded reconnect budget."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterator
 
@@ -42,8 +43,9 @@ def test_stream_cut_twice_mid_run_delivers_every_event_once_in_order(
     assert_complete_log(events)
     assert events[-1]["status"] == "completed"
     assert stream.last_event_id == str(events[-1]["seq"])
-    assert events == read_events(client, "GET", f"/v1/runs/{stream.run_id}/events"), \
+    assert events == read_events(client, "GET", f"/v1/runs/{stream.run_id}/events"), (
         "exactly the server's log"
+    )
     resumed = [r for r in proxy.requests if r.startswith("GET")]
     assert len(resumed) == 2 and all(f"/v1/runs/{stream.run_id}/events" in r for r in resumed)
 
@@ -119,8 +121,11 @@ def test_gives_up_after_bounded_attempts_without_progress_and_names_the_last_eve
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(time.monotonic())
         if len(calls) == 1:
-            return httpx.Response(200, content=_sse(_event(1, "run_queued"), _event(2, "run_started")),
-                                  headers={"content-type": "text/event-stream"})
+            return httpx.Response(
+                200,
+                content=_sse(_event(1, "run_queued"), _event(2, "run_started")),
+                headers={"content-type": "text/event-stream"},
+            )
         raise httpx.ConnectError("refused", request=request)
 
     stream = _mock_stream(handler)
@@ -131,7 +136,7 @@ def test_gives_up_after_bounded_attempts_without_progress_and_names_the_last_eve
     assert received == [1, 2]
     assert error.value.last_event_id == "2" and "2 attempts" in str(error.value)
     assert len(calls) == 1 + 2, "the first connection, then the two allowed attempts"
-    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert all(gap >= 0.05 for gap in gaps), f"backoff between attempts: {gaps}"
 
 
