@@ -14,6 +14,7 @@ from api_shim.auth import Caller
 from api_shim.errors import APIError
 from api_shim.state import state_of
 from runrelay.agents import AgentNotFound, AgentSpec
+from runrelay.revisions import AgentCatalog
 from runrelay.store import ping
 from runrelay.types import AgentInfo
 
@@ -39,9 +40,16 @@ def agent_info(agent: AgentSpec) -> AgentInfo:
     )
 
 
-@router.get("/v1/agents", tags=["agents"], summary="List agents")
+def _newest(catalog: AgentCatalog, refs: list[str]) -> list[AgentSpec]:
+    return [catalog.by_ref(ref) for ref in refs]
+
+
+@router.get("/v1/agents", tags=["agents"], summary="List agents (their newest revisions)")
 async def list_agents(request: Request, _: Caller) -> dict[str, object]:
-    agents = state_of(request).registry.agents
+    state = state_of(request)
+    catalog = AgentCatalog(state.store.engine, state.registry)
+    refs = [agent.id for agent in state.registry.agents]
+    agents = await asyncio.to_thread(_newest, catalog, refs)
     return {"object": "list", "data": [agent_info(a) for a in agents]}
 
 
@@ -52,8 +60,10 @@ async def list_agents(request: Request, _: Caller) -> dict[str, object]:
     summary="Get an agent by id, name or shortcut",
 )
 async def get_agent(request: Request, _: Caller, agent_ref: str) -> AgentInfo:
+    state = state_of(request)
+    catalog = AgentCatalog(state.store.engine, state.registry)
     try:
-        return agent_info(state_of(request).registry.resolve(agent_ref))
+        return agent_info(await asyncio.to_thread(catalog.by_ref, agent_ref))
     except AgentNotFound as exc:
         raise APIError(404, "agent_not_found", str(exc), param="agent_id") from exc
 

@@ -9,12 +9,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
+from api_shim import idempotency
 from api_shim.auth import Caller, acting_tenant
 from api_shim.errors import APIError, request_id_of
 from api_shim.replay import run_events, sse_response
 from api_shim.state import ShimState, state_of
 from runrelay.agents import AgentNotFound, AgentSpec
 from runrelay.events import encode, make_event
+from runrelay.revisions import AgentCatalog, RevisionNotFound
 from runrelay.store import new_id
 from runrelay.tables import Run
 from runrelay.types import AgentRef, RunCreate, RunError, RunList, RunObject, Usage, WaitResponse
@@ -54,32 +56,55 @@ def run_object(run: Run) -> RunObject:
 
 
 def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
+    """The agent revision the run will run (see `runrelay.revisions`). Reads the database."""
+    catalog = AgentCatalog(state.store.engine, state.registry)
     try:
         if body.tag is not None:
-            return state.registry.by_tag(body.tag)
+            return catalog.by_tag(body.tag)
         if body.agent_id is not None:
-            agent = state.registry.resolve(body.agent_id)
-            if body.revision not in (None, agent.revision):
-                raise APIError(
-                    404,
-                    "revision_not_found",
-                    f"agent {body.agent_id!r} has no revision {body.revision}",
-                    param="revision",
-                )
-            return agent
+            if body.revision is not None:
+                return catalog.pinned(body.agent_id, body.revision)
+            return catalog.by_ref(body.agent_id)
         assert body.agent is not None  # RunCreate guarantees exactly one way
-        return state.registry.resolve(body.agent)
+        return catalog.by_ref(body.agent)
+    except RevisionNotFound as exc:
+        raise APIError(404, "revision_not_found", str(exc), param="revision") from exc
     except AgentNotFound as exc:
         param = "tag" if body.tag else "agent_id" if body.agent_id else "agent"
         raise APIError(404, "agent_not_found", str(exc), param=param) from exc
 
 
 async def create_run(request: Request, caller: Caller, body: RunCreate) -> Run:
+    """Admit a run; with an idempotency key, a repeat of the same request returns the same run."""
     state = state_of(request)
     tenant_id = await acting_tenant(request, caller, body.tenant_id)
-    agent = _resolve_agent(state, body)
+    key = idempotency.idempotency_key(request, body)
+    agent = await asyncio.to_thread(_resolve_agent, state, body)
+    run_id = new_id("run")
+    if key is not None:
+        earlier = await idempotency.claim(
+            state, tenant_id, key, idempotency.fingerprint(body), run_id
+        )
+        if earlier is not None:
+            return await idempotency.earlier_run(state, earlier)
+    try:
+        return await _admit(request, state, tenant_id, agent, body, run_id)
+    except BaseException:
+        if key is not None:
+            await idempotency.release(state, tenant_id, key, run_id)
+        raise
+
+
+async def _admit(
+    request: Request,
+    state: ShimState,
+    tenant_id: str,
+    agent: AgentSpec,
+    body: RunCreate,
+    run_id: str,
+) -> Run:
     run = Run(
-        id=new_id("run"),
+        id=run_id,
         tenant_id=tenant_id,
         status="queued",
         agent_name=agent.name,
@@ -170,7 +195,7 @@ async def create_and_wait(request: Request, caller: Caller, body: RunCreate) -> 
         "agent": finished.agent_name,
         "agent_id": finished.agent_id,
         "agent_revision": finished.agent_revision,
-        "model": finished.model_id or state.registry.resolve(finished.agent_name).model,
+        "model": finished.model_id or await _model_of(state, finished),
         "thread_id": finished.thread_id,
         "duration_ms": duration_ms,
     }
@@ -183,6 +208,15 @@ async def create_and_wait(request: Request, caller: Caller, body: RunCreate) -> 
         request_id=request_id_of(request),
         run=obj,
     )
+
+
+async def _model_of(state: ShimState, run: Run) -> str | None:
+    catalog = AgentCatalog(state.store.engine, state.registry)
+    try:
+        agent = await asyncio.to_thread(catalog.pinned, run.agent_id, run.agent_revision)
+    except LookupError:
+        return None
+    return agent.model
 
 
 @router.post(

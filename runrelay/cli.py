@@ -1,4 +1,5 @@
-"""The `runrelay` command: run the service's processes and administer tenants and keys.
+"""The `runrelay` command: run the service's processes and administer tenants and keys; the
+client commands (`run`, `runs`, `shortcuts`, `agents`) are in `runrelay.cli_client`.
 
 Server commands import the server side lazily, so the command exists with the SDK alone.
 """
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
+from runrelay import cli_client
 
 if TYPE_CHECKING:
     from runrelay.settings import Settings
@@ -144,6 +147,9 @@ def dev(host: str, port: int, data_dir: Path, no_demo: bool) -> None:
     from runrelay.dev import run_dev
 
     run_dev(host=host, port=port, data_dir=data_dir, demo=not no_demo)
+
+
+cli_client.register(main)
 
 
 def _redact(url: str) -> str:

@@ -22,8 +22,10 @@ import click
 import httpx
 import uvicorn
 
-from runrelay.console import print_stream
+from runrelay.client import Client
+from runrelay.console import print_events
 from runrelay.embedded_redis import EmbeddedRedis
+from runrelay.errors import APIError
 from runrelay.migrate import upgrade
 from runrelay.settings import Settings
 from runrelay.store import Store, make_engine
@@ -74,13 +76,17 @@ def _demo(base_url: str, key: str) -> None:
                 if http.get("/readyz").status_code == 200:
                     break
             time.sleep(0.2)
-        click.secho(f"\n▶ demo run: {DEMO_AGENT}", bold=True)
-        print_stream(
-            http,
-            key,
-            {"agent": DEMO_AGENT, "input": {"company": "ACME Corp", "query": "Assess credit risk"}},
-        )
-        click.echo("\nServing until Ctrl-C.")
+    click.secho(f"\n▶ demo run: {DEMO_AGENT}", bold=True)
+    with Client(key, base_url=base_url) as client:
+        try:
+            print_events(
+                client.runs.stream(
+                    DEMO_AGENT, input={"company": "ACME Corp", "query": "Assess credit risk"}
+                )
+            )
+        except APIError as exc:
+            click.secho(f"demo run failed: {exc}", fg="red")
+    click.echo("\nServing until Ctrl-C.")
 
 
 def run_dev(*, host: str, port: int, data_dir: Path, demo: bool) -> None:

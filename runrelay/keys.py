@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 EXECUTE_RUN_TASK = "runrelay.execute_run"
@@ -22,6 +23,12 @@ class RedisKeys:
     def fence(self, run_id: str) -> str:
         """Counter handing out monotonically growing fencing tokens for the run's lease."""
         return f"{self.prefix}run:{run_id}:fence"
+
+    def idempotency(self, tenant_id: str, key: str) -> str:
+        """A tenant's idempotency key → JSON `{"fingerprint", "run_id"}` of the run it created;
+        TTL `Settings.idempotency_ttl_s`. The key is hashed so its length is bounded."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return f"{self.prefix}idem:{tenant_id}:{digest}"
 
     def hub_wakeup(self, hub_id: str) -> str:
         """A tiny stream the SSE hub also reads, so a new subscription wakes its blocking XREAD."""

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     sse_ping_s: float = 15.0
     sse_retry_ms: int = 2000
     wait_timeout_s: float = 600.0
+    # How long an Idempotency-Key keeps leading to the run it created.
+    idempotency_ttl_s: int = 24 * 3600
     hub_block_ms: int = 5000
     # Redis connections of one shim process for commands; SSE tails add one (the hub's).
     shim_redis_connections: int = 32

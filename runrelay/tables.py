@@ -72,3 +72,27 @@ class RunEvent(SQLModel, table=True):
     seq: int = Field(primary_key=True)
     type: str = Field(max_length=40)
     data: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class AgentRevision(SQLModel, table=True):
+    """One published definition of an agent; revisions of an agent count 1, 2, 3 … and never
+    change once written."""
+
+    __tablename__ = "agent_revisions"
+
+    agent_id: str = Field(primary_key=True, max_length=200)
+    revision: int = Field(primary_key=True)
+    definition: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    digest: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AgentTag(SQLModel, table=True):
+    """A tag (e.g. `production`) points at one revision of one agent."""
+
+    __tablename__ = "agent_tags"
+
+    tag: str = Field(primary_key=True, max_length=100)
+    agent_id: str = Field(max_length=200)
+    revision: int
+    updated_at: datetime = Field(default_factory=utcnow)

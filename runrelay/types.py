@@ -174,3 +174,33 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class ShortcutDefinition(BaseModel):
+    """An available shortcut (FAOS): a module (`bank`) or an agent (`bank credit-analyst`)."""
+
+    pattern: str
+    type: Literal["module", "agent", "command"]
+    description: str
+    module_key: str
+    agent_id: str | None = None
+    examples: list[str] = Field(default_factory=list)
+
+
+class ShortcutResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: str = Field(min_length=1, max_length=1000, description='e.g. "bank credit-analyst"')
+
+
+class ShortcutResolution(BaseModel):
+    """What a shortcut command leads to; `suggestions` are close matches when it leads nowhere."""
+
+    resolved: bool
+    agent_id: str | None = None
+    module_key: str | None = None
+    module_name: str | None = None
+    agent_name: str | None = None
+    task_template: str | None = None
+    capabilities: list[str] = Field(default_factory=list)
+    suggestions: list[str] = Field(default_factory=list)

@@ -16,12 +16,13 @@ from typing import Any
 
 import httpx
 
-from runrelay.agents import AgentNotFound, AgentSpec, Registry
+from runrelay.agents import AgentSpec, Registry
 from runrelay.eventlog import EventLog, LeaseLost
 from runrelay.events import EventType, encode, is_terminal, make_event
 from runrelay.loop import AgentLoop, LoopResult, LoopSettings
 from runrelay.providers import build_provider
 from runrelay.providers.base import ProviderError
+from runrelay.revisions import AgentCatalog
 from runrelay.settings import Settings
 from runrelay.store import Store
 from runrelay.tables import Run
@@ -136,8 +137,9 @@ class RunExecutor:
 
     async def _run_agent(self, run: Run, writer: RunWriter) -> Outcome:
         try:
-            agent = self.registry.resolve(run.agent_name)
-        except AgentNotFound as exc:
+            catalog = AgentCatalog(self.store.engine, self.registry)
+            agent = await asyncio.to_thread(catalog.pinned, run.agent_id, run.agent_revision)
+        except LookupError as exc:  # AgentNotFound, RevisionNotFound
             return Outcome("failed", error={"code": "agent_not_found", "message": str(exc)})
         await writer.emit(
             "agent_resolved",

@@ -1,0 +1,22 @@
+"""The SDK's resources (`client.agents`, `client.runs`, `client.shortcuts`), each in a sync
+flavour (on `Client`) and an async one (on `AsyncClient`)."""
+
+from runrelay.resources.agents import Agents, AsyncAgents
+from runrelay.resources.runs import AsyncRuns, Runs
+from runrelay.resources.shortcuts import (
+    AsyncShortcuts,
+    Shortcuts,
+    shortcut_request,
+    shortcut_response,
+)
+
+__all__ = [
+    "Agents",
+    "AsyncAgents",
+    "AsyncRuns",
+    "AsyncShortcuts",
+    "Runs",
+    "Shortcuts",
+    "shortcut_request",
+    "shortcut_response",
+]

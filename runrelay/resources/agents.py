@@ -1,0 +1,252 @@
+"""`client.agents`: FAOS invoke/ainvoke/stream and Mentiora run/run_async/stream/stream_async on
+one object, in a sync flavour (on `Client`) and an async one (on `AsyncClient`).
+
+`agents.stream` dispatches on its first argument: an `AgentRunParams` gives Mentiora typed
+events (stopping after an `error` event, as that SDK does); an agent name (with an input dict or
+a message) gives FAOS chunks. Either stream can be iterated with `for` (sync client) or
+`async for`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, overload
+
+from runrelay.errors import ValidationError
+from runrelay.params import AgentRunParams, invoke_body, run_body
+from runrelay.resources.base import Event, Resource, create_request
+from runrelay.responses import (
+    AgentRunResult,
+    AgentStreamEvent,
+    InvokeResponse,
+    StreamChunk,
+    run_result,
+    to_agent_event,
+    to_chunk,
+)
+from runrelay.streaming import EventStream
+
+_MENTIORA_STOP = frozenset({"done", "error"})
+
+
+def _stream_create(
+    agent: str | AgentRunParams,
+    input: dict[str, Any] | str | None,
+    tenant_id: str | None,
+    last_event_id: str | None,
+    run_id: str | None,
+    idempotency_key: str | None,
+) -> tuple[Event, int, frozenset[str]]:
+    after = 0
+    if last_event_id is not None:
+        if not last_event_id.isdigit():
+            raise ValidationError(
+                f"last_event_id must be an event id as a stream gives it, e.g. '42' "
+                f"(got {last_event_id!r})",
+                param="last_event_id",
+            )
+        if run_id is None and idempotency_key is None:
+            raise ValidationError(
+                "resuming with last_event_id needs the run: pass run_id=stream.run_id "
+                "(or the idempotency_key of the original call)",
+                param="run_id",
+            )
+        after = int(last_event_id)
+    if isinstance(agent, AgentRunParams):
+        return run_body(agent), after, _MENTIORA_STOP
+    return invoke_body(agent, input, tenant_id=tenant_id), after, frozenset({"done"})
+
+
+class _AgentsResource(Resource):
+    def _events_stream(
+        self,
+        agent: str | AgentRunParams,
+        input: dict[str, Any] | str | None,
+        *,
+        tenant_id: str | None,
+        last_event_id: str | None,
+        run_id: str | None,
+        idempotency_key: str | None,
+    ) -> EventStream[Any]:
+        body, after, stop = _stream_create(
+            agent, input, tenant_id, last_event_id, run_id, idempotency_key
+        )
+        convert = to_agent_event if isinstance(agent, AgentRunParams) else to_chunk
+        create = create_request("/v1/runs/stream", body, idempotency_key, self._options)
+        return self._stream(convert, create=create, run_id=run_id, after=after, stop_types=stop)
+
+
+class Agents(_AgentsResource):
+    """`client.agents` of the sync `Client`."""
+
+    def invoke(
+        self,
+        agent: str,
+        input: dict[str, Any] | str | None = None,
+        tenant_id: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> InvokeResponse:
+        """Run `agent` on `input` and wait for the result (FAOS)."""
+        body = invoke_body(agent, input, tenant_id=tenant_id)
+        response = self._transport.send(
+            create_request("/v1/runs/wait", body, idempotency_key, self._options)
+        )
+        return InvokeResponse.model_validate(response.json())
+
+    async def ainvoke(
+        self,
+        agent: str,
+        input: dict[str, Any] | str | None = None,
+        tenant_id: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> InvokeResponse:
+        body = invoke_body(agent, input, tenant_id=tenant_id)
+        async with self._atransport() as transport:
+            response = await transport.send(
+                create_request("/v1/runs/wait", body, idempotency_key, self._options)
+            )
+        return InvokeResponse.model_validate(response.json())
+
+    def run(self, params: AgentRunParams, *, idempotency_key: str | None = None) -> AgentRunResult:
+        """Run an agent and return the complete result (Mentiora)."""
+        request = create_request("/v1/runs/wait", run_body(params), idempotency_key, self._options)
+        return run_result(InvokeResponse.model_validate(self._transport.send(request).json()))
+
+    async def run_async(
+        self, params: AgentRunParams, *, idempotency_key: str | None = None
+    ) -> AgentRunResult:
+        request = create_request("/v1/runs/wait", run_body(params), idempotency_key, self._options)
+        async with self._atransport() as transport:
+            response = await transport.send(request)
+        return run_result(InvokeResponse.model_validate(response.json()))
+
+    @overload
+    def stream(
+        self,
+        agent: AgentRunParams,
+        input: None = None,
+        *,
+        last_event_id: str | None = None,
+        run_id: str | None = None,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> EventStream[AgentStreamEvent]: ...
+
+    @overload
+    def stream(
+        self,
+        agent: str,
+        input: dict[str, Any] | str | None = None,
+        *,
+        last_event_id: str | None = None,
+        run_id: str | None = None,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> EventStream[StreamChunk]: ...
+
+    def stream(
+        self,
+        agent: str | AgentRunParams,
+        input: dict[str, Any] | str | None = None,
+        *,
+        last_event_id: str | None = None,
+        run_id: str | None = None,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> EventStream[AgentStreamEvent] | EventStream[StreamChunk]:
+        """Stream a run: FAOS chunks for `stream(agent, input)`, Mentiora typed events for
+        `stream(AgentRunParams(...))`. Reconnects by itself; see `EventStream`."""
+        return self._events_stream(
+            agent,
+            input,
+            tenant_id=tenant_id,
+            last_event_id=last_event_id,
+            run_id=run_id,
+            idempotency_key=idempotency_key,
+        )
+
+    def stream_async(
+        self, params: AgentRunParams, *, idempotency_key: str | None = None
+    ) -> EventStream[AgentStreamEvent]:
+        """`async for event in client.agents.stream_async(params)` (Mentiora)."""
+        return self.stream(params, idempotency_key=idempotency_key)
+
+
+class AsyncAgents(_AgentsResource):
+    """`client.agents` of `AsyncClient`: the same calls, awaited."""
+
+    async def invoke(
+        self,
+        agent: str,
+        input: dict[str, Any] | str | None = None,
+        tenant_id: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> InvokeResponse:
+        body = invoke_body(agent, input, tenant_id=tenant_id)
+        async with self._atransport() as transport:
+            response = await transport.send(
+                create_request("/v1/runs/wait", body, idempotency_key, self._options)
+            )
+        return InvokeResponse.model_validate(response.json())
+
+    ainvoke = invoke
+
+    async def run(
+        self, params: AgentRunParams, *, idempotency_key: str | None = None
+    ) -> AgentRunResult:
+        request = create_request("/v1/runs/wait", run_body(params), idempotency_key, self._options)
+        async with self._atransport() as transport:
+            response = await transport.send(request)
+        return run_result(InvokeResponse.model_validate(response.json()))
+
+    run_async = run
+
+    @overload
+    def stream(
+        self,
+        agent: AgentRunParams,
+        input: None = None,
+        *,
+        last_event_id: str | None = None,
+        run_id: str | None = None,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> EventStream[AgentStreamEvent]: ...
+
+    @overload
+    def stream(
+        self,
+        agent: str,
+        input: dict[str, Any] | str | None = None,
+        *,
+        last_event_id: str | None = None,
+        run_id: str | None = None,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> EventStream[StreamChunk]: ...
+
+    def stream(
+        self,
+        agent: str | AgentRunParams,
+        input: dict[str, Any] | str | None = None,
+        *,
+        last_event_id: str | None = None,
+        run_id: str | None = None,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> EventStream[AgentStreamEvent] | EventStream[StreamChunk]:
+        return self._events_stream(
+            agent,
+            input,
+            tenant_id=tenant_id,
+            last_event_id=last_event_id,
+            run_id=run_id,
+            idempotency_key=idempotency_key,
+        )
+
+    def stream_async(
+        self, params: AgentRunParams, *, idempotency_key: str | None = None
+    ) -> EventStream[AgentStreamEvent]:
+        return self.stream(params, idempotency_key=idempotency_key)

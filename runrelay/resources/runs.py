@@ -1,0 +1,139 @@
+"""`client.runs`: background runs, their state and their event logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runrelay.errors import ValidationError
+from runrelay.resources.base import Event, Resource, create_request, raw
+from runrelay.streaming import EventStream
+from runrelay.transport import Request
+from runrelay.types import RunList, RunObject
+
+
+def _run_create_body(agent: str | None, fields: dict[str, Any]) -> Event:
+    body = {k: v for k, v in {"agent": agent, **fields}.items() if v is not None}
+    if "task" in body.get("input", {}) and "task" not in body:
+        body["task"] = body.pop("input")["task"]  # an A2A input given as `input`
+    return body
+
+
+class Runs(Resource):
+    """`client.runs`: background runs, their state and their event logs."""
+
+    def create(
+        self, agent: str | None = None, *, idempotency_key: str | None = None, **fields: Any
+    ) -> RunObject:
+        """`POST /v1/runs`; `fields` are the run request's (input, message, tag, ...)."""
+        body = _run_create_body(agent, fields)
+        response = self._transport.send(
+            create_request("/v1/runs", body, idempotency_key, self._options)
+        )
+        return RunObject.model_validate(response.json())
+
+    def get(self, run_id: str) -> RunObject:
+        return RunObject.model_validate(
+            self._transport.send(Request("GET", f"/v1/runs/{run_id}")).json()
+        )
+
+    def list(
+        self,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        status: str | None = None,
+        agent: str | None = None,
+        thread_id: str | None = None,
+    ) -> RunList:
+        params = {
+            "limit": limit,
+            "cursor": cursor,
+            "status": status,
+            "agent": agent,
+            "thread_id": thread_id,
+        }
+        response = self._transport.send(Request("GET", "/v1/runs", params=params))
+        return RunList.model_validate(response.json())
+
+    def cancel(self, run_id: str) -> RunObject:
+        """`POST /v1/runs/{id}/cancel`: a queued run never starts, a running one stops soon."""
+        response = self._transport.send(Request("POST", f"/v1/runs/{run_id}/cancel"))
+        return RunObject.model_validate(response.json())
+
+    def events(self, run_id: str, *, last_event_id: str | None = None) -> EventStream[Event]:
+        """The run's events as dicts (DESIGN §4), from after `last_event_id` to `done`."""
+        after = _cursor(last_event_id)
+        return self._stream(raw, run_id=run_id, after=after)
+
+    def stream(
+        self, agent: str | None = None, *, idempotency_key: str | None = None, **fields: Any
+    ) -> EventStream[Event]:
+        """Create a run (`POST /v1/runs/stream`) and stream its events as dicts."""
+        body = _run_create_body(agent, fields)
+        create = create_request("/v1/runs/stream", body, idempotency_key, self._options)
+        return self._stream(raw, create=create)
+
+
+class AsyncRuns(Resource):
+    """`client.runs` of `AsyncClient`."""
+
+    async def create(
+        self, agent: str | None = None, *, idempotency_key: str | None = None, **fields: Any
+    ) -> RunObject:
+        body = _run_create_body(agent, fields)
+        async with self._atransport() as transport:
+            response = await transport.send(
+                create_request("/v1/runs", body, idempotency_key, self._options)
+            )
+        return RunObject.model_validate(response.json())
+
+    async def get(self, run_id: str) -> RunObject:
+        async with self._atransport() as transport:
+            response = await transport.send(Request("GET", f"/v1/runs/{run_id}"))
+        return RunObject.model_validate(response.json())
+
+    async def list(
+        self,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        status: str | None = None,
+        agent: str | None = None,
+        thread_id: str | None = None,
+    ) -> RunList:
+        params = {
+            "limit": limit,
+            "cursor": cursor,
+            "status": status,
+            "agent": agent,
+            "thread_id": thread_id,
+        }
+        async with self._atransport() as transport:
+            response = await transport.send(Request("GET", "/v1/runs", params=params))
+        return RunList.model_validate(response.json())
+
+    async def cancel(self, run_id: str) -> RunObject:
+        async with self._atransport() as transport:
+            response = await transport.send(Request("POST", f"/v1/runs/{run_id}/cancel"))
+        return RunObject.model_validate(response.json())
+
+    def events(self, run_id: str, *, last_event_id: str | None = None) -> EventStream[Event]:
+        return self._stream(raw, run_id=run_id, after=_cursor(last_event_id))
+
+    def stream(
+        self, agent: str | None = None, *, idempotency_key: str | None = None, **fields: Any
+    ) -> EventStream[Event]:
+        body = _run_create_body(agent, fields)
+        create = create_request("/v1/runs/stream", body, idempotency_key, self._options)
+        return self._stream(raw, create=create)
+
+
+def _cursor(last_event_id: str | None) -> int:
+    if last_event_id is None:
+        return 0
+    if not str(last_event_id).isdigit():
+        raise ValidationError(
+            f"last_event_id must be a non-negative integer event id (got {last_event_id!r})",
+            param="last_event_id",
+        )
+    return int(last_event_id)

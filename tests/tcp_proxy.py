@@ -1,0 +1,115 @@
+"""A TCP proxy in front of the shim that can break connections the way networks do.
+
+- `cut()` resets every live connection (both sides), mid-response.
+- `drop_responses(n)`: the next `n` connections reach the server, but the proxy swallows the
+  server's answer and closes the client's side as soon as the answer starts: the server did the
+  work, the client saw a dropped connection.
+- `requests` records the request line of every request (e.g. `POST /v1/runs HTTP/1.1`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_METHODS = {b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"}
+
+
+class TcpProxy:
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.connections = 0
+        self.requests: list[str] = []
+        self._drop_next = 0
+        self._live: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop_responses(self, n: int) -> None:
+        with self._lock:
+            self._drop_next = n
+
+    def cut(self) -> int:
+        """Reset every live connection; returns how many were cut."""
+        with self._lock:
+            live = list(self._live)
+            self._live.clear()
+        for sock in live:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+        return len(live) // 2
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self.cut()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self.connections += 1
+                drop = self._drop_next > 0
+                self._drop_next -= 1 if drop else 0
+                self._live.update((client, server))
+            threading.Thread(
+                target=self._pump, args=(client, server, True, drop), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(server, client, False, drop), daemon=True
+            ).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool, drop: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upstream and data.split(b" ", 1)[0] in _METHODS:
+                    with self._lock:
+                        self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+                if drop and not upstream:
+                    break  # the server answered: swallow it and drop the client
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+            with self._lock:
+                self._live.discard(src)
+                self._live.discard(dst)
+
+
+@contextmanager
+def tcp_proxy(base_url: str) -> Iterator[TcpProxy]:
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    proxy = TcpProxy(host, int(port))
+    try:
+        yield proxy
+    finally:
+        proxy.close()
