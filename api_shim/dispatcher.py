@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from runrelay.events import is_terminal
 from runrelay.keys import RedisKeys
-from runrelay.quota import QuotaStore, now_ms
+from runrelay.quota import QuotaStore
 from runrelay.settings import Settings
 from runrelay.store import Store
 
@@ -106,7 +106,7 @@ class Dispatcher:
             run = await asyncio.to_thread(self.store.get_run, run_id)
             if run is None:
                 # Admission happened but the row is not there: being written, or its shim died.
-                if now_ms() - _created_ms(run_id) > 2 * self.quotas.dispatch_ms:
+                if await self.quotas.now_ms() - _created_ms(run_id) > 2 * self.quotas.dispatch_ms:
                     await self.quotas.release(tenant_id, run_id, used_tokens=0)
                 else:
                     await self.quotas.redispatch(tenant_id, run_id)

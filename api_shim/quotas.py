@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from api_shim.errors import APIError
 from runrelay.agents import AgentSpec
 from runrelay.keys import RedisKeys
-from runrelay.quota import Decision, QuotaStore, now_ms
+from runrelay.quota import Decision, QuotaStore
 from runrelay.settings import Settings
 from runrelay.store import Store
 from runrelay.tenants import Period, TenantLimits
@@ -144,7 +144,7 @@ class Quotas:
         limits = await self.limits(tenant_id)
         period = Period.current(limits.budget_period)
         k = self.keys
-        now = now_ms()
+        now = await self.backend.now_ms()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(k.tenant_rate(tenant_id))
             pipe.zcount(k.tenant_slots(tenant_id), now, "+inf")
@@ -191,7 +191,7 @@ class Quotas:
         """Refresh the queue-depth gauges (called on each /metrics scrape)."""
         k = self.keys
         tenants = [_text(t) for t in await self.redis.smembers(k.quota_tenants())]
-        now = now_ms()
+        now = await self.backend.now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for tenant in tenants:
                 pipe.llen(k.tenant_pending(tenant))

@@ -10,7 +10,6 @@ started. The shape of each key is in `runrelay/keys.py`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,6 @@ from runrelay.keys import RedisKeys
 from runrelay.tenants import Period, TenantLimits
 
 _LUA_DIR = Path(__file__).parent / "lua"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -92,7 +87,6 @@ class QuotaStore:
                 k.dispatching(),
             ],
             args=[
-                now_ms(),
                 tenant_id,
                 run_id,
                 limits.requests_per_minute or 0,
@@ -119,7 +113,7 @@ class QuotaStore:
                 k.pending_tenants(),
                 k.dispatching(),
             ],
-            args=[now_ms(), tenant_id, at_most, self.dispatch_ms],
+            args=[tenant_id, at_most, self.dispatch_ms],
         )
         return [_text(run_id) for run_id in raw]
 
@@ -127,14 +121,14 @@ class QuotaStore:
         return bool(
             await self._redispatch(
                 keys=[self.keys.dispatching(), self.keys.tenant_slots(tenant_id)],
-                args=[now_ms(), dispatching_member(tenant_id, run_id), run_id, self.dispatch_ms],
+                args=[dispatching_member(tenant_id, run_id), run_id, self.dispatch_ms],
             )
         )
 
     async def overdue(self, *, count: int = 100) -> list[tuple[str, str]]:
         """Dispatched runs no worker started in time: (tenant id, run id)."""
         raw: Any = await self.redis.zrangebyscore(
-            self.keys.dispatching(), "-inf", now_ms(), start=0, num=count
+            self.keys.dispatching(), "-inf", await self.now_ms(), start=0, num=count
         )
         pairs = (_text(member).partition(" ") for member in raw)
         return [(tenant, run) for tenant, _, run in pairs]
@@ -142,7 +136,7 @@ class QuotaStore:
     async def hold(self, tenant_id: str, run_id: str, ttl_ms: int) -> None:
         await self._hold(
             keys=[self.keys.tenant_slots(tenant_id), self.keys.dispatching()],
-            args=[run_id, now_ms() + ttl_ms, dispatching_member(tenant_id, run_id)],
+            args=[run_id, ttl_ms, dispatching_member(tenant_id, run_id)],
         )
 
     async def reservation_period(self, tenant_id: str, run_id: str) -> str | None:
@@ -188,4 +182,10 @@ class QuotaStore:
         await self.release(tenant_id, run_id, used_tokens=0)
 
     async def running(self, tenant_id: str) -> int:
-        return int(await self.redis.zcount(self.keys.tenant_slots(tenant_id), now_ms(), "+inf"))
+        now = await self.now_ms()
+        return int(await self.redis.zcount(self.keys.tenant_slots(tenant_id), now, "+inf"))
+
+    async def now_ms(self) -> int:
+        """Redis's clock, which the scripts use: slot expiries are on it, not on ours."""
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000

@@ -10,26 +10,27 @@
 -- KEYS[7]  tenants with pending runs (set)                (RedisKeys.pending_tenants)
 -- KEYS[8]  every tenant seen (set)                        (RedisKeys.quota_tenants)
 -- KEYS[9]  runs sent to Celery, not started yet (zset)    (RedisKeys.dispatching)
--- ARGV[1]  now, epoch ms
--- ARGV[2]  tenant id
--- ARGV[3]  run id
--- ARGV[4]  requests per minute (0: no limit); the burst is one minute's worth
--- ARGV[5]  max concurrent runs (>= 1)
--- ARGV[6]  max queued runs (0: no queueing, over the concurrency cap is a refusal)
--- ARGV[7]  token budget of the period (0: no limit)
--- ARGV[8]  tokens to reserve for the run
--- ARGV[9]  budget period id (e.g. 2026-11)
--- ARGV[10] seconds left in the budget period (the budget key's TTL is that plus a day)
--- ARGV[11] dispatch timeout, ms: a dispatched run not started by then is sent again
--- ARGV[12] Retry-After (s) for concurrency_limit and queue_full
+-- ARGV[1]  tenant id
+-- ARGV[2]  run id
+-- ARGV[3]  requests per minute (0: no limit); the burst is one minute's worth
+-- ARGV[4]  max concurrent runs (>= 1)
+-- ARGV[5]  max queued runs (0: no queueing, over the concurrency cap is a refusal)
+-- ARGV[6]  token budget of the period (0: no limit)
+-- ARGV[7]  tokens to reserve for the run
+-- ARGV[8]  budget period id (e.g. 2026-11)
+-- ARGV[9]  seconds left in the budget period (the budget key's TTL is that plus a day)
+-- ARGV[10] dispatch timeout, ms: a dispatched run not started by then is sent again
+-- ARGV[11] Retry-After (s) for concurrency_limit and queue_full
+-- Time is Redis's own clock (TIME), the one clock every shim and worker shares.
 -- Returns {outcome, code, limit, remaining, reset_s}: outcome 'dispatch' (a slot is taken:
 -- send the task), 'queue' (in the pending queue) or 'reject' (code names the limit; reset_s is
 -- the Retry-After). On admission limit/remaining/reset_s describe the request rate.
-local now = tonumber(ARGV[1])
-local tenant, run = ARGV[2], ARGV[3]
-local rpm, max_running, max_queued = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local budget, reserve = tonumber(ARGV[7]), tonumber(ARGV[8])
-local dispatch_ms, retry_s = tonumber(ARGV[11]), tonumber(ARGV[12])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local tenant, run = ARGV[1], ARGV[2]
+local rpm, max_running, max_queued = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local budget, reserve = tonumber(ARGV[6]), tonumber(ARGV[7])
+local dispatch_ms, retry_s = tonumber(ARGV[10]), tonumber(ARGV[11])
 
 -- Request rate: GCRA with emission interval T and a burst of `rpm` requests.
 local new_tat, rate_remaining, rate_reset = 0, -1, 0
@@ -50,7 +51,7 @@ end
 local charged = tonumber(redis.call('GET', KEYS[5]) or '0')
 if budget > 0 and charged + reserve > budget then
   return {'reject', 'token_budget_exhausted', budget, math.max(0, budget - charged),
-          tonumber(ARGV[10])}
+          tonumber(ARGV[9])}
 end
 
 -- Concurrency and the pending queue. Slots whose lease expired (a dead worker) are free again.
@@ -73,8 +74,8 @@ if rpm > 0 then
   redis.call('SET', KEYS[1], tostring(math.ceil(new_tat)), 'PX', math.ceil(new_tat - now) + 1000)
 end
 redis.call('INCRBY', KEYS[5], reserve)
-redis.call('EXPIRE', KEYS[5], tonumber(ARGV[10]) + 86400)
-redis.call('HSET', KEYS[6], run, ARGV[9] .. '|' .. reserve)
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[9]) + 86400)
+redis.call('HSET', KEYS[6], run, ARGV[8] .. '|' .. reserve)
 redis.call('HSET', KEYS[4], 'max_concurrent_runs', max_running, 'token_budget', budget)
 redis.call('SADD', KEYS[8], tenant)
 if outcome == 'dispatch' then

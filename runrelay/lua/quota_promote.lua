@@ -4,17 +4,19 @@
 -- KEYS[3]  limits last applied (hash)                     (RedisKeys.tenant_limits)
 -- KEYS[4]  tenants with pending runs (set)                (RedisKeys.pending_tenants)
 -- KEYS[5]  runs sent to Celery, not started yet (zset)    (RedisKeys.dispatching)
--- ARGV[1]  now, epoch ms
--- ARGV[2]  tenant id
--- ARGV[3]  at most this many runs
--- ARGV[4]  dispatch timeout, ms
+-- ARGV[1]  tenant id
+-- ARGV[2]  at most this many runs
+-- ARGV[3]  dispatch timeout, ms
+-- Time is Redis's own clock (TIME), the one clock every shim and worker shares.
 -- Returns the run ids promoted: each holds a slot and is in the dispatching set, so a dispatcher
 -- that dies before sending its task loses nothing (the set is re-checked on a timer).
-local now, tenant = tonumber(ARGV[1]), ARGV[2]
-local dispatch_ms = tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local tenant = ARGV[1]
+local dispatch_ms = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local cap = tonumber(redis.call('HGET', KEYS[3], 'max_concurrent_runs') or '1')
-local free = math.min(cap - redis.call('ZCARD', KEYS[1]), tonumber(ARGV[3]))
+local free = math.min(cap - redis.call('ZCARD', KEYS[1]), tonumber(ARGV[2]))
 local promoted = {}
 for _ = 1, free do
   local run = redis.call('LPOP', KEYS[2])
