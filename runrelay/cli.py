@@ -5,10 +5,11 @@ Server commands import the server side lazily, so the command exists with the SD
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,10 +66,8 @@ def keys() -> None:
 @click.option("--platform", is_flag=True, help="a platform key may act for any tenant")
 def keys_create(tenant: str, platform: bool) -> None:
     """Create an API key and print it (only the key, on stdout)."""
-    from runrelay.store import Store, make_engine
-
-    store = Store(make_engine(_settings()))
-    key = store.create_api_key(store.ensure_tenant(tenant).id, is_platform=platform)
+    with _store() as store:
+        key = store.create_api_key(store.ensure_tenant(tenant).id, is_platform=platform)
     click.echo(key)
 
 
@@ -78,12 +77,13 @@ def keys_list(tenant: str) -> None:
     """List a tenant's keys: id, prefix, kind, created, last used, revoked (never the key)."""
     from runrelay.tenants import list_keys
 
-    store = _store()
-    found = store.get_tenant(tenant)
-    if found is None:
-        raise click.ClickException(f"no tenant {tenant!r}")
+    with _store() as store:
+        found = store.get_tenant(tenant)
+        if found is None:
+            raise click.ClickException(f"no tenant {tenant!r}")
+        rows = list_keys(store, found.id)
     click.echo("id\tprefix\tkind\tcreated_at\tlast_used_at\trevoked_at")
-    for row in list_keys(store, found.id):
+    for row in rows:
         kind = "platform" if row.is_platform else "tenant"
         times = [_when(row.created_at), _when(row.last_used_at), _when(row.revoked_at)]
         click.echo("\t".join([row.id, row.prefix + "...", kind, *times]))
@@ -96,7 +96,8 @@ def keys_revoke(key: str) -> None:
     from runrelay.tenants import KeyNotFound, revoke_key
 
     try:
-        row = revoke_key(_store(), key.removesuffix("..."))
+        with _store() as store:
+            row = revoke_key(store, key.removesuffix("..."))
     except KeyNotFound as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"revoked {row.id} ({row.prefix}...)", err=True)
@@ -132,13 +133,13 @@ def tenants_create(name: str, **limits: int | str | None) -> None:
     from runrelay.store import AlreadyExists
     from runrelay.tenants import update_limits
 
-    store = _store()
-    try:
-        tenant = store.create_tenant(name)
-    except AlreadyExists as exc:
-        raise click.ClickException(f"{exc}; change it with `runrelay tenants update`") from exc
-    update_limits(store, tenant.id, **limits)
-    _show(store, name)
+    with _store() as store:
+        try:
+            tenant = store.create_tenant(name)
+        except AlreadyExists as exc:
+            raise click.ClickException(f"{exc}; change it with `runrelay tenants update`") from exc
+        update_limits(store, tenant.id, **limits)
+        _show(store, name)
 
 
 @tenants.command("update")
@@ -148,19 +149,20 @@ def tenants_update(name: str, **limits: int | str | None) -> None:
     """Change a tenant's limits (those not given stay as they are)."""
     from runrelay.tenants import TenantNotFound, update_limits
 
-    store = _store()
-    try:
-        update_limits(store, name, **limits)
-    except TenantNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
-    _show(store, name)
+    with _store() as store:
+        try:
+            update_limits(store, name, **limits)
+        except TenantNotFound as exc:
+            raise click.ClickException(str(exc)) from exc
+        _show(store, name)
 
 
 @tenants.command("show")
 @click.argument("name")
 def tenants_show(name: str) -> None:
     """Print a tenant and the limits in force for it (JSON)."""
-    _show(_store(), name)
+    with _store() as store:
+        _show(store, name)
 
 
 def _show(store: Store, name: str) -> None:
@@ -179,10 +181,15 @@ def _show(store: Store, name: str) -> None:
     click.echo(json.dumps(shown, indent=2))
 
 
-def _store() -> Store:
+@contextlib.contextmanager
+def _store() -> Iterator[Store]:
     from runrelay.store import Store, make_engine
 
-    return Store(make_engine(_settings()))
+    store = Store(make_engine(_settings()))
+    try:
+        yield store
+    finally:
+        store.engine.dispose()
 
 
 def _when(moment: datetime | None) -> str:
