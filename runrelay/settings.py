@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     # Retry-After for `concurrency_limit` and `queue_full`, whose freeing time is unknowable.
     quota_retry_after_s: int = Field(5, ge=1)
 
+    @field_validator("default_requests_per_minute", "default_token_budget", mode="before")
+    @classmethod
+    def _no_limit(cls, value: Any) -> Any:
+        """An empty value (or `none`) in the environment means no limit."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _sqlalchemy_driver(cls, url: str) -> str:
