@@ -4,7 +4,7 @@ A refusal is a 429 whose `code` names the limit (`rate_limited`, `token_budget_e
 `concurrency_limit`, `queue_full`) with `Retry-After` and `RateLimit-Limit/-Remaining/-Reset`;
 it writes nothing. An admitted run either takes a concurrency slot at once (the caller sends its
 task) or waits in its tenant's pending queue for the dispatcher (api_shim/dispatcher.py).
-Also `GET /v1/usage` and the Prometheus metrics of admission.
+Also what `GET /v1/usage` and `/metrics` report (api_shim/usage.py serves them).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.asyncio import Redis
 
 from api_shim.errors import APIError
 from runrelay.agents import AgentSpec
@@ -92,7 +93,7 @@ def rate_headers(decision: Decision) -> dict[str, str]:
 
 
 class Quotas:
-    def __init__(self, settings: Settings, store: Store, redis: Any, keys: RedisKeys) -> None:
+    def __init__(self, settings: Settings, store: Store, redis: Redis, keys: RedisKeys) -> None:
         self.settings = settings
         self.store = store
         self.keys = keys

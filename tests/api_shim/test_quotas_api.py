@@ -212,8 +212,9 @@ def test_one_tenants_burst_of_300_does_not_hold_back_another_tenants_run(
           f"({pending} of them pending in A's queue, {broker} tasks in the Celery queue)")
     assert body["run"]["status"] == "completed"
     assert pending >= 250, "A's burst waits in A's own queue, not in the shared Celery queue"
-    # B's run takes ~0.7 s itself; unfair admission would queue it behind ~300 x 5 s of A's work.
-    assert elapsed < 5.0, f"B waited {elapsed:.2f} s"
+    # B's run takes ~0.7 s itself (0.76 s measured). Without A's cap its task would wait in the
+    # Celery queue behind A's 300 x 5 s runs on 64 worker threads: ~25 s.
+    assert elapsed < 8.0, f"B waited {elapsed:.2f} s"
 
 
 def test_usage_shows_limits_and_defaults(client: httpx.Client, settings: Settings) -> None:
