@@ -166,7 +166,9 @@ def test_a_running_run_that_exhausts_the_budget_fails_with_token_budget_exhauste
     done = _wait_done(client, run.json()["id"])
     assert done["status"] == "failed"
     assert done["error"]["code"] == "token_budget_exhausted"
-    tokens = client.get("/v1/usage").json()["tokens"]
+    usage = client.get("/v1/usage").json()
+    assert usage["runs"]["running"] == 0, "a failed run frees its slot"
+    tokens = usage["tokens"]
     assert tokens["reserved"] == 0 and tokens["used"] > 20 and tokens["remaining"] == 0
     _assert_429(client.post("/v1/runs", json={**ANALYST, "model_params": {"max_tokens": 1}}),
                 "token_budget_exhausted")
