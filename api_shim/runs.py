@@ -148,8 +148,9 @@ async def create(
 ) -> RunObject:
     run = await create_run(request, caller, body)
     response.headers["Location"] = f"/v1/runs/{run.id}"
-    admission: Admission = request.scope["state"]["admission"]
-    response.headers.update(rate_headers(admission.decision))
+    admission: Admission | None = request.scope["state"].get("admission")
+    if admission is not None:  # none when an earlier run is returned (idempotency, issue 3)
+        response.headers.update(rate_headers(admission.decision))
     return run_object(run)
 
 
