@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from api_shim import errors, meta, runs, shortcuts
+from api_shim import errors, meta, runs, shortcuts, usage
 from api_shim.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
 from runrelay.settings import Settings
@@ -20,6 +20,7 @@ def create_app(settings: Settings) -> ASGIApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ShimState.build(settings)
         state.hub.start()
+        state.dispatcher.start()
         app.state.runrelay = state
         try:
             yield
@@ -36,4 +37,5 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(runs.router)
     app.include_router(meta.router)
     app.include_router(shortcuts.router)
+    app.include_router(usage.router)
     return RequestIdMiddleware(BodyLimitMiddleware(app, settings.max_body_bytes))

@@ -12,6 +12,7 @@ from sse_starlette import EventSourceResponse
 from api_shim import idempotency
 from api_shim.auth import Caller, acting_tenant
 from api_shim.errors import APIError, request_id_of
+from api_shim.quotas import Admission, rate_headers, reserve_tokens
 from api_shim.replay import run_events, sse_response
 from api_shim.state import ShimState, state_of
 from runrelay.agents import AgentNotFound, AgentSpec
@@ -103,6 +104,11 @@ async def _admit(
     body: RunCreate,
     run_id: str,
 ) -> Run:
+    # quotas: a 429 here has written nothing; past it the run holds a slot or a pending place.
+    admission = await state.quotas.admit(
+        tenant_id, run_id, reserve=reserve_tokens(body, agent, state.settings)
+    )
+    request.scope.setdefault("state", {})["admission"] = admission
     run = Run(
         id=run_id,
         tenant_id=tenant_id,
@@ -120,7 +126,11 @@ async def _admit(
         run_metadata=body.metadata,
         request_id=request_id_of(request),
     )
-    await asyncio.to_thread(state.store.create_run, run)
+    try:
+        await asyncio.to_thread(state.store.create_run, run)
+    except BaseException:
+        await state.quotas.abandon(admission)
+        raise
     queued = make_event(
         run.id,
         1,
@@ -129,9 +139,11 @@ async def _admit(
     )
     try:
         await state.events.append(run.id, 1, "run_queued", encode(queued))
-        await asyncio.to_thread(state.sender.send, run.id)
+        if admission.dispatch_now:  # quotas: else the dispatcher sends it when a slot frees
+            await asyncio.to_thread(state.sender.send, run.id)
     except Exception as exc:
         log.exception("run %s could not be enqueued", run.id)
+        await state.quotas.abandon(admission)
         await asyncio.to_thread(
             state.store.finish_run,
             run.id,
@@ -160,6 +172,9 @@ async def create(
 ) -> RunObject:
     run = await create_run(request, caller, body)
     response.headers["Location"] = f"/v1/runs/{run.id}"
+    admission: Admission | None = request.scope["state"].get("admission")
+    if admission is not None:  # none when an earlier run is returned (idempotency, issue 3)
+        response.headers.update(rate_headers(admission.decision))
     return run_object(run)
 
 

@@ -10,7 +10,9 @@ from celery import Celery
 from fastapi import Request
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from api_shim.dispatcher import Dispatcher
 from api_shim.hub import StreamHub
+from api_shim.quotas import Quotas
 from runrelay.agents import Registry
 from runrelay.eventlog import EventLog
 from runrelay.keys import EXECUTE_RUN_TASK, RedisKeys
@@ -43,6 +45,9 @@ class ShimState:
     hub: StreamHub
     registry: Registry
     sender: TaskSender
+    quotas: Quotas
+    dispatcher: Dispatcher
+    dispatcher_redis: Redis
 
     @classmethod
     def build(cls, settings: Settings) -> ShimState:
@@ -64,18 +69,35 @@ class ShimState:
             client_name=name,
             socket_timeout=settings.hub_block_ms / 1000 + 10,
         )
+        store = Store(make_engine(settings))
+        sender = TaskSender(settings)
+        quotas = Quotas(settings, store, redis, keys)
+        # The dispatcher blocks on its wake-up list: a connection of its own, like the hub's.
+        dispatcher_redis = Redis.from_url(
+            settings.redis_url,
+            max_connections=1,
+            client_name=name,
+            socket_timeout=settings.dispatch_interval_s + 10,
+        )
         return cls(
             settings=settings,
-            store=Store(make_engine(settings)),
+            store=store,
             redis=redis,
             hub_redis=hub_redis,
             events=EventLog(redis, keys, settings.events_ttl_s),
             hub=StreamHub(hub_redis, redis, keys, block_ms=settings.hub_block_ms),
             registry=Registry.from_file(settings.agents_config, os.environ),
-            sender=TaskSender(settings),
+            sender=sender,
+            quotas=quotas,
+            dispatcher=Dispatcher(
+                settings, store, quotas.backend, dispatcher_redis, keys, sender.send
+            ),
+            dispatcher_redis=dispatcher_redis,
         )
 
     async def close(self) -> None:
+        await self.dispatcher.stop()
+        await self.dispatcher_redis.aclose()
         await self.hub.stop()
         await self.redis.aclose()
         await self.hub_redis.aclose()

@@ -6,8 +6,12 @@ Server commands import the server side lazily, so the command exists with the SD
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +21,7 @@ from runrelay import cli_client
 
 if TYPE_CHECKING:
     from runrelay.settings import Settings
+    from runrelay.store import Store
 
 
 def _settings() -> Settings:
@@ -67,11 +72,134 @@ def keys() -> None:
 @click.option("--platform", is_flag=True, help="a platform key may act for any tenant")
 def keys_create(tenant: str, platform: bool) -> None:
     """Create an API key and print it (only the key, on stdout)."""
+    with _store() as store:
+        key = store.create_api_key(store.ensure_tenant(tenant).id, is_platform=platform)
+    click.echo(key)
+
+
+@keys.command("list")
+@click.option("--tenant", required=True, help="tenant name or id")
+def keys_list(tenant: str) -> None:
+    """List a tenant's keys: id, prefix, kind, created, last used, revoked (never the key)."""
+    from runrelay.tenants import list_keys
+
+    with _store() as store:
+        found = store.get_tenant(tenant)
+        if found is None:
+            raise click.ClickException(f"no tenant {tenant!r}")
+        rows = list_keys(store, found.id)
+    click.echo("id\tprefix\tkind\tcreated_at\tlast_used_at\trevoked_at")
+    for row in rows:
+        kind = "platform" if row.is_platform else "tenant"
+        times = [_when(row.created_at), _when(row.last_used_at), _when(row.revoked_at)]
+        click.echo("\t".join([row.id, row.prefix + "...", kind, *times]))
+
+
+@keys.command("revoke")
+@click.argument("key")
+def keys_revoke(key: str) -> None:
+    """Revoke a key, given its id or its prefix (as `keys list` shows it); takes effect at once."""
+    from runrelay.tenants import KeyNotFound, revoke_key
+
+    try:
+        with _store() as store:
+            row = revoke_key(store, key.removesuffix("..."))
+    except KeyNotFound as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"revoked {row.id} ({row.prefix}...)", err=True)
+
+
+def _limit_options(command: Callable[..., None]) -> Callable[..., None]:
+    options = [
+        click.option("--max-concurrent-runs", type=click.IntRange(min=1),
+                     help="runs in progress at once (above it they wait in the tenant's queue)"),
+        click.option("--max-queued-runs", type=click.IntRange(min=0),
+                     help="runs waiting in the tenant's queue (0: refuse above the cap)"),
+        click.option("--requests-per-minute", type=click.IntRange(min=1),
+                     help="run creations a minute (a burst of one minute's worth)"),
+        click.option("--token-budget", type=click.IntRange(min=1),
+                     help="tokens per budget period"),
+        click.option("--budget-period", type=click.Choice(["day", "month"])),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.group()
+def tenants() -> None:
+    """Tenants and their quotas (limits not set take the RUNRELAY_DEFAULT_* settings)."""
+
+
+@tenants.command("create")
+@click.argument("name")
+@_limit_options
+def tenants_create(name: str, **limits: int | str | None) -> None:
+    """Create a tenant, optionally with limits of its own."""
+    from runrelay.store import AlreadyExists
+    from runrelay.tenants import update_limits
+
+    with _store() as store:
+        try:
+            tenant = store.create_tenant(name)
+        except AlreadyExists as exc:
+            raise click.ClickException(f"{exc}; change it with `runrelay tenants update`") from exc
+        update_limits(store, tenant.id, **limits)
+        _show(store, name)
+
+
+@tenants.command("update")
+@click.argument("name")
+@_limit_options
+def tenants_update(name: str, **limits: int | str | None) -> None:
+    """Change a tenant's limits (those not given stay as they are)."""
+    from runrelay.tenants import TenantNotFound, update_limits
+
+    with _store() as store:
+        try:
+            update_limits(store, name, **limits)
+        except TenantNotFound as exc:
+            raise click.ClickException(str(exc)) from exc
+        _show(store, name)
+
+
+@tenants.command("show")
+@click.argument("name")
+def tenants_show(name: str) -> None:
+    """Print a tenant and the limits in force for it (JSON)."""
+    with _store() as store:
+        _show(store, name)
+
+
+def _show(store: Store, name: str) -> None:
+    from runrelay.tenants import LIMIT_FIELDS, TenantLimits
+
+    tenant = store.get_tenant(name)
+    if tenant is None:
+        raise click.ClickException(f"no tenant {name!r}")
+    own = {field: getattr(tenant, field) for field in LIMIT_FIELDS}
+    shown = {
+        "id": tenant.id,
+        "name": tenant.name,
+        "limits": TenantLimits.of(tenant, _settings()).as_dict(),
+        "own_limits": {k: v for k, v in own.items() if v is not None},
+    }
+    click.echo(json.dumps(shown, indent=2))
+
+
+@contextlib.contextmanager
+def _store() -> Iterator[Store]:
     from runrelay.store import Store, make_engine
 
     store = Store(make_engine(_settings()))
-    key = store.create_api_key(store.ensure_tenant(tenant).id, is_platform=platform)
-    click.echo(key)
+    try:
+        yield store
+    finally:
+        store.engine.dispose()
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"
 
 
 @main.command()

@@ -29,6 +29,53 @@ class RedisKeys:
         TTL `Settings.idempotency_ttl_s`. The key is hashed so its length is bounded."""
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         return f"{self.prefix}idem:{tenant_id}:{digest}"
+    # Quotas and fair admission (api_shim/quotas.py, api_shim/dispatcher.py, worker/slots.py)
+
+    def tenant_rate(self, tenant_id: str) -> str:
+        """GCRA state of the tenant's request rate: the theoretical arrival time, in ms."""
+        return f"{self.prefix}tenant:{tenant_id}:rate"
+
+    def tenant_slots(self, tenant_id: str) -> str:
+        """Concurrency slots: a sorted set, member = run id, score = lease expiry (epoch ms)."""
+        return f"{self.prefix}tenant:{tenant_id}:slots"
+
+    def tenant_pending(self, tenant_id: str) -> str:
+        """Runs admitted above the concurrency cap, oldest first: the tenant's own queue (list)."""
+        return f"{self.prefix}tenant:{tenant_id}:pending"
+
+    def tenant_limits(self, tenant_id: str) -> str:
+        """Hash of the limits admission last applied, for the dispatcher and workers."""
+        return f"{self.prefix}tenant:{tenant_id}:limits"
+
+    def tenant_budget(self, tenant_id: str, period: str) -> str:
+        """Tokens charged in one budget period (`2026-11` or `2026-11-21`): settled usage plus
+        the reservations of runs not finished yet."""
+        return f"{self.prefix}tenant:{tenant_id}:budget:{period}"
+
+    def tenant_reservations(self, tenant_id: str) -> str:
+        """Hash run id → `<period>|<tokens charged so far>` for the tenant's unfinished runs."""
+        return f"{self.prefix}tenant:{tenant_id}:reservations"
+
+    def pending_tenants(self) -> str:
+        """Set of tenants whose pending queue is not empty: what the dispatcher goes round."""
+        return f"{self.prefix}quota:pending-tenants"
+
+    def quota_tenants(self) -> str:
+        """Set of every tenant admission has seen (for /metrics)."""
+        return f"{self.prefix}quota:tenants"
+
+    def dispatching(self) -> str:
+        """Runs given a slot and sent (or about to be sent) to Celery but not started yet:
+        sorted set, member = `<tenant id> <run id>`, score = when to send again (epoch ms)."""
+        return f"{self.prefix}quota:dispatching"
+
+    def dispatch_wakeup(self) -> str:
+        """List pushed when a slot frees, so the dispatcher's blocking pop wakes at once."""
+        return f"{self.prefix}quota:dispatch-wakeup"
+
+    def broker_queue(self, queue: str) -> str:
+        """The Celery queue's list (kombu's `global_keyprefix` puts our prefix in front)."""
+        return f"{self.prefix}{queue}"
 
     def hub_wakeup(self, hub_id: str) -> str:
         """A tiny stream the SSE hub also reads, so a new subscription wakes its blocking XREAD."""

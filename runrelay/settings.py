@@ -8,7 +8,7 @@ prefix (the convention of Heroku-style platforms and docker-compose); everything
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +53,34 @@ class Settings(BaseSettings):
     hub_block_ms: int = 5000
     # Redis connections of one shim process for commands; SSE tails add one (the hub's).
     shim_redis_connections: int = 32
+
+    # Quotas: the defaults of tenants without limits of their own (`runrelay tenants update`).
+    # Concurrency must be finite: a run above it waits in its tenant's pending queue, not in the
+    # shared Celery queue, which is what keeps one tenant's burst from holding back the others.
+    default_max_concurrent_runs: int = Field(10, ge=1)
+    default_max_queued_runs: int = Field(1000, ge=0)
+    # None: no limit. The rate limit allows a burst of one minute's worth of requests.
+    default_requests_per_minute: int | None = Field(600, ge=1)
+    default_token_budget: int | None = Field(None, ge=1)
+    default_budget_period: Literal["day", "month"] = "month"
+    # Tokens reserved at admission for a run without `model_params.max_tokens` (nor the agent's).
+    run_token_estimate: int = Field(4096, ge=1)
+    # The concurrency slot a worker holds for a run: expires unless renewed (every third of it).
+    quota_slot_ttl_s: float = Field(30.0, gt=0)
+    # A run handed to Celery but not started by a worker within this is sent again.
+    dispatch_timeout_s: float = Field(60.0, gt=0)
+    # The dispatcher's periodic pass (slots freed by expiry, lost sends); releases wake it sooner.
+    dispatch_interval_s: float = Field(1.0, gt=0)
+    # Retry-After for `concurrency_limit` and `queue_full`, whose freeing time is unknowable.
+    quota_retry_after_s: int = Field(5, ge=1)
+
+    @field_validator("default_requests_per_minute", "default_token_budget", mode="before")
+    @classmethod
+    def _no_limit(cls, value: Any) -> Any:
+        """An empty value (or `none`) in the environment means no limit."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text
+from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -19,6 +19,12 @@ class Tenant(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)
     name: str = Field(unique=True, index=True, max_length=100)
     created_at: datetime = Field(default_factory=utcnow)
+    # Quota limits; None takes the default from the settings (runrelay/tenants.py).
+    max_concurrent_runs: int | None = None
+    max_queued_runs: int | None = None
+    requests_per_minute: int | None = None
+    token_budget: int | None = Field(default=None, sa_column=Column(BigInteger))
+    budget_period: str | None = Field(default=None, max_length=10)
 
 
 class ApiKey(SQLModel, table=True):

@@ -28,6 +28,7 @@ from runrelay.store import Store
 from runrelay.tables import Run
 from runrelay.tools import import_tool
 from worker.lease import Lease, Leases
+from worker.slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ class RunExecutor:
         leases: Leases,
         registry: Registry,
         http: httpx.AsyncClient,
+        slots: Slots,
     ) -> None:
+        self.slots = slots
         self.settings = settings
         self.store = store
         self.events = events
@@ -89,20 +92,24 @@ class RunExecutor:
             return
         if is_terminal(run.status):
             log.info("run %s: already %s, nothing to do", run_id, run.status)
+            await self.slots.forget(run)  # quotas: free a slot dispatch gave it
             return
         lease = await self.leases.acquire(run_id)
         if lease is None:
             log.info("run %s: another worker holds the lease, nothing to do", run_id)
             return
+        slot = await self.slots.hold(run)  # quotas: the tenant's concurrency slot, renewed
         heartbeat = asyncio.create_task(self._heartbeat(lease))
         try:
             await self._execute_leased(run_id, lease)
         except LeaseLost:
             log.warning("run %s: lease lost, leaving the run to its new holder", run_id)
+            slot.handed_over = True
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            await self.slots.release(slot)  # quotas: on every way out
             await self.leases.release(lease)
 
     async def _heartbeat(self, lease: Lease) -> None:
@@ -184,6 +191,7 @@ class RunExecutor:
     def _build_loop(self, agent: AgentSpec, run: Run, writer: RunWriter) -> AgentLoop:
         params = run.model_params or {}
         provider = build_provider(agent, self.registry.provider(agent), self.http)
+        provider = self.slots.metered(run.id, provider)  # quotas: charge tokens per model turn
         settings = LoopSettings(
             model=self._model(agent, run),
             max_turns=agent.max_turns,

@@ -25,6 +25,7 @@ from runrelay.settings import Settings
 from runrelay.store import Store, make_engine
 from worker.executor import RunExecutor
 from worker.lease import Leases
+from worker.slots import Slots
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class AsyncRuntime:
             leases=Leases(self._redis, keys, settings.run_lease_ttl_s),
             registry=registry,
             http=self._http,
+            slots=Slots(self._redis, keys, settings),
         )
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:

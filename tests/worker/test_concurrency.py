@@ -8,6 +8,8 @@ import json
 import httpx
 from httpx_sse import aconnect_sse
 
+from runrelay.store import Store
+from runrelay.tenants import update_limits
 from tests.conftest import TenantKey
 from tests.sse import assert_complete_log
 
@@ -15,8 +17,10 @@ RUNS = 50
 
 
 def test_50_concurrent_streamed_runs_complete_with_correct_logs(
-    api: str, tenant: TenantKey
+    api: str, tenant: TenantKey, store: Store
 ) -> None:
+    # Above the default concurrency cap, runs would wait in the tenant's queue instead.
+    update_limits(store, tenant.tenant_id, max_concurrent_runs=RUNS)
     async def stream_one(http: httpx.AsyncClient, n: int) -> list[dict]:
         body = {"agent": "bank credit-analyst", "input": {"company": f"Company {n}"}}
         events = []

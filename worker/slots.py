@@ -1,0 +1,120 @@
+"""The worker's side of tenant quotas: the run's concurrency slot and its token metering.
+
+A slot is a lease: a member of the tenant's slot set whose score is its expiry. The worker takes
+it when the run starts, renews it every third of `quota_slot_ttl_s`, and releases it when the run
+ends, whatever the ending (completed, failed, cancelled); a worker that dies simply stops
+renewing and the slot expires. Releasing also settles the run's token reservation at what the
+run really used, and wakes the dispatcher when the tenant has pending runs.
+
+Metering wraps the run's model provider: after each model turn's usage report the run's tokens
+are charged against the tenant's budget, and a run that exhausts it stops, failed, with the
+code `token_budget_exhausted`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from runrelay.keys import RedisKeys
+from runrelay.providers.base import Chunk, ModelProvider, ModelRequest, ProviderError, UsageReport
+from runrelay.quota import QuotaStore
+from runrelay.settings import Settings
+from runrelay.tables import Run
+
+log = logging.getLogger(__name__)
+
+
+class TokenBudgetExhausted(ProviderError):
+    code = "token_budget_exhausted"
+
+
+@dataclass
+class Slot:
+    tenant_id: str
+    run_id: str
+    period: str | None
+    used_tokens: int = 0
+    handed_over: bool = False
+    heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class MeteredProvider:
+    """A provider whose usage reports are charged to the run's tenant as they arrive."""
+
+    def __init__(self, inner: ModelProvider, slot: Slot, quotas: QuotaStore) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.slot = slot
+        self.quotas = quotas
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
+        async for chunk in self.inner.stream(request):
+            yield chunk
+            if isinstance(chunk, UsageReport):
+                self.slot.used_tokens += chunk.prompt_tokens + chunk.completion_tokens
+                await self._charge()
+
+    async def _charge(self) -> None:
+        slot = self.slot
+        if slot.period is None:
+            return
+        quotas = self.quotas
+        if not await quotas.charge(slot.tenant_id, slot.run_id, slot.period, slot.used_tokens):
+            raise TokenBudgetExhausted(
+                f"the tenant's token budget for {slot.period} is used up "
+                f"(this run used {slot.used_tokens} tokens)"
+            )
+
+
+class Slots:
+    def __init__(self, redis: Redis, keys: RedisKeys, settings: Settings) -> None:
+        self.quotas = QuotaStore(redis, keys, dispatch_timeout_s=settings.dispatch_timeout_s)
+        self.ttl_ms = int(settings.quota_slot_ttl_s * 1000)
+        self._held: dict[str, Slot] = {}
+
+    async def hold(self, run: Run) -> Slot:
+        """Take the run's slot (it may already be ours: admission or dispatch reserved it)."""
+        period = await self.quotas.reservation_period(run.tenant_id, run.id)
+        slot = Slot(run.tenant_id, run.id, period)
+        await self.quotas.hold(run.tenant_id, run.id, self.ttl_ms)
+        slot.heartbeat = asyncio.create_task(self._renew(slot), name=f"slot-{run.id}")
+        self._held[run.id] = slot
+        return slot
+
+    async def _renew(self, slot: Slot) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            try:
+                await self.quotas.hold(slot.tenant_id, slot.run_id, self.ttl_ms)
+            except RedisError as exc:
+                log.warning("run %s: slot renewal failed: %s", slot.run_id, exc)
+
+    def metered(self, run_id: str, provider: ModelProvider) -> ModelProvider:
+        slot = self._held.get(run_id)
+        return provider if slot is None else MeteredProvider(provider, slot, self.quotas)
+
+    async def release(self, slot: Slot) -> None:
+        """Stop renewing; free the slot and settle the tokens, unless another worker now holds
+        the run (it lost its lease to a newer holder, who holds the slot too)."""
+        self._held.pop(slot.run_id, None)
+        if slot.heartbeat is not None:
+            slot.heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await slot.heartbeat
+        if slot.handed_over:
+            return
+        await self.quotas.release(
+            slot.tenant_id, slot.run_id, used_tokens=slot.used_tokens, period=slot.period
+        )
+
+    async def forget(self, run: Run) -> None:
+        """A run that will not start (already finished, e.g. cancelled while queued)."""
+        used = int((run.usage or {}).get("total_tokens", 0))
+        await self.quotas.release(run.tenant_id, run.id, used_tokens=used)
