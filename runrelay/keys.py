@@ -23,6 +23,22 @@ class RedisKeys:
         """Counter handing out monotonically growing fencing tokens for the run's lease."""
         return f"{self.prefix}run:{run_id}:fence"
 
+    def checkpoint(self, run_id: str) -> str:
+        """The run's last checkpoint (JSON): loop state and next seq, written under the lease."""
+        return f"{self.prefix}run:{run_id}:checkpoint"
+
+    def cancel(self, run_id: str) -> str:
+        """Present while a cancel of the run was requested and not yet carried out."""
+        return f"{self.prefix}run:{run_id}:cancel"
+
+    def requeued(self, run_id: str) -> str:
+        """Set when the run was enqueued again, so the sweeper does not enqueue it twice."""
+        return f"{self.prefix}run:{run_id}:requeued"
+
+    def sweeper_lock(self) -> str:
+        """Held (with a TTL the holder renews) by the one worker process that sweeps."""
+        return f"{self.prefix}sweeper:lock"
+
     def hub_wakeup(self, hub_id: str) -> str:
         """A tiny stream the SSE hub also reads, so a new subscription wakes its blocking XREAD."""
         return f"{self.prefix}hub:{hub_id}:wakeup"

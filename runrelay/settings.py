@@ -40,8 +40,22 @@ class Settings(BaseSettings):
     worker_concurrency: int = 100
     run_lease_ttl_s: float = 30.0
     run_timeout_s: float = 3600.0
+    # A request's own `timeout_s` may not exceed this (422 above it).
+    max_run_timeout_s: float = 4 * 3600.0
     # Longer than any run: the broker redelivers an unacked task only after this.
     broker_visibility_timeout_s: int = 6 * 3600
+    # A run that needed more starts than this (each crash or hand-back is one) ends failed.
+    max_run_attempts: int = 5
+    # How often a worker looks for cancel requests of the runs it holds.
+    cancel_poll_s: float = 0.25
+    # After SIGTERM, in-flight runs go on this long, then are handed back to be resumed elsewhere.
+    shutdown_grace_s: float = 20.0
+
+    # Sweeper (runs in every worker process; one at a time holds its lock)
+    sweeper_enabled: bool = True
+    sweep_interval_s: float = 5.0
+    # A run still `queued` this long after it was created is enqueued again (Redis lost it?).
+    stuck_queued_s: float = 600.0
 
     # HTTP shim
     max_body_bytes: int = 10 * 1024 * 1024

@@ -79,6 +79,9 @@ def settings(
         redis_url=redis_url, database_url=database_url, database_schema=schema,
         redis_prefix=prefix, hub_block_ms=2000, sse_ping_s=5, run_lease_ttl_s=10,
         shim_redis_connections=8,
+        # The session's tests make runs straight in the database; a sweeper would pick them up.
+        # Recovery is tested in tests/recovery/ with a deployment of its own.
+        sweeper_enabled=False,
     )
     upgrade(settings)
     yield settings

@@ -1,5 +1,11 @@
 """The Celery application of the worker side: configuration, the execute-run task, and the
-process-wide asyncio runtime it hands runs to."""
+process-wide asyncio runtime it hands runs to.
+
+Graceful shutdown: on SIGTERM Celery stops taking tasks and waits for the running ones. In-flight
+runs go on for `shutdown_grace_s`; then the runtime hands the rest back (each releases its lease
+and is enqueued again, to be resumed from its checkpoint by another worker), and the task
+threads return, so the process exits.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from runrelay.keys import EXECUTE_RUN_TASK
 from runrelay.settings import Settings
@@ -31,8 +37,25 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
     def runtime(self) -> AsyncRuntime:
         with self._runtime_lock:
             if self._runtime is None:
-                self._runtime = AsyncRuntime(self.settings)
+                self._runtime = AsyncRuntime(self.settings, self.send_run)
             return self._runtime
+
+    def send_run(self, run_id: str) -> None:
+        self.send_task(EXECUTE_RUN_TASK, args=[run_id], queue=self.settings.task_queue)
+
+    def hand_back_after_grace(self) -> None:
+        """From a signal handler: wait `shutdown_grace_s` in a thread, then hand runs back."""
+
+        def _later() -> None:
+            stop = threading.Event()
+            stop.wait(self.settings.shutdown_grace_s)
+            with self._runtime_lock:
+                runtime = self._runtime
+            if runtime is not None:
+                count = runtime.hand_back_all()
+                log.warning("shutdown grace over: handed back %d run(s)", count)
+
+        threading.Thread(target=_later, name="runrelay-hand-back", daemon=True).start()
 
     def close_runtime(self) -> None:
         with self._runtime_lock:
@@ -49,8 +72,16 @@ def create_app(settings: Settings) -> WorkerApp:
         """Thin: hand the run to the process's event loop and wait for it to end."""
         app.runtime.call(app.runtime.executor.execute(run_id))
 
+    def _on_ready(**_: Any) -> None:
+        app.runtime  # noqa: B018  (build it now: the sweeper and the cancel watch start with it)
+
+    def _on_shutting_down(**_: Any) -> None:
+        app.hand_back_after_grace()
+
     def _on_shutdown(**_: Any) -> None:
         app.close_runtime()
 
+    worker_ready.connect(_on_ready, weak=False)
+    worker_shutting_down.connect(_on_shutting_down, weak=False)
     worker_shutdown.connect(_on_shutdown, weak=False)
     return app

@@ -1,0 +1,132 @@
+"""The sweeper: finds accepted runs that nobody is running and enqueues them again.
+
+It runs as a periodic asyncio task inside every worker process (no extra process to deploy);
+a Redis lock with a TTL, renewed by its holder, makes one of them active at a time. Each sweep
+reads the database (the truth about which runs exist) and, for each unfinished run, Redis:
+
+- `running` without a lease: its worker died (the lease lapsed) or handed it back → enqueue;
+- `queued` with no event log (Redis was emptied or restarted without persistence) or queued for
+  longer than `stuck_queued_s` (its task was lost) → enqueue.
+
+A run enqueued twice is harmless (the second task finds a live lease or a finished run and does
+nothing); a `requeued` marker with the lease TTL keeps the sweeper from doing it every sweep.
+Attempts are counted when a worker starts the run (`Store.mark_running`); past
+`max_run_attempts` the run ends `failed` with `too_many_attempts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from runrelay.keys import RedisKeys
+from runrelay.settings import Settings
+from runrelay.store import Store
+from runrelay.tables import utcnow
+
+log = logging.getLogger(__name__)
+_LUA_DIR = Path(__file__).parent / "lua"
+_SWEEP_LIMIT = 1000
+# A queued run younger than this may simply not have its log or task yet.
+_QUEUED_MIN_AGE_S = 10.0
+
+
+class Requeuer:
+    """Enqueues a run's task again, at most once per lease TTL (the `requeued` marker)."""
+
+    def __init__(
+        self, redis: Redis, keys: RedisKeys, marker_ttl_s: float, send: Callable[[str], None]
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.marker_ttl_ms = max(1, int(marker_ttl_s * 1000))
+        self._send = send
+
+    async def requeue(self, run_id: str, *, force: bool = False) -> bool:
+        marked = await self.redis.set(
+            self.keys.requeued(run_id), "1", nx=not force, px=self.marker_ttl_ms
+        )
+        if not marked:
+            return False
+        await asyncio.to_thread(self._send, run_id)
+        return True
+
+
+class Sweeper:
+    def __init__(
+        self, settings: Settings, store: Store, redis: Redis, keys: RedisKeys, requeuer: Requeuer
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.redis = redis
+        self.keys = keys
+        self.requeuer = requeuer
+        self.token = secrets.token_hex(8)
+        self.lock_ttl_ms = int(max(settings.sweep_interval_s * 3, 1.0) * 1000)
+        self._renew = redis.register_script((_LUA_DIR / "renew_lease.lua").read_text())
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except (RedisError, SQLAlchemyError, OSError) as exc:
+                log.warning(
+                    "sweep failed (%s: %s); next one in %g s",
+                    type(exc).__name__,
+                    exc,
+                    self.settings.sweep_interval_s,
+                )
+            await asyncio.sleep(self.settings.sweep_interval_s)
+
+    async def _hold_lock(self) -> bool:
+        key = self.keys.sweeper_lock()
+        if await self._renew(keys=[key], args=[self.token, self.lock_ttl_ms]):
+            return True
+        return bool(await self.redis.set(key, self.token, nx=True, px=self.lock_ttl_ms))
+
+    async def sweep(self) -> list[str]:
+        """One sweep, if this process holds the lock; returns the run ids enqueued again."""
+        if not await self._hold_lock():
+            return []
+        now = utcnow()
+        runs = await asyncio.to_thread(
+            self.store.unfinished_runs,
+            created_before=now - timedelta(seconds=_QUEUED_MIN_AGE_S),
+            limit=_SWEEP_LIMIT,
+        )
+        if not runs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run in runs:
+                pipe.exists(self.keys.lease(run.id))
+                pipe.exists(self.keys.events(run.id))
+            found = await pipe.execute()
+        stuck_before = now - timedelta(seconds=self.settings.stuck_queued_s)
+        requeued = []
+        for n, run in enumerate(runs):
+            has_lease, has_log = found[2 * n], found[2 * n + 1]
+            if run.status == "running":
+                why = None if has_lease else "its lease lapsed"
+            elif not has_log:
+                why = "its event log is gone from Redis"
+            elif _aware(run.created_at) < stuck_before:
+                why = f"it has been queued for over {self.settings.stuck_queued_s:g} s"
+            else:
+                why = None
+            if why and await self.requeuer.requeue(run.id):
+                log.warning("run %s enqueued again: %s", run.id, why)
+                requeued.append(run.id)
+        return requeued
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
