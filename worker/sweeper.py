@@ -35,8 +35,6 @@ from runrelay.tables import utcnow
 log = logging.getLogger(__name__)
 _LUA_DIR = Path(__file__).parent / "lua"
 _SWEEP_LIMIT = 1000
-# A queued run younger than this may simply not have its log or task yet.
-_QUEUED_MIN_AGE_S = 10.0
 
 
 class Requeuer:
@@ -99,7 +97,8 @@ class Sweeper:
         now = utcnow()
         runs = await asyncio.to_thread(
             self.store.unfinished_runs,
-            created_before=now - timedelta(seconds=_QUEUED_MIN_AGE_S),
+            # A queued run younger than two sweeps may simply not have its log or task yet.
+            created_before=now - timedelta(seconds=max(2 * self.settings.sweep_interval_s, 2)),
             limit=_SWEEP_LIMIT,
         )
         if not runs:
