@@ -9,7 +9,10 @@ threads return, so the process exits.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
+import sys
 import threading
 from typing import Any
 
@@ -21,6 +24,9 @@ from runrelay.settings import Settings
 from worker.runtime import AsyncRuntime
 
 log = logging.getLogger(__name__)
+# After the hand-back, the process should be gone in moments; if something in Celery's shutdown
+# hangs instead, the runs are safe (handed back, leases released), so exit anyway.
+_EXIT_WATCHDOG_S = 15.0
 
 
 class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
@@ -54,6 +60,13 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
             if runtime is not None:
                 count = runtime.hand_back_all()
                 log.warning("shutdown grace over: handed back %d run(s)", count)
+            if not stop.wait(_EXIT_WATCHDOG_S):
+                log.error(
+                    "still not stopped %g s after the hand-back; exiting (threads below)",
+                    _EXIT_WATCHDOG_S,
+                )
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                os._exit(0)
 
         threading.Thread(target=_later, name="runrelay-hand-back", daemon=True).start()
 
