@@ -289,14 +289,17 @@ class Store:
             session.commit()
             return True
 
-    def unfinished_runs(self, *, created_before: datetime, limit: int) -> list[Run]:
-        """Runs `running`, or `queued` since before `created_before`, oldest first: the
-        sweeper's candidates."""
+    def unfinished_runs(
+        self, *, created_before: datetime, after_id: str = "", limit: int
+    ) -> list[Run]:
+        """Runs `running`, or `queued` since before `created_before`, by id (oldest first) from
+        after `after_id`: the sweeper's candidates, a page at a time."""
         query = (
             select(Run)
             .where(
+                col(Run.id) > after_id,
                 (col(Run.status) == "running")
-                | ((col(Run.status) == "queued") & (col(Run.created_at) < created_before))
+                | ((col(Run.status) == "queued") & (col(Run.created_at) < created_before)),
             )
             .order_by(col(Run.id))
             .limit(limit)

@@ -30,11 +30,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from runrelay.keys import RedisKeys
 from runrelay.settings import Settings
 from runrelay.store import Store
-from runrelay.tables import utcnow
+from runrelay.tables import Run, utcnow
 
 log = logging.getLogger(__name__)
 _LUA_DIR = Path(__file__).parent / "lua"
-_SWEEP_LIMIT = 1000
+_SWEEP_PAGE = 500
 
 
 class Requeuer:
@@ -95,12 +95,22 @@ class Sweeper:
         if not await self._hold_lock():
             return []
         now = utcnow()
-        runs = await asyncio.to_thread(
-            self.store.unfinished_runs,
-            # A queued run younger than two sweeps may simply not have its log or task yet.
-            created_before=now - timedelta(seconds=max(2 * self.settings.sweep_interval_s, 2)),
-            limit=_SWEEP_LIMIT,
-        )
+        requeued: list[str] = []
+        after = ""
+        while True:
+            runs = await asyncio.to_thread(
+                self.store.unfinished_runs,
+                # A queued run younger than two sweeps may simply not have its log or task yet.
+                created_before=now - timedelta(seconds=max(2 * self.settings.sweep_interval_s, 2)),
+                after_id=after,
+                limit=_SWEEP_PAGE,
+            )
+            requeued += await self._sweep_page(runs, now)
+            if len(runs) < _SWEEP_PAGE:
+                return requeued
+            after = runs[-1].id
+
+    async def _sweep_page(self, runs: list[Run], now: datetime) -> list[str]:
         if not runs:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
