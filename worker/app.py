@@ -9,11 +9,11 @@ threads return, so the process exits.
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import os
 import sys
 import threading
+import traceback
 from typing import Any
 
 from celery import Celery
@@ -61,12 +61,14 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
                 count = runtime.hand_back_all()
                 log.warning("shutdown grace over: handed back %d run(s)", count)
             if not stop.wait(_EXIT_WATCHDOG_S):
-                log.error(
-                    "still not stopped %g s after the hand-back; exiting (threads below)",
-                    _EXIT_WATCHDOG_S,
-                )
-                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-                os._exit(0)
+                try:
+                    log.error(
+                        "still not stopped %g s after the hand-back; exiting. Threads:\n%s",
+                        _EXIT_WATCHDOG_S,
+                        _thread_stacks(),
+                    )
+                finally:
+                    os._exit(0)
 
         threading.Thread(target=_later, name="runrelay-hand-back", daemon=True).start()
 
@@ -75,6 +77,14 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
             if self._runtime is not None:
                 self._runtime.close()
                 self._runtime = None
+
+
+def _thread_stacks() -> str:
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return "\n".join(
+        f"--- {names.get(ident, ident)}\n{''.join(traceback.format_stack(frame))}"
+        for ident, frame in sys._current_frames().items()
+    )
 
 
 def create_app(settings: Settings) -> WorkerApp:

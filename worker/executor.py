@@ -129,21 +129,15 @@ class RunExecutor:
         if is_terminal(run.status):
             log.info("run %s: already %s, nothing to do", run_id, run.status)
             return
-        control = self.controls.add(run_id)
-        try:
-            if control.reason is StopReason.HAND_BACK:
-                log.info("run %s: this worker is shutting down; handed back", run_id)
-                await self.requeuer.requeue(run_id, force=True)
-                return
-            await self._execute(run_id, control)
-        finally:
-            self.controls.remove(control)
-
-    async def _execute(self, run_id: str, control: RunControl) -> None:
+        if self.controls.draining:
+            log.info("run %s: this worker is shutting down; handed back", run_id)
+            await self.requeuer.requeue(run_id, force=True)
+            return
         lease = await self.leases.acquire(run_id)
         if lease is None:
             log.info("run %s: another worker holds the lease, nothing to do", run_id)
             return
+        control = self.controls.add(run_id)  # only the lease holder: one control per run
         heartbeat = asyncio.create_task(self._heartbeat(lease))
         handed_back = False
         try:
@@ -153,6 +147,7 @@ class RunExecutor:
         except HandBack:
             handed_back = True
         finally:
+            self.controls.remove(control)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
