@@ -15,7 +15,6 @@ from api_shim.replay import run_events, sse_response
 from api_shim.state import ShimState, state_of
 from runrelay.agents import AgentNotFound, AgentSpec
 from runrelay.events import encode, is_terminal, make_event
-from runrelay.keys import RedisKeys
 from runrelay.store import new_id
 from runrelay.tables import Run
 from runrelay.types import AgentRef, RunCreate, RunError, RunList, RunObject, Usage, WaitResponse
@@ -332,7 +331,7 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
         )
     if not (requested.status == "queued" and await _cancel_queued(state, requested)):
         # Running (or a worker took it just now): its worker sees the flag and stops it.
-        flag = RedisKeys(state.settings.redis_prefix).cancel(run.id)
+        flag = state.events.keys.cancel(run.id)
         await state.redis.set(flag, "1", ex=state.settings.events_ttl_s)
     final = await _wait_finished(state, run.id, _CANCEL_WAIT_S)
     response.status_code = 200 if is_terminal(final.status) else 202

@@ -4,6 +4,7 @@ often each tool call really ran across worker crashes."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from runrelay.tools import current_run_id, current_tool_call_id, tool
@@ -17,3 +18,9 @@ def record_step(step: str) -> dict[str, Any]:
     with open(os.environ[LOG_ENV], "a") as log:  # one short append: atomic between processes
         log.write(line)
     return {"step": step, "recorded": True}
+
+
+@tool(description="Take far longer than allowed.", timeout_s=0.3)
+def sleepy(seconds: float) -> str:
+    time.sleep(seconds)
+    return "woke up"

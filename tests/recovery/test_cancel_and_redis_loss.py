@@ -128,3 +128,18 @@ def test_run_started_too_many_times_ends_failed_with_too_many_attempts(
     events = read_events(rec_client, "GET", f"/v1/runs/{run['id']}/events")
     assert_complete_log(events)
     assert events[-1]["error"]["code"] == "too_many_attempts"
+
+
+def test_tool_call_past_its_timeout_fails_alone_and_the_run_goes_on(
+    deployment: Deployment, rec_client: httpx.Client
+) -> None:
+    deployment.ensure_workers(1)
+    started = time.monotonic()
+    events = read_events(rec_client, "POST", "/v1/runs/stream",
+                         json={"agent": "sleepy-tool", "message": "go"})
+
+    assert time.monotonic() - started < 4, "the 5 s tool call was cut at 0.3 s"
+    assert_complete_log(events)
+    result = next(e for e in events if e["type"] == "tool_call_result")
+    assert result["error"] == "sleepy timed out after 0.3 s"
+    assert events[-1]["status"] == "completed"
