@@ -50,7 +50,11 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
         self.send_task(EXECUTE_RUN_TASK, args=[run_id], queue=self.settings.task_queue)
 
     def hand_back_after_grace(self) -> None:
-        """From a signal handler: wait `shutdown_grace_s` in a thread, then hand runs back."""
+        """From a signal handler: stop taking runs and sweeping now; wait `shutdown_grace_s` in
+        a thread, then hand the runs still held back."""
+        runtime = self._runtime  # no lock: the main thread may hold it when the signal comes
+        if runtime is not None:
+            runtime.begin_shutdown()
 
         def _later() -> None:
             stop = threading.Event()

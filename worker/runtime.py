@@ -35,6 +35,7 @@ from worker.lease import Leases
 from worker.sweeper import Requeuer, Sweeper
 
 T = TypeVar("T")
+_CLOSE_TIMEOUT_S = 10.0
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +45,7 @@ class AsyncRuntime:
         self.settings = settings
         self._send = send
         self._background: list[asyncio.Task[None]] = []
+        self._sweeper: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="runrelay-asyncio", daemon=True
@@ -67,7 +69,8 @@ class AsyncRuntime:
         self._background.append(asyncio.create_task(self.controls.watch_cancels()))
         if settings.sweeper_enabled:
             sweeper = Sweeper(settings, self._store, self._redis, keys, requeuer)
-            self._background.append(asyncio.create_task(sweeper.run_forever()))
+            self._sweeper = asyncio.create_task(sweeper.run_forever())
+            self._background.append(self._sweeper)
         return RunExecutor(
             settings=settings,
             store=self._store,
@@ -81,6 +84,18 @@ class AsyncRuntime:
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
         )
 
+    def begin_shutdown(self) -> None:
+        """SIGTERM: take no new runs (any that still arrive are handed back at once) and stop
+        sweeping (the other workers' sweepers take over once the lock lapses). Does not wait,
+        so a signal handler may call it."""
+
+        def _begin() -> None:
+            self.controls.draining = True
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+
+        self._loop.call_soon_threadsafe(_begin)
+
     def hand_back_all(self) -> int:
         """Graceful shutdown: take no more runs, and hand back every run held; returns how many."""
 
@@ -89,9 +104,9 @@ class AsyncRuntime:
 
         return self.call(_hand_back())
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
         """Run a coroutine on the shared loop and wait for it from this (task) thread."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
     def close(self) -> None:
         async def _close() -> None:
@@ -103,7 +118,7 @@ class AsyncRuntime:
             await self._redis.aclose()
 
         try:
-            self.call(_close())
+            self.call(_close(), timeout_s=_CLOSE_TIMEOUT_S)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)

@@ -17,6 +17,7 @@ Attempts are counted when a worker starts the run (`Store.mark_running`); past
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -70,19 +71,26 @@ class Sweeper:
         self.token = secrets.token_hex(8)
         self.lock_ttl_ms = int(max(settings.sweep_interval_s * 3, 1.0) * 1000)
         self._renew = redis.register_script((_LUA_DIR / "renew_lease.lua").read_text())
+        self._release = redis.register_script((_LUA_DIR / "release_lease.lua").read_text())
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except (RedisError, SQLAlchemyError, OSError) as exc:
-                log.warning(
-                    "sweep failed (%s: %s); next one in %g s",
-                    type(exc).__name__,
-                    exc,
-                    self.settings.sweep_interval_s,
-                )
-            await asyncio.sleep(self.settings.sweep_interval_s)
+        """Sweep every `sweep_interval_s` until cancelled; then let go of the lock, so that
+        another worker's sweeper takes over at once."""
+        try:
+            while True:
+                try:
+                    await self.sweep()
+                except (RedisError, SQLAlchemyError, OSError) as exc:
+                    log.warning(
+                        "sweep failed (%s: %s); next one in %g s",
+                        type(exc).__name__,
+                        exc,
+                        self.settings.sweep_interval_s,
+                    )
+                await asyncio.sleep(self.settings.sweep_interval_s)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await self._release(keys=[self.keys.sweeper_lock()], args=[self.token])
 
     async def _hold_lock(self) -> bool:
         key = self.keys.sweeper_lock()
