@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_AGENTS_CONFIG = Path(__file__).parent / "demo" / "agents.yaml"
@@ -74,6 +74,19 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return "postgresql+psycopg://" + url[len(plain) :]
         return url
+
+    @model_validator(mode="after")
+    def _visibility_timeout_outlasts_runs(self) -> Settings:
+        """The broker redelivers an unacked task after its visibility timeout; a run still going
+        then would get a second task. Harmless (the lease refuses it) but a sign of bad config."""
+        longest = max(self.run_timeout_s, self.max_run_timeout_s)
+        if self.broker_visibility_timeout_s <= longest:
+            raise ValueError(
+                f"RUNRELAY_BROKER_VISIBILITY_TIMEOUT_S ({self.broker_visibility_timeout_s}) must "
+                f"be longer than any run (RUNRELAY_RUN_TIMEOUT_S / RUNRELAY_MAX_RUN_TIMEOUT_S: "
+                f"{longest:g})"
+            )
+        return self
 
     @property
     def broker_url(self) -> str:
