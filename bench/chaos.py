@@ -5,10 +5,10 @@
 It starts its own stack (bench_stack: Redis, database, `runrelay api`, `--workers` x
 `runrelay worker`, all separate processes under a fresh prefix/schema), submits `--runs` runs of
 `chaos-analyst` (bench/agents.yaml: the slow demo analyst's pace, 100 ms a chunk, with three tool
-calls that record every execution in a file), follows each run's SSE stream from the client side,
-and meanwhile SIGKILLs a worker every `--kill-every` seconds and restarts it: by default always
-the same one (`--victims 1`: "one of them is SIGKILLed every few seconds"); `--victims N` kills
-the first N in turn.
+calls that record every execution in a file), `--concurrency` at a time, follows each run's SSE
+stream from the client side, and meanwhile SIGKILLs a worker every `--kill-every` seconds and
+restarts it: by default always the same one (`--victims 1`: "one of them is SIGKILLed every few
+seconds"); `--victims N` kills the first N in turn.
 
 Pass criteria, all checked: every run reaches `done` with status `completed` (none lost); every
 log is seq 1..n with exactly one `done`, last; the output a client shows once it leaves
@@ -164,7 +164,13 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                                  timeout=httpx.Timeout(30, read=60)) as http:
         chaos = asyncio.create_task(killer(stack, names, args.kill_every,
                                            args.worker_concurrency, kills, stop))
-        runs = await asyncio.gather(*(one_run(http, n, deadline) for n in range(args.runs)))
+        slots = asyncio.Semaphore(args.concurrency)
+
+        async def limited(n: int) -> dict[str, Any]:
+            async with slots:
+                return await one_run(http, n, deadline)
+
+        runs = await asyncio.gather(*(limited(n) for n in range(args.runs)))
         wall = time.monotonic() - started
         stop.set()
         await chaos
@@ -179,6 +185,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kill-every", type=float, default=4.0, help="seconds between SIGKILLs")
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="runs in flight at once (a closed loop, so the chaos lasts longer)")
     parser.add_argument("--victims", type=int, default=1, help="how many workers get killed")
     parser.add_argument("--worker-concurrency", type=int, default=100)
     parser.add_argument("--lease-ttl", type=float, default=5.0, help="RUNRELAY_RUN_LEASE_TTL_S")
@@ -242,6 +250,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], failures: dict[str,
                        "p50": round(pct(recovery, 50), 2), "p95": round(pct(recovery, 95), 2),
                        "max": round(max(recovery, default=0), 2)},
         "settings": {"workers": args.workers, "victims": args.victims,
+                     "concurrency": args.concurrency,
                      "kill_every_s": args.kill_every,
                      "lease_ttl_s": args.lease_ttl, "sweep_interval_s": args.sweep_interval,
                      "worker_concurrency": args.worker_concurrency,

@@ -17,7 +17,7 @@ import traceback
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
 from runrelay.keys import EXECUTE_RUN_TASK
 from runrelay.settings import Settings
@@ -99,8 +99,11 @@ def create_app(settings: Settings) -> WorkerApp:
         """Thin: hand the run to the process's event loop and wait for it to end."""
         app.runtime.call(app.runtime.executor.execute(run_id))
 
-    def _on_ready(**_: Any) -> None:
-        app.runtime  # noqa: B018  (build it now: the sweeper and the cancel watch start with it)
+    def _on_init(**_: Any) -> None:
+        # Build the runtime before the first task arrives: tasks of a process that dies while it
+        # is still starting up would otherwise be lost until the sweeper's stuck-queued bound.
+        # The sweeper and the cancel watch start with it.
+        app.runtime  # noqa: B018
 
     def _on_shutting_down(**_: Any) -> None:
         app.hand_back_after_grace()
@@ -108,7 +111,7 @@ def create_app(settings: Settings) -> WorkerApp:
     def _on_shutdown(**_: Any) -> None:
         app.close_runtime()
 
-    worker_ready.connect(_on_ready, weak=False)
+    worker_init.connect(_on_init, weak=False)
     worker_shutting_down.connect(_on_shutting_down, weak=False)
     worker_shutdown.connect(_on_shutdown, weak=False)
     return app

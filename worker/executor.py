@@ -122,20 +122,20 @@ class RunExecutor:
         self.worker_id = worker_id
 
     async def execute(self, run_id: str) -> None:
-        run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is None:
-            log.warning("run %s: no such run, task dropped", run_id)
-            return
-        if is_terminal(run.status):
-            log.info("run %s: already %s, nothing to do", run_id, run.status)
-            return
         if self.controls.draining:
             log.info("run %s: this worker is shutting down; handed back", run_id)
             await self.requeuer.requeue(run_id, force=True)
             return
+        # The lease first: from here on, if this process dies, the sweeper sees a run that a
+        # worker took (its fencing counter moved) without a live lease, and enqueues it again.
         lease = await self.leases.acquire(run_id)
         if lease is None:
             log.info("run %s: another worker holds the lease, nothing to do", run_id)
+            return
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        if run is None or is_terminal(run.status):
+            log.info("run %s: %s, nothing to do", run_id, run.status if run else "no such run")
+            await self.leases.release(lease)
             return
         control = self.controls.add(run_id)  # only the lease holder: one control per run
         heartbeat = asyncio.create_task(self._heartbeat(lease))

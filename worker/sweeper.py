@@ -5,8 +5,9 @@ a Redis lock with a TTL, renewed by its holder, makes one of them active at a ti
 reads the database (the truth about which runs exist) and, for each unfinished run, Redis:
 
 - `running` without a lease: its worker died (the lease lapsed) or handed it back → enqueue;
-- `queued` with no event log (Redis was emptied or restarted without persistence) or queued for
-  longer than `stuck_queued_s` (its task was lost) → enqueue.
+- `queued` with no event log (Redis was emptied or restarted without persistence), or whose task
+  a worker took (it has a fencing counter) but died before marking it running (no lease), or
+  queued for longer than `stuck_queued_s` (its task was lost) → enqueue.
 
 A run enqueued twice is harmless (the second task finds a live lease or a finished run and does
 nothing); a `requeued` marker with the lease TTL keeps the sweeper from doing it every sweep.
@@ -125,15 +126,19 @@ class Sweeper:
             for run in runs:
                 pipe.exists(self.keys.lease(run.id))
                 pipe.exists(self.keys.events(run.id))
+                pipe.exists(self.keys.fence(run.id))
             found = await pipe.execute()
         stuck_before = now - timedelta(seconds=self.settings.stuck_queued_s)
         requeued = []
         for n, run in enumerate(runs):
-            has_lease, has_log = found[2 * n], found[2 * n + 1]
+            has_lease, has_log, was_taken = found[3 * n : 3 * n + 3]
             if run.status == "running":
                 why = None if has_lease else "its lease lapsed"
             elif not has_log:
                 why = "its event log is gone from Redis"
+            elif was_taken and not has_lease:
+                # A worker took its task (and a lease) but died before marking it running.
+                why = "its worker died before starting it"
             elif _aware(run.created_at) < stuck_before:
                 why = f"it has been queued for over {self.settings.stuck_queued_s:g} s"
             else:

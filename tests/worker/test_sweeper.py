@@ -81,14 +81,16 @@ def test_sweep_leaves_leased_and_fresh_runs_alone_and_requeues_lost_queued_ones(
     fresh_queued = make_run(store, "queued")
     lost_queued = make_run(store, "queued", age_s=30)  # its log is not in Redis
     stuck_queued = make_run(store, "queued", age_s=120)
+    taken_queued = make_run(store, "queued", age_s=30)  # a worker took it, then died
     finished = make_run(store, "completed")
 
     async def scenario() -> list[str]:
         redis = Redis.from_url(local.redis_url)
         try:
             await redis.set(keys.lease(leased.id), "1.abc", px=30_000)
-            for run in (fresh_queued, stuck_queued):
+            for run in (fresh_queued, stuck_queued, taken_queued):
                 await redis.xadd(keys.events(run.id), {"d": "{}", "t": "run_queued"}, id="0-1")
+            await redis.incr(keys.fence(taken_queued.id))
             sent: list[str] = []
             return await sweepers(local, store, redis, 1, sent)[0].sweep()
         finally:
@@ -96,5 +98,5 @@ def test_sweep_leaves_leased_and_fresh_runs_alone_and_requeues_lost_queued_ones(
 
     requeued = set(asyncio.run(scenario()))
 
-    assert lost_queued.id in requeued and stuck_queued.id in requeued
+    assert {lost_queued.id, stuck_queued.id, taken_queued.id} <= requeued
     assert not requeued & {leased.id, fresh_queued.id, finished.id}
