@@ -67,6 +67,13 @@ class RunControls:
         if self._runs.get(control.run_id) is control:
             del self._runs[control.run_id]
 
+    async def cancel_requested(self, run_id: str) -> bool:
+        return bool(await self.redis.exists(self.keys.cancel(run_id)))
+
+    async def forget(self, run_id: str) -> None:
+        """The run finished: drop its cancel flag and its `requeued` marker."""
+        await self.redis.delete(self.keys.cancel(run_id), self.keys.requeued(run_id))
+
     def hand_back_all(self) -> int:
         self.draining = True
         for control in list(self._runs.values()):

@@ -213,9 +213,7 @@ class RunExecutor:
     async def _outcome(
         self, run: Run, writer: RunWriter, checkpoint: Checkpoint | None, control: RunControl
     ) -> Outcome:
-        if run.cancel_requested_at is not None or await self.events.redis.exists(
-            self.events.keys.cancel(run.id)
-        ):
+        if run.cancel_requested_at is not None or await self.controls.cancel_requested(run.id):
             return Outcome("cancelled", error=_CANCELLED)
         if run.attempts > self.settings.max_run_attempts:
             return _failed(
@@ -361,10 +359,8 @@ class RunExecutor:
             token=writer.lease.token,
             ttl_s=self.settings.events_ttl_after_done_s,
         )
-        keys = self.events.keys
-        await self.events.redis.delete(
-            keys.checkpoint(run.id), keys.cancel(run.id), keys.requeued(run.id)
-        )
+        await self.checkpoints.delete(run.id)
+        await self.controls.forget(run.id)
 
 
 _CANCELLED = {"code": "cancelled", "message": "the run was cancelled on request"}
