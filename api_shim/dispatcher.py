@@ -116,6 +116,9 @@ class Dispatcher:
             elif run.status != "queued":
                 await self.redis.zrem(self.keys.dispatching(), f"{tenant_id} {run_id}")
             elif await self.quotas.redispatch(tenant_id, run_id):
-                log.warning("run %s: not started %g s after dispatch; sending it again",
-                            run_id, self.settings.dispatch_timeout_s)
+                log.warning(
+                    "run %s: not started %g s after dispatch; sending it again",
+                    run_id,
+                    self.settings.dispatch_timeout_s,
+                )
                 await asyncio.to_thread(self.send, run_id)

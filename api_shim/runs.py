@@ -1,4 +1,4 @@
-"""`/v1/runs`: create (background, wait, stream), read, list, and replay a run's events."""
+"""`/v1/runs`: create (background, wait, stream), read, list, cancel, and replay a run's events."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from api_shim.quotas import Admission, rate_headers, reserve_tokens
 from api_shim.replay import run_events, sse_response
 from api_shim.state import ShimState, state_of
 from runrelay.agents import AgentNotFound, AgentSpec
-from runrelay.events import encode, make_event
+from runrelay.events import encode, is_terminal, make_event
 from runrelay.revisions import AgentCatalog, RevisionNotFound
 from runrelay.store import new_id
 from runrelay.tables import Run
@@ -78,6 +78,15 @@ def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
 async def create_run(request: Request, caller: Caller, body: RunCreate) -> Run:
     """Admit a run; with an idempotency key, a repeat of the same request returns the same run."""
     state = state_of(request)
+    limit = state.settings.max_run_timeout_s
+    if body.timeout_s is not None and body.timeout_s > limit:
+        raise APIError(
+            422,
+            "validation_error",
+            f"timeout_s must be at most {limit:g} s, the server's maximum "
+            f"(RUNRELAY_MAX_RUN_TIMEOUT_S); got {body.timeout_s:g}",
+            param="timeout_s",
+        )
     tenant_id = await acting_tenant(request, caller, body.tenant_id)
     key = idempotency.idempotency_key(request, body)
     agent = await asyncio.to_thread(_resolve_agent, state, body)
@@ -125,6 +134,7 @@ async def _admit(
         end_user_id=body.end_user_id,
         run_metadata=body.metadata,
         request_id=request_id_of(request),
+        timeout_s=body.timeout_s,
     )
     try:
         await asyncio.to_thread(state.store.create_run, run)
@@ -296,6 +306,87 @@ async def _own_run(request: Request, caller: Caller, run_id: str) -> Run:
 @router.get("/{run_id}", response_model=RunObject, responses=_ERRORS, summary="Get a run")
 async def get_run(request: Request, caller: Caller, run_id: str) -> RunObject:
     return run_object(await _own_run(request, caller, run_id))
+
+
+_CANCELLED = {"code": "cancelled", "message": "the run was cancelled on request"}
+# How long a cancel request waits for a running run to stop (it does within a second).
+_CANCEL_WAIT_S = 3.0
+
+
+async def _cancel_queued(state: ShimState, run: Run) -> bool:
+    """End a queued run here, without a worker: archive its log with `done`, only if it is still
+    queued (a conditional UPDATE); False when a worker started it meanwhile."""
+    history = await state.events.read(run.id)
+    seq = (history[-1].seq if history else 0) + 1
+    done = make_event(
+        run.id,
+        seq,
+        "done",
+        {"status": "cancelled", "output": "", "usage": None, "error": _CANCELLED, "duration_ms": 0},
+    )
+    archive = [(e.seq, e.type, e.data) for e in history] + [(seq, "done", encode(done))]
+    finished = await asyncio.to_thread(
+        state.store.finish_run,
+        run.id,
+        status="cancelled",
+        output=None,
+        result=None,
+        usage=None,
+        error=_CANCELLED,
+        events=archive,
+        only_from="queued",
+    )
+    if finished:
+        # quotas: the run leaves its tenant's queue (or gives back the slot dispatch gave it).
+        await state.quotas.backend.abandon(run.tenant_id, run.id)
+        await state.events.append(
+            run.id, seq, "done", encode(done), ttl_s=state.settings.events_ttl_after_done_s
+        )
+    return finished
+
+
+async def _wait_finished(state: ShimState, run_id: str, timeout_s: float) -> Run:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        run = await asyncio.to_thread(state.store.get_run, run_id)
+        assert run is not None  # runs are never deleted
+        if is_terminal(run.status) or asyncio.get_running_loop().time() > deadline:
+            return run
+        await asyncio.sleep(0.1)
+
+
+@router.post(
+    "/{run_id}/cancel",
+    response_model=RunObject,
+    responses={
+        **_ERRORS,
+        202: {"description": "cancel requested; the run has not stopped yet"},
+        409: {"description": "the run already finished"},
+    },
+    summary="Cancel a queued or running run",
+)
+async def cancel(request: Request, response: Response, caller: Caller, run_id: str) -> RunObject:
+    """A queued run never starts; a running one stops within about a second. Both end with
+    `done` status `cancelled`. 200 with the cancelled run, or 202 if it is still stopping."""
+    state = state_of(request)
+    run = await _own_run(request, caller, run_id)
+    requested = await asyncio.to_thread(state.store.request_cancel, run.id)
+    if requested is None:
+        current = await asyncio.to_thread(state.store.get_run, run.id)
+        status = current.status if current else run.status
+        raise APIError(
+            409,
+            "run_not_cancellable",
+            f"run {run.id} is already {status}; only a queued or running run can be cancelled",
+            param="run_id",
+        )
+    if not (requested.status == "queued" and await _cancel_queued(state, requested)):
+        # Running (or a worker took it just now): its worker sees the flag and stops it.
+        flag = state.events.keys.cancel(run.id)
+        await state.redis.set(flag, "1", ex=state.settings.events_ttl_s)
+    final = await _wait_finished(state, run.id, _CANCEL_WAIT_S)
+    response.status_code = 200 if is_terminal(final.status) else 202
+    return run_object(final)
 
 
 def _cursor(value: str, source: str) -> int:

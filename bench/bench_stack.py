@@ -140,8 +140,11 @@ def _redact(url: str) -> str:
 
 
 @contextlib.contextmanager
-def stack_up(*, worker_concurrency: int, keep_logs: bool) -> Iterator[Stack]:
-    """Everything the measurement needs, up and ready; torn down on the way out, come what may."""
+def stack_up(*, worker_concurrency: int, keep_logs: bool, workers: int = 1,
+             env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """Everything the measurement needs, up and ready; torn down on the way out, come what may.
+
+    `workers` worker processes (named worker, worker2, ...); `env` overrides settings."""
     tmp = Path(tempfile.mkdtemp(prefix="runrelay-bench-"))
     tag = secrets.token_hex(4)
     database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{tmp / 'bench.db'}"
@@ -156,6 +159,7 @@ def stack_up(*, worker_concurrency: int, keep_logs: bool) -> Iterator[Stack]:
         stack.env = {**os.environ, "REDIS_URL": stack.redis_url, "DATABASE_URL": database_url,
                      "RUNRELAY_REDIS_PREFIX": stack.prefix,
                      "RUNRELAY_AGENTS_CONFIG": str(BENCH_DIR / "agents.yaml")}
+        stack.env.update(env or {})
         stack.env.pop("RUNRELAY_DATABASE_SCHEMA", None)
         if stack.schema:
             stack.env["RUNRELAY_DATABASE_SCHEMA"] = stack.schema
@@ -167,8 +171,10 @@ def stack_up(*, worker_concurrency: int, keep_logs: bool) -> Iterator[Stack]:
         port = free_port()
         stack.base_url = f"http://127.0.0.1:{port}"
         stack.spawn("api", "api", "--port", str(port))
-        stack.spawn("worker", "worker", "--concurrency", str(worker_concurrency),
-                    "--hostname", f"bench-{tag}@%h")
+        for n in range(1, workers + 1):
+            name = "worker" if n == 1 else f"worker{n}"
+            stack.spawn(name, "worker", "--concurrency", str(worker_concurrency),
+                        "--hostname", f"bench-{tag}-{n}@%h")
         _wait_ready(stack)
         yield stack
         failed = False

@@ -111,14 +111,22 @@ def keys_revoke(key: str) -> None:
 
 def _limit_options(command: Callable[..., None]) -> Callable[..., None]:
     options = [
-        click.option("--max-concurrent-runs", type=click.IntRange(min=1),
-                     help="runs in progress at once (above it they wait in the tenant's queue)"),
-        click.option("--max-queued-runs", type=click.IntRange(min=0),
-                     help="runs waiting in the tenant's queue (0: refuse above the cap)"),
-        click.option("--requests-per-minute", type=click.IntRange(min=1),
-                     help="run creations a minute (a burst of one minute's worth)"),
-        click.option("--token-budget", type=click.IntRange(min=1),
-                     help="tokens per budget period"),
+        click.option(
+            "--max-concurrent-runs",
+            type=click.IntRange(min=1),
+            help="runs in progress at once (above it they wait in the tenant's queue)",
+        ),
+        click.option(
+            "--max-queued-runs",
+            type=click.IntRange(min=0),
+            help="runs waiting in the tenant's queue (0: refuse above the cap)",
+        ),
+        click.option(
+            "--requests-per-minute",
+            type=click.IntRange(min=1),
+            help="run creations a minute (a burst of one minute's worth)",
+        ),
+        click.option("--token-budget", type=click.IntRange(min=1), help="tokens per budget period"),
         click.option("--budget-period", type=click.Choice(["day", "month"])),
     ]
     for option in reversed(options):

@@ -49,8 +49,16 @@ def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]
     with log_path.open("ab") as log_file:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
             [
-                sys.executable, "-m", "runrelay", "--log-level", "WARNING", "worker",
-                "--concurrency", "50", "--hostname", f"dev-worker-{os.getpid()}@%h",
+                sys.executable,
+                "-m",
+                "runrelay",
+                "--log-level",
+                "WARNING",
+                "worker",
+                "--concurrency",
+                "50",
+                "--hostname",
+                f"dev-worker-{os.getpid()}@%h",
             ],
             env=env,
             stdout=log_file,

@@ -29,6 +29,7 @@ class RedisKeys:
         TTL `Settings.idempotency_ttl_s`. The key is hashed so its length is bounded."""
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         return f"{self.prefix}idem:{tenant_id}:{digest}"
+
     # Quotas and fair admission (api_shim/quotas.py, api_shim/dispatcher.py, worker/slots.py)
 
     def tenant_rate(self, tenant_id: str) -> str:
@@ -76,6 +77,22 @@ class RedisKeys:
     def broker_queue(self, queue: str) -> str:
         """The Celery queue's list (kombu's `global_keyprefix` puts our prefix in front)."""
         return f"{self.prefix}{queue}"
+
+    def checkpoint(self, run_id: str) -> str:
+        """The run's last checkpoint (JSON): loop state and next seq, written under the lease."""
+        return f"{self.prefix}run:{run_id}:checkpoint"
+
+    def cancel(self, run_id: str) -> str:
+        """Present while a cancel of the run was requested and not yet carried out."""
+        return f"{self.prefix}run:{run_id}:cancel"
+
+    def requeued(self, run_id: str) -> str:
+        """Set when the run was enqueued again, so the sweeper does not enqueue it twice."""
+        return f"{self.prefix}run:{run_id}:requeued"
+
+    def sweeper_lock(self) -> str:
+        """Held (with a TTL the holder renews) by the one worker process that sweeps."""
+        return f"{self.prefix}sweeper:lock"
 
     def hub_wakeup(self, hub_id: str) -> str:
         """A tiny stream the SSE hub also reads, so a new subscription wakes its blocking XREAD."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_AGENTS_CONFIG = Path(__file__).parent / "demo" / "agents.yaml"
@@ -40,8 +40,22 @@ class Settings(BaseSettings):
     worker_concurrency: int = 100
     run_lease_ttl_s: float = 30.0
     run_timeout_s: float = 3600.0
+    # A request's own `timeout_s` may not exceed this (422 above it).
+    max_run_timeout_s: float = 4 * 3600.0
     # Longer than any run: the broker redelivers an unacked task only after this.
     broker_visibility_timeout_s: int = 6 * 3600
+    # A run that needed more starts than this (each crash or hand-back is one) ends failed.
+    max_run_attempts: int = 5
+    # How often a worker looks for cancel requests of the runs it holds.
+    cancel_poll_s: float = 0.25
+    # After SIGTERM, in-flight runs go on this long, then are handed back to be resumed elsewhere.
+    shutdown_grace_s: float = 20.0
+
+    # Sweeper (runs in every worker process; one at a time holds its lock)
+    sweeper_enabled: bool = True
+    sweep_interval_s: float = 5.0
+    # A run still `queued` this long after it was created is enqueued again (Redis lost it?).
+    stuck_queued_s: float = 600.0
 
     # HTTP shim
     max_body_bytes: int = 10 * 1024 * 1024
@@ -90,6 +104,19 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return "postgresql+psycopg://" + url[len(plain) :]
         return url
+
+    @model_validator(mode="after")
+    def _visibility_timeout_outlasts_runs(self) -> Settings:
+        """The broker redelivers an unacked task after its visibility timeout; a run still going
+        then would get a second task. Harmless (the lease refuses it) but a sign of bad config."""
+        longest = max(self.run_timeout_s, self.max_run_timeout_s)
+        if self.broker_visibility_timeout_s <= longest:
+            raise ValueError(
+                f"RUNRELAY_BROKER_VISIBILITY_TIMEOUT_S ({self.broker_visibility_timeout_s}) must "
+                f"be longer than any run (RUNRELAY_RUN_TIMEOUT_S / RUNRELAY_MAX_RUN_TIMEOUT_S: "
+                f"{longest:g})"
+            )
+        return self
 
     @property
     def broker_url(self) -> str:

@@ -13,13 +13,14 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event, func, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
 
+from runrelay.events import TERMINAL_STATUSES
 from runrelay.settings import Settings
 from runrelay.tables import ApiKey, Run, RunEvent, Tenant, utcnow
 
@@ -205,18 +206,37 @@ class Store:
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(query).all())
 
-    def mark_running(self, run_id: str) -> Run | None:
-        """Move a queued (or handed-back) run to running; None when the run is already finished."""
+    def mark_running(self, run_id: str, *, lease_token: str | None = None) -> Run | None:
+        """Move a queued (or resumed) run to running under `lease_token`, counting the attempt;
+        None when the run is already finished. One conditional UPDATE, so it is race-free."""
+        stmt = (
+            update(Run)
+            .where(col(Run.id) == run_id, col(Run.status).not_in(TERMINAL_STATUSES))
+            .values(
+                status="running",
+                attempts=col(Run.attempts) + 1,
+                started_at=func.coalesce(col(Run.started_at), utcnow()),
+                lease_token=lease_token,
+            )
+        )
         with Session(self.engine, expire_on_commit=False) as session:
-            run = session.get(Run, run_id, with_for_update=True)
-            if run is None or run.status in ("completed", "failed", "cancelled", "expired"):
+            if session.exec(stmt).rowcount == 0:
                 return None
-            run.status = "running"
-            run.attempts += 1
-            run.started_at = run.started_at or utcnow()
-            session.add(run)
             session.commit()
-            return run
+            return session.get(Run, run_id)
+
+    def request_cancel(self, run_id: str) -> Run | None:
+        """Record a cancel request; None when the run is already finished (nothing to cancel)."""
+        stmt = (
+            update(Run)
+            .where(col(Run.id) == run_id, col(Run.status).not_in(TERMINAL_STATUSES))
+            .values(cancel_requested_at=func.coalesce(col(Run.cancel_requested_at), utcnow()))
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            if session.exec(stmt).rowcount == 0:
+                return None
+            session.commit()
+            return session.get(Run, run_id)
 
     def finish_run(
         self,
@@ -228,19 +248,36 @@ class Store:
         usage: dict[str, Any] | None,
         error: dict[str, Any] | None,
         events: Iterable[tuple[int, str, str]],
-    ) -> None:
-        """Write the outcome and archive the whole event log, in one transaction."""
+        lease_token: str | None = None,
+        only_from: str | None = None,
+    ) -> bool:
+        """Write the outcome and archive the whole event log, in one transaction.
+
+        With `lease_token` (a worker) or `only_from` (a status, e.g. the shim cancelling a queued
+        run) the write is conditional: it happens only while the run is unfinished and still
+        under that lease, or in that status. Returns whether it was written.
+        """
+        values = {
+            "status": status,
+            "output": output,
+            "result": result,
+            "usage": usage,
+            "error": error,
+            "finished_at": utcnow(),
+        }
+        stmt = update(Run).where(col(Run.id) == run_id).values(**values)
+        if lease_token is not None:
+            stmt = stmt.where(
+                col(Run.lease_token) == lease_token, col(Run.status).not_in(TERMINAL_STATUSES)
+            )
+        if only_from is not None:
+            stmt = stmt.where(col(Run.status) == only_from)
         with Session(self.engine) as session:
-            run = session.get(Run, run_id, with_for_update=True)
-            if run is None:
-                raise StoreError(f"run {run_id} does not exist")
-            run.status = status
-            run.output = output
-            run.result = result
-            run.usage = usage
-            run.error = error
-            run.finished_at = utcnow()
-            session.add(run)
+            if session.exec(stmt).rowcount == 0:
+                session.rollback()
+                if session.get(Run, run_id) is None:
+                    raise StoreError(f"run {run_id} does not exist")
+                return False
             archived = set(
                 session.exec(select(RunEvent.seq).where(RunEvent.run_id == run_id)).all()
             )
@@ -250,6 +287,25 @@ class Store:
                 if seq not in archived
             )
             session.commit()
+            return True
+
+    def unfinished_runs(
+        self, *, created_before: datetime, after_id: str = "", limit: int
+    ) -> list[Run]:
+        """Runs `running`, or `queued` since before `created_before`, by id (oldest first) from
+        after `after_id`: the sweeper's candidates, a page at a time."""
+        query = (
+            select(Run)
+            .where(
+                col(Run.id) > after_id,
+                (col(Run.status) == "running")
+                | ((col(Run.status) == "queued") & (col(Run.created_at) < created_before)),
+            )
+            .order_by(col(Run.id))
+            .limit(limit)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.exec(query).all())
 
     def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
         query = (

@@ -67,6 +67,11 @@ class Run(SQLModel, table=True):
     usage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     attempts: int = 0
+    # The request's own deadline in seconds (else the agent's, else the settings').
+    timeout_s: float | None = None
+    # The fencing token of the lease the run was last started under: only its holder may finish.
+    lease_token: str | None = Field(default=None, max_length=40)
+    cancel_requested_at: datetime | None = None
 
 
 class RunEvent(SQLModel, table=True):

@@ -87,9 +87,10 @@ def update_limits(store: Store, name_or_id: str, **limits: Any) -> Tenant:
     if unknown:
         raise ValueError(f"unknown limits: {', '.join(sorted(unknown))}")
     with Session(store.engine, expire_on_commit=False) as session:
-        tenant = session.get(Tenant, name_or_id) or session.exec(
-            select(Tenant).where(Tenant.name == name_or_id)
-        ).first()
+        tenant = (
+            session.get(Tenant, name_or_id)
+            or session.exec(select(Tenant).where(Tenant.name == name_or_id)).first()
+        )
         if tenant is None:
             raise TenantNotFound(f"no tenant {name_or_id!r}")
         for name, value in limits.items():

@@ -14,12 +14,20 @@ import importlib
 import inspect
 import json
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 ApprovalMode = Literal["always_require", "never_require"]
+
+# The id of the tool call being executed, readable inside a tool (sync tools too: their thread
+# gets a copy of the context). A tool with side effects can use it as an idempotency key, since
+# a run resumed after a crash repeats a call that was in flight when the crash happened.
+current_tool_call_id: ContextVar[str | None] = ContextVar("current_tool_call_id", default=None)
+# The run the tool is called for, when whoever runs the loop sets it (the worker does).
+current_run_id: ContextVar[str | None] = ContextVar("current_run_id", default=None)
 
 
 class ToolError(Exception):

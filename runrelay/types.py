@@ -59,6 +59,9 @@ class RunCreate(BaseModel):
     tenant_id: str | None = Field(None, min_length=1, max_length=100)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     webhook: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+    timeout_s: float | None = Field(
+        None, gt=0, description="the run's deadline in seconds (at most the server's maximum)"
+    )
 
     @field_validator("tag")
     @classmethod

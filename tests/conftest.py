@@ -85,6 +85,9 @@ def settings(
         sse_ping_s=5,
         run_lease_ttl_s=10,
         shim_redis_connections=8,
+        # The session's tests make runs straight in the database; a sweeper would pick them up.
+        # Recovery is tested in tests/recovery/ with a deployment of its own.
+        sweeper_enabled=False,
     )
     upgrade(settings)
     yield settings

@@ -1,20 +1,32 @@
 """The Celery application of the worker side: configuration, the execute-run task, and the
-process-wide asyncio runtime it hands runs to."""
+process-wide asyncio runtime it hands runs to.
+
+Graceful shutdown: on SIGTERM Celery stops taking tasks and waits for the running ones. In-flight
+runs go on for `shutdown_grace_s`; then the runtime hands the rest back (each releases its lease
+and is enqueued again, to be resumed from its checkpoint by another worker), and the task
+threads return, so the process exits.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
+import traceback
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_shutdown
+from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
 from runrelay.keys import EXECUTE_RUN_TASK
 from runrelay.settings import Settings
 from worker.runtime import AsyncRuntime
 
 log = logging.getLogger(__name__)
+# After the hand-back, the process should be gone in moments; if something in Celery's shutdown
+# hangs instead, the runs are safe (handed back, leases released), so exit anyway.
+_EXIT_WATCHDOG_S = 15.0
 
 
 class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
@@ -31,14 +43,52 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
     def runtime(self) -> AsyncRuntime:
         with self._runtime_lock:
             if self._runtime is None:
-                self._runtime = AsyncRuntime(self.settings)
+                self._runtime = AsyncRuntime(self.settings, self.send_run)
             return self._runtime
+
+    def send_run(self, run_id: str) -> None:
+        self.send_task(EXECUTE_RUN_TASK, args=[run_id], queue=self.settings.task_queue)
+
+    def hand_back_after_grace(self) -> None:
+        """From a signal handler: stop taking runs and sweeping now; wait `shutdown_grace_s` in
+        a thread, then hand the runs still held back."""
+        runtime = self._runtime  # no lock: the main thread may hold it when the signal comes
+        if runtime is not None:
+            runtime.begin_shutdown()
+
+        def _later() -> None:
+            stop = threading.Event()
+            stop.wait(self.settings.shutdown_grace_s)
+            with self._runtime_lock:
+                runtime = self._runtime
+            if runtime is not None:
+                count = runtime.hand_back_all()
+                log.warning("shutdown grace over: handed back %d run(s)", count)
+            if not stop.wait(_EXIT_WATCHDOG_S):
+                try:
+                    log.error(
+                        "still not stopped %g s after the hand-back; exiting. Threads:\n%s",
+                        _EXIT_WATCHDOG_S,
+                        _thread_stacks(),
+                    )
+                finally:
+                    os._exit(0)
+
+        threading.Thread(target=_later, name="runrelay-hand-back", daemon=True).start()
 
     def close_runtime(self) -> None:
         with self._runtime_lock:
             if self._runtime is not None:
                 self._runtime.close()
                 self._runtime = None
+
+
+def _thread_stacks() -> str:
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return "\n".join(
+        f"--- {names.get(ident, ident)}\n{''.join(traceback.format_stack(frame))}"
+        for ident, frame in sys._current_frames().items()
+    )
 
 
 def create_app(settings: Settings) -> WorkerApp:
@@ -49,8 +99,19 @@ def create_app(settings: Settings) -> WorkerApp:
         """Thin: hand the run to the process's event loop and wait for it to end."""
         app.runtime.call(app.runtime.executor.execute(run_id))
 
+    def _on_init(**_: Any) -> None:
+        # Build the runtime before the first task arrives: tasks of a process that dies while it
+        # is still starting up would otherwise be lost until the sweeper's stuck-queued bound.
+        # The sweeper and the cancel watch start with it.
+        app.runtime  # noqa: B018
+
+    def _on_shutting_down(**_: Any) -> None:
+        app.hand_back_after_grace()
+
     def _on_shutdown(**_: Any) -> None:
         app.close_runtime()
 
+    worker_init.connect(_on_init, weak=False)
+    worker_shutting_down.connect(_on_shutting_down, weak=False)
     worker_shutdown.connect(_on_shutdown, weak=False)
     return app

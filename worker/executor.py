@@ -1,7 +1,12 @@
-"""Executing one run on the worker: lease, agent loop, events, outcome, archive.
+"""Executing one run on the worker: lease, agent loop, checkpoints, events, outcome, archive.
 
 The Celery task only hands a run id to `RunExecutor.execute`; everything that touches the run
 happens here, on the process's event loop.
+
+A run started again (after its worker died, or handed it back) resumes from its last checkpoint:
+it appends `run_started` with the new attempt, then a `metadata` event whose `superseded` names
+the seqs appended after that checkpoint (they stay in the log, which is append-only), and goes on
+with new seqs. Tool calls the checkpoint holds results for are not executed again.
 """
 
 from __future__ import annotations
@@ -19,28 +24,39 @@ import httpx
 from runrelay.agents import AgentSpec, Registry
 from runrelay.eventlog import EventLog, LeaseLost
 from runrelay.events import EventType, encode, is_terminal, make_event
-from runrelay.loop import AgentLoop, LoopResult, LoopSettings
+from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState, PendingEvent
 from runrelay.providers import build_provider
 from runrelay.providers.base import ProviderError
 from runrelay.revisions import AgentCatalog
 from runrelay.settings import Settings
 from runrelay.store import Store
-from runrelay.tables import Run
-from runrelay.tools import import_tool
+from runrelay.tables import Run, utcnow
+from runrelay.tools import current_run_id, import_tool
+from worker.checkpoints import Checkpoint, Checkpoints
+from worker.control import RunControl, RunControls, StopReason
 from worker.lease import Lease, Leases
 from worker.slots import Slots
+from worker.sweeper import Requeuer
 
 log = logging.getLogger(__name__)
 
 
+class HandBack(Exception):
+    """Control flow: the run was handed back (graceful shutdown) to be resumed elsewhere."""
+
+    def __repr__(self) -> str:
+        return f"HandBack({self.args[0]!r})"
+
+
 @dataclass
 class RunWriter:
-    """Appends a run's events under its lease, numbering them.
+    """Appends a run's events and checkpoints under its lease, numbering the events.
 
     Concurrent emitters (parallel tool calls) are serialised, so seqs stay gapless and ordered.
     """
 
     events: EventLog
+    checkpoints: Checkpoints
     run_id: str
     lease: Lease
     next_seq: int
@@ -56,6 +72,18 @@ class RunWriter:
             )
             self.next_seq += 1
 
+    async def checkpoint(self, state: LoopState, event: PendingEvent | None = None) -> None:
+        async with self._lock:
+            seq = self.next_seq
+            appended = None
+            if event is not None:
+                appended = (seq, event[0], encode(make_event(self.run_id, seq, *event)))
+                seq += 1
+            await self.checkpoints.save(
+                self.run_id, self.lease.token, Checkpoint(seq, state), appended
+            )
+            self.next_seq = seq
+
 
 @dataclass
 class Outcome:
@@ -65,6 +93,10 @@ class Outcome:
     error: dict[str, str] | None = None
 
 
+def _failed(code: str, message: str) -> Outcome:
+    return Outcome("failed", error={"code": code, "message": message})
+
+
 class RunExecutor:
     def __init__(
         self,
@@ -72,45 +104,67 @@ class RunExecutor:
         settings: Settings,
         store: Store,
         events: EventLog,
+        checkpoints: Checkpoints,
         leases: Leases,
+        controls: RunControls,
+        requeuer: Requeuer,
         registry: Registry,
         http: httpx.AsyncClient,
+        worker_id: str,
         slots: Slots,
     ) -> None:
         self.slots = slots
         self.settings = settings
         self.store = store
         self.events = events
+        self.checkpoints = checkpoints
         self.leases = leases
+        self.controls = controls
+        self.requeuer = requeuer
         self.registry = registry
         self.http = http
+        self.worker_id = worker_id
 
     async def execute(self, run_id: str) -> None:
-        run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is None:
-            log.warning("run %s: no such run, task dropped", run_id)
+        if self.controls.draining:
+            log.info("run %s: this worker is shutting down; handed back", run_id)
+            await self.requeuer.requeue(run_id, force=True)
             return
-        if is_terminal(run.status):
-            log.info("run %s: already %s, nothing to do", run_id, run.status)
-            await self.slots.forget(run)  # quotas: free a slot dispatch gave it
-            return
+        # The lease first: from here on, if this process dies, the sweeper sees a run that a
+        # worker took (its fencing counter moved) without a live lease, and enqueues it again.
         lease = await self.leases.acquire(run_id)
         if lease is None:
             log.info("run %s: another worker holds the lease, nothing to do", run_id)
             return
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        if run is None or is_terminal(run.status):
+            log.info("run %s: %s, nothing to do", run_id, run.status if run else "no such run")
+            await self.leases.release(lease)
+            if run is not None:
+                await self.slots.forget(run)  # quotas: free a slot dispatch gave it
+            return
         slot = await self.slots.hold(run)  # quotas: the tenant's concurrency slot, renewed
+        control = self.controls.add(run_id)  # only the lease holder: one control per run
         heartbeat = asyncio.create_task(self._heartbeat(lease))
+        handed_back = False
         try:
-            await self._execute_leased(run_id, lease)
+            await self._execute_leased(run_id, lease, control)
         except LeaseLost:
             log.warning("run %s: lease lost, leaving the run to its new holder", run_id)
             slot.handed_over = True
+        except HandBack:
+            handed_back = True
+            slot.handed_over = True  # quotas: the slot stays the run's until it resumes
         finally:
+            self.controls.remove(control)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await self.slots.release(slot)  # quotas: on every way out
             await self.leases.release(lease)
+        if handed_back:
+            log.info("run %s: handed back, to be resumed by another worker", run_id)
+            await self.requeuer.requeue(run_id, force=True)
 
     async def _heartbeat(self, lease: Lease) -> None:
         interval = self.settings.run_lease_ttl_s / 3
@@ -120,69 +174,138 @@ class RunExecutor:
                 log.warning("run %s: lease renewal refused", lease.run_id)
                 return
 
-    async def _execute_leased(self, run_id: str, lease: Lease) -> None:
-        writer = RunWriter(self.events, run_id, lease, await self.events.last_seq(run_id) + 1)
-        run = await asyncio.to_thread(self.store.mark_running, run_id)
+    async def _execute_leased(self, run_id: str, lease: Lease, control: RunControl) -> None:
+        last = await self.events.last_seq(run_id)
+        run = await asyncio.to_thread(self.store.mark_running, run_id, lease_token=lease.token)
         if run is None:
             return
+        writer = RunWriter(self.events, self.checkpoints, run_id, lease, last + 1)
         started = time.monotonic()
-        await writer.emit("run_started", {"attempt": run.attempts})
-        outcome = await self._run_agent(run, writer)
+        if last == 0:  # the log is gone (Redis was emptied): the database still has the run
+            await writer.emit(
+                "run_queued",
+                {"agent": run.agent_name, "agent_id": run.agent_id, "thread_id": run.thread_id},
+            )
+        await writer.emit("run_started", {"attempt": run.attempts, "worker": self.worker_id})
+        checkpoint = await self._resume_point(run, writer, last)
+        outcome = await self._outcome(run, writer, checkpoint, control)
         if outcome.error is not None:
             await writer.emit("error", outcome.error)
-        await writer.emit(
-            "chat_completed",
-            {
-                "thread_id": run.thread_id,
-                "status": "completed" if outcome.status == "completed" else "failed",
-                "output": outcome.output,
-            },
-        )
+        if outcome.status != "cancelled":
+            await writer.emit(
+                "chat_completed",
+                {
+                    "thread_id": run.thread_id,
+                    "status": "completed" if outcome.status == "completed" else "failed",
+                    "output": outcome.output,
+                },
+            )
         await self._finish(
             run, writer, outcome, duration_ms=int((time.monotonic() - started) * 1000)
         )
 
-    async def _run_agent(self, run: Run, writer: RunWriter) -> Outcome:
+    async def _resume_point(self, run: Run, writer: RunWriter, last: int) -> Checkpoint | None:
+        """The checkpoint to continue from, having marked what came after it superseded."""
+        if run.attempts <= 1 or last == 0:
+            return None
+        checkpoint = await self.checkpoints.load(run.id)
+        if checkpoint is not None and checkpoint.next_seq > last + 1:
+            log.warning("run %s: checkpoint is ahead of the log; starting over", run.id)
+            checkpoint = None
+        from_seq = checkpoint.next_seq if checkpoint is not None else 2
+        if last >= from_seq:
+            await writer.emit(
+                "metadata",
+                {"superseded": {"from_seq": from_seq, "to_seq": last}, "attempt": run.attempts},
+            )
+        return checkpoint
+
+    async def _outcome(
+        self, run: Run, writer: RunWriter, checkpoint: Checkpoint | None, control: RunControl
+    ) -> Outcome:
+        if run.cancel_requested_at is not None or await self.controls.cancel_requested(run.id):
+            return Outcome("cancelled", error=_CANCELLED)
+        if run.attempts > self.settings.max_run_attempts:
+            return _failed(
+                "too_many_attempts",
+                f"the run was started {run.attempts - 1} times without finishing (its worker "
+                f"died or handed it back each time); giving up after "
+                f"RUNRELAY_MAX_RUN_ATTEMPTS={self.settings.max_run_attempts}",
+            )
         try:
             catalog = AgentCatalog(self.store.engine, self.registry)
             agent = await asyncio.to_thread(catalog.pinned, run.agent_id, run.agent_revision)
         except LookupError as exc:  # AgentNotFound, RevisionNotFound
-            return Outcome("failed", error={"code": "agent_not_found", "message": str(exc)})
-        await writer.emit(
-            "agent_resolved",
-            {
-                "agent_id": agent.id,
-                "agent_name": agent.name,
-                "agent_revision": run.agent_revision,
-                "agent_tag": run.agent_tag,
-                "thread_id": run.thread_id,
-                "model": self._model(agent, run),
-            },
-        )
-        try:
-            loop = self._build_loop(agent, run, writer)
-            messages = [
-                {"role": "system", "content": agent.instructions},
-                {"role": "user", "content": _user_message(run)},
-            ]
-            timeout = agent.timeout_s or self.settings.run_timeout_s
-            async with asyncio.timeout(timeout):
-                result = await loop.run(messages)
-        except ProviderError as exc:
-            return Outcome("failed", error={"code": exc.code, "message": exc.message})
-        except TimeoutError:
-            return Outcome(
-                "failed",
-                error={"code": "run_timeout", "message": f"the run took longer than {timeout:g} s"},
+            return _failed("agent_not_found", str(exc))
+        return await self._run_agent(run, agent, writer, checkpoint, control)
+
+    def _deadline(self, run: Run, agent: AgentSpec) -> tuple[float, float]:
+        """The run's timeout and the seconds left of it, counted from its first start."""
+        timeout = run.timeout_s or agent.timeout_s or self.settings.run_timeout_s
+        first_start = run.started_at or utcnow()
+        if first_start.tzinfo is None:
+            first_start = first_start.replace(tzinfo=utcnow().tzinfo)
+        return timeout, timeout - (utcnow() - first_start).total_seconds()
+
+    async def _run_agent(
+        self,
+        run: Run,
+        agent: AgentSpec,
+        writer: RunWriter,
+        checkpoint: Checkpoint | None,
+        control: RunControl,
+    ) -> Outcome:
+        timeout, remaining = self._deadline(run, agent)
+        if checkpoint is None:
+            await writer.emit(
+                "agent_resolved",
+                {
+                    "agent_id": agent.id,
+                    "agent_name": agent.name,
+                    "agent_revision": run.agent_revision,
+                    "agent_tag": run.agent_tag,
+                    "thread_id": run.thread_id,
+                    "model": self._model(agent, run),
+                },
             )
+            state = LoopState(
+                messages=[
+                    {"role": "system", "content": agent.instructions},
+                    {"role": "user", "content": _user_message(run)},
+                ]
+            )
+            await writer.checkpoint(state)
+        else:
+            state = checkpoint.state
+        task = asyncio.current_task()
+        control.task = task
+        run_id_token = current_run_id.set(run.id)
+        try:
+            if control.reason is not None:
+                raise asyncio.CancelledError  # stopped before the loop began
+            loop = self._build_loop(agent, run, writer)
+            async with asyncio.timeout(max(remaining, 0)):
+                result = await loop.run(state.messages, resume=state)
+        except asyncio.CancelledError:
+            if control.reason is None:
+                raise
+            if task is not None:
+                task.uncancel()
+            if control.reason is StopReason.CANCEL:
+                return Outcome("cancelled", error=_CANCELLED)
+            raise HandBack(run.id) from None
+        except ProviderError as exc:
+            return _failed(exc.code, exc.message)
+        except TimeoutError:
+            return _failed("run_timeout", f"the run took longer than its deadline, {timeout:g} s")
         except LeaseLost:
             raise
         except Exception as exc:  # a bug or a broken tool import: the run fails, visibly
             log.exception("run %s failed", run.id)
-            return Outcome(
-                "failed",
-                error={"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"},
-            )
+            return _failed("internal_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            control.task = None
+            current_run_id.reset(run_id_token)
         return Outcome("completed", output=result.output, result=result)
 
     def _model(self, agent: AgentSpec, run: Run) -> str:
@@ -200,14 +323,18 @@ class RunExecutor:
             seed=params.get("seed"),
         )
         return AgentLoop(
-            provider, settings, [import_tool(path) for path in agent.tools], writer.emit
+            provider,
+            settings,
+            [import_tool(path) for path in agent.tools],
+            emit=writer.emit,
+            checkpoint=writer.checkpoint,
         )
 
     async def _finish(
         self, run: Run, writer: RunWriter, outcome: Outcome, *, duration_ms: int
     ) -> None:
         """Write the outcome and the archive first, then `done`: a client that sees `done` finds
-        the run finished in the database."""
+        the run finished in the database. Only the lease holder's write counts."""
         usage = outcome.result.usage.model_dump() if outcome.result else None
         tool_calls = (
             [vars(record) for record in outcome.result.tool_calls] if outcome.result else []
@@ -223,7 +350,7 @@ class RunExecutor:
         history = await self.events.read(run.id)
         archive = [(e.seq, e.type, e.data) for e in history]
         archive.append((done["seq"], "done", encode(done)))
-        await asyncio.to_thread(
+        written = await asyncio.to_thread(
             self.store.finish_run,
             run.id,
             status=outcome.status,
@@ -232,7 +359,10 @@ class RunExecutor:
             usage=usage,
             error=outcome.error,
             events=archive,
+            lease_token=writer.lease.token,
         )
+        if not written:
+            raise LeaseLost(run.id)
         await writer.events.append(
             run.id,
             done["seq"],
@@ -241,6 +371,11 @@ class RunExecutor:
             token=writer.lease.token,
             ttl_s=self.settings.events_ttl_after_done_s,
         )
+        await self.checkpoints.delete(run.id)
+        await self.controls.forget(run.id)
+
+
+_CANCELLED = {"code": "cancelled", "message": "the run was cancelled on request"}
 
 
 def _user_message(run: Run) -> str:

@@ -1,12 +1,14 @@
 """Run leases: the truth about which worker runs a run.
 
 A lease is a Redis string holding a fencing token (a per-run counter, so a newer holder always has
-a larger token) with a TTL the holder renews by heartbeat. Event appends check the token, so a
+a larger token, plus a random part, so tokens stay unique even if Redis lost the counter) with a
+TTL the holder renews by heartbeat. Event appends check the token, so a
 worker that lost its lease can no longer write to the run's log.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,8 @@ class Leases:
 
     async def acquire(self, run_id: str) -> Lease | None:
         """Take the run's lease, or None while another holder's lease is alive."""
-        token = str(await self.redis.incr(self.keys.fence(run_id)))
+        count = await self.redis.incr(self.keys.fence(run_id))
+        token = f"{count}.{secrets.token_hex(6)}"
         await self.redis.expire(self.keys.fence(run_id), 30 * 24 * 3600)
         taken = await self.redis.set(self.keys.lease(run_id), token, nx=True, px=self.ttl_ms)
         return Lease(run_id, token) if taken else None

@@ -4,15 +4,20 @@ Celery 5 cannot run `async def` tasks, so each worker process runs one event loo
 background thread; task threads (threads pool) hand their run to it with
 `run_coroutine_threadsafe` and wait. Hundreds of runs share the loop, one Redis pool and one
 HTTP client pool.
+
+The runtime also runs the process's background tasks: the cancel watch (worker/control.py) and
+the sweeper (worker/sweeper.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx
@@ -23,17 +28,25 @@ from runrelay.eventlog import EventLog
 from runrelay.keys import RedisKeys
 from runrelay.settings import Settings
 from runrelay.store import Store, make_engine
+from worker.checkpoints import Checkpoints
+from worker.control import RunControls
 from worker.executor import RunExecutor
 from worker.lease import Leases
 from worker.slots import Slots
+from worker.sweeper import Requeuer, Sweeper
 
 T = TypeVar("T")
+_CLOSE_TIMEOUT_S = 10.0
 log = logging.getLogger(__name__)
 
 
 class AsyncRuntime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, send: Callable[[str], None]) -> None:
+        """`send` enqueues a run's task (the Celery app's `send_task`, by name)."""
         self.settings = settings
+        self._send = send
+        self._background: list[asyncio.Task[None]] = []
+        self._sweeper: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="runrelay-asyncio", daemon=True
@@ -52,27 +65,62 @@ class AsyncRuntime:
         )
         registry = Registry.from_file(settings.agents_config, os.environ)
         self._store = Store(make_engine(settings))
+        self.controls = RunControls(self._redis, keys, settings.cancel_poll_s)
+        requeuer = Requeuer(self._redis, keys, settings.run_lease_ttl_s, self._send)
+        self._background.append(asyncio.create_task(self.controls.watch_cancels()))
+        if settings.sweeper_enabled:
+            sweeper = Sweeper(settings, self._store, self._redis, keys, requeuer)
+            self._sweeper = asyncio.create_task(sweeper.run_forever())
+            self._background.append(self._sweeper)
         return RunExecutor(
             settings=settings,
             store=self._store,
             events=EventLog(self._redis, keys, settings.events_ttl_s),
+            checkpoints=Checkpoints(self._redis, keys, settings.events_ttl_s),
             leases=Leases(self._redis, keys, settings.run_lease_ttl_s),
+            controls=self.controls,
+            requeuer=requeuer,
             registry=registry,
             http=self._http,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}",
             slots=Slots(self._redis, keys, settings),
         )
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def begin_shutdown(self) -> None:
+        """SIGTERM: take no new runs (any that still arrive are handed back at once) and stop
+        sweeping (the other workers' sweepers take over once the lock lapses). Does not wait,
+        so a signal handler may call it."""
+
+        def _begin() -> None:
+            self.controls.draining = True
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+
+        self._loop.call_soon_threadsafe(_begin)
+
+    def hand_back_all(self) -> int:
+        """Graceful shutdown: take no more runs, and hand back every run held; returns how many."""
+
+        async def _hand_back() -> int:
+            return self.controls.hand_back_all()
+
+        return self.call(_hand_back())
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
         """Run a coroutine on the shared loop and wait for it from this (task) thread."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
     def close(self) -> None:
         async def _close() -> None:
+            for task in self._background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._http.aclose()
             await self._redis.aclose()
 
         try:
-            self.call(_close())
+            self.call(_close(), timeout_s=_CLOSE_TIMEOUT_S)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)

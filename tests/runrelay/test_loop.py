@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runrelay.loop import FINAL_ANSWER_NUDGE, AgentLoop, LoopResult, LoopSettings
+from runrelay.loop import FINAL_ANSWER_NUDGE, AgentLoop, LoopResult, LoopSettings, LoopState
 from runrelay.providers.base import (
     Chunk,
     Finish,
@@ -20,7 +20,7 @@ from runrelay.providers.base import (
     ToolCallFragment,
     UsageReport,
 )
-from runrelay.tools import Tool, tool_from_function
+from runrelay.tools import Tool, current_tool_call_id, tool_from_function
 
 
 class FakeProvider:
@@ -476,3 +476,97 @@ def test_loop_runs_without_an_event_sink() -> None:
     outcome = asyncio.run(loop.run([{"role": "user", "content": "1+2"}]))
 
     assert outcome.output == "3"
+
+
+class Checkpoints:
+    """Records every checkpoint (a deep copy of the state) with the event that came with it."""
+
+    def __init__(self, events: Events) -> None:
+        self.events = events
+        self.saved: list[tuple[dict[str, Any], tuple[str, dict[str, Any]] | None]] = []
+
+    async def __call__(self, state: LoopState, event: Any) -> None:
+        self.saved.append((json.loads(json.dumps(state.to_dict(), default=str)), event))
+        if event is not None:
+            await self.events(*event)
+
+
+def test_checkpoint_after_each_model_response_and_each_tool_result() -> None:
+    provider = FakeProvider([
+        call_turn(whole_call("c1", "add", {"a": 1, "b": 2}),
+                  whole_call("c2", "add", {"a": 3, "b": 4}, index=1)),
+        text_turn("done"),
+    ])
+    events = Events()
+    saved = Checkpoints(events)
+    loop = AgentLoop(provider, LoopSettings(model="m"), [tool_from_function(add)], emit=events,
+                     checkpoint=saved)
+
+    asyncio.run(loop.run([{"role": "user", "content": "hi"}]))
+
+    kinds = [event[0] if event else "model" for _, event in saved.saved]
+    assert kinds == ["model", "tool_call_result", "tool_call_result", "model"]
+    first = saved.saved[0][0]
+    assert [c["id"] for c in first["pending"]] == ["c1", "c2"] and first["finished"] == {}
+    assert set(saved.saved[2][0]["finished"]) == {"c1", "c2"}
+    assert saved.saved[-1][0]["output"] == "done"
+    assert len(events.of("tool_call_result")) == 2, "each result is emitted once, with its save"
+
+
+def test_resumed_loop_does_not_call_a_tool_whose_result_was_checkpointed() -> None:
+    calls: list[int] = []
+
+    def counted_add(a: int, b: int) -> int:
+        calls.append(a)
+        return a + b
+
+    first_provider = FakeProvider([
+        call_turn(whole_call("c1", "counted_add", {"a": 1, "b": 2}),
+                  whole_call("c2", "counted_add", {"a": 3, "b": 4}, index=1)),
+    ])
+    saved = Checkpoints(Events())
+    tools = [tool_from_function(counted_add)]
+    crashed = AgentLoop(first_provider, LoopSettings(model="m"), tools, checkpoint=saved)
+    with pytest.raises(AssertionError, match="none scripted"):  # the "crash": no turn 2
+        asyncio.run(crashed.run([{"role": "user", "content": "hi"}]))
+    assert sorted(calls) == [1, 3]
+    # Resume from the save made after the first tool result only: c2 is still to run.
+    after_c1 = next(s for s, e in saved.saved if e and e[1]["tool_call_id"] == "c1")
+    state = LoopState.from_dict(after_c1)
+    calls.clear()
+    provider = FakeProvider([text_turn("4 and 7")])
+    events = Events()
+
+    result = asyncio.run(AgentLoop(provider, LoopSettings(model="m"), tools, emit=events)
+                         .run([], resume=state))
+
+    assert calls == [3], "only the unfinished call ran again"
+    assert [(r.tool_call_id, r.result) for r in result.tool_calls] == [("c1", 3), ("c2", 7)]
+    assert [m["tool_call_id"] for m in tool_messages(provider.requests[0])] == ["c1", "c2"]
+    assert [e["tool_call_id"] for e in events.of("tool_call_result")] == ["c2"]
+    assert result.output == "4 and 7"
+    assert result.usage.total_tokens == 30, "usage of the turns before the crash is kept"
+
+
+def test_resumed_loop_with_a_final_answer_does_not_call_the_model_again() -> None:
+    saved = Checkpoints(Events())
+    asyncio.run(AgentLoop(FakeProvider([text_turn("answer")]), LoopSettings(model="m"),
+                          checkpoint=saved).run([{"role": "user", "content": "hi"}]))
+    state = LoopState.from_dict(saved.saved[-1][0])
+    provider = FakeProvider([])
+
+    result = asyncio.run(AgentLoop(provider, LoopSettings(model="m")).run([], resume=state))
+
+    assert result.output == "answer" and provider.requests == []
+
+
+def test_tools_see_their_tool_call_id() -> None:
+    seen: list[str | None] = []
+
+    def probe() -> str:
+        seen.append(current_tool_call_id.get())
+        return "ok"
+
+    provider = FakeProvider([call_turn(whole_call("call_xyz", "probe", {})), text_turn("ok")])
+    run_loop(provider, [tool_from_function(probe)])
+    assert seen == ["call_xyz"]

@@ -1,0 +1,102 @@
+"""The sweeper against a real Redis and the database: which unfinished runs it enqueues again,
+and that only one sweeper (the lock holder) acts at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import timedelta
+
+from redis.asyncio import Redis
+
+from runrelay.keys import RedisKeys
+from runrelay.settings import Settings
+from runrelay.store import Store, new_id
+from runrelay.tables import Run, utcnow
+from worker.sweeper import Requeuer, Sweeper
+
+
+def make_run(store: Store, status: str, *, age_s: float = 0) -> Run:
+    tenant = store.create_tenant(f"sw-{secrets.token_hex(6)}")
+    return store.create_run(
+        Run(
+            id=new_id("run"),
+            tenant_id=tenant.id,
+            status=status,
+            agent_name="slow-analyst",
+            agent_id="bank.slow-analyst",
+            created_at=utcnow() - timedelta(seconds=age_s),
+        )
+    )
+
+
+def sweepers(
+    settings: Settings, store: Store, redis: Redis, count: int, sent: list[str]
+) -> list[Sweeper]:
+    keys = RedisKeys(settings.redis_prefix)
+    return [
+        Sweeper(settings, store, redis, keys, Requeuer(redis, keys, 30, sent.append))
+        for _ in range(count)
+    ]
+
+
+def test_only_one_of_several_sweepers_enqueues_a_run_whose_lease_lapsed(
+    settings: Settings, store: Store
+) -> None:
+    local = settings.model_copy(
+        update={"redis_prefix": f"{settings.redis_prefix}sw{secrets.token_hex(3)}:"}
+    )
+    orphan = make_run(store, "running")
+
+    async def scenario() -> tuple[list[list[str]], list[list[str]], list[str]]:
+        redis = Redis.from_url(local.redis_url)
+        sent: list[str] = []
+        try:
+            group = sweepers(local, store, redis, 3, sent)
+            first = await asyncio.gather(*(s.sweep() for s in group))
+            again = await asyncio.gather(*(s.sweep() for s in group))
+        finally:
+            await redis.aclose()
+        return first, again, sent
+
+    first, again, sent = asyncio.run(scenario())
+
+    assert [orphan.id in ids for ids in first].count(True) == 1
+    assert sum(1 for ids in first if ids) == 1, "only the lock holder swept"
+    assert not any(orphan.id in ids for ids in again), "not enqueued twice within the lease TTL"
+    assert sent.count(orphan.id) == 1
+
+
+def test_sweep_leaves_leased_and_fresh_runs_alone_and_requeues_lost_queued_ones(
+    settings: Settings, store: Store
+) -> None:
+    local = settings.model_copy(
+        update={
+            "redis_prefix": f"{settings.redis_prefix}sw{secrets.token_hex(3)}:",
+            "stuck_queued_s": 60.0,
+        }
+    )
+    keys = RedisKeys(local.redis_prefix)
+    leased = make_run(store, "running")
+    fresh_queued = make_run(store, "queued")
+    lost_queued = make_run(store, "queued", age_s=30)  # its log is not in Redis
+    stuck_queued = make_run(store, "queued", age_s=120)
+    taken_queued = make_run(store, "queued", age_s=30)  # a worker took it, then died
+    finished = make_run(store, "completed")
+
+    async def scenario() -> list[str]:
+        redis = Redis.from_url(local.redis_url)
+        try:
+            await redis.set(keys.lease(leased.id), "1.abc", px=30_000)
+            for run in (fresh_queued, stuck_queued, taken_queued):
+                await redis.xadd(keys.events(run.id), {"d": "{}", "t": "run_queued"}, id="0-1")
+            await redis.incr(keys.fence(taken_queued.id))
+            sent: list[str] = []
+            return await sweepers(local, store, redis, 1, sent)[0].sweep()
+        finally:
+            await redis.aclose()
+
+    requeued = set(asyncio.run(scenario()))
+
+    assert {lost_queued.id, stuck_queued.id, taken_queued.id} <= requeued
+    assert not requeued & {leased.id, fresh_queued.id, finished.id}

@@ -1,0 +1,100 @@
+"""Stopping runs that a worker process holds: cancel requests and hand-backs.
+
+Both are cooperative. A cancel request is a Redis flag (set by the shim's cancel endpoint);
+one task per process checks the flags of all the runs it holds every `cancel_poll_s`, with one
+pipelined round trip, and stops the flagged ones. A hand-back (graceful shutdown) stops every
+run the process holds so that another worker resumes it. Stopping cancels the asyncio task
+running the agent loop, with the reason recorded on the run's `RunControl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from runrelay.keys import RedisKeys
+
+log = logging.getLogger(__name__)
+
+
+class StopReason(Enum):
+    CANCEL = "cancel"
+    HAND_BACK = "hand_back"
+
+
+@dataclass(eq=False)
+class RunControl:
+    """One run held by this process. `task` is set while its agent loop runs."""
+
+    run_id: str
+    reason: StopReason | None = None
+    task: asyncio.Task[Any] | None = field(default=None, repr=False)
+
+    def stop(self, reason: StopReason) -> None:
+        if self.reason is not None:
+            return
+        self.reason = reason
+        if self.task is not None:
+            self.task.cancel(msg=f"runrelay: {reason.value}")
+
+
+class RunControls:
+    def __init__(self, redis: Redis, keys: RedisKeys, poll_s: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.poll_s = poll_s
+        self._runs: dict[str, RunControl] = {}
+        # Set on graceful shutdown: runs that arrive from now on are handed back at once.
+        self.draining = False
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def add(self, run_id: str) -> RunControl:
+        control = RunControl(run_id)
+        if self.draining:
+            control.reason = StopReason.HAND_BACK
+        self._runs[run_id] = control
+        return control
+
+    def remove(self, control: RunControl) -> None:
+        if self._runs.get(control.run_id) is control:
+            del self._runs[control.run_id]
+
+    async def cancel_requested(self, run_id: str) -> bool:
+        return bool(await self.redis.exists(self.keys.cancel(run_id)))
+
+    async def forget(self, run_id: str) -> None:
+        """The run finished: drop its cancel flag and its `requeued` marker."""
+        await self.redis.delete(self.keys.cancel(run_id), self.keys.requeued(run_id))
+
+    def hand_back_all(self) -> int:
+        self.draining = True
+        for control in list(self._runs.values()):
+            control.stop(StopReason.HAND_BACK)
+        return len(self._runs)
+
+    async def watch_cancels(self) -> None:
+        """Forever: stop the held runs whose cancel flag is set."""
+        while True:
+            await asyncio.sleep(self.poll_s)
+            controls = list(self._runs.values())
+            if not controls:
+                continue
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for control in controls:
+                        pipe.exists(self.keys.cancel(control.run_id))
+                    flags = await pipe.execute()
+            except RedisError as exc:
+                log.warning("cancel watch: Redis error (%s); retrying", exc)
+                continue
+            for control, flagged in zip(controls, flags, strict=True):
+                if flagged:
+                    control.stop(StopReason.CANCEL)

@@ -1,0 +1,154 @@
+"""The sweeper: finds accepted runs that nobody is running and enqueues them again.
+
+It runs as a periodic asyncio task inside every worker process (no extra process to deploy);
+a Redis lock with a TTL, renewed by its holder, makes one of them active at a time. Each sweep
+reads the database (the truth about which runs exist) and, for each unfinished run, Redis:
+
+- `running` without a lease: its worker died (the lease lapsed) or handed it back → enqueue;
+- `queued` with no event log (Redis was emptied or restarted without persistence), or whose task
+  a worker took (it has a fencing counter) but died before marking it running (no lease), or
+  queued for longer than `stuck_queued_s` (its task was lost) → enqueue.
+
+A run enqueued twice is harmless (the second task finds a live lease or a finished run and does
+nothing); a `requeued` marker with the lease TTL keeps the sweeper from doing it every sweep.
+Attempts are counted when a worker starts the run (`Store.mark_running`); past
+`max_run_attempts` the run ends `failed` with `too_many_attempts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from runrelay.keys import RedisKeys
+from runrelay.settings import Settings
+from runrelay.store import Store
+from runrelay.tables import Run, utcnow
+
+log = logging.getLogger(__name__)
+_LUA_DIR = Path(__file__).parent / "lua"
+_SWEEP_PAGE = 500
+
+
+class Requeuer:
+    """Enqueues a run's task again, at most once per lease TTL (the `requeued` marker)."""
+
+    def __init__(
+        self, redis: Redis, keys: RedisKeys, marker_ttl_s: float, send: Callable[[str], None]
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.marker_ttl_ms = max(1, int(marker_ttl_s * 1000))
+        self._send = send
+
+    async def requeue(self, run_id: str, *, force: bool = False) -> bool:
+        marked = await self.redis.set(
+            self.keys.requeued(run_id), "1", nx=not force, px=self.marker_ttl_ms
+        )
+        if not marked:
+            return False
+        await asyncio.to_thread(self._send, run_id)
+        return True
+
+
+class Sweeper:
+    def __init__(
+        self, settings: Settings, store: Store, redis: Redis, keys: RedisKeys, requeuer: Requeuer
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.redis = redis
+        self.keys = keys
+        self.requeuer = requeuer
+        self.token = secrets.token_hex(8)
+        self.lock_ttl_ms = int(max(settings.sweep_interval_s * 3, 1.0) * 1000)
+        self._renew = redis.register_script((_LUA_DIR / "renew_lease.lua").read_text())
+        self._release = redis.register_script((_LUA_DIR / "release_lease.lua").read_text())
+
+    async def run_forever(self) -> None:
+        """Sweep every `sweep_interval_s` until cancelled; then let go of the lock, so that
+        another worker's sweeper takes over at once."""
+        try:
+            while True:
+                try:
+                    await self.sweep()
+                except (RedisError, SQLAlchemyError, OSError) as exc:
+                    log.warning(
+                        "sweep failed (%s: %s); next one in %g s",
+                        type(exc).__name__,
+                        exc,
+                        self.settings.sweep_interval_s,
+                    )
+                await asyncio.sleep(self.settings.sweep_interval_s)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await self._release(keys=[self.keys.sweeper_lock()], args=[self.token])
+
+    async def _hold_lock(self) -> bool:
+        key = self.keys.sweeper_lock()
+        if await self._renew(keys=[key], args=[self.token, self.lock_ttl_ms]):
+            return True
+        return bool(await self.redis.set(key, self.token, nx=True, px=self.lock_ttl_ms))
+
+    async def sweep(self) -> list[str]:
+        """One sweep, if this process holds the lock; returns the run ids enqueued again."""
+        if not await self._hold_lock():
+            return []
+        now = utcnow()
+        requeued: list[str] = []
+        after = ""
+        while True:
+            runs = await asyncio.to_thread(
+                self.store.unfinished_runs,
+                # A queued run younger than two sweeps may simply not have its log or task yet.
+                created_before=now - timedelta(seconds=max(2 * self.settings.sweep_interval_s, 2)),
+                after_id=after,
+                limit=_SWEEP_PAGE,
+            )
+            requeued += await self._sweep_page(runs, now)
+            if len(runs) < _SWEEP_PAGE:
+                return requeued
+            after = runs[-1].id
+
+    async def _sweep_page(self, runs: list[Run], now: datetime) -> list[str]:
+        if not runs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run in runs:
+                pipe.exists(self.keys.lease(run.id))
+                pipe.exists(self.keys.events(run.id))
+                pipe.exists(self.keys.fence(run.id))
+            found = await pipe.execute()
+        stuck_before = now - timedelta(seconds=self.settings.stuck_queued_s)
+        requeued = []
+        for n, run in enumerate(runs):
+            has_lease, has_log, was_taken = found[3 * n : 3 * n + 3]
+            if run.status == "running":
+                why = None if has_lease else "its lease lapsed"
+            elif not has_log:
+                why = "its event log is gone from Redis"
+            elif was_taken and not has_lease:
+                # A worker took its task (and a lease) but died before marking it running.
+                why = "its worker died before starting it"
+            elif _aware(run.created_at) < stuck_before:
+                why = f"it has been queued for over {self.settings.stuck_queued_s:g} s"
+            else:
+                why = None
+            if why and await self.requeuer.requeue(run.id):
+                log.warning("run %s enqueued again: %s", run.id, why)
+                requeued.append(run.id)
+        return requeued
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
