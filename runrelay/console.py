@@ -37,6 +37,13 @@ def _print_event(event: dict[str, Any]) -> None:
             f"  ⚙ {event['name']}({json.dumps(event.get('arguments'))}) → {json.dumps(outcome)}",
             fg="cyan",
         )
+    elif kind == "metadata" and isinstance(event.get("superseded"), dict):
+        click.secho(
+            "\n  ↻ the worker running this run stopped; it resumed from its last checkpoint, "
+            "and the text since then is said again:",
+            fg="yellow",
+            err=True,
+        )
     elif kind == "error":
         click.secho(f"\n  ✗ {event.get('code')}: {event.get('message')}", fg="red")
     elif kind == "done":

@@ -9,6 +9,10 @@ create request itself failed), the create is sent again with the same idempotenc
 yields the same run.
 
 The same object iterates synchronously (`for`) and asynchronously (`async for`).
+
+`EventStream.output` is the run's text so far. After a worker crash the resumed run appends a
+`metadata` event `{"superseded": {"from_seq", "to_seq"}}`: the text deltas in that range were
+replaced by what the resumed run says next, so `output` leaves them out.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class _Cursor:
         self.stop_types = stop_types
         self.max_reconnects = max_reconnects
         self.finished = False
+        self.deltas: list[tuple[int, str]] = []
         self._failures = 0
         self._progress = False
 
@@ -85,9 +90,19 @@ class _Cursor:
         self.last_seq = seq
         self.run_id = self.run_id or event.get("run_id")
         self._progress = True
+        self._accumulate(seq, event)
         if event.get("type") in self.stop_types:
             self.finished = True
         return event
+
+    def _accumulate(self, seq: int, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "output_text_delta" and isinstance(event.get("delta"), str):
+            self.deltas.append((seq, event["delta"]))
+        elif kind == "metadata" and isinstance(event.get("superseded"), dict):
+            span = event["superseded"]
+            low, high = int(span.get("from_seq", 0)), int(span.get("to_seq", -1))
+            self.deltas = [(n, text) for n, text in self.deltas if not low <= n <= high]
 
     def backoff(self, error: APIError) -> float:
         """Seconds to wait before reconnecting; raises once the attempts are used up."""
@@ -145,6 +160,11 @@ class EventStream(Generic[T]):
     @property
     def last_event_id(self) -> str | None:
         return str(self._cursor.last_seq) if self._cursor.last_seq else None
+
+    @property
+    def output(self) -> str:
+        """The text delivered so far, without deltas a resumed run superseded."""
+        return "".join(text for _, text in self._cursor.deltas)
 
     # Synchronous -----------------------------------------------------------------------------
 

@@ -60,8 +60,13 @@ class Deployment:
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with (self.tmp / f"{name}.log").open("ab") as log:
-            return subprocess.Popen([sys.executable, "-m", "runrelay", *args], env=self.env,
-                                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [sys.executable, "-m", "runrelay", *args],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def start_api(self) -> None:
         self.api = self._spawn("api", "api", "--port", str(self.port))
@@ -152,9 +157,14 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     env.pop("RUNRELAY_DATABASE_SCHEMA", None)
     if schema:
         env["RUNRELAY_DATABASE_SCHEMA"] = schema
-    settings = Settings(redis_url=redis_url, database_url=database_url, database_schema=schema,
-                        redis_prefix=prefix, run_lease_ttl_s=LEASE_TTL_S,
-                        sweep_interval_s=SWEEP_INTERVAL_S)
+    settings = Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        database_schema=schema,
+        redis_prefix=prefix,
+        run_lease_ttl_s=LEASE_TTL_S,
+        sweep_interval_s=SWEEP_INTERVAL_S,
+    )
     upgrade(settings)
     store = Store(make_engine(settings))
     deployment = Deployment(settings=settings, env=env, tmp=tmp, store=store)

@@ -15,8 +15,9 @@ from tests.sse import assert_complete_log, read_events
 SLOW = {"agent": "slow-analyst", "message": "go"}
 
 
-def wait_status(client: httpx.Client, run_id: str, statuses: set[str],
-                timeout_s: float = 60) -> dict:
+def wait_status(
+    client: httpx.Client, run_id: str, statuses: set[str], timeout_s: float = 60
+) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         run = client.get(f"/v1/runs/{run_id}").json()
@@ -100,8 +101,12 @@ def test_shim_restarted_mid_stream_clients_resume_with_last_event_id_and_lose_no
     deployment.kill_api()
     deployment.start_api()
 
-    rest = read_events(rec_client, "GET", f"/v1/runs/{run_id}/events",
-                       headers={"Last-Event-ID": str(first[-1]["seq"])})
+    rest = read_events(
+        rec_client,
+        "GET",
+        f"/v1/runs/{run_id}/events",
+        headers={"Last-Event-ID": str(first[-1]["seq"])},
+    )
     assert rest[0]["seq"] == first[-1]["seq"] + 1
     assert_complete_log(first + rest)
     assert rest[-1]["status"] == "completed"
@@ -135,8 +140,9 @@ def test_tool_call_past_its_timeout_fails_alone_and_the_run_goes_on(
 ) -> None:
     deployment.ensure_workers(1)
     started = time.monotonic()
-    events = read_events(rec_client, "POST", "/v1/runs/stream",
-                         json={"agent": "sleepy-tool", "message": "go"})
+    events = read_events(
+        rec_client, "POST", "/v1/runs/stream", json={"agent": "sleepy-tool", "message": "go"}
+    )
 
     assert time.monotonic() - started < 4, "the 5 s tool call was cut at 0.3 s"
     assert_complete_log(events)

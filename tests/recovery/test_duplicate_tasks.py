@@ -23,8 +23,7 @@ def test_duplicate_tasks_of_a_running_and_of_a_finished_run_do_nothing(
     read_events(rec_client, "GET", f"/v1/runs/{run['id']}/events", limit=4)  # it is running
 
     for _ in range(3):
-        sender.send_task(EXECUTE_RUN_TASK, args=[run["id"]],
-                         queue=deployment.settings.task_queue)
+        sender.send_task(EXECUTE_RUN_TASK, args=[run["id"]], queue=deployment.settings.task_queue)
     events = read_events(rec_client, "GET", f"/v1/runs/{run['id']}/events")
     sender.send_task(EXECUTE_RUN_TASK, args=[run["id"]], queue=deployment.settings.task_queue)
     time.sleep(1.5)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
+from runrelay import Client
 from tests.recovery.conftest import GRACE_S, LEASE_TTL_S, Deployment
 from tests.sse import assert_complete_log
 
@@ -19,8 +20,9 @@ TOOLED = {"agent": "tooled-slow", "message": "go"}
 SLOW = {"agent": "slow-analyst", "message": "go"}
 
 
-def stream_and_act(client: httpx.Client, body: dict[str, Any], act_after: str,
-                   act: Any) -> list[dict[str, Any]]:
+def stream_and_act(
+    client: httpx.Client, body: dict[str, Any], act_after: str, act: Any
+) -> list[dict[str, Any]]:
     """Stream a new run; call `act(events)` once, when the first `act_after` event arrives."""
     events: list[dict[str, Any]] = []
     acted = False
@@ -49,8 +51,9 @@ def visible_output(events: list[dict[str, Any]]) -> str:
     for e in events:
         if e["type"] == "metadata" and "superseded" in e:
             hidden.update(range(e["superseded"]["from_seq"], e["superseded"]["to_seq"] + 1))
-    return "".join(e["delta"] for e in events
-                   if e["type"] == "output_text_delta" and e["seq"] not in hidden)
+    return "".join(
+        e["delta"] for e in events if e["type"] == "output_text_delta" and e["seq"] not in hidden
+    )
 
 
 def test_sigkilled_worker_mid_run_is_resumed_by_another_with_a_gapless_stream_and_tools_run_once(
@@ -78,9 +81,10 @@ def test_sigkilled_worker_mid_run_is_resumed_by_another_with_a_gapless_stream_an
     assert len(markers) == 1
     superseded = markers[0]["superseded"]
     assert superseded["to_seq"] == starts[1]["seq"] - 1
-    assert all(e["type"] == "output_text_delta"
-               for e in events[superseded["from_seq"] - 1:superseded["to_seq"]]), \
-        "only the text streamed after the last checkpoint is superseded"
+    assert all(
+        e["type"] == "output_text_delta"
+        for e in events[superseded["from_seq"] - 1 : superseded["to_seq"]]
+    ), "only the text streamed after the last checkpoint is superseded"
     assert visible_output(events) == done["output"]
     results = [e for e in events if e["type"] == "tool_call_result"]
     assert len(results) == 3 and all(r["seq"] < superseded["from_seq"] for r in results)
@@ -89,6 +93,11 @@ def test_sigkilled_worker_mid_run_is_resumed_by_another_with_a_gapless_stream_an
     assert set(executions.values()) == {1}, f"a tool call ran twice: {executions}"
     replay = [json.loads(line) for line in _replay(rec_client, done["run_id"])]
     assert replay == events, "the archived log is the one the client saw"
+    key = rec_client.headers["authorization"].removeprefix("Bearer ")
+    with Client(api_key=key, base_url=str(rec_client.base_url)) as sdk:
+        stream = sdk.runs.events(done["run_id"])
+        assert list(stream) == events
+        assert stream.output == done["output"], "the SDK leaves superseded deltas out"
 
 
 def _replay(client: httpx.Client, run_id: str) -> list[str]:
@@ -117,8 +126,9 @@ def test_sigterm_lets_the_grace_period_pass_then_hands_the_run_back(
     assert [s["attempt"] for s in starts] == [1, 2], "the run was handed to another worker"
     assert starts[0]["worker"] != starts[1]["worker"]
     first_attempt = [e for e in events if starts[0]["seq"] < e["seq"] < starts[1]["seq"]]
-    assert first_attempt[-1]["ts"] - stopped["at"] >= GRACE_S - 0.3, \
+    assert first_attempt[-1]["ts"] - stopped["at"] >= GRACE_S - 0.3, (
         "the run went on during the grace period"
+    )
     assert starts[1]["ts"] - stopped["at"] < GRACE_S + 5, "handed back, not left to the sweeper"
     assert stopped["proc"].wait(timeout=30) == 0, "the worker exited cleanly"
     marker = next(e for e in events if e["type"] == "metadata")

@@ -155,3 +155,26 @@ def test_request_carries_the_cursor_as_last_event_id() -> None:
     assert Request("GET", "/x").kwargs(5.0)["timeout"] == 5.0
     stream: EventStream[dict] = EventStream(options, lambda e: e, run_id="run_9", after=41)
     assert stream.last_event_id == "41" and stream.run_id == "run_9"
+
+
+def test_output_leaves_out_deltas_a_resumed_run_superseded() -> None:
+    """After a worker crash the resumed run marks seqs 4-5 superseded and says them again."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = _sse(
+            _event(1, "run_queued"),
+            _event(2, "run_started", attempt=1),
+            _event(3, "output_text_delta", delta="Hello"),
+            _event(4, "output_text_delta", delta=" wor"),
+            _event(5, "output_text_delta", delta="ld, half"),
+            _event(6, "run_started", attempt=2),
+            _event(7, "metadata", superseded={"from_seq": 4, "to_seq": 6}, attempt=2),
+            _event(8, "output_text_delta", delta=" world"),
+            _event(9, "done", status="completed", output="Hello world"),
+        )
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    stream = _mock_stream(handler)
+    events = list(stream)
+    assert [e["seq"] for e in events] == list(range(1, 10)), "every event is still delivered"
+    assert stream.output == "Hello world" == events[-1]["output"]
