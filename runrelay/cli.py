@@ -48,8 +48,10 @@ def main(log_level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if log_level.upper() != "DEBUG":
-        # Alembic narrates every plugin it loads at INFO; `migrate` says what matters itself.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        # Alembic narrates every plugin it loads, and httpx every request, at INFO: noise in a
+        # terminal; the commands say what matters themselves.
+        for noisy in ("alembic", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @main.command()
