@@ -111,6 +111,8 @@ class _Cursor:
         self._failures += 1
         if not is_retryable(error):
             raise error
+        if self._failures > self.max_reconnects and isinstance(error, APIStatusError):
+            raise error  # the server answered, and kept refusing: say what it said
         if self._failures > self.max_reconnects:
             raise APIConnectionError(
                 f"the stream of run {self.run_id or '(not created)'} could not be resumed after "

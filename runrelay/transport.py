@@ -93,6 +93,14 @@ def retry_delay(attempt: int, error: APIError | None) -> float:
 
 def is_retryable(error: APIError) -> bool:
     if isinstance(error, APIStatusError):
+        if error.status_code == 409:
+            # Only "the first request with this key is still being admitted" goes away by
+            # itself; any other conflict (e.g. cancelling a finished run) will not.
+            return error.code == "idempotency_key_in_progress"
+        if error.code == "wait_timeout":
+            return False  # the server already waited its limit; the run goes on
+        if error.status_code == 429 and (error.retry_after or 0) > _MAX_RETRY_AFTER_S:
+            return False  # e.g. a token budget that renews next month: fail fast
         return error.status_code in RETRY_STATUSES
     return True  # connection errors and timeouts
 

@@ -13,7 +13,8 @@ from runrelay.types import RunList, RunObject
 
 def _run_create_body(agent: str | None, fields: dict[str, Any]) -> Event:
     body = {k: v for k, v in {"agent": agent, **fields}.items() if v is not None}
-    if "task" in body.get("input", {}) and "task" not in body:
+    given = body.get("input")
+    if isinstance(given, dict) and isinstance(given.get("task"), dict) and "task" not in body:
         body["task"] = body.pop("input")["task"]  # an A2A input given as `input`
     return body
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from runrelay import APIConnectionError, AsyncClient, Client, StreamChunk
+from runrelay import APIConnectionError, AsyncClient, Client, RateLimitError, StreamChunk
 from runrelay.streaming import EventStream
 from runrelay.transport import ClientOptions, Request
 from tests.conftest import TenantKey
@@ -178,3 +178,28 @@ def test_output_leaves_out_deltas_a_resumed_run_superseded() -> None:
     events = list(stream)
     assert [e["seq"] for e in events] == list(range(1, 10)), "every event is still delivered"
     assert stream.output == "Hello world" == events[-1]["output"]
+
+
+def test_a_stream_refused_by_a_long_rate_limit_raises_it_at_once() -> None:
+    """A token budget renewing in hours is not waited out: the caller gets the 429 itself."""
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        body = {
+            "error": {
+                "type": "rate_limit_error",
+                "code": "token_budget_exhausted",
+                "message": "budget used up",
+                "param": None,
+                "request_id": "req_1",
+            }
+        }
+        return httpx.Response(429, json=body, headers={"Retry-After": "86400"})
+
+    started = time.monotonic()
+    with pytest.raises(RateLimitError) as refused:
+        list(_mock_stream(handler))
+    assert refused.value.code == "token_budget_exhausted"
+    assert calls == 1 and time.monotonic() - started < 2

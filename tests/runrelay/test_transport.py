@@ -4,7 +4,6 @@ never makes two runs; retry delays honour Retry-After."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import httpx
 import pytest
@@ -14,7 +13,6 @@ from runrelay import (
     AsyncClient,
     Client,
     ConflictError,
-    NotFoundError,
     RateLimitError,
 )
 from runrelay.errors import status_error
@@ -80,14 +78,24 @@ def test_a_user_idempotency_key_spans_calls(
     assert first.id == again.id and len(_runs(client)) == 1
 
 
-def test_cancel_posts_to_the_cancel_endpoint(api: str, tenant: TenantKey) -> None:
-    """The cancel endpoint is issue 5's; here only the request the SDK sends is checked."""
+def test_cancel_stops_a_running_run_and_a_second_cancel_is_one_conflict(
+    api: str, tenant: TenantKey
+) -> None:
+    """A 409 that waiting cannot change (`run_not_cancellable`) is raised at once, not retried."""
     with tcp_proxy(api) as proxy, Client(tenant.key, base_url=proxy.base_url) as sdk:
-        run = sdk.runs.create("credit-risk-analyst", input=QUERY)
-        # Without issue 5's endpoint the shim answers 404; with it, the run or a 409.
-        with contextlib.suppress(NotFoundError, ConflictError):
+        run = sdk.runs.create("slow-analyst", message="go")
+        stream = sdk.runs.events(run.id)
+        for event in stream:
+            if event["type"] == "output_text_delta":
+                break
+        cancelled = sdk.runs.cancel(run.id)
+        assert cancelled.status == "cancelled"
+        before = len(proxy.requests)
+        with pytest.raises(ConflictError) as conflict:
             sdk.runs.cancel(run.id)
-    assert f"POST /v1/runs/{run.id}/cancel HTTP/1.1" in proxy.requests
+        assert conflict.value.code == "run_not_cancellable"
+        assert len(proxy.requests) == before + 1, "the conflict was not retried"
+        assert sdk.runs.get(run.id).status == "cancelled"
 
 
 def test_retry_delay_honours_retry_after_and_backs_off_with_jitter() -> None:
