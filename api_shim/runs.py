@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -261,18 +262,22 @@ async def create_and_stream(
     )
 
 
+_NO_NUL = r"^[^\x00]*$"
+
+
 @router.get("", response_model=RunList, responses=_ERRORS, summary="List the tenant's runs")
 async def list_runs(
     request: Request,
     caller: Caller,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[
-        str | None, Query(max_length=64, description="next_cursor of the previous page")
+        str | None,
+        Query(max_length=64, pattern=_NO_NUL, description="next_cursor of the previous page"),
     ] = None,
-    status: Annotated[str | None, Query(max_length=20)] = None,
-    agent: Annotated[str | None, Query(max_length=200)] = None,
-    thread_id: Annotated[str | None, Query(max_length=200)] = None,
-    tenant_id: Annotated[str | None, Query(max_length=100)] = None,
+    status: Annotated[str | None, Query(max_length=20, pattern=_NO_NUL)] = None,
+    agent: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
+    thread_id: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
+    tenant_id: Annotated[str | None, Query(max_length=100, pattern=_NO_NUL)] = None,
 ) -> RunList:
     state = state_of(request)
     tenant = await acting_tenant(request, caller, tenant_id)
@@ -294,9 +299,14 @@ async def list_runs(
     )
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+
+
 async def _own_run(request: Request, caller: Caller, run_id: str) -> Run:
     state = state_of(request)
     tenant = await acting_tenant(request, caller, None)
+    if not _RUN_ID.fullmatch(run_id):  # a NUL or other junk would reach the database
+        raise APIError(404, "run_not_found", f"no run {run_id!r}", param="run_id")
     run = await asyncio.to_thread(state.store.get_run, run_id, tenant_id=tenant)
     if run is None:
         raise APIError(404, "run_not_found", f"no run {run_id!r}", param="run_id")
@@ -389,8 +399,11 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
     return run_object(final)
 
 
+_MAX_SEQ = 2**62  # far past any log; Redis stream ids stop at 2**64 - 1
+
+
 def _cursor(value: str, source: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()) or int(value) > _MAX_SEQ:
         raise APIError(
             400,
             "invalid_cursor",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Any, Literal
@@ -28,7 +29,9 @@ class ModelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     temperature: float | None = Field(None, ge=0, le=2, description="0 to 2 inclusive")
-    max_tokens: int | None = Field(None, gt=0, description="a positive integer")
+    max_tokens: int | None = Field(
+        None, gt=0, le=10_000_000, description="a positive integer (at most 10,000,000)"
+    )
     seed: int | None = None
 
 
@@ -62,6 +65,15 @@ class RunCreate(BaseModel):
     timeout_s: float | None = Field(
         None, gt=0, description="the run's deadline in seconds (at most the server's maximum)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """Refuse what JSON allows but the database cannot store: NUL characters, NaN, Infinity."""
+        problem = _unstorable(data, "")
+        if problem is not None:
+            raise ValueError(problem)
+        return data
 
     @field_validator("tag")
     @classmethod
@@ -97,6 +109,24 @@ class RunCreate(BaseModel):
         if self.input is None and self.message is None:
             raise ValueError("give `input` (an object) and/or `message` (a string)")
         return self
+
+
+def _unstorable(value: Any, path: str) -> str | None:
+    if isinstance(value, str) and "\x00" in value:
+        return f"{path or 'a string'} must not contain NUL characters (\\u0000)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path or 'a number'} must be a finite number (got {value})"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unstorable(str(key), path) or _unstorable(item, f"{path}.{key}".lstrip("."))
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unstorable(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
 
 
 class AgentRef(BaseModel):

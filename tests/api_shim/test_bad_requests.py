@@ -100,3 +100,37 @@ def test_bad_query_parameters_are_422_naming_them(client: httpx.Client) -> None:
     response = client.get("/v1/runs", params={"limit": 0})
     assert response.status_code == 422
     assert response.json()["error"]["param"] == "limit"
+
+
+@pytest.mark.parametrize(
+    ("content", "param_words"),
+    [
+        ('{"agent": "slow-analyst", "message": "a\\u0000b"}', "NUL"),
+        ('{"agent": "slow-analyst", "input": {"x": [1, NaN]}}', "input.x[1] must be a finite"),
+        ('{"agent": "slow-analyst", "message": "m", "metadata": {"k": Infinity}}', "finite"),
+        ('{"agent": "slow-analyst", "message": "m", "model_params": {"max_tokens": 1e30}}', "max"),
+        (
+            '{"agent": "slow-analyst", "message": "m", "model_params": {"max_tokens": '
+            "1000000000000000000}}",
+            "10000000",
+        ),
+    ],
+)
+def test_values_the_database_cannot_store_are_422_not_500(
+    client: httpx.Client, content: str, param_words: str
+) -> None:
+    response = client.post(
+        "/v1/runs", content=content.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert param_words in response.json()["error"]["message"]
+
+
+def test_junk_in_paths_cursors_and_filters_is_a_clear_4xx(client: httpx.Client) -> None:
+    run = client.post("/v1/runs", json=OK).json()
+    for cursor in ("²", str(2**64)):
+        response = client.get(f"/v1/runs/{run['id']}/events", params={"after": cursor})
+        assert response.status_code == 400, cursor
+    assert client.get("/v1/runs/run_%00x").status_code == 404
+    assert client.get("/v1/runs/run_%00x/events").status_code == 404
+    assert client.get("/v1/runs", params={"status": "a\x00b"}).status_code == 422
