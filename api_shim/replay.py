@@ -50,12 +50,10 @@ async def run_events(state: ShimState, run_id: str, after: int) -> AsyncIterator
             try:
                 event = await asyncio.wait_for(sub.queue.get(), timeout=_ARCHIVE_CHECK_S)
             except TimeoutError:
+                # Finished in the database (which is written before `done` reaches the
+                # stream) but no `done` came: the rest, `done` included, is in the archive.
                 run = await asyncio.to_thread(state.store.get_run, run_id)
-                if (
-                    run is not None
-                    and is_terminal(run.status)
-                    and not await state.events.exists(run_id)
-                ):
+                if run is not None and is_terminal(run.status):
                     for archived in await _archived(state, run_id, last):
                         yield archived
                     return

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class StopReason(Enum):
     CANCEL = "cancel"
     HAND_BACK = "hand_back"
+    LEASE_LOST = "lease_lost"  # the heartbeat was refused: another worker holds the run
 
 
 @dataclass(eq=False)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from redis.exceptions import RedisError
 
 from runrelay.agents import AgentSpec, Registry
 from runrelay.eventlog import EventLog, LeaseLost
@@ -84,6 +85,12 @@ class RunWriter:
             )
             self.next_seq = seq
 
+    async def resync(self) -> None:
+        """After the loop was interrupted mid-append (cancel, deadline): Redis may have taken
+        the entry the interrupted call was writing, so the log's last seq is the truth."""
+        async with self._lock:
+            self.next_seq = await self.events.last_seq(self.run_id) + 1
+
 
 @dataclass
 class Outcome:
@@ -143,9 +150,13 @@ class RunExecutor:
             if run is not None:
                 await self.slots.forget(run)  # quotas: free a slot dispatch gave it
             return
-        slot = await self.slots.hold(run)  # quotas: the tenant's concurrency slot, renewed
+        try:
+            slot = await self.slots.hold(run)  # quotas: the tenant's concurrency slot, renewed
+        except BaseException:
+            await self.leases.release(lease)
+            raise
         control = self.controls.add(run_id)  # only the lease holder: one control per run
-        heartbeat = asyncio.create_task(self._heartbeat(lease))
+        heartbeat = asyncio.create_task(self._heartbeat(lease, control))
         handed_back = False
         try:
             await self._execute_leased(run_id, lease, control)
@@ -155,6 +166,10 @@ class RunExecutor:
         except HandBack:
             handed_back = True
             slot.handed_over = True  # quotas: the slot stays the run's until it resumes
+        except BaseException:
+            # Unfinished (the sweeper resumes it): its slot and token reservation stay its own.
+            slot.handed_over = True
+            raise
         finally:
             self.controls.remove(control)
             heartbeat.cancel()
@@ -166,12 +181,19 @@ class RunExecutor:
             log.info("run %s: handed back, to be resumed by another worker", run_id)
             await self.requeuer.requeue(run_id, force=True)
 
-    async def _heartbeat(self, lease: Lease) -> None:
+    async def _heartbeat(self, lease: Lease, control: RunControl) -> None:
         interval = self.settings.run_lease_ttl_s / 3
         while True:
             await asyncio.sleep(interval)
-            if not await self.leases.renew(lease):
-                log.warning("run %s: lease renewal refused", lease.run_id)
+            try:
+                renewed = await self.leases.renew(lease)
+            except RedisError as exc:  # a blip: try again next beat, the TTL has room for it
+                log.warning("run %s: lease renewal failed: %s", lease.run_id, exc)
+                continue
+            if not renewed:
+                # Someone else runs it now: stop before this worker calls more tools.
+                log.warning("run %s: lease renewal refused; stopping", lease.run_id)
+                control.stop(StopReason.LEASE_LOST)
                 return
 
     async def _execute_leased(self, run_id: str, lease: Lease, control: RunControl) -> None:
@@ -291,12 +313,16 @@ class RunExecutor:
                 raise
             if task is not None:
                 task.uncancel()
+            if control.reason is StopReason.LEASE_LOST:
+                raise LeaseLost(run.id) from None
+            await writer.resync()
             if control.reason is StopReason.CANCEL:
                 return Outcome("cancelled", error=_CANCELLED)
             raise HandBack(run.id) from None
         except ProviderError as exc:
             return _failed(exc.code, exc.message)
         except TimeoutError:
+            await writer.resync()
             return _failed("run_timeout", f"the run took longer than its deadline, {timeout:g} s")
         except LeaseLost:
             raise

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from runrelay.keys import RedisKeys
+from runrelay.quota import dispatching_member
 from runrelay.settings import Settings
 from runrelay.store import Store
 from runrelay.tables import Run, utcnow
@@ -127,15 +128,21 @@ class Sweeper:
                 pipe.exists(self.keys.lease(run.id))
                 pipe.exists(self.keys.events(run.id))
                 pipe.exists(self.keys.fence(run.id))
+                # quotas: a queued run in its tenant's queue, or handed out by the dispatcher,
+                # is the dispatcher's to send (it re-sends overdue ones itself).
+                pipe.lpos(self.keys.tenant_pending(run.tenant_id), run.id)
+                pipe.zscore(self.keys.dispatching(), dispatching_member(run.tenant_id, run.id))
             found = await pipe.execute()
         stuck_before = now - timedelta(seconds=self.settings.stuck_queued_s)
         requeued = []
         for n, run in enumerate(runs):
-            has_lease, has_log, was_taken = found[3 * n : 3 * n + 3]
+            has_lease, has_log, was_taken, pending_at, dispatching = found[5 * n : 5 * n + 5]
             if run.status == "running":
                 why = None if has_lease else "its lease lapsed"
             elif not has_log:
                 why = "its event log is gone from Redis"
+            elif pending_at is not None or dispatching is not None:
+                why = None
             elif was_taken and not has_lease:
                 # A worker took its task (and a lease) but died before marking it running.
                 why = "its worker died before starting it"

@@ -21,6 +21,7 @@ def test_50_concurrent_streamed_runs_complete_with_correct_logs(
 ) -> None:
     # Above the default concurrency cap, runs would wait in the tenant's queue instead.
     update_limits(store, tenant.tenant_id, max_concurrent_runs=RUNS)
+
     async def stream_one(http: httpx.AsyncClient, n: int) -> list[dict]:
         body = {"agent": "bank credit-analyst", "input": {"company": f"Company {n}"}}
         events = []

@@ -34,8 +34,9 @@ def own_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     prefix = f"rrslots:{secrets.token_hex(4)}:"
     schema = f"{settings.database_schema}_slots" if settings.database_schema else None
     database_url = settings.database_url if schema else f"sqlite:///{tmp_path / 'slots.db'}"
-    own = settings.model_copy(update={"redis_prefix": prefix, "database_schema": schema,
-                                      "database_url": database_url})
+    own = settings.model_copy(
+        update={"redis_prefix": prefix, "database_schema": schema, "database_url": database_url}
+    )
     upgrade(own)
     yield own
     client = redis.Redis.from_url(settings.redis_url)
@@ -50,9 +51,13 @@ def own_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
 
 
 def _worker_env(own: Settings) -> dict[str, str]:
-    env = {**os.environ, "REDIS_URL": own.redis_url, "DATABASE_URL": own.database_url,
-           "RUNRELAY_REDIS_PREFIX": own.redis_prefix,
-           "RUNRELAY_QUOTA_SLOT_TTL_S": str(SLOT_TTL_S)}
+    env = {
+        **os.environ,
+        "REDIS_URL": own.redis_url,
+        "DATABASE_URL": own.database_url,
+        "RUNRELAY_REDIS_PREFIX": own.redis_prefix,
+        "RUNRELAY_QUOTA_SLOT_TTL_S": str(SLOT_TTL_S),
+    }
     env.pop("RUNRELAY_DATABASE_SCHEMA", None)
     if own.database_schema:
         env["RUNRELAY_DATABASE_SCHEMA"] = own.database_schema
@@ -72,7 +77,10 @@ def test_slots_of_a_sigkilled_worker_come_back_after_the_lease_expires(
     with log_path.open("wb") as log_file:
         worker = subprocess.Popen(
             [sys.executable, "-m", "runrelay", "worker", "--concurrency", "4"],
-            env=_worker_env(own_settings), stdout=log_file, stderr=subprocess.STDOUT)
+            env=_worker_env(own_settings),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
             ids = [http.post("/v1/runs", json=SLOW).json()["id"] for _ in range(3)]
@@ -83,8 +91,9 @@ def test_slots_of_a_sigkilled_worker_come_back_after_the_lease_expires(
                 assert worker.poll() is None, log_path.read_text()[-3000:]
                 time.sleep(0.1)
             else:
-                raise AssertionError("the worker did not start the runs: "
-                                     + log_path.read_text()[-3000:])
+                raise AssertionError(
+                    "the worker did not start the runs: " + log_path.read_text()[-3000:]
+                )
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
             killed = time.monotonic()

@@ -10,6 +10,7 @@ from datetime import timedelta
 from redis.asyncio import Redis
 
 from runrelay.keys import RedisKeys
+from runrelay.quota import dispatching_member
 from runrelay.settings import Settings
 from runrelay.store import Store, new_id
 from runrelay.tables import Run, utcnow
@@ -100,3 +101,37 @@ def test_sweep_leaves_leased_and_fresh_runs_alone_and_requeues_lost_queued_ones(
 
     assert {lost_queued.id, stuck_queued.id, taken_queued.id} <= requeued
     assert not requeued & {leased.id, fresh_queued.id, finished.id}
+
+
+def test_sweep_leaves_runs_waiting_in_their_tenants_queue_to_the_dispatcher(
+    settings: Settings, store: Store
+) -> None:
+    """A run held back by its tenant's concurrency cap is not lost, however long it waits."""
+    local = settings.model_copy(
+        update={
+            "redis_prefix": f"{settings.redis_prefix}sw{secrets.token_hex(3)}:",
+            "stuck_queued_s": 60.0,
+        }
+    )
+    keys = RedisKeys(local.redis_prefix)
+    pending = make_run(store, "queued", age_s=120)
+    dispatching = make_run(store, "queued", age_s=120)
+    stuck = make_run(store, "queued", age_s=120)
+
+    async def scenario() -> list[str]:
+        redis = Redis.from_url(local.redis_url)
+        try:
+            for run in (pending, dispatching, stuck):
+                await redis.xadd(keys.events(run.id), {"d": "{}", "t": "run_queued"}, id="0-1")
+            await redis.rpush(keys.tenant_pending(pending.tenant_id), pending.id)
+            await redis.zadd(
+                keys.dispatching(), {dispatching_member(dispatching.tenant_id, dispatching.id): 1}
+            )
+            return await sweepers(local, store, redis, 1, [])[0].sweep()
+        finally:
+            await redis.aclose()
+
+    requeued = set(asyncio.run(scenario()))
+
+    assert stuck.id in requeued
+    assert not requeued & {pending.id, dispatching.id}
