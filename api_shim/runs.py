@@ -17,7 +17,7 @@ from api_shim.quotas import Admission, rate_headers, reserve_tokens
 from api_shim.replay import run_events, sse_response
 from api_shim.state import ShimState, state_of
 from runrelay.agents import AgentNotFound, AgentSpec
-from runrelay.events import encode, is_terminal, make_event
+from runrelay.events import CANCELLED_ERROR, encode, is_terminal, make_event
 from runrelay.revisions import AgentCatalog, RevisionNotFound
 from runrelay.store import new_id
 from runrelay.tables import Run
@@ -318,7 +318,6 @@ async def get_run(request: Request, caller: Caller, run_id: str) -> RunObject:
     return run_object(await _own_run(request, caller, run_id))
 
 
-_CANCELLED = {"code": "cancelled", "message": "the run was cancelled on request"}
 # How long a cancel request waits for a running run to stop (it does within a second).
 _CANCEL_WAIT_S = 3.0
 
@@ -332,7 +331,13 @@ async def _cancel_queued(state: ShimState, run: Run) -> bool:
         run.id,
         seq,
         "done",
-        {"status": "cancelled", "output": "", "usage": None, "error": _CANCELLED, "duration_ms": 0},
+        {
+            "status": "cancelled",
+            "output": "",
+            "usage": None,
+            "error": CANCELLED_ERROR,
+            "duration_ms": 0,
+        },
     )
     archive = [(e.seq, e.type, e.data) for e in history] + [(seq, "done", encode(done))]
     finished = await asyncio.to_thread(
@@ -342,7 +347,7 @@ async def _cancel_queued(state: ShimState, run: Run) -> bool:
         output=None,
         result=None,
         usage=None,
-        error=_CANCELLED,
+        error=CANCELLED_ERROR,
         events=archive,
         only_from="queued",
     )

@@ -34,6 +34,9 @@ RunStatus = Literal[
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired"})
 
 
+CANCELLED_ERROR = {"code": "cancelled", "message": "the run was cancelled on request"}
+
+
 def make_event(run_id: str, seq: int, type: EventType, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": type, "seq": seq, "run_id": run_id, "ts": round(time.time(), 6), **data}
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, event, func, text, update
@@ -22,7 +22,7 @@ from sqlmodel import Session, col, create_engine, select
 
 from runrelay.events import TERMINAL_STATUSES
 from runrelay.settings import Settings
-from runrelay.tables import ApiKey, Run, RunEvent, Tenant, utcnow
+from runrelay.tables import ApiKey, Run, RunEvent, Tenant, as_utc, utcnow
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 KEY_PREFIX = "rr_sk_"
@@ -161,7 +161,7 @@ class Store:
                 return None
             now = utcnow()
             last = row.last_used_at
-            if last is None or now - _aware(last) > _KEY_TOUCH_INTERVAL:
+            if last is None or now - as_utc(last) > _KEY_TOUCH_INTERVAL:
                 row.last_used_at = now
                 session.add(row)
                 session.commit()
@@ -315,8 +315,3 @@ class Store:
         )
         with Session(self.engine) as session:
             return list(session.exec(query).all())
-
-
-def _aware(moment: Any) -> Any:
-    """SQLite hands datetimes back naive; they were written in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

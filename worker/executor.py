@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from runrelay.agents import AgentSpec, Registry
 from runrelay.eventlog import EventLog, LeaseLost
-from runrelay.events import EventType, encode, is_terminal, make_event
+from runrelay.events import CANCELLED_ERROR, EventType, encode, is_terminal, make_event
 from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState, PendingEvent
 from runrelay.providers import build_provider
 from runrelay.providers.base import ProviderError
@@ -246,7 +246,7 @@ class RunExecutor:
         self, run: Run, writer: RunWriter, checkpoint: Checkpoint | None, control: RunControl
     ) -> Outcome:
         if run.cancel_requested_at is not None or await self.controls.cancel_requested(run.id):
-            return Outcome("cancelled", error=_CANCELLED)
+            return Outcome("cancelled", error=CANCELLED_ERROR)
         if run.attempts > self.settings.max_run_attempts:
             return _failed(
                 "too_many_attempts",
@@ -317,7 +317,7 @@ class RunExecutor:
                 raise LeaseLost(run.id) from None
             await writer.resync()
             if control.reason is StopReason.CANCEL:
-                return Outcome("cancelled", error=_CANCELLED)
+                return Outcome("cancelled", error=CANCELLED_ERROR)
             raise HandBack(run.id) from None
         except ProviderError as exc:
             return _failed(exc.code, exc.message)
@@ -399,9 +399,6 @@ class RunExecutor:
         )
         await self.checkpoints.delete(run.id)
         await self.controls.forget(run.id)
-
-
-_CANCELLED = {"code": "cancelled", "message": "the run was cancelled on request"}
 
 
 def _user_message(run: Run) -> str:

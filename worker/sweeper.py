@@ -22,7 +22,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -33,7 +33,7 @@ from runrelay.keys import RedisKeys
 from runrelay.quota import dispatching_member
 from runrelay.settings import Settings
 from runrelay.store import Store
-from runrelay.tables import Run, utcnow
+from runrelay.tables import Run, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 _LUA_DIR = Path(__file__).parent / "lua"
@@ -146,7 +146,7 @@ class Sweeper:
             elif was_taken and not has_lease:
                 # A worker took its task (and a lease) but died before marking it running.
                 why = "its worker died before starting it"
-            elif _aware(run.created_at) < stuck_before:
+            elif as_utc(run.created_at) < stuck_before:
                 why = f"it has been queued for over {self.settings.stuck_queued_s:g} s"
             else:
                 why = None
@@ -154,8 +154,3 @@ class Sweeper:
                 log.warning("run %s enqueued again: %s", run.id, why)
                 requeued.append(run.id)
         return requeued
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were written in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
