@@ -20,19 +20,18 @@ from redis.exceptions import RedisError
 
 from runrelay.events import is_terminal
 from runrelay.keys import RedisKeys
-from runrelay.quota import QuotaStore
+from runrelay.quota import QuotaStore, dispatching_member
 from runrelay.settings import Settings
-from runrelay.store import Store
+from runrelay.store import CROCKFORD, Store
 
 log = logging.getLogger(__name__)
 
 
 def _created_ms(run_id: str) -> int:
     """Run ids are time-ordered: the first 10 Crockford base32 chars are the creation ms."""
-    digits = "0123456789abcdefghjkmnpqrstvwxyz"
     value = 0
     for char in run_id.partition("_")[2][:10]:
-        value = value * 32 + digits.index(char)
+        value = value * 32 + CROCKFORD.index(char)
     return value
 
 
@@ -114,7 +113,9 @@ class Dispatcher:
                 used = int((run.usage or {}).get("total_tokens", 0))
                 await self.quotas.release(tenant_id, run_id, used_tokens=used)
             elif run.status != "queued":
-                await self.redis.zrem(self.keys.dispatching(), f"{tenant_id} {run_id}")
+                await self.redis.zrem(
+                    self.keys.dispatching(), dispatching_member(tenant_id, run_id)
+                )
             elif await self.quotas.redispatch(tenant_id, run_id):
                 log.warning(
                     "run %s: not started %g s after dispatch; sending it again",

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from api_shim.errors import APIError
 from runrelay.agents import AgentSpec
 from runrelay.keys import RedisKeys
-from runrelay.quota import Decision, QuotaStore
+from runrelay.quota import Decision, QuotaStore, as_text
 from runrelay.settings import Settings
 from runrelay.store import Store
 from runrelay.tenants import Period, TenantLimits
@@ -162,7 +162,7 @@ class Quotas:
             rate["reset_s"] = -int(-backlog // 1000)
         reserved = 0
         for entry in reservations.values():
-            held_period, _, held = _text(entry).partition("|")
+            held_period, _, held = as_text(entry).partition("|")
             if held_period == period.id:
                 reserved += int(held)
         charged_total = int(charged or 0)
@@ -191,7 +191,7 @@ class Quotas:
     async def observe_queues(self, task_queue: str) -> None:
         """Refresh the queue-depth gauges (called on each /metrics scrape)."""
         k = self.keys
-        tenants = [_text(t) for t in await self.redis.smembers(k.quota_tenants())]
+        tenants = [as_text(t) for t in await self.redis.smembers(k.quota_tenants())]
         now = await self.backend.now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for tenant in tenants:
@@ -209,7 +209,3 @@ class Quotas:
         gauge.labels("broker").set(broker)
         # Dispatched runs hold a slot before they start; `running` counts only the others.
         gauge.labels("running").set(max(0, holding - dispatching))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

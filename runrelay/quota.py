@@ -43,7 +43,8 @@ def dispatching_member(tenant_id: str, run_id: str) -> str:
     return f"{tenant_id} {run_id}"
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply as str, whether the client decodes responses or not."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -101,7 +102,7 @@ class QuotaStore:
             ],
         )
         outcome, code, limit, remaining, reset_s = raw
-        return Decision(_text(outcome), _text(code), int(limit), int(remaining), int(reset_s))
+        return Decision(as_text(outcome), as_text(code), int(limit), int(remaining), int(reset_s))
 
     async def promote(self, tenant_id: str, *, at_most: int) -> list[str]:
         k = self.keys
@@ -115,7 +116,7 @@ class QuotaStore:
             ],
             args=[tenant_id, at_most, self.dispatch_ms],
         )
-        return [_text(run_id) for run_id in raw]
+        return [as_text(run_id) for run_id in raw]
 
     async def redispatch(self, tenant_id: str, run_id: str) -> bool:
         return bool(
@@ -130,7 +131,7 @@ class QuotaStore:
         raw: Any = await self.redis.zrangebyscore(
             self.keys.dispatching(), "-inf", await self.now_ms(), start=0, num=count
         )
-        pairs = (_text(member).partition(" ") for member in raw)
+        pairs = (as_text(member).partition(" ") for member in raw)
         return [(tenant, run) for tenant, _, run in pairs]
 
     async def hold(self, tenant_id: str, run_id: str, ttl_ms: int) -> None:
@@ -141,7 +142,7 @@ class QuotaStore:
 
     async def reservation_period(self, tenant_id: str, run_id: str) -> str | None:
         entry = await self.redis.hget(self.keys.tenant_reservations(tenant_id), run_id)
-        return _text(entry).partition("|")[0] if entry is not None else None
+        return as_text(entry).partition("|")[0] if entry is not None else None
 
     async def charge(self, tenant_id: str, run_id: str, period: str, used_tokens: int) -> bool:
         """Charge the run's usage so far; False when the tenant's budget is now exceeded."""

@@ -24,7 +24,7 @@ from runrelay.events import TERMINAL_STATUSES
 from runrelay.settings import Settings
 from runrelay.tables import ApiKey, Run, RunEvent, Tenant, as_utc, utcnow
 
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 KEY_PREFIX = "rr_sk_"
 # last_used_at is written at most this often per key, so auth stays a read.
 _KEY_TOUCH_INTERVAL = timedelta(seconds=60)
@@ -54,7 +54,7 @@ def new_id(prefix: str) -> str:
     chars = []
     for _ in range(26):
         value, digit = divmod(value, 32)
-        chars.append(_CROCKFORD[digit])
+        chars.append(CROCKFORD[digit])
     return f"{prefix}_{''.join(reversed(chars))}"
 
 

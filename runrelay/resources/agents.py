@@ -57,6 +57,8 @@ def _stream_create(
 
 
 class _AgentsResource(Resource):
+    """What `Agents` and `AsyncAgents` share: streams, one object for `for` and `async for`."""
+
     def _events_stream(
         self,
         agent: str | AgentRunParams,
@@ -73,53 +75,6 @@ class _AgentsResource(Resource):
         convert = to_agent_event if isinstance(agent, AgentRunParams) else to_chunk
         create = create_request("/v1/runs/stream", body, idempotency_key, self._options)
         return self._stream(convert, create=create, run_id=run_id, after=after, stop_types=stop)
-
-
-class Agents(_AgentsResource):
-    """`client.agents` of the sync `Client`."""
-
-    def invoke(
-        self,
-        agent: str,
-        input: dict[str, Any] | str | None = None,
-        tenant_id: str | None = None,
-        *,
-        idempotency_key: str | None = None,
-    ) -> InvokeResponse:
-        """Run `agent` on `input` and wait for the result (FAOS)."""
-        body = invoke_body(agent, input, tenant_id=tenant_id)
-        response = self._transport.send(
-            create_request("/v1/runs/wait", body, idempotency_key, self._options)
-        )
-        return InvokeResponse.model_validate(response.json())
-
-    async def ainvoke(
-        self,
-        agent: str,
-        input: dict[str, Any] | str | None = None,
-        tenant_id: str | None = None,
-        *,
-        idempotency_key: str | None = None,
-    ) -> InvokeResponse:
-        body = invoke_body(agent, input, tenant_id=tenant_id)
-        async with self._atransport() as transport:
-            response = await transport.send(
-                create_request("/v1/runs/wait", body, idempotency_key, self._options)
-            )
-        return InvokeResponse.model_validate(response.json())
-
-    def run(self, params: AgentRunParams, *, idempotency_key: str | None = None) -> AgentRunResult:
-        """Run an agent and return the complete result (Mentiora)."""
-        request = create_request("/v1/runs/wait", run_body(params), idempotency_key, self._options)
-        return run_result(InvokeResponse.model_validate(self._transport.send(request).json()))
-
-    async def run_async(
-        self, params: AgentRunParams, *, idempotency_key: str | None = None
-    ) -> AgentRunResult:
-        request = create_request("/v1/runs/wait", run_body(params), idempotency_key, self._options)
-        async with self._atransport() as transport:
-            response = await transport.send(request)
-        return run_result(InvokeResponse.model_validate(response.json()))
 
     @overload
     def stream(
@@ -173,6 +128,53 @@ class Agents(_AgentsResource):
         return self.stream(params, idempotency_key=idempotency_key)
 
 
+class Agents(_AgentsResource):
+    """`client.agents` of the sync `Client`."""
+
+    def invoke(
+        self,
+        agent: str,
+        input: dict[str, Any] | str | None = None,
+        tenant_id: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> InvokeResponse:
+        """Run `agent` on `input` and wait for the result (FAOS)."""
+        body = invoke_body(agent, input, tenant_id=tenant_id)
+        response = self._transport.send(
+            create_request("/v1/runs/wait", body, idempotency_key, self._options)
+        )
+        return InvokeResponse.model_validate(response.json())
+
+    async def ainvoke(
+        self,
+        agent: str,
+        input: dict[str, Any] | str | None = None,
+        tenant_id: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> InvokeResponse:
+        body = invoke_body(agent, input, tenant_id=tenant_id)
+        async with self._atransport() as transport:
+            response = await transport.send(
+                create_request("/v1/runs/wait", body, idempotency_key, self._options)
+            )
+        return InvokeResponse.model_validate(response.json())
+
+    def run(self, params: AgentRunParams, *, idempotency_key: str | None = None) -> AgentRunResult:
+        """Run an agent and return the complete result (Mentiora)."""
+        request = create_request("/v1/runs/wait", run_body(params), idempotency_key, self._options)
+        return run_result(InvokeResponse.model_validate(self._transport.send(request).json()))
+
+    async def run_async(
+        self, params: AgentRunParams, *, idempotency_key: str | None = None
+    ) -> AgentRunResult:
+        request = create_request("/v1/runs/wait", run_body(params), idempotency_key, self._options)
+        async with self._atransport() as transport:
+            response = await transport.send(request)
+        return run_result(InvokeResponse.model_validate(response.json()))
+
+
 class AsyncAgents(_AgentsResource):
     """`client.agents` of `AsyncClient`: the same calls, awaited."""
 
@@ -202,51 +204,3 @@ class AsyncAgents(_AgentsResource):
         return run_result(InvokeResponse.model_validate(response.json()))
 
     run_async = run
-
-    @overload
-    def stream(
-        self,
-        agent: AgentRunParams,
-        input: None = None,
-        *,
-        last_event_id: str | None = None,
-        run_id: str | None = None,
-        tenant_id: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> EventStream[AgentStreamEvent]: ...
-
-    @overload
-    def stream(
-        self,
-        agent: str,
-        input: dict[str, Any] | str | None = None,
-        *,
-        last_event_id: str | None = None,
-        run_id: str | None = None,
-        tenant_id: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> EventStream[StreamChunk]: ...
-
-    def stream(
-        self,
-        agent: str | AgentRunParams,
-        input: dict[str, Any] | str | None = None,
-        *,
-        last_event_id: str | None = None,
-        run_id: str | None = None,
-        tenant_id: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> EventStream[AgentStreamEvent] | EventStream[StreamChunk]:
-        return self._events_stream(
-            agent,
-            input,
-            tenant_id=tenant_id,
-            last_event_id=last_event_id,
-            run_id=run_id,
-            idempotency_key=idempotency_key,
-        )
-
-    def stream_async(
-        self, params: AgentRunParams, *, idempotency_key: str | None = None
-    ) -> EventStream[AgentStreamEvent]:
-        return self.stream(params, idempotency_key=idempotency_key)

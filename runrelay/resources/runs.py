@@ -19,7 +19,24 @@ def _run_create_body(agent: str | None, fields: dict[str, Any]) -> Event:
     return body
 
 
-class Runs(Resource):
+class _RunsResource(Resource):
+    """What `Runs` and `AsyncRuns` share: streams, one object for `for` and `async for`."""
+
+    def events(self, run_id: str, *, last_event_id: str | None = None) -> EventStream[Event]:
+        """The run's events as dicts (DESIGN §4), from after `last_event_id` to `done`."""
+        after = _cursor(last_event_id)
+        return self._stream(raw, run_id=run_id, after=after)
+
+    def stream(
+        self, agent: str | None = None, *, idempotency_key: str | None = None, **fields: Any
+    ) -> EventStream[Event]:
+        """Create a run (`POST /v1/runs/stream`) and stream its events as dicts."""
+        body = _run_create_body(agent, fields)
+        create = create_request("/v1/runs/stream", body, idempotency_key, self._options)
+        return self._stream(raw, create=create)
+
+
+class Runs(_RunsResource):
     """`client.runs`: background runs, their state and their event logs."""
 
     def create(
@@ -46,14 +63,7 @@ class Runs(Resource):
         agent: str | None = None,
         thread_id: str | None = None,
     ) -> RunList:
-        params = {
-            "limit": limit,
-            "cursor": cursor,
-            "status": status,
-            "agent": agent,
-            "thread_id": thread_id,
-        }
-        response = self._transport.send(Request("GET", "/v1/runs", params=params))
+        response = self._transport.send(_list_request(limit, cursor, status, agent, thread_id))
         return RunList.model_validate(response.json())
 
     def cancel(self, run_id: str) -> RunObject:
@@ -61,21 +71,8 @@ class Runs(Resource):
         response = self._transport.send(Request("POST", f"/v1/runs/{run_id}/cancel"))
         return RunObject.model_validate(response.json())
 
-    def events(self, run_id: str, *, last_event_id: str | None = None) -> EventStream[Event]:
-        """The run's events as dicts (DESIGN §4), from after `last_event_id` to `done`."""
-        after = _cursor(last_event_id)
-        return self._stream(raw, run_id=run_id, after=after)
 
-    def stream(
-        self, agent: str | None = None, *, idempotency_key: str | None = None, **fields: Any
-    ) -> EventStream[Event]:
-        """Create a run (`POST /v1/runs/stream`) and stream its events as dicts."""
-        body = _run_create_body(agent, fields)
-        create = create_request("/v1/runs/stream", body, idempotency_key, self._options)
-        return self._stream(raw, create=create)
-
-
-class AsyncRuns(Resource):
+class AsyncRuns(_RunsResource):
     """`client.runs` of `AsyncClient`."""
 
     async def create(
@@ -102,15 +99,8 @@ class AsyncRuns(Resource):
         agent: str | None = None,
         thread_id: str | None = None,
     ) -> RunList:
-        params = {
-            "limit": limit,
-            "cursor": cursor,
-            "status": status,
-            "agent": agent,
-            "thread_id": thread_id,
-        }
         async with self._atransport() as transport:
-            response = await transport.send(Request("GET", "/v1/runs", params=params))
+            response = await transport.send(_list_request(limit, cursor, status, agent, thread_id))
         return RunList.model_validate(response.json())
 
     async def cancel(self, run_id: str) -> RunObject:
@@ -118,15 +108,18 @@ class AsyncRuns(Resource):
             response = await transport.send(Request("POST", f"/v1/runs/{run_id}/cancel"))
         return RunObject.model_validate(response.json())
 
-    def events(self, run_id: str, *, last_event_id: str | None = None) -> EventStream[Event]:
-        return self._stream(raw, run_id=run_id, after=_cursor(last_event_id))
 
-    def stream(
-        self, agent: str | None = None, *, idempotency_key: str | None = None, **fields: Any
-    ) -> EventStream[Event]:
-        body = _run_create_body(agent, fields)
-        create = create_request("/v1/runs/stream", body, idempotency_key, self._options)
-        return self._stream(raw, create=create)
+def _list_request(
+    limit: int, cursor: str | None, status: str | None, agent: str | None, thread_id: str | None
+) -> Request:
+    params = {
+        "limit": limit,
+        "cursor": cursor,
+        "status": status,
+        "agent": agent,
+        "thread_id": thread_id,
+    }
+    return Request("GET", "/v1/runs", params=params)
 
 
 def _cursor(last_event_id: str | None) -> int:
