@@ -47,7 +47,10 @@ class ApiKey(SQLModel, table=True):
 
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_runs_tenant_id_id", "tenant_id", "id"),
+        Index("ix_runs_tenant_thread", "tenant_id", "thread_id"),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     tenant_id: str = Field(foreign_key="tenants.id", max_length=40)
@@ -77,6 +80,38 @@ class Run(SQLModel, table=True):
     # The fencing token of the lease the run was last started under: only its holder may finish.
     lease_token: str | None = Field(default=None, max_length=40)
     cancel_requested_at: datetime | None = None
+    # Approvals: the tool calls a paused (`requires_action`) run waits on, each with its decision
+    # once made; seconds spent paused (not counted against the deadline); resumes after approval
+    # (not counted as crash attempts).
+    required_action: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    waited_s: float = 0.0
+    resumes: int = 0
+
+
+class Thread(SQLModel, table=True):
+    """A conversation of one tenant: the runs created with its `thread_id` share its history."""
+
+    __tablename__ = "threads"
+
+    tenant_id: str = Field(primary_key=True, foreign_key="tenants.id", max_length=40)
+    id: str = Field(primary_key=True, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ThreadMessage(SQLModel, table=True):
+    """One chat message of a thread's history (user, assistant, tool), in order of `seq`."""
+
+    __tablename__ = "thread_messages"
+
+    tenant_id: str = Field(primary_key=True, max_length=40)
+    thread_id: str = Field(primary_key=True, max_length=200)
+    seq: int = Field(primary_key=True)
+    run_id: str = Field(max_length=40)
+    role: str = Field(max_length=20)
+    # The whole message as the model sees it (content, tool_calls, tool_call_id).
+    message: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class RunEvent(SQLModel, table=True):
