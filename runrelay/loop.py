@@ -63,6 +63,8 @@ class LoopState:
     finished: dict[str, ToolCallRecord] = field(default_factory=dict)
     records: list[ToolCallRecord] = field(default_factory=list)
     output: str | None = None
+    # How many of `messages` (after the system prompt) came from the thread's history.
+    history_len: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,7 @@ class LoopState:
             "finished": {key: asdict(record) for key, record in self.finished.items()},
             "records": [asdict(record) for record in self.records],
             "output": self.output,
+            "history_len": self.history_len,
         }
 
     @classmethod
@@ -85,6 +88,7 @@ class LoopState:
             finished={k: ToolCallRecord(**v) for k, v in data["finished"].items()},
             records=[ToolCallRecord(**r) for r in data["records"]],
             output=data["output"],
+            history_len=data.get("history_len", 0),
         )
 
 
