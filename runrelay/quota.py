@@ -177,10 +177,32 @@ class QuotaStore:
             )
         )
 
-    async def abandon(self, tenant_id: str, run_id: str) -> None:
-        """Undo an admission whose run could not be created or queued."""
+    async def free_slot(self, tenant_id: str, run_id: str) -> None:
+        """Free the run's concurrency slot only (its reservation stays): a run paused for
+        approval. Wakes the dispatcher for the tenant's pending runs."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(k.tenant_slots(tenant_id), run_id)
+            pipe.rpush(k.dispatch_wakeup(), tenant_id)
+            pipe.ltrim(k.dispatch_wakeup(), -1000, -1)
+            await pipe.execute()
+
+    async def resume(self, tenant_id: str, run_id: str) -> None:
+        """Put a run whose approvals are all decided at the head of its tenant's pending queue:
+        it starts again as soon as the tenant has a free slot."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(k.tenant_pending(tenant_id), run_id)
+            pipe.sadd(k.pending_tenants(), tenant_id)
+            pipe.rpush(k.dispatch_wakeup(), tenant_id)
+            pipe.ltrim(k.dispatch_wakeup(), -1000, -1)
+            await pipe.execute()
+
+    async def abandon(self, tenant_id: str, run_id: str, *, used_tokens: int = 0) -> None:
+        """Undo an admission whose run could not be created or queued, or end a run that no
+        worker holds (cancelled while queued or paused), settling at `used_tokens`."""
         await self.redis.lrem(self.keys.tenant_pending(tenant_id), 1, run_id)
-        await self.release(tenant_id, run_id, used_tokens=0)
+        await self.release(tenant_id, run_id, used_tokens=used_tokens)
 
     async def running(self, tenant_id: str) -> int:
         now = await self.now_ms()
