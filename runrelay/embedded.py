@@ -2,28 +2,24 @@
 database or server.
 
     bot = Runrelay.from_config("agents.yaml", workspace="./workspace")
-    result = await bot.run("Assess ACME Corp", session_key="sdk:acme")
+    result = await bot.run("Assess ACME Corp", session_key="sdk:acme", hooks=[audit])
     result.content, result.tools_used, result.messages, result.usage
 
 The config file is the service's (same schema, same validation, `${VAR}` from the environment);
-the loop, providers and tools are the worker's. Provider checks: a hosted provider without an
-api_key fails in `from_config` (no network needed); a local provider whose base URL does not
-answer fails the first `run`, before anything reaches the model (`runrelay.preflight`).
+the loop, providers, tools and middleware are the worker's. Provider checks: a hosted provider
+without an api_key fails in `from_config` (no network needed); a local provider whose base URL
+does not answer fails the first `run`, before anything reaches the model (`runrelay.preflight`).
 
 A session key names a conversation: its history (`runrelay.sessions`) goes in front of the
 message, and the run's messages are added to it when the run completes; a failed run adds
-nothing. Runs on one key take turns; runs on different keys go concurrently.
+nothing. Runs on one key take turns; runs on different keys go concurrently. One run is
+`runrelay.embedded_run`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
-import secrets
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,68 +36,16 @@ from runrelay.agents import (
     parse_config,
     read_config,
 )
-from runrelay.errors import ConfigError, RunrelayError, RunTimeoutError, ValidationError
-from runrelay.events import EventType, make_event
-from runrelay.loop import AgentLoop, LoopResult, LoopSettings, ToolCallRecord
+from runrelay.embedded_run import Approve, EmbeddedRun, OnEvent, RunResult, ToolUse
+from runrelay.errors import ConfigError, RunrelayError, ValidationError
+from runrelay.middleware import import_middleware, kind_of
 from runrelay.params import ModelParams, validate_model_params
 from runrelay.preflight import check_provider, probe
 from runrelay.providers import build_provider
-from runrelay.providers.base import ProviderError
 from runrelay.sessions import DEFAULT_MAX_HISTORY_MESSAGES, SessionStore
-from runrelay.tools import Tool, current_run_id, import_tool
-from runrelay.types import Usage
+from runrelay.tools import Tool, import_tool
 
-__all__ = ["OnEvent", "RunResult", "Runrelay", "ToolUse"]
-
-# Called with each event of a run, shaped as the service's (`type`, `seq`, `run_id`, `ts`, ...).
-OnEvent = Callable[[dict[str, Any]], Awaitable[None] | None]
-
-
-@dataclass(frozen=True)
-class ToolUse:
-    """One tool call of a run: what the model asked for and what it got back."""
-
-    name: str
-    arguments: Any
-    result: Any = None
-    error: str | None = None
-    tool_call_id: str = ""
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What `Runrelay.run` returns. `messages` are the chat messages this run added (the user
-    message, then assistant and tool messages), without the system prompt and the history."""
-
-    content: str
-    tools_used: list[ToolUse]
-    messages: list[dict[str, Any]]
-    usage: Usage
-    run_id: str
-    agent_id: str
-    model: str
-    turns: int
-    session_key: str | None = None
-
-
-class _RunEvents:
-    """Numbers a run's events as the service's log does and hands them to `on_event`, one at a
-    time (parallel tool calls emit concurrently)."""
-
-    def __init__(self, run_id: str, on_event: OnEvent | None) -> None:
-        self.run_id = run_id
-        self._on_event = on_event
-        self._seq = 0
-        self._lock = asyncio.Lock()
-
-    async def emit(self, type: EventType, data: dict[str, Any]) -> None:
-        if self._on_event is None:
-            return
-        async with self._lock:
-            self._seq += 1
-            outcome = self._on_event(make_event(self.run_id, self._seq, type, data))
-            if inspect.isawaitable(outcome):
-                await outcome
+__all__ = ["Approve", "OnEvent", "RunResult", "Runrelay", "ToolUse"]
 
 
 class Runrelay:
@@ -115,16 +59,21 @@ class Runrelay:
         *,
         workspace: str | os.PathLike[str],
         tools: list[Tool] | None = None,
+        middleware: list[object] | None = None,
         config_path: Path | None = None,
         max_history_messages: int = DEFAULT_MAX_HISTORY_MESSAGES,
     ) -> None:
-        """Low level: `from_config` builds these from a file. `tools` default to the agent's."""
+        """Low level: `from_config` builds these from a file. `tools` and `middleware` default
+        to the agent's own (its import paths)."""
         self._source = config_path or Path("<config>")
         check_provider(agent.provider, provider, None, self._source)
         self.agent = agent
         self.provider = provider
         self.workspace = Path(workspace)
-        self.tools = tools if tools is not None else _import_tools(agent, self._source, "")
+        self.tools = tools if tools is not None else _load(agent, "tools", self._source, "")
+        self.middleware = (
+            middleware if middleware is not None else _load(agent, "middleware", self._source, "")
+        )
         self._sessions = SessionStore(
             self.workspace / "sessions", max_messages=max_history_messages
         )
@@ -143,10 +92,11 @@ class Runrelay:
         max_history_messages: int = DEFAULT_MAX_HISTORY_MESSAGES,
     ) -> Runrelay:
         """Load the agents config (`${VAR}` from `environ`, else `os.environ`), pick `agent` (a
-        name, id or shortcut; optional when the file defines one agent) and check its provider.
+        name, id or shortcut; optional when the file defines one agent), check its provider and
+        load its tools and middleware.
 
-        Raises `ConfigError` (the file and field), `MissingCredentialsError` for a hosted
-        provider without an api_key.
+        Raises `ConfigError` naming the file and field; `MissingCredentialsError` (a
+        `ConfigError`) for a hosted provider without an api_key.
         """
         path = Path(config_path)
         raw = read_config(path)
@@ -154,11 +104,13 @@ class Runrelay:
         spec = _pick_agent(Registry(config), agent, path)
         provider = config.providers[spec.provider]
         check_provider(spec.provider, provider, raw, path)
+        where = _field_of(config, spec)
         return cls(
             spec,
             provider,
             workspace=workspace,
-            tools=_import_tools(spec, path, _field_of(config, spec)),
+            tools=_load(spec, "tools", path, where),
+            middleware=_load(spec, "middleware", path, where),
             config_path=path,
             max_history_messages=max_history_messages,
         )
@@ -168,37 +120,52 @@ class Runrelay:
         message: str,
         *,
         session_key: str | None = None,
-        hooks: list[Any] | None = None,
+        hooks: Sequence[object] | None = None,
         model_id: str | None = None,
         model_params: ModelParams | Mapping[str, Any] | None = None,
         on_event: OnEvent | None = None,
+        approve: Approve | None = None,
     ) -> RunResult:
         """Run the agent on `message`, continuing session `session_key` if given (without one,
         the run has no history and leaves none).
 
+        `hooks`: agent, chat or function middleware (`runrelay.middleware`), run inside the
+        agent's own. `on_event(event)`: each event as the service would log it. `approve(call)`:
+        decides calls to tools that need approval (without it they are rejected).
+
         Raises `ValidationError` for bad arguments, `ProviderUnreachableError` when a local
         provider does not answer, `ProviderError` when a model call fails, `RunTimeoutError`
-        past the agent's `timeout_s`, `SessionError` for an unreadable history file.
+        past the agent's `timeout_s`, `SessionError` for an unreadable history file, and
+        `RunBlocked` when a middleware stops the run.
         """
         if not isinstance(message, str) or not message.strip():
             raise ValidationError("message must be a non-empty string", param="message")
         if model_id is not None and not model_id.strip():
             raise ValidationError("model_id cannot be empty", param="model_id")
         params = _model_params(model_params)
-        if hooks:
-            raise ValidationError("hooks are not supported yet", param="hooks")
+        middleware = [*self.middleware, *_checked_hooks(hooks)]
         if session_key is not None:
             self._sessions.path(session_key)  # validates the key before anything else
         http = self._client()
         if not self._reachable:
             await probe(self.agent.provider, self.provider, http, self._source)
             self._reachable = True
-        run = _Run(self, http, model_id or self.agent.model, params, on_event)
+        run = EmbeddedRun(
+            self.agent,
+            build_provider(self.agent, self.provider, http),
+            self.tools,
+            middleware,
+            model=model_id or self.agent.model,
+            params=params,
+            session_key=session_key,
+            on_event=on_event,
+            approve=approve,
+        )
         if session_key is None:
-            return await run.execute(message, [], session_key)
+            return await run.execute(message, [])
         async with self._sessions.lock(session_key):
             history = await self._sessions.load(session_key)
-            result = await run.execute(message, history, session_key)
+            result = await run.execute(message, history)
             await self._sessions.save(session_key, [*history, *result.messages])
             return result
 
@@ -234,109 +201,17 @@ class Runrelay:
         )
 
 
-class _Run:
-    """One run: the loop with this run's settings, its events, and the outcome."""
-
-    def __init__(
-        self,
-        bot: Runrelay,
-        http: httpx.AsyncClient,
-        model: str,
-        params: ModelParams,
-        on_event: OnEvent | None,
-    ) -> None:
-        self.bot = bot
-        self.model = model
-        self.events = _RunEvents(f"run_{secrets.token_hex(12)}", on_event)
-        agent = bot.agent
-        settings = LoopSettings(
-            model=model,
-            max_turns=agent.max_turns,
-            temperature=agent.temperature if params.temperature is None else params.temperature,
-            max_tokens=agent.max_tokens if params.max_tokens is None else params.max_tokens,
-            seed=params.seed,
-        )
-        provider = build_provider(agent, bot.provider, http)
-        self.loop = AgentLoop(provider, settings, bot.tools, emit=self.events.emit)
-
-    async def execute(
-        self, message: str, history: list[dict[str, Any]], session_key: str | None
-    ) -> RunResult:
-        agent, run_id = self.bot.agent, self.events.run_id
-        await self.events.emit(
-            "agent_resolved",
-            {
-                "agent_id": agent.id,
-                "agent_name": agent.name,
-                "session_key": session_key,
-                "model": self.model,
-            },
-        )
-        messages = [
-            {"role": "system", "content": agent.instructions},
-            *history,
-            {"role": "user", "content": message},
-        ]
-        started = time.monotonic()
-        deadline = asyncio.timeout(agent.timeout_s)
-        token = current_run_id.set(run_id)
+def _checked_hooks(hooks: Sequence[object] | None) -> list[object]:
+    if hooks is None:
+        return []
+    if isinstance(hooks, str) or not isinstance(hooks, Sequence):
+        raise ValidationError("hooks must be a list of middleware", param="hooks")
+    for index, hook in enumerate(hooks):
         try:
-            async with deadline:
-                result = await self.loop.run(messages)
-        except ProviderError as exc:
-            await self._failed(exc.code, exc.message, started)
-            raise
-        except TimeoutError as exc:
-            if not deadline.expired():
-                raise
-            error = RunTimeoutError(
-                f"the run took longer than {agent.name}'s timeout_s, {agent.timeout_s:g} s"
-            )
-            await self._failed("run_timeout", str(error), started)
-            raise error from exc
-        finally:
-            current_run_id.reset(token)
-        await self._done("completed", result, None, started)
-        return RunResult(
-            content=result.output,
-            tools_used=[_tool_use(record) for record in result.tool_calls],
-            messages=result.messages[1 + len(history) :],
-            usage=result.usage,
-            run_id=run_id,
-            agent_id=agent.id,
-            model=self.model,
-            turns=result.turns,
-            session_key=session_key,
-        )
-
-    async def _failed(self, code: str, message: str, started: float) -> None:
-        error = {"code": code, "message": message}
-        await self.events.emit("error", error)
-        await self._done("failed", None, error, started)
-
-    async def _done(
-        self, status: str, result: LoopResult | None, error: dict[str, str] | None, started: float
-    ) -> None:
-        await self.events.emit(
-            "done",
-            {
-                "status": status,
-                "output": result.output if result else "",
-                "usage": result.usage.model_dump() if result else None,
-                "error": error,
-                "duration_ms": int((time.monotonic() - started) * 1000),
-            },
-        )
-
-
-def _tool_use(record: ToolCallRecord) -> ToolUse:
-    return ToolUse(
-        name=record.name,
-        arguments=record.arguments,
-        result=record.result,
-        error=record.error,
-        tool_call_id=record.tool_call_id,
-    )
+            kind_of(hook)
+        except TypeError as exc:
+            raise ValidationError(f"hooks[{index}]: {exc}", param=f"hooks.{index}") from exc
+    return list(hooks)
 
 
 def _model_params(given: ModelParams | Mapping[str, Any] | None) -> ModelParams:
@@ -381,14 +256,16 @@ def _field_of(config: AgentsConfig, spec: AgentSpec) -> str:
     return spec.name
 
 
-def _import_tools(agent: AgentSpec, path: Path, field: str) -> list[Tool]:
-    tools = []
-    for index, ref in enumerate(agent.tools):
+def _load(agent: AgentSpec, kind: str, path: Path, field: str) -> list[Any]:
+    """The agent's `tools` or `middleware`, imported from their 'module:attribute' paths."""
+    load = import_tool if kind == "tools" else import_middleware
+    loaded = []
+    for index, ref in enumerate(getattr(agent, kind)):
         try:
-            tools.append(import_tool(ref))
+            loaded.append(load(ref))
         except (ImportError, AttributeError, ValueError, TypeError) as exc:
-            where = f"{field}.tools.{index}" if field else f"agent {agent.name!r} tools.{index}"
+            where = f"{field}.{kind}.{index}" if field else f"agent {agent.name!r} {kind}.{index}"
             raise ConfigError(
-                f"{path}: {where}: cannot load tool {ref!r}: {type(exc).__name__}: {exc}"
+                f"{path}: {where}: cannot load {ref!r}: {type(exc).__name__}: {exc}"
             ) from exc
-    return tools
+    return loaded

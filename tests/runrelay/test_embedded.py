@@ -30,6 +30,18 @@ from runrelay import (
     ValidationError,
 )
 from runrelay.embedded_redis import free_port
+from runrelay.embedded_run import NO_APPROVER
+from runrelay.middleware import (
+    AgentMiddleware,
+    AgentRunContext,
+    ChatContext,
+    FunctionInvocationContext,
+    Next,
+    RunBlocked,
+    agent_middleware,
+    chat_middleware,
+    function_middleware,
+)
 from runrelay.providers.base import ProviderAuthError
 from runrelay.sessions import session_file_name
 from runrelay.settings import DEMO_AGENTS_CONFIG
@@ -315,6 +327,148 @@ def test_a_closed_runrelay_refuses_to_run(tmp_path: Path) -> None:
 
     with pytest.raises(RunrelayError, match="closed"):
         asyncio.run(bot.run("again"))
+
+
+# --- hooks (middleware) and approvals -------------------------------------------------------
+
+
+@function_middleware
+async def refuse_additions(context: FunctionInvocationContext, next: Next[Any]) -> None:
+    if context.function.name == "add_numbers":
+        context.result = "refused by policy: no arithmetic today"
+        return  # the tool does not run
+    await next(context)
+
+
+class Observer(AgentMiddleware):
+    """Sees each run of the agent from outside: what it started from and how it ended."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None, int, str]] = []
+
+    async def process(self, context: AgentRunContext, next: Next[AgentRunContext]) -> None:
+        started_with = len(context.messages)
+        await next(context)
+        result = context.result
+        output = result if isinstance(result, str) or result is None else result.output
+        self.seen.append((context.agent_name, context.thread_id, started_with, output or ""))
+
+
+def test_a_function_hook_blocks_a_tool_call_and_the_model_sees_the_refusal(
+    tmp_path: Path, server: FakeOpenAI
+) -> None:
+    config = openai_config(tmp_path, server, tools=["tests.runrelay.test_embedded:add_numbers"])
+    server.plan(tool_call_answer([("add_numbers", {"a": 1, "b": 2})]), text_answer("Sorry."))
+    bot = Runrelay.from_config(config, tmp_path, environ={"FAKE_KEY": KEY})
+
+    result = run(bot, "1 + 2?", hooks=[refuse_additions])
+
+    assert CALLS == []
+    tool_message = server.requests[1].body["messages"][-1]
+    assert tool_message["role"] == "tool"
+    assert json.loads(tool_message["content"]) == "refused by policy: no arithmetic today"
+    assert result.tools_used[0].result == "refused by policy: no arithmetic today"
+    assert result.content == "Sorry."
+
+
+def test_an_agent_hook_observes_the_run_and_a_chat_hook_each_model_call(tmp_path: Path) -> None:
+    bot = Runrelay.from_config(write_config(tmp_path, scripted_agent()), workspace=tmp_path)
+    observer = Observer()
+    models: list[tuple[int, str]] = []
+
+    @chat_middleware
+    async def count_calls(context: ChatContext, next: Next[ChatContext]) -> None:
+        await next(context)
+        models.append((context.turn, context.model))
+
+    result = run(bot, "2 + 3?", session_key="s", hooks=[observer, count_calls])
+
+    assert observer.seen == [("adder", "s", 2, "The sum is 5.")]
+    assert models == [(1, "scripted"), (2, "scripted")]
+    assert result.content == "The sum is 5."
+
+
+ORDER: list[str] = []
+
+
+@agent_middleware
+async def from_the_config(context: AgentRunContext, next: Next[AgentRunContext]) -> None:
+    ORDER.append("config")
+    await next(context)
+
+
+def test_the_agents_own_middleware_runs_too_and_outside_the_hooks(tmp_path: Path) -> None:
+    agent = scripted_agent(middleware=["tests.runrelay.test_embedded:from_the_config"])
+    bot = Runrelay.from_config(write_config(tmp_path, agent), workspace=tmp_path)
+    ORDER.clear()
+
+    @agent_middleware
+    async def hook(context: AgentRunContext, next: Next[AgentRunContext]) -> None:
+        ORDER.append("hook")
+        await next(context)
+
+    run(bot, "2 + 3?", hooks=[hook])
+
+    assert ORDER == ["config", "hook"]
+
+
+def test_a_hook_that_raises_run_blocked_fails_the_run(tmp_path: Path) -> None:
+    bot = Runrelay.from_config(write_config(tmp_path, scripted_agent()), workspace=tmp_path)
+    events: list[dict[str, Any]] = []
+
+    @function_middleware
+    async def stop(context: FunctionInvocationContext, next: Next[Any]) -> None:
+        raise RunBlocked("arithmetic is forbidden")
+
+    with pytest.raises(RunBlocked, match="arithmetic is forbidden"):
+        run(bot, "2 + 3?", session_key="s", hooks=[stop], on_event=events.append)
+
+    assert (events[-2]["code"], events[-2]["message"]) == ("blocked", "arithmetic is forbidden")
+    assert events[-1]["status"] == "failed" and CALLS == []
+    assert not (tmp_path / "sessions").exists()
+
+
+def test_something_that_is_not_middleware_is_refused_as_a_hook(tmp_path: Path) -> None:
+    bot = Runrelay.from_config(write_config(tmp_path, scripted_agent()), workspace=tmp_path)
+
+    async def unmarked(context: Any, next: Any) -> None:
+        await next(context)
+
+    with pytest.raises(ValidationError, match=r"hooks\[0\]: .* is not a middleware"):
+        run(bot, "2 + 3?", hooks=[unmarked])
+    assert CALLS == []
+
+
+def payments(tmp_path: Path) -> Runrelay:
+    return Runrelay.from_config(DEMO_AGENTS_CONFIG, tmp_path, agent="bank payments", environ={})
+
+
+def test_a_tool_that_needs_approval_runs_once_the_host_approves(tmp_path: Path) -> None:
+    asked: list[dict[str, Any]] = []
+
+    async def approve(call: dict[str, Any]) -> bool:
+        asked.append(call)
+        return True
+
+    result = run(payments(tmp_path), "Pay ACME Supplies 1250 EUR", approve=approve)
+
+    assert [call["name"] for call in asked] == ["send_payment"]
+    assert asked[0]["arguments"]["payee"] == "ACME Supplies"
+    payment = next(t for t in result.tools_used if t.name == "send_payment")
+    assert payment.approved is True and payment.result["status"] == "sent"
+
+
+def test_a_tool_that_needs_approval_is_rejected_without_an_approver(tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+    result = run(payments(tmp_path), "Pay ACME Supplies", on_event=events.append)
+
+    payment = next(t for t in result.tools_used if t.name == "send_payment")
+    assert payment.approved is False and payment.result is None
+    assert payment.error == f"the call was rejected by the approver: {NO_APPROVER}"
+    assert "approval_required" in [e["type"] for e in events]
+    refused = run(payments(tmp_path), "Pay ACME Supplies", approve=lambda call: False)
+    (payment,) = [t for t in refused.tools_used if t.name == "send_payment"]
+    assert (payment.approved, payment.error) == (False, "the call was rejected by the approver")
 
 
 # --- choosing the agent, and config errors --------------------------------------------------
