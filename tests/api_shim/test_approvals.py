@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import redis
 
+from runrelay import AgentRunParams, AsyncClient, Client
 from runrelay.settings import Settings
 from runrelay.store import Store
 from runrelay.tenants import update_limits
@@ -192,3 +194,39 @@ def test_a_stream_stays_open_across_the_pause_and_ends_with_done(
 
     assert_complete_log(events)
     assert events[-1]["status"] == "completed"
+
+
+def test_sdk_run_reports_the_pause_and_approve_resumes_it(api: str, tenant: TenantKey) -> None:
+    with Client(tenant.key, base_url=api) as sdk:
+        paused = sdk.agents.run(
+            AgentRunParams(agent_id="bank.payments-officer", message="Pay ACME")
+        )
+
+        assert paused.status == "requires_action"
+        assert paused.required_action is not None
+        [call] = paused.required_action.tool_calls
+        assert call.name == "send_payment"
+
+        sdk.runs.approve(paused.run_id, call.tool_call_id)
+        events = list(sdk.runs.events(paused.run_id))
+
+    assert events[-1]["status"] == "completed"
+    sent = [e for e in events if e.get("name") == "send_payment" and "result" in e]
+    assert sent[0]["result"]["status"] == "sent"
+
+
+def test_async_sdk_reject_is_told_to_the_model(api: str, tenant: TenantKey) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        async with AsyncClient(tenant.key, base_url=api) as sdk:
+            paused = await sdk.agents.run(
+                AgentRunParams(agent_id="bank.payments-officer", message="Pay")
+            )
+            assert paused.required_action is not None
+            call_id = paused.required_action.tool_calls[0].tool_call_id
+            await sdk.runs.reject(paused.run_id, call_id, reason="not budgeted")
+            return [event async for event in sdk.runs.events(paused.run_id)]
+
+    events = asyncio.run(scenario())
+
+    sent = [e for e in events if e.get("name") == "send_payment" and "result" in e]
+    assert sent[0]["error"] == "the call was rejected by the approver: not budgeted"
