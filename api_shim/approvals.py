@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 
 from api_shim.auth import Caller
 from api_shim.errors import APIError
-from api_shim.runs import own_run, run_object
+from api_shim.runs import own_run, paused, run_object
 from api_shim.state import state_of
 from runrelay import approvals
 from runrelay.types import ApprovalDecision, RunObject
@@ -39,6 +39,9 @@ async def decide(
     same decision again is harmless; a contrary one is a 409."""
     state = state_of(request)
     run = await own_run(request, caller, run_id)
+    if run.status == "running":
+        # A client reacting to `approval_required` at once may beat the worker's pause write.
+        await paused(state, run.id)
     try:
         decided = await asyncio.to_thread(
             approvals.decide,

@@ -222,7 +222,7 @@ async def create_and_wait(request: Request, caller: Caller, body: RunCreate) -> 
     try:
         async with asyncio.timeout(state.settings.wait_timeout_s):
             async for event in run_events(state, run.id, 0):
-                if event.type == "approval_required" and await _paused(state, run.id):
+                if event.type == "approval_required" and await paused(state, run.id):
                     break  # answered now: the run waits for a person, not for the worker
     except TimeoutError as exc:
         raise APIError(
@@ -258,7 +258,7 @@ async def create_and_wait(request: Request, caller: Caller, body: RunCreate) -> 
     )
 
 
-async def _paused(state: ShimState, run_id: str) -> bool:
+async def paused(state: ShimState, run_id: str) -> bool:
     """Whether the run is (or within a moment becomes) `requires_action`: its worker writes
     the pause right after the last `approval_required` event."""
     for _ in range(50):

@@ -417,11 +417,11 @@ class RunExecutor:
     ) -> None:
         """Write the outcome and the archive first, then `done`: a client that sees `done` finds
         the run finished in the database. Only the lease holder's write counts."""
-        usage = (
-            {**outcome.result.usage.model_dump(), "by_model": outcome.result.usage_by_model}
-            if outcome.result
-            else None
-        )
+        usage = recorded = None
+        if outcome.result is not None:
+            usage = outcome.result.usage.model_dump()
+            # The run row keeps the usage per model too (`usage_by_model` in the API).
+            recorded = {**usage, "by_model": outcome.result.usage_by_model}
         tool_calls = (
             [vars(record) for record in outcome.result.tool_calls] if outcome.result else []
         )
@@ -442,7 +442,7 @@ class RunExecutor:
             status=outcome.status,
             output=outcome.output,
             result={"output": outcome.output, "tool_calls": tool_calls} if outcome.result else None,
-            usage=usage,
+            usage=recorded,
             error=outcome.error,
             events=archive,
             lease_token=writer.lease.token,

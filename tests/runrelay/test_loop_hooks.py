@@ -439,3 +439,24 @@ def test_tool_error_raised_inside_a_middleware_goes_to_the_model() -> None:
     result = asyncio.run(loop.run([{"role": "user", "content": "x"}]))
 
     assert result.tool_calls[0].error == "denied by policy"
+
+
+class Audit(ChatMiddleware):
+    async def process(self, context: ChatContext, next: Next[ChatContext]) -> None:
+        await next(context)
+
+
+@function_middleware
+async def audit_calls(context: FunctionInvocationContext, next: Next[Any]) -> None:
+    await next(context)
+
+
+def test_agent_configs_name_middleware_by_import_path() -> None:
+    from runrelay.middleware import import_middleware, kind_of
+
+    assert kind_of(import_middleware(f"{__name__}:audit_calls")) == "function"
+    assert isinstance(import_middleware(f"{__name__}:Audit"), Audit)  # a class is instantiated
+    with pytest.raises(TypeError, match="not a middleware"):
+        import_middleware(f"{__name__}:loop_with")
+    with pytest.raises(ValueError, match="module:attribute"):
+        import_middleware("no_colon_here")
