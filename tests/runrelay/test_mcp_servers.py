@@ -222,12 +222,12 @@ def test_a_server_that_never_answers_is_given_up_and_stopped(tmp_path: Path) -> 
         transport="stdio",
         command=sys.executable,
         args=["-c", mute, str(pid_file)],
-        connect_timeout_s=1,
+        connect_timeout_s=2,
     )
 
     message = _refused(spec)
 
-    assert "no answer within connect_timeout_s=1 s" in message
+    assert "no answer within connect_timeout_s=2 s" in message
     assert not _pid_alive(int(pid_file.read_text())), "the silent server was stopped"
 
 
