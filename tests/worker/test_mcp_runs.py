@@ -18,7 +18,7 @@ from runrelay.revisions import AgentCatalog
 from runrelay.store import Store
 from tests.fake_openai import FakeOpenAI, text_answer, tool_call_answer
 from tests.mcp_server import serve_mcp_http, stdio_command
-from tests.sse import assert_complete_log, read_events
+from tests.sse import assert_complete_log, read_events, wait_finished
 
 SCRIPT = {
     "turns": [
@@ -127,6 +127,37 @@ def test_the_model_is_offered_the_servers_schema(
         "tool_call_id": sent[1]["messages"][-2]["tool_calls"][0]["id"],
         "content": '{"result": 2.5}',
     }
+
+
+def test_an_mcp_tool_needing_approval_runs_once_approved(
+    client: httpx.Client, store: Store
+) -> None:
+    """The run pauses with no server held; the attempt that resumes it starts the server again."""
+    server = {"name": "calc", "transport": "stdio", "approval_mode": "always_require"}
+    script = {
+        "turns": [
+            {"tool_calls": [{"name": "add", "arguments": {"a": 2, "b": 3}}]},
+            {"text": "2 + 3 = 5"},
+        ]
+    }
+    agent_id = _publish(store, [{**server, **stdio_command()}], script=script)
+    run_id = client.post("/v1/runs", json={"agent_id": agent_id, "message": "2 + 3?"}).json()["id"]
+
+    deadline = time.monotonic() + 20
+    while (run := client.get(f"/v1/runs/{run_id}").json())["status"] != "requires_action":
+        assert time.monotonic() < deadline, f"the run is {run['status']}, not paused"
+        time.sleep(0.05)
+    [call] = run["required_action"]["tool_calls"]
+    assert (call["name"], call["arguments"]) == ("add", {"a": 2, "b": 3})
+    decided = client.post(
+        f"/v1/runs/{run_id}/approvals", json={"call_id": call["tool_call_id"], "approved": True}
+    )
+    assert decided.status_code == 200, decided.text
+
+    assert wait_finished(client, run_id)["status"] == "completed"
+    events = read_events(client, "GET", f"/v1/runs/{run_id}/events")
+    [result] = [e for e in events if e["type"] == "tool_call_result"]
+    assert (result["result"], result["approved"]) == ({"result": 5.0}, True)
 
 
 def test_an_unreachable_server_fails_the_run_with_mcp_unavailable(
