@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runrelay.errors import ConfigError as ConfigError
+from runrelay.mcp_servers import McpServerSpec
 from runrelay.run_context import Suggestion
 
 TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9\-_]*$")
@@ -81,6 +82,7 @@ class AgentSpec(BaseModel):
     suggestions: list[Suggestion] = Field(
         default_factory=list, max_length=6, description="follow-ups offered after each answer"
     )
+    mcp_servers: list[McpServerSpec] = Field(default_factory=list)
     capabilities: list[str] = Field(default_factory=list)
     task_template: str | None = None
     shortcuts: list[str] = Field(default_factory=list)
@@ -94,6 +96,15 @@ class AgentSpec(BaseModel):
     module_key: str = ""
     module_name: str = ""
     revision: int = 1
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _unique_server_names(cls, servers: list[McpServerSpec]) -> list[McpServerSpec]:
+        names = [server.name for server in servers]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"MCP server name {', '.join(map(repr, twice))} is used twice")
+        return servers
 
     @property
     def id(self) -> str:

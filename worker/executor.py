@@ -27,6 +27,7 @@ from runrelay.agents import AgentSpec, Registry
 from runrelay.eventlog import EventLog, LeaseLost
 from runrelay.events import CANCELLED_ERROR, EventType, encode, is_terminal, make_event
 from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState, PendingEvent
+from runrelay.mcp_servers import McpServerError, McpToolConflict, open_mcp_tools
 from runrelay.middleware import RunBlocked, import_middleware
 from runrelay.providers import build_provider
 from runrelay.providers.base import ProviderError
@@ -333,7 +334,7 @@ class RunExecutor:
                 raise asyncio.CancelledError  # stopped before the loop began
             loop = self._build_loop(agent, run, writer)
             async with asyncio.timeout(max(remaining, 0)):
-                result = await loop.run(state.messages, resume=state)
+                outcome = await self._run_loop(loop, agent, state)
         except asyncio.CancelledError:
             if control.reason is None:
                 raise
@@ -360,8 +361,7 @@ class RunExecutor:
         finally:
             control.task = None
             current_run_id.reset(run_id_token)
-        # completed, or requires_action (paused for approval decisions)
-        return Outcome(result.status, output=result.output, result=result)
+        return outcome
 
     async def _first_state(self, run: Run, agent: AgentSpec, writer: RunWriter) -> LoopState:
         """A run's first attempt: announce the agent, checkpoint the opening messages."""
@@ -384,6 +384,19 @@ class RunExecutor:
         )
         await writer.checkpoint(state)
         return state
+
+    async def _run_loop(self, loop: AgentLoop, agent: AgentSpec, state: LoopState) -> Outcome:
+        """The loop, with the tools of the agent's MCP servers open for this attempt."""
+        try:
+            async with open_mcp_tools(agent.mcp_servers, reserved=loop.tools) as mcp_tools:
+                loop.tools.update((tool.name, tool) for tool in mcp_tools)
+                result = await loop.run(state.messages, resume=state)
+        except McpServerError as exc:
+            return _failed("mcp_unavailable", str(exc))
+        except McpToolConflict as exc:
+            return _failed("mcp_tool_conflict", str(exc))
+        # completed, or requires_action (paused for approval decisions)
+        return Outcome(result.status, output=result.output, result=result)
 
     def _model(self, agent: AgentSpec, run: Run) -> str:
         return run.model_id or agent.model
