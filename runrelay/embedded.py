@@ -6,7 +6,7 @@ database or server.
     result.content, result.tools_used, result.messages, result.usage
 
 The config file is the service's (same schema, same validation, `${VAR}` from the environment);
-the loop, providers, tools and middleware are the worker's. Provider checks: a hosted provider
+the loop, providers, tools, MCP servers and middleware are the worker's. Provider checks: a hosted provider
 without an api_key fails in `from_config` (no network needed); a local provider whose base URL
 does not answer fails the first `run`, before anything reaches the model (`runrelay.preflight`).
 
@@ -135,8 +135,9 @@ class Runrelay:
 
         Raises `ValidationError` for bad arguments, `ProviderUnreachableError` when a local
         provider does not answer, `ProviderError` when a model call fails, `RunTimeoutError`
-        past the agent's `timeout_s`, `SessionError` for an unreadable history file, and
-        `RunBlocked` when a middleware stops the run.
+        past the agent's `timeout_s`, `SessionError` for an unreadable history file,
+        `RunBlocked` when a middleware stops the run, and `McpServerError` / `McpToolConflict`
+        (`runrelay.mcp_servers`) when the agent's MCP servers cannot be used.
         """
         if not isinstance(message, str) or not message.strip():
             raise ValidationError("message must be a non-empty string", param="message")

@@ -8,6 +8,9 @@ before `done`.
 
 Approvals: a call to an `always_require` tool waits for `approve(call)` (True or False, sync or
 async). Without an approver the call is rejected, and the model is told why.
+
+The agent's MCP servers (`mcp_servers`) are opened for the run and closed after it, as a worker
+does for each attempt; their tools join the agent's Python tools.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from runrelay.agents import AgentSpec
 from runrelay.errors import RunTimeoutError
 from runrelay.events import EventType, make_event
 from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState, ToolCallRecord
+from runrelay.mcp_servers import McpServerError, McpToolConflict, open_mcp_tools
 from runrelay.middleware import RunBlocked
 from runrelay.params import ModelParams
 from runrelay.providers.base import ModelProvider, ProviderError
@@ -107,6 +111,7 @@ class EmbeddedRun:
 
     def __post_init__(self) -> None:
         self.events = _Events(self.run_id, self.on_event)
+        self._tools = list(self.tools)  # with the MCP servers' once they are open
 
     async def execute(self, message: str, history: list[dict[str, Any]]) -> RunResult:
         agent = self.agent
@@ -127,14 +132,13 @@ class EmbeddedRun:
         started = time.monotonic()
         deadline = asyncio.timeout(agent.timeout_s)
         token = current_run_id.set(self.run_id)
+        reserved = [tool.name for tool in self.tools]
         try:
-            async with deadline:
+            async with deadline, open_mcp_tools(agent.mcp_servers, reserved=reserved) as mcp:
+                self._tools = [*self.tools, *mcp]
                 result = await self._until_decided(state)
-        except ProviderError as exc:
-            await self._failed(exc.code, exc.message, started)
-            raise
-        except RunBlocked as exc:
-            await self._failed("blocked", str(exc) or "a middleware stopped the run", started)
+        except (ProviderError, RunBlocked, McpServerError, McpToolConflict) as exc:
+            await self._failed(*_failure(exc), started)
             raise
         except TimeoutError as exc:
             if not deadline.expired():
@@ -162,7 +166,7 @@ class EmbeddedRun:
         return AgentLoop(
             self.provider,
             settings,
-            self.tools,
+            self._tools,
             emit=self.events.emit,
             middleware=self.middleware,
             agent_name=self.agent.name,
@@ -227,6 +231,18 @@ class EmbeddedRun:
                 "duration_ms": int((time.monotonic() - started) * 1000),
             },
         )
+
+
+def _failure(exc: Exception) -> tuple[str, str]:
+    """The `error` event's code and message for an exception that fails a run, as the worker
+    reports them."""
+    if isinstance(exc, ProviderError):
+        return exc.code, exc.message
+    if isinstance(exc, RunBlocked):
+        return "blocked", str(exc) or "a middleware stopped the run"
+    if isinstance(exc, McpServerError):
+        return "mcp_unavailable", str(exc)
+    return "mcp_tool_conflict", str(exc)
 
 
 def _given(override: Any, default: Any) -> Any:

@@ -31,6 +31,7 @@ from runrelay import (
 )
 from runrelay.embedded_redis import free_port
 from runrelay.embedded_run import NO_APPROVER
+from runrelay.mcp_servers import McpServerError
 from runrelay.middleware import (
     AgentMiddleware,
     AgentRunContext,
@@ -46,6 +47,7 @@ from runrelay.providers.base import ProviderAuthError
 from runrelay.sessions import session_file_name
 from runrelay.settings import DEMO_AGENTS_CONFIG
 from tests.fake_openai import FakeOpenAI, serve_fake_openai, text_answer, tool_call_answer
+from tests.mcp_server import stdio_command
 
 KEY = "sk-embedded"
 CALLS: list[dict[str, Any]] = []  # what the tools below were called with, reset per test
@@ -471,6 +473,41 @@ def test_a_tool_that_needs_approval_is_rejected_without_an_approver(tmp_path: Pa
     assert (payment.approved, payment.error) == (False, "the call was rejected by the approver")
 
 
+def test_the_agents_mcp_servers_offer_their_tools_to_the_run(tmp_path: Path) -> None:
+    calc = {"name": "calc", "transport": "stdio", **stdio_command()}
+    agent = scripted_agent(
+        mcp_servers=[calc],
+        script={
+            "turns": [
+                {"tool_calls": [{"name": "add", "arguments": {"a": 2, "b": 3}}]},
+                {"text": "Five."},
+            ]
+        },
+    )
+    bot = Runrelay.from_config(write_config(tmp_path, agent), workspace=tmp_path)
+
+    result = run(bot, "2 + 3 on the calculator?")
+
+    (used,) = result.tools_used
+    assert (used.name, used.arguments, used.error) == ("add", {"a": 2, "b": 3}, None)
+    assert used.result == {"result": 5.0}  # the server's structured content
+    assert result.content == "Five." and CALLS == []
+
+
+def test_an_mcp_server_that_cannot_start_fails_the_run_naming_it(tmp_path: Path) -> None:
+    broken = {"name": "files", "transport": "stdio", "command": "no-such-mcp-server"}
+    bot = Runrelay.from_config(
+        write_config(tmp_path, scripted_agent(mcp_servers=[broken])), workspace=tmp_path
+    )
+    events: list[dict[str, Any]] = []
+
+    with pytest.raises(McpServerError, match=r"MCP server 'files' .* could not be started"):
+        run(bot, "2 + 3?", session_key="s", on_event=events.append)
+
+    assert events[-2]["code"] == "mcp_unavailable" and events[-1]["status"] == "failed"
+    assert CALLS == [] and not (tmp_path / "sessions").exists()
+
+
 # --- choosing the agent, and config errors --------------------------------------------------
 
 
@@ -615,7 +652,7 @@ def test_the_embedded_loop_imports_nothing_of_the_server(tmp_path: Path) -> None
         "        return await bot.run('2 + 3?', session_key='k')\n"
         "result = asyncio.run(main())\n"
         "server = ('redis', 'celery', 'kombu', 'sqlmodel', 'sqlalchemy', 'fastapi', 'starlette',"
-        " 'uvicorn', 'alembic', 'yaml', 'pydantic_settings', 'api_shim', 'worker')\n"
+        " 'uvicorn', 'alembic', 'yaml', 'pydantic_settings', 'api_shim', 'worker', 'mcp')\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in server)\n"
         "print(json.dumps({'content': result.content, 'server': loaded}))\n"
     )
