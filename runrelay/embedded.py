@@ -6,9 +6,10 @@ database or server.
     result.content, result.tools_used, result.messages, result.usage
 
 The config file is the service's (same schema, same validation, `${VAR}` from the environment);
-the loop, providers, tools, MCP servers and middleware are the worker's. Provider checks: a hosted provider
-without an api_key fails in `from_config` (no network needed); a local provider whose base URL
-does not answer fails the first `run`, before anything reaches the model (`runrelay.preflight`).
+the loop, providers, tools, MCP servers and middleware are the worker's. Provider checks: a
+hosted provider without an api_key fails in `from_config` (no network needed); a local provider
+whose base URL does not answer fails the first `run`, before anything reaches the model
+(`runrelay.preflight`).
 
 A session key names a conversation: its history (`runrelay.sessions`) goes in front of the
 message, and the run's messages are added to it when the run completes; a failed run adds
