@@ -8,6 +8,9 @@ RunrelayError
 ├── ProviderError                a model call failed (runrelay.providers.base; `.code`)
 ├── SessionError                 an embedded session's history file cannot be read
 ├── RunTimeoutError              an embedded run passed its agent's timeout_s (a TimeoutError)
+├── RunBlocked                   a middleware stopped the run (runrelay.middleware)
+├── McpServerError               an MCP server cannot be started or reached (runrelay.mcp_servers)
+├── McpToolConflict              two tools of an agent share a name (runrelay.mcp_servers)
 └── APIError (= NetworkError)    the request failed
     ├── APIConnectionError       no usable response (refused, reset, a stream that gave up)
     │   └── APITimeoutError      connect, read or write timed out

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from runrelay.errors import RunrelayError
 from runrelay.tools import ApprovalMode, Tool, ToolError
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ _LIST_PAGES_MAX = 100
 _STDERR_TAIL_CHARS = 500
 
 
-class McpServerError(Exception):
+class McpServerError(RunrelayError):
     """An MCP server could not be started, reached or listed; the message names it and the cause."""
 
     def __init__(self, spec: McpServerSpec, cause: str) -> None:
@@ -62,7 +63,7 @@ class McpServerError(Exception):
         self.cause = cause
 
 
-class McpToolConflict(ValueError):
+class McpToolConflict(RunrelayError, ValueError):
     """Two tools an agent would offer the model have the same name."""
 
 

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+from runrelay.errors import RunrelayError
 from runrelay.types import Usage
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ Next = Callable[[C], Awaitable[None]]
 Handler = Callable[[C, Next[C]], Awaitable[None]]
 
 
-class RunBlocked(Exception):
+class RunBlocked(RunrelayError):
     """Raised by a middleware to stop the run as failed (code `blocked`) with this message."""
 
     def __repr__(self) -> str:
