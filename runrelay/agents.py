@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from runrelay.history import HistoryPolicy
+
 TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9\-_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9\-_]*$"
@@ -84,6 +86,9 @@ class AgentSpec(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, gt=0)
     timeout_s: float | None = Field(None, gt=0)
+    history: HistoryPolicy = Field(
+        default_factory=HistoryPolicy, description="how much of its thread a run starts with"
+    )
     script: Script | None = None
     # Filled in by the registry.
     module_key: str = ""
