@@ -177,6 +177,28 @@ class QuotaStore:
             )
         )
 
+    async def vacate(self, tenant_id: str, run_id: str) -> None:
+        """A run that will not start yet (it waits for its thread) gives back the slot dispatch
+        gave it; its token reservation stays, since it will run."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(k.tenant_slots(tenant_id), run_id)
+            pipe.zrem(k.dispatching(), dispatching_member(tenant_id, run_id))
+            pipe.rpush(k.dispatch_wakeup(), tenant_id)  # a slot is free: the next pending run
+            pipe.ltrim(k.dispatch_wakeup(), -1000, -1)
+            await pipe.execute()
+
+    async def requeue_first(self, tenant_id: str, run_id: str) -> None:
+        """An admitted run may start now (its thread is free): first in its tenant's pending
+        queue, so the dispatcher gives it the next free slot."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(k.tenant_pending(tenant_id), run_id)
+            pipe.sadd(k.pending_tenants(), tenant_id)
+            pipe.rpush(k.dispatch_wakeup(), tenant_id)
+            pipe.ltrim(k.dispatch_wakeup(), -1000, -1)
+            await pipe.execute()
+
     async def abandon(self, tenant_id: str, run_id: str) -> None:
         """Undo an admission whose run could not be created or queued."""
         await self.redis.lrem(self.keys.tenant_pending(tenant_id), 1, run_id)
