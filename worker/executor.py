@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from runrelay.agents import AgentSpec, Registry
 from runrelay.eventlog import EventLog, LeaseLost
 from runrelay.events import CANCELLED_ERROR, EventType, encode, is_terminal, make_event
+from runrelay.history import fit_history, new_messages
 from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState, PendingEvent
 from runrelay.providers import build_provider
 from runrelay.providers.base import ProviderError
@@ -32,6 +33,8 @@ from runrelay.revisions import AgentCatalog
 from runrelay.settings import Settings
 from runrelay.store import Store
 from runrelay.tables import Run, utcnow
+from runrelay.thread_gate import ThreadGate
+from runrelay.threads import Threads
 from runrelay.tools import current_run_id, import_tool
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.control import RunControl, RunControls, StopReason
@@ -98,6 +101,8 @@ class Outcome:
     output: str = ""
     result: LoopResult | None = None
     error: dict[str, str] | None = None
+    # A completed run's messages, for its thread's history.
+    thread_messages: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _failed(code: str, message: str) -> Outcome:
@@ -131,6 +136,7 @@ class RunExecutor:
         self.registry = registry
         self.http = http
         self.worker_id = worker_id
+        self.threads = ThreadGate(slots.quotas, store)
 
     async def execute(self, run_id: str) -> None:
         if self.controls.draining:
@@ -149,6 +155,12 @@ class RunExecutor:
             await self.leases.release(lease)
             if run is not None:
                 await self.slots.forget(run)  # quotas: free a slot dispatch gave it
+                await self.threads.release(run)  # threads: in case its releaser died
+            return
+        holder = await self.threads.enter(run)  # threads: one active run per thread
+        if holder is not None:
+            log.info("run %s: waits for run %s, which holds its thread", run_id, holder)
+            await self.leases.release(lease)
             return
         try:
             slot = await self.slots.hold(run)  # quotas: the tenant's concurrency slot, renewed
@@ -180,6 +192,14 @@ class RunExecutor:
         if handed_back:
             log.info("run %s: handed back, to be resumed by another worker", run_id)
             await self.requeuer.requeue(run_id, force=True)
+        elif not slot.handed_over:
+            await self._release_thread(run_id)
+
+    async def _release_thread(self, run_id: str) -> None:
+        """threads: a run that finished here (not one that paused) lets its thread go."""
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        if run is not None and is_terminal(run.status):
+            await self.threads.release(run)
 
     async def _heartbeat(self, lease: Lease, control: RunControl) -> None:
         interval = self.settings.run_lease_ttl_s / 3
@@ -290,11 +310,14 @@ class RunExecutor:
                     "model": self._model(agent, run),
                 },
             )
+            history = await asyncio.to_thread(self._history, run, agent)
             state = LoopState(
                 messages=[
                     {"role": "system", "content": agent.instructions},
+                    *history,
                     {"role": "user", "content": _user_message(run)},
-                ]
+                ],
+                history_len=len(history),
             )
             await writer.checkpoint(state)
         else:
@@ -332,7 +355,18 @@ class RunExecutor:
         finally:
             control.task = None
             current_run_id.reset(run_id_token)
-        return Outcome("completed", output=result.output, result=result)
+        thread_messages = new_messages(state.messages, state.history_len)
+        return Outcome("completed", result.output, result, thread_messages=thread_messages)
+
+    def _history(self, run: Run, agent: AgentSpec) -> list[dict[str, Any]]:
+        """The thread's history the run starts with, trimmed by the agent's policy."""
+        if run.thread_id is None:
+            return []
+        threads = Threads(self.store.engine)
+        exchanges = threads.exchanges(
+            run.tenant_id, run.thread_id, max_messages=agent.history.max_messages
+        )
+        return fit_history(exchanges, agent.history)
 
     def _model(self, agent: AgentSpec, run: Run) -> str:
         return run.model_id or agent.model
@@ -386,6 +420,7 @@ class RunExecutor:
             error=outcome.error,
             events=archive,
             lease_token=writer.lease.token,
+            thread_messages=outcome.thread_messages if outcome.status == "completed" else (),
         )
         if not written:
             raise LeaseLost(run.id)
