@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
-from api_shim import idempotency
+from api_shim import idempotency, threads
 from api_shim.auth import Caller, acting_tenant
 from api_shim.errors import APIError, request_id_of
 from api_shim.quotas import Admission, rate_headers, reserve_tokens
@@ -88,6 +88,7 @@ async def create_run(request: Request, caller: Caller, body: RunCreate) -> Run:
             f"(RUNRELAY_MAX_RUN_TIMEOUT_S); got {body.timeout_s:g}",
             param="timeout_s",
         )
+    threads.check_strategy(body)
     tenant_id = await acting_tenant(request, caller, body.tenant_id)
     key = idempotency.idempotency_key(request, body)
     agent = await asyncio.to_thread(_resolve_agent, state, body)
@@ -138,7 +139,7 @@ async def _admit(
         timeout_s=body.timeout_s,
     )
     try:
-        await asyncio.to_thread(state.store.create_run, run)
+        interrupted = await threads.insert_run(state, run, body)  # 409 for `reject`
     except BaseException:
         await state.quotas.abandon(admission)
         raise
@@ -168,6 +169,8 @@ async def _admit(
         raise APIError(
             503, "enqueue_failed", "the run could not be queued (broker unavailable); retry later"
         ) from exc
+    for active in interrupted:  # threads: `interrupt`; the new run starts once they stop
+        await request_cancel(state, active)
     return run
 
 
@@ -354,10 +357,24 @@ async def _cancel_queued(state: ShimState, run: Run) -> bool:
     if finished:
         # quotas: the run leaves its tenant's queue (or gives back the slot dispatch gave it).
         await state.quotas.backend.abandon(run.tenant_id, run.id)
+        await state.threads.release(run)  # threads: the next run of its thread may start
         await state.events.append(
             run.id, seq, "done", encode(done), ttl_s=state.settings.events_ttl_after_done_s
         )
     return finished
+
+
+async def request_cancel(state: ShimState, run: Run) -> Run | None:
+    """Ask `run` to stop: a queued one ends here, a running one is flagged for its worker.
+    None when it already finished. (The cancel endpoint, and `interrupt` on a thread.)"""
+    requested = await asyncio.to_thread(state.store.request_cancel, run.id)
+    if requested is None:
+        return None
+    if not (requested.status == "queued" and await _cancel_queued(state, requested)):
+        # Running (or a worker took it just now): its worker sees the flag and stops it.
+        flag = state.events.keys.cancel(run.id)
+        await state.redis.set(flag, "1", ex=state.settings.events_ttl_s)
+    return requested
 
 
 async def _wait_finished(state: ShimState, run_id: str, timeout_s: float) -> Run:
@@ -385,7 +402,7 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
     `done` status `cancelled`. 200 with the cancelled run, or 202 if it is still stopping."""
     state = state_of(request)
     run = await _own_run(request, caller, run_id)
-    requested = await asyncio.to_thread(state.store.request_cancel, run.id)
+    requested = await request_cancel(state, run)
     if requested is None:
         current = await asyncio.to_thread(state.store.get_run, run.id)
         status = current.status if current else run.status
@@ -395,10 +412,6 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
             f"run {run.id} is already {status}; only a queued or running run can be cancelled",
             param="run_id",
         )
-    if not (requested.status == "queued" and await _cancel_queued(state, requested)):
-        # Running (or a worker took it just now): its worker sees the flag and stops it.
-        flag = state.events.keys.cancel(run.id)
-        await state.redis.set(flag, "1", ex=state.settings.events_ttl_s)
     final = await _wait_finished(state, run.id, _CANCEL_WAIT_S)
     response.status_code = 200 if is_terminal(final.status) else 202
     return run_object(final)
