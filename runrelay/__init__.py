@@ -50,6 +50,8 @@ from runrelay.types import (
     RunObject,
     ShortcutDefinition,
     ShortcutResolution,
+    ThreadMessageObject,
+    ThreadObject,
     Usage,
 )
 
@@ -89,6 +91,8 @@ __all__ = [
     "StreamChunk",
     "SuggestionItem",
     "SuggestionsEvent",
+    "ThreadMessageObject",
+    "ThreadObject",
     "ToolCallDeltaEvent",
     "ToolCallResultEvent",
     "UnprocessableEntityError",

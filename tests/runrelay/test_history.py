@@ -59,7 +59,7 @@ def test_token_budget_keeps_the_latest_whole_exchanges() -> None:
 def test_an_exchange_too_big_whole_is_kept_short_without_its_tool_messages() -> None:
     big = with_tool(2, result="x" * 4000)
     kept = fit_history([chat(1), big], HistoryPolicy(max_tokens=500))
-    assert kept == chat(1) + [big[0], big[3]]
+    assert kept == [*chat(1), big[0], big[3]]
     assert short_form(big) == [big[0], big[3]]
 
 

@@ -57,6 +57,8 @@ PUBLIC_API = [
     "StreamChunk",
     "SuggestionItem",
     "SuggestionsEvent",
+    "ThreadMessageObject",
+    "ThreadObject",
     "ToolCallDeltaEvent",
     "ToolCallResultEvent",
     "UnprocessableEntityError",
