@@ -86,15 +86,20 @@ class ThreadGate:
 
     async def parked(self, runs: Iterable[Run]) -> set[str]:
         """The ids of those of `runs` that wait for their thread."""
-        candidates = [run for run in runs if run.thread_id is not None]
-        if not candidates:
+        waiting = [
+            (run.id, self.keys.thread_waiting(run.tenant_id, run.thread_id))
+            for run in runs
+            if run.thread_id is not None
+        ]
+        if not waiting:
             return set()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for run in candidates:
-                assert run.thread_id is not None
-                pipe.zscore(self.keys.thread_waiting(run.tenant_id, run.thread_id), run.id)
+            for run_id, key in waiting:
+                pipe.zscore(key, run_id)
             scores = await pipe.execute()
-        return {run.id for run, score in zip(candidates, scores, strict=True) if score is not None}
+        return {
+            run_id for (run_id, _), score in zip(waiting, scores, strict=True) if score is not None
+        }
 
     async def _hand_over(self, tenant_id: str, thread_id: str, finished: str) -> None:
         keys = self._keys(tenant_id, thread_id)

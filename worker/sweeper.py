@@ -159,8 +159,8 @@ class Sweeper:
             if why and await self.requeuer.requeue(run.id):
                 log.warning("run %s enqueued again: %s", run.id, why)
                 requeued.append(run.id)
-        for tenant_id, thread_id in {(r.tenant_id, r.thread_id) for r in runs if r.id in parked}:
-            assert thread_id is not None  # parked runs have a thread
+        stuck = {(r.tenant_id, r.thread_id) for r in runs if r.id in parked and r.thread_id}
+        for tenant_id, thread_id in stuck:
             if await self.threads.unstick(tenant_id, thread_id):
                 log.warning(
                     "thread %s of %s: its holder had finished; handed on", thread_id, tenant_id
