@@ -289,8 +289,8 @@ class Store:
                 for seq, type_, data in events
                 if seq not in archived
             )
-            run = session.get(Run, run_id)
-            if thread_messages and run is not None and run.thread_id is not None:
+            run = session.get(Run, run_id) if thread_messages else None
+            if run is not None and run.thread_id is not None:
                 append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)
             session.commit()
             return True
