@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from api_shim import errors, meta, runs, shortcuts, threads, usage
+from api_shim import approvals, errors, meta, runs, shortcuts, threads, usage
 from api_shim.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
 from runrelay.settings import Settings
@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> ASGIApp:
     )
     errors.install(app)
     app.include_router(runs.router)
+    app.include_router(approvals.router)
     app.include_router(meta.router)
     app.include_router(shortcuts.router)
     app.include_router(threads.router)

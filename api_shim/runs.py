@@ -16,12 +16,22 @@ from api_shim.errors import APIError, request_id_of
 from api_shim.quotas import Admission, rate_headers, reserve_tokens
 from api_shim.replay import run_events, sse_response
 from api_shim.state import ShimState, state_of
+from runrelay import approvals
 from runrelay.agents import AgentNotFound, AgentSpec
 from runrelay.events import CANCELLED_ERROR, encode, is_terminal, make_event
 from runrelay.revisions import AgentCatalog, RevisionNotFound
 from runrelay.store import new_id
 from runrelay.tables import Run
-from runrelay.types import AgentRef, RunCreate, RunError, RunList, RunObject, Usage, WaitResponse
+from runrelay.types import (
+    AgentRef,
+    RequiredAction,
+    RunCreate,
+    RunError,
+    RunList,
+    RunObject,
+    Usage,
+    WaitResponse,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -51,10 +61,21 @@ def run_object(run: Run) -> RunObject:
         output=run.output,
         result=run.result,
         usage=Usage(**run.usage) if run.usage else None,
+        usage_by_model=_by_model(run.usage),
         error=RunError(**run.error) if run.error else None,
+        required_action=(
+            RequiredAction.model_validate(approvals.public(run.required_action))
+            if run.status == "requires_action" and run.required_action
+            else None
+        ),
         attempts=run.attempts,
         events_url=f"/v1/runs/{run.id}/events",
     )
+
+
+def _by_model(usage: dict[str, Any] | None) -> dict[str, Usage] | None:
+    by_model = (usage or {}).get("by_model")
+    return {model: Usage(**u) for model, u in by_model.items()} if by_model else None
 
 
 def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
@@ -203,8 +224,9 @@ async def create_and_wait(request: Request, caller: Caller, body: RunCreate) -> 
     run = await create_run(request, caller, body)
     try:
         async with asyncio.timeout(state.settings.wait_timeout_s):
-            async for _ in run_events(state, run.id, 0):
-                pass
+            async for event in run_events(state, run.id, 0):
+                if event.type == "approval_required" and await paused(state, run.id):
+                    break  # answered now: the run waits for a person, not for the worker
     except TimeoutError as exc:
         raise APIError(
             504,
@@ -237,6 +259,17 @@ async def create_and_wait(request: Request, caller: Caller, body: RunCreate) -> 
         request_id=request_id_of(request),
         run=obj,
     )
+
+
+async def paused(state: ShimState, run_id: str) -> bool:
+    """Whether the run is (or within a moment becomes) `requires_action`: its worker writes
+    the pause right after the last `approval_required` event."""
+    for _ in range(50):
+        run = await asyncio.to_thread(state.store.get_run, run_id)
+        if run is None or run.status != "running":
+            return run is not None and run.status == "requires_action"
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def _model_of(state: ShimState, run: Run) -> str | None:
@@ -305,7 +338,7 @@ async def list_runs(
 _RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
-async def _own_run(request: Request, caller: Caller, run_id: str) -> Run:
+async def own_run(request: Request, caller: Caller, run_id: str) -> Run:
     state = state_of(request)
     tenant = await acting_tenant(request, caller, None)
     if not _RUN_ID.fullmatch(run_id):  # a NUL or other junk would reach the database
@@ -318,18 +351,20 @@ async def _own_run(request: Request, caller: Caller, run_id: str) -> Run:
 
 @router.get("/{run_id}", response_model=RunObject, responses=_ERRORS, summary="Get a run")
 async def get_run(request: Request, caller: Caller, run_id: str) -> RunObject:
-    return run_object(await _own_run(request, caller, run_id))
+    return run_object(await own_run(request, caller, run_id))
 
 
 # How long a cancel request waits for a running run to stop (it does within a second).
 _CANCEL_WAIT_S = 3.0
 
 
-async def _cancel_queued(state: ShimState, run: Run) -> bool:
-    """End a queued run here, without a worker: archive its log with `done`, only if it is still
-    queued (a conditional UPDATE); False when a worker started it meanwhile."""
+async def _cancel_unstarted(state: ShimState, run: Run) -> bool:
+    """End a run that no worker holds — queued, or paused for approval — here: archive its log
+    with `done`, only if it is still in that status (a conditional UPDATE); False when a worker
+    started it (or a decision resumed it) meanwhile."""
     history = await state.events.read(run.id)
     seq = (history[-1].seq if history else 0) + 1
+    usage = _paused_usage(run)
     done = make_event(
         run.id,
         seq,
@@ -337,7 +372,7 @@ async def _cancel_queued(state: ShimState, run: Run) -> bool:
         {
             "status": "cancelled",
             "output": "",
-            "usage": None,
+            "usage": usage,
             "error": CANCELLED_ERROR,
             "duration_ms": 0,
         },
@@ -349,14 +384,16 @@ async def _cancel_queued(state: ShimState, run: Run) -> bool:
         status="cancelled",
         output=None,
         result=None,
-        usage=None,
+        usage=usage,
         error=CANCELLED_ERROR,
         events=archive,
-        only_from="queued",
+        only_from=run.status,
     )
     if finished:
-        # quotas: the run leaves its tenant's queue (or gives back the slot dispatch gave it).
-        await state.quotas.backend.abandon(run.tenant_id, run.id)
+        # quotas: the run leaves its tenant's queue (or gives back the slot dispatch gave it)
+        # and its token reservation is settled at what it used before pausing.
+        used = int((usage or {}).get("total_tokens", 0))
+        await state.quotas.backend.abandon(run.tenant_id, run.id, used_tokens=used)
         await state.threads.release(run)  # threads: the next run of its thread may start
         await state.events.append(
             run.id, seq, "done", encode(done), ttl_s=state.settings.events_ttl_after_done_s
@@ -364,13 +401,21 @@ async def _cancel_queued(state: ShimState, run: Run) -> bool:
     return finished
 
 
+def _paused_usage(run: Run) -> dict[str, Any] | None:
+    if run.status != "requires_action" or not run.required_action:
+        return None
+    usage: dict[str, Any] = run.required_action["checkpoint"]["state"]["usage"]
+    return usage
+
+
 async def request_cancel(state: ShimState, run: Run) -> Run | None:
-    """Ask `run` to stop: a queued one ends here, a running one is flagged for its worker.
-    None when it already finished. (The cancel endpoint, and `interrupt` on a thread.)"""
+    """Ask `run` to stop: a queued or paused one ends here, a running one is flagged for its
+    worker. None when it already finished. (The cancel endpoint, and `interrupt` on a thread.)"""
     requested = await asyncio.to_thread(state.store.request_cancel, run.id)
     if requested is None:
         return None
-    if not (requested.status == "queued" and await _cancel_queued(state, requested)):
+    unstarted = requested.status in ("queued", "requires_action")
+    if not (unstarted and await _cancel_unstarted(state, requested)):
         # Running (or a worker took it just now): its worker sees the flag and stops it.
         flag = state.events.keys.cancel(run.id)
         await state.redis.set(flag, "1", ex=state.settings.events_ttl_s)
@@ -401,7 +446,7 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
     """A queued run never starts; a running one stops within about a second. Both end with
     `done` status `cancelled`. 200 with the cancelled run, or 202 if it is still stopping."""
     state = state_of(request)
-    run = await _own_run(request, caller, run_id)
+    run = await own_run(request, caller, run_id)
     requested = await request_cancel(state, run)
     if requested is None:
         current = await asyncio.to_thread(state.store.get_run, run.id)
@@ -409,7 +454,8 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
         raise APIError(
             409,
             "run_not_cancellable",
-            f"run {run.id} is already {status}; only a queued or running run can be cancelled",
+            f"run {run.id} is already {status}; only a queued, running or requires_action run "
+            "can be cancelled",
             param="run_id",
         )
     final = await _wait_finished(state, run.id, _CANCEL_WAIT_S)
@@ -448,5 +494,5 @@ async def events(
         cursor = _cursor(after, "after")
     elif last_event_id is not None:
         cursor = _cursor(last_event_id.strip(), "Last-Event-ID")
-    run = await _own_run(request, caller, run_id)
+    run = await own_run(request, caller, run_id)
     return sse_response(state_of(request), run.id, cursor)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runrelay.history import HistoryPolicy
+from runrelay.run_context import Suggestion
 
 TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9\-_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -78,6 +79,13 @@ class AgentSpec(BaseModel):
     provider: str = "scripted"
     model: str = "scripted"
     tools: list[str] = Field(default_factory=list, description="'module:function' import paths")
+    middleware: list[str] = Field(
+        default_factory=list,
+        description="'module:attribute' import paths of agent, chat or function middleware",
+    )
+    suggestions: list[Suggestion] = Field(
+        default_factory=list, max_length=6, description="follow-ups offered after each answer"
+    )
     capabilities: list[str] = Field(default_factory=list)
     task_template: str | None = None
     shortcuts: list[str] = Field(default_factory=list)

@@ -1,13 +1,19 @@
 """The agent loop: model turn, tool calls, model turn … until a final answer or `max_turns`.
 
-It takes its collaborators as arguments (a model provider, tools, an `emit` callback for events,
-a `checkpoint` callback) and imports no Celery, Redis or web framework, so the worker and the
-embedded SDK share it. Provider failures propagate as `ProviderError`; tool failures go back to
-the model as the tool's result.
+It takes its collaborators as arguments (a model provider, tools, middleware, an `emit` callback
+for events, a `checkpoint` callback) and imports no Celery, Redis or web framework, so the worker
+and the embedded SDK share it. Provider failures propagate as `ProviderError`; tool failures go
+back to the model as the tool's result.
 
 Checkpoints: after each model response and each tool result the loop hands its `LoopState` to
 `checkpoint`; a loop given that state back (`run(..., resume=state)`) continues from there and
 never calls a tool whose result the state holds (tool call ids are the idempotency keys).
+
+Approvals: a call to an `always_require` tool is not made until someone decides. The loop runs
+the turn's other calls, announces each call awaiting a decision (`approval_required`) and returns
+a result whose `required_action` lists them; whoever holds the state records decisions in
+`state.approvals` and resumes the loop from it. A rejected call is answered to the model as a
+failed call with the approver's reason.
 """
 
 from __future__ import annotations
@@ -15,10 +21,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from runrelay.events import EventType
+from runrelay.loop_state import LoopState, ToolCallRecord
+from runrelay.middleware import (
+    AgentRunContext,
+    ChatContext,
+    ChatResponse,
+    FunctionInvocationContext,
+    Pipelines,
+    run_pipeline,
+)
 from runrelay.providers.base import (
     Finish,
     ModelProvider,
@@ -27,69 +42,32 @@ from runrelay.providers.base import (
     ToolCallFragment,
     UsageReport,
 )
+from runrelay.run_context import RunEvents, current_run_events
 from runrelay.tools import Tool, ToolError, current_tool_call_id
 from runrelay.types import Usage
+
+__all__ = [
+    "FINAL_ANSWER_NUDGE",
+    "AgentLoop",
+    "Checkpoint",
+    "Emit",
+    "LoopResult",
+    "LoopSettings",
+    "LoopState",
+    "PendingEvent",
+    "ToolCallRecord",
+]
 
 Emit = Callable[[EventType, dict[str, Any]], Awaitable[None]]
 PendingEvent = tuple[EventType, dict[str, Any]]
 # Save the state; when an event comes with it, emit the event in the same atomic step, so that
 # "the tool result was announced" and "the tool result is checkpointed" cannot come apart.
-Checkpoint = Callable[["LoopState", PendingEvent | None], Awaitable[None]]
+Checkpoint = Callable[[LoopState, PendingEvent | None], Awaitable[None]]
 
 FINAL_ANSWER_NUDGE = (
     "You have used all the tool-calling turns available. Answer now with what you have, "
     "without calling tools."
 )
-
-
-@dataclass
-class ToolCallRecord:
-    tool_call_id: str
-    name: str
-    arguments: Any
-    result: Any = None
-    error: str | None = None
-
-
-@dataclass
-class LoopState:
-    """Where a run stands: what a checkpoint saves and a resumed loop starts from."""
-
-    messages: list[dict[str, Any]]
-    usage: Usage = field(default_factory=Usage)
-    turns: int = 0
-    # Tool calls of the last assistant message not yet all answered, and those already finished.
-    pending: list[dict[str, Any]] = field(default_factory=list)
-    finished: dict[str, ToolCallRecord] = field(default_factory=dict)
-    records: list[ToolCallRecord] = field(default_factory=list)
-    output: str | None = None
-    # How many of `messages` (after the system prompt) came from the thread's history.
-    history_len: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "messages": self.messages,
-            "usage": self.usage.model_dump(),
-            "turns": self.turns,
-            "pending": self.pending,
-            "finished": {key: asdict(record) for key, record in self.finished.items()},
-            "records": [asdict(record) for record in self.records],
-            "output": self.output,
-            "history_len": self.history_len,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoopState:
-        return cls(
-            messages=data["messages"],
-            usage=Usage(**data["usage"]),
-            turns=data["turns"],
-            pending=data["pending"],
-            finished={k: ToolCallRecord(**v) for k, v in data["finished"].items()},
-            records=[ToolCallRecord(**r) for r in data["records"]],
-            output=data["output"],
-            history_len=data.get("history_len", 0),
-        )
 
 
 @dataclass
@@ -99,6 +77,14 @@ class LoopResult:
     tool_calls: list[ToolCallRecord]
     messages: list[dict[str, Any]]
     turns: int
+    # Calls waiting for a decision (`{"tool_call_id", "name", "arguments"}`): the run is paused.
+    required_action: list[dict[str, Any]] | None = None
+    usage_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    suggestions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return "requires_action" if self.required_action else "completed"
 
 
 @dataclass
@@ -119,14 +105,6 @@ class _PendingCall:
     @property
     def arguments(self) -> str:
         return "".join(self.parts)
-
-
-@dataclass
-class _Turn:
-    text: list[str] = field(default_factory=list)
-    calls: list[_PendingCall] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    finish_reason: str | None = None
 
 
 class _CallAccumulator:
@@ -162,13 +140,25 @@ class AgentLoop:
         tools: Sequence[Tool] = (),
         emit: Emit | None = None,
         checkpoint: Checkpoint | None = None,
+        middleware: Sequence[object] = (),
+        *,
+        agent_name: str = "agent",
+        run_id: str | None = None,
+        thread_id: str | None = None,
+        suggestions: Sequence[dict[str, Any]] = (),
     ) -> None:
         self.provider = provider
         self.settings = settings
         self.tools = {tool.name: tool for tool in tools}
+        self.pipelines = Pipelines.of(middleware)
+        self.agent_name = agent_name
+        self.run_id = run_id
+        self.thread_id = thread_id
+        self._static_suggestions = list(suggestions)
         self._emit = emit
         self._checkpoint = checkpoint
         self._invocations: dict[str, int] = {}
+        self._exceptions: dict[str, int] = {}
 
     async def emit(self, type: EventType, data: dict[str, Any]) -> None:
         if self._emit is not None:
@@ -183,34 +173,69 @@ class AgentLoop:
     async def run(
         self, messages: list[dict[str, Any]], *, resume: LoopState | None = None
     ) -> LoopResult:
-        """Run until the model answers without tool calls; `messages` grows in place.
-
-        With `resume`, continue from that checkpointed state instead (`messages` is ignored).
-        """
+        """Run until the model answers without tool calls (or a call awaits approval);
+        `messages` grows in place. With `resume`, continue from that checkpointed state instead
+        (`messages` is ignored). Agent middleware wraps each call of `run`."""
         state = resume if resume is not None else LoopState(messages=messages)
+        context = AgentRunContext(
+            agent_name=self.agent_name,
+            messages=state.messages,
+            run_id=self.run_id,
+            thread_id=self.thread_id,
+        )
+
+        async def final(ctx: AgentRunContext) -> None:
+            ctx.result = await self._run(state)
+
+        sink = RunEvents(self.emit, state.suggestions)
+        token = current_run_events.set(sink)
+        try:
+            await run_pipeline(self.pipelines.agent, context, final)
+        finally:
+            current_run_events.reset(token)
+            await sink.flush()
+        result = context.result
+        if isinstance(result, LoopResult):
+            return result
+        # A middleware answered (a string) or stopped the run before the loop began.
+        return LoopResult(
+            output=result or "",
+            usage=state.usage,
+            tool_calls=state.records,
+            messages=state.messages,
+            turns=state.turns,
+            usage_by_model=state.usage_by_model,
+        )
+
+    async def _run(self, state: LoopState) -> LoopResult:
         for record in [*state.records, *state.finished.values()]:
-            self._invocations[record.name] = self._invocations.get(record.name, 0) + 1
+            self._count(record)
         while state.output is None:
             if state.pending:
-                await self._finish_tool_calls(state)
+                waiting = await self._finish_tool_calls(state)
+                if waiting:
+                    return self._result(state, required_action=waiting)
+                if state.output is not None:  # a function middleware ended the run
+                    break
             turn_number = state.turns + 1
             final = turn_number > self.settings.max_turns
             if final:
                 state.messages.append({"role": "system", "content": FINAL_ANSWER_NUDGE})
-            turn = await self._model_turn(state.messages, turn_number, offer_tools=not final)
-            state.usage = state.usage + turn.usage
+            response, stop = await self._model_turn(
+                state.messages, turn_number, offer_tools=not final
+            )
+            state.add_usage(response.model or self.settings.model, response.usage)
             state.turns = turn_number
-            text = "".join(turn.text)
             # On the final turn no tools were offered; calls a model makes anyway are ignored.
-            if not turn.calls or final:
-                state.messages.append({"role": "assistant", "content": text})
-                state.output = text
+            if not response.tool_calls or final or stop:
+                state.messages.append({"role": "assistant", "content": response.text})
+                state.output = response.text
             else:
-                calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in turn.calls]
+                calls = response.tool_calls
                 state.messages.append(
                     {
                         "role": "assistant",
-                        "content": text or None,
+                        "content": response.text or None,
                         "tool_calls": [
                             {
                                 "id": c["id"],
@@ -223,19 +248,71 @@ class AgentLoop:
                 )
                 state.pending, state.finished = calls, {}
             await self._save(state)
-        await self.emit("usage", {"usage": state.usage.model_dump(), "model": self.settings.model})
-        return LoopResult(state.output, state.usage, state.records, state.messages, state.turns)
+        suggestions = [*self._static_suggestions, *state.suggestions][:6]
+        if suggestions:
+            await self.emit("suggestions", {"suggestions": suggestions})
+        await self.emit(
+            "usage",
+            {
+                "usage": state.usage.model_dump(),
+                "model": self.settings.model,
+                "by_model": state.usage_by_model,
+            },
+        )
+        result = self._result(state)
+        result.suggestions = suggestions
+        return result
 
-    async def _finish_tool_calls(self, state: LoopState) -> None:
+    def _result(
+        self, state: LoopState, required_action: list[dict[str, Any]] | None = None
+    ) -> LoopResult:
+        return LoopResult(
+            output=state.output or "",
+            usage=state.usage,
+            tool_calls=state.records,
+            messages=state.messages,
+            turns=state.turns,
+            required_action=required_action,
+            usage_by_model=state.usage_by_model,
+        )
+
+    def _needs_decision(self, call: dict[str, Any], state: LoopState) -> bool:
+        tool = self.tools.get(call["name"])
+        return (
+            tool is not None
+            and tool.approval_mode == "always_require"
+            and call["id"] not in state.approvals
+        )
+
+    async def _finish_tool_calls(self, state: LoopState) -> list[dict[str, Any]]:
         """Run the pending calls that have no result yet (concurrently), checkpointing each
-        result with its event; then answer every call, in call order."""
+        result with its event; then answer every call, in call order. Returns the calls that
+        wait for an approval decision (nothing is answered then)."""
 
         async def one(call: dict[str, Any]) -> None:
-            record = await self._call_tool(call)
+            record = await self._call_tool(call, state)
+            sink = current_run_events.get()
+            if sink is not None:  # the tool's progress events come before its result
+                await sink.flush()
             state.finished[record.tool_call_id] = record
             await self._save(state, ("tool_call_result", _result_event(record)))
 
-        await asyncio.gather(*(one(c) for c in state.pending if c["id"] not in state.finished))
+        todo = [c for c in state.pending if c["id"] not in state.finished]
+        waiting = [c for c in todo if self._needs_decision(c, state)]
+        await asyncio.gather(*(one(c) for c in todo if c not in waiting))
+        if waiting:
+            announced = {c["tool_call_id"] for c in state.awaiting}
+            for call in waiting:
+                if call["id"] in announced:
+                    continue
+                request = {
+                    "tool_call_id": call["id"],
+                    "name": call["name"],
+                    "arguments": _parsed(call["arguments"]),
+                }
+                state.awaiting.append(request)
+                await self._save(state, ("approval_required", request))
+            return list(state.awaiting)
         for call in state.pending:
             record = state.finished[call["id"]]
             state.records.append(record)
@@ -247,24 +324,66 @@ class AgentLoop:
                     "content": json.dumps(content, default=str),
                 }
             )
-        state.pending, state.finished = [], {}
+            if record.terminate:
+                state.output = _as_text(record.result if record.error is None else record.error)
+        state.pending, state.finished, state.awaiting = [], {}, []
+        return []
 
     async def _model_turn(
         self, messages: list[dict[str, Any]], turn_number: int, *, offer_tools: bool
-    ) -> _Turn:
-        request = ModelRequest(
+    ) -> tuple[ChatResponse, bool]:
+        """One model call through the chat middleware; True when a middleware ended the run."""
+        context = ChatContext(
             model=self.settings.model,
             messages=list(messages),
             tools=[tool.schema() for tool in self.tools.values()] if offer_tools else [],
-            temperature=self.settings.temperature,
-            max_tokens=self.settings.max_tokens,
-            seed=self.settings.seed,
+            params={
+                "temperature": self.settings.temperature,
+                "max_tokens": self.settings.max_tokens,
+                "seed": self.settings.seed,
+            },
+            turn=turn_number,
         )
-        turn = _Turn()
-        calls = _CallAccumulator(turn_number)
+        streamed = False
+
+        async def final(ctx: ChatContext) -> None:
+            nonlocal streamed
+            streamed = True
+            ctx.result = await self._stream_turn(ctx)
+
+        await run_pipeline(self.pipelines.chat, context, final)
+        response = context.result or ChatResponse()
+        if response.model is None:
+            response.model = context.model
+        if not streamed:  # a middleware answered instead of the model: show its answer too
+            if response.text:
+                await self.emit("output_text_delta", {"delta": response.text})
+            for call in response.tool_calls:
+                await self.emit(
+                    "tool_call_delta",
+                    {
+                        "tool_call_id": call["id"],
+                        "name": call["name"],
+                        "arguments_delta": call["arguments"],
+                    },
+                )
+        return response, context.terminate
+
+    async def _stream_turn(self, context: ChatContext) -> ChatResponse:
+        request = ModelRequest(
+            model=context.model,
+            messages=list(context.messages),
+            tools=list(context.tools),
+            temperature=context.params.get("temperature"),
+            max_tokens=context.params.get("max_tokens"),
+            seed=context.params.get("seed"),
+        )
+        response = ChatResponse(model=context.model)
+        text: list[str] = []
+        calls = _CallAccumulator(context.turn)
         async for chunk in self.provider.stream(request):
             if isinstance(chunk, TextDelta):
-                turn.text.append(chunk.text)
+                text.append(chunk.text)
                 await self.emit("output_text_delta", {"delta": chunk.text})
             elif isinstance(chunk, ToolCallFragment):
                 call = calls.add(chunk)
@@ -277,23 +396,38 @@ class AgentLoop:
                     },
                 )
             elif isinstance(chunk, UsageReport):
-                turn.usage = Usage(
+                response.usage = Usage(
                     prompt_tokens=chunk.prompt_tokens,
                     completion_tokens=chunk.completion_tokens,
                     total_tokens=chunk.prompt_tokens + chunk.completion_tokens,
                 )
             elif isinstance(chunk, Finish):
-                turn.finish_reason = chunk.reason
-        turn.calls = calls.calls
-        return turn
+                response.finish_reason = chunk.reason
+        response.text = "".join(text)
+        response.tool_calls = [
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls.calls
+        ]
+        return response
 
-    async def _call_tool(self, call: dict[str, Any]) -> ToolCallRecord:
-        raw_arguments: str = call["arguments"]
-        try:
-            arguments: Any = json.loads(raw_arguments or "{}")
-        except json.JSONDecodeError:
-            arguments = raw_arguments
+    def _count(self, record: ToolCallRecord) -> None:
+        if record.approved is False:
+            return  # a rejected call never ran
+        self._invocations[record.name] = self._invocations.get(record.name, 0) + 1
+        if record.error is not None:
+            self._exceptions[record.name] = self._exceptions.get(record.name, 0) + 1
+
+    async def _call_tool(self, call: dict[str, Any], state: LoopState) -> ToolCallRecord:
+        arguments = _parsed(call["arguments"])
         record = ToolCallRecord(tool_call_id=call["id"], name=call["name"], arguments=arguments)
+        decision = state.approvals.get(record.tool_call_id)
+        if decision is not None:
+            record.approved = bool(decision.get("approved"))
+            if not record.approved:
+                reason = decision.get("reason")
+                record.error = "the call was rejected by the approver" + (
+                    f": {reason}" if reason else ""
+                )
+                return record
         tool = self.tools.get(record.name)
         token = current_tool_call_id.set(record.tool_call_id)
         try:
@@ -302,16 +436,52 @@ class AgentLoop:
                     f"there is no tool named {record.name!r}; available: "
                     f"{', '.join(sorted(self.tools)) or 'none'}"
                 )
-            used = self._invocations.get(tool.name, 0)
-            if tool.max_invocations is not None and used >= tool.max_invocations:
-                raise ToolError(f"{tool.name} may be called at most {tool.max_invocations} times")
-            self._invocations[tool.name] = used + 1
-            record.result = await tool.invoke(raw_arguments)
+            self._check_limits(tool)
+            self._invocations[tool.name] = self._invocations.get(tool.name, 0) + 1
+            record.result, record.terminate = await self._invoke(tool, call, arguments)
         except ToolError as exc:
             record.error = str(exc)
+            if tool is not None:
+                self._exceptions[tool.name] = self._exceptions.get(tool.name, 0) + 1
         finally:
             current_tool_call_id.reset(token)
         return record
+
+    def _check_limits(self, tool: Tool) -> None:
+        used = self._invocations.get(tool.name, 0)
+        if tool.max_invocations is not None and used >= tool.max_invocations:
+            raise ToolError(f"{tool.name} may be called at most {tool.max_invocations} times")
+        failed = self._exceptions.get(tool.name, 0)
+        if tool.max_invocation_exceptions is not None and failed >= tool.max_invocation_exceptions:
+            raise ToolError(
+                f"{tool.name} failed {failed} times (its limit is "
+                f"{tool.max_invocation_exceptions}); it is not called again in this run"
+            )
+
+    async def _invoke(self, tool: Tool, call: dict[str, Any], arguments: Any) -> tuple[Any, bool]:
+        """The call through the function middleware; True when a middleware ended the run."""
+        if not self.pipelines.function:
+            return await tool.invoke(call["arguments"]), False
+        if not isinstance(arguments, dict):
+            raise ToolError(f"arguments of {tool.name} must be a JSON object")
+        context = FunctionInvocationContext(function=tool, arguments=arguments, call_id=call["id"])
+
+        async def final(ctx: FunctionInvocationContext) -> None:
+            ctx.result = await tool.invoke(ctx.arguments)
+
+        await run_pipeline(self.pipelines.function, context, final)
+        return context.result, context.terminate
+
+
+def _parsed(raw_arguments: str) -> Any:
+    try:
+        return json.loads(raw_arguments or "{}")
+    except json.JSONDecodeError:
+        return raw_arguments
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def _result_event(record: ToolCallRecord) -> dict[str, Any]:
@@ -323,4 +493,6 @@ def _result_event(record: ToolCallRecord) -> dict[str, Any]:
     }
     if record.error is not None:
         data["error"] = record.error
+    if record.approved is not None:
+        data["approved"] = record.approved
     return data

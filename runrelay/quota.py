@@ -177,20 +177,22 @@ class QuotaStore:
             )
         )
 
-    async def vacate(self, tenant_id: str, run_id: str) -> None:
-        """A run that will not start yet (it waits for its thread) gives back the slot dispatch
-        gave it; its token reservation stays, since it will run."""
+    async def free_slot(self, tenant_id: str, run_id: str) -> None:
+        """Free the run's concurrency slot only (its reservation stays): a run paused for
+        approval, or waiting for its thread (it leaves the dispatching set too). Wakes the
+        dispatcher for the tenant's pending runs."""
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(k.tenant_slots(tenant_id), run_id)
             pipe.zrem(k.dispatching(), dispatching_member(tenant_id, run_id))
-            pipe.rpush(k.dispatch_wakeup(), tenant_id)  # a slot is free: the next pending run
+            pipe.rpush(k.dispatch_wakeup(), tenant_id)
             pipe.ltrim(k.dispatch_wakeup(), -1000, -1)
             await pipe.execute()
 
-    async def requeue_first(self, tenant_id: str, run_id: str) -> None:
-        """An admitted run may start now (its thread is free): first in its tenant's pending
-        queue, so the dispatcher gives it the next free slot."""
+    async def resume(self, tenant_id: str, run_id: str) -> None:
+        """Put an admitted run that may go on (its approvals are all decided, or its thread is
+        free) at the head of its tenant's pending queue: it starts again as soon as the tenant
+        has a free slot."""
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.lpush(k.tenant_pending(tenant_id), run_id)
@@ -199,10 +201,11 @@ class QuotaStore:
             pipe.ltrim(k.dispatch_wakeup(), -1000, -1)
             await pipe.execute()
 
-    async def abandon(self, tenant_id: str, run_id: str) -> None:
-        """Undo an admission whose run could not be created or queued."""
+    async def abandon(self, tenant_id: str, run_id: str, *, used_tokens: int = 0) -> None:
+        """Undo an admission whose run could not be created or queued, or end a run that no
+        worker holds (cancelled while queued or paused), settling at `used_tokens`."""
         await self.redis.lrem(self.keys.tenant_pending(tenant_id), 1, run_id)
-        await self.release(tenant_id, run_id, used_tokens=0)
+        await self.release(tenant_id, run_id, used_tokens=used_tokens)
 
     async def running(self, tenant_id: str) -> int:
         now = await self.now_ms()

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from runrelay.types import Usage, WaitResponse
+from runrelay.types import RequiredAction, Usage, WaitResponse
 
 InvokeResponse = WaitResponse
 """FAOS `invoke` response: `result`, `metadata` (model, duration_ms, ...), `usage`, `request_id`,
@@ -62,9 +62,11 @@ class AgentRunResult(BaseModel):
     agent_tag: str | None = None
     output: str
     tool_calls: list[AgentToolCall] = Field(default_factory=list)
-    status: Literal["completed", "failed", "cancelled", "expired"]
+    status: Literal["completed", "failed", "cancelled", "expired", "requires_action"]
     usage: UsageInfo | None = None
     run_id: str = ""
+    # Set when the run paused for approval: decide with `client.runs.approve/reject`.
+    required_action: RequiredAction | None = None
 
 
 class _StreamEvent(BaseModel):
@@ -229,7 +231,11 @@ def run_result(response: WaitResponse) -> AgentRunResult:
         agent_tag=run.agent.tag,
         output=run.output or "",
         tool_calls=[AgentToolCall.model_validate(call) for call in calls if isinstance(call, dict)],
-        status=run.status if run.status in ("completed", "cancelled", "expired") else "failed",
+        status=run.status if run.status in _REPORTED_STATUSES else "failed",
         usage=UsageInfo(**usage.model_dump()) if usage else None,
         run_id=run.id,
+        required_action=run.required_action,
     )
+
+
+_REPORTED_STATUSES = frozenset({"completed", "cancelled", "expired", "requires_action"})

@@ -209,10 +209,11 @@ class Store:
 
     def mark_running(self, run_id: str, *, lease_token: str | None = None) -> Run | None:
         """Move a queued (or resumed) run to running under `lease_token`, counting the attempt;
-        None when the run is already finished. One conditional UPDATE, so it is race-free."""
+        None when the run is finished or paused for approval (a stray task must not resume it
+        before the decisions). One conditional UPDATE, so it is race-free."""
         stmt = (
             update(Run)
-            .where(col(Run.id) == run_id, col(Run.status).not_in(TERMINAL_STATUSES))
+            .where(col(Run.id) == run_id, col(Run.status).in_(("queued", "running")))
             .values(
                 status="running",
                 attempts=col(Run.attempts) + 1,

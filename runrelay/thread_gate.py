@@ -64,7 +64,7 @@ class ThreadGate:
             if await self._live(holder):
                 break
             stale = holder  # its releaser died after finishing it: take the thread over
-        await self.quotas.vacate(run.tenant_id, run.id)
+        await self.quotas.free_slot(run.tenant_id, run.id)
         return holder
 
     async def release(self, run: Run) -> None:
@@ -108,7 +108,7 @@ class ThreadGate:
             if not waiter:
                 return
             if await self._live(waiter):
-                await self.quotas.requeue_first(tenant_id, waiter)
+                await self.quotas.resume(tenant_id, waiter)
                 return
             finished = waiter  # cancelled while it waited: the next one
 

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from runrelay.events import TERMINAL_STATUSES
+from runrelay.history import HistoryPolicy, fit_history
 from runrelay.tables import Run, Thread, ThreadMessage, utcnow
 
 Message = dict[str, Any]
@@ -140,6 +141,13 @@ class Threads:
     def active_run_ids(self, tenant_id: str, thread_id: str) -> list[str]:
         with Session(self.engine) as session:
             return [run.id for run in _active(session, tenant_id, thread_id)]
+
+    def history(self, run: Run, policy: HistoryPolicy) -> list[Message]:
+        """What `run` starts with: its thread's latest exchanges, trimmed by `policy`."""
+        if run.thread_id is None:
+            return []
+        exchanges = self.exchanges(run.tenant_id, run.thread_id, max_messages=policy.max_messages)
+        return fit_history(exchanges, policy)
 
     def exchanges(
         self, tenant_id: str, thread_id: str, *, max_messages: int

@@ -16,9 +16,9 @@ import json
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Annotated, Any, Literal, get_args, get_origin, overload
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 ApprovalMode = Literal["always_require", "never_require"]
 
@@ -47,6 +47,8 @@ class Tool:
     timeout_s: float | None = None
     approval_mode: ApprovalMode = "never_require"
     max_invocations: int | None = None
+    # After this many failed calls the tool is not called again in the run.
+    max_invocation_exceptions: int | None = None
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI function-tool schema."""
@@ -103,13 +105,20 @@ def tool_from_function(
     description: str | None = None,
     approval_mode: ApprovalMode = "never_require",
     max_invocations: int | None = None,
+    max_invocation_exceptions: int | None = None,
     timeout_s: float | None = None,
 ) -> Tool:
+    for option, value in (
+        ("max_invocations", max_invocations),
+        ("max_invocation_exceptions", max_invocation_exceptions),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"tool {fn.__name__}: {option} must be at least 1 (got {value})")
     fields: dict[str, Any] = {}
     for param in inspect.signature(fn, eval_str=True).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise TypeError(f"tool {fn.__name__}: *args and **kwargs have no JSON schema")
-        annotation = Any if param.annotation is param.empty else param.annotation
+        annotation = Any if param.annotation is param.empty else _described(param.annotation)
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, default)
     tool_name = name or fn.__name__
@@ -123,7 +132,18 @@ def tool_from_function(
         timeout_s=timeout_s,
         approval_mode=approval_mode,
         max_invocations=max_invocations,
+        max_invocation_exceptions=max_invocation_exceptions,
     )
+
+
+def _described(annotation: Any) -> Any:
+    """`Annotated[str, "the city"]` (a bare string, as in the Agent Framework) describes the
+    parameter like `Annotated[str, Field(description="the city")]`."""
+    if get_origin(annotation) is not Annotated:
+        return annotation
+    base, *metadata = get_args(annotation)
+    extras = [Field(description=m) if isinstance(m, str) else m for m in metadata]
+    return Annotated[(base, *extras)]
 
 
 @overload
@@ -135,6 +155,7 @@ def tool(
     description: str | None = None,
     approval_mode: ApprovalMode = "never_require",
     max_invocations: int | None = None,
+    max_invocation_exceptions: int | None = None,
     timeout_s: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Tool | Callable[..., Tool]:

@@ -146,6 +146,37 @@ class RunError(BaseModel):
     message: str
 
 
+class ToolApproval(BaseModel):
+    """A tool call a paused run waits on, with its decision once made."""
+
+    tool_call_id: str
+    name: str
+    arguments: Any = None
+    approved: bool | None = None
+    reason: str | None = None
+
+
+class RequiredAction(BaseModel):
+    """What a `requires_action` run waits for: a decision on each of these tool calls."""
+
+    type: Literal["approve_tool_calls"] = "approve_tool_calls"
+    tool_calls: list[ToolApproval]
+
+
+class ApprovalDecision(BaseModel):
+    """`POST /v1/runs/{id}/approvals`: approve or reject one call the run waits on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call_id: str = Field(
+        min_length=1, max_length=200, description="the tool_call_id of approval_required"
+    )
+    approved: bool = Field(strict=True, description="true runs the call, false rejects it")
+    reason: str | None = Field(
+        None, max_length=4000, description="told to the model when the call is rejected"
+    )
+
+
 class RunObject(BaseModel):
     object: Literal["run"] = "run"
     id: str
@@ -163,7 +194,9 @@ class RunObject(BaseModel):
     output: str | None = None
     result: dict[str, Any] | None = None
     usage: Usage | None = None
+    usage_by_model: dict[str, Usage] | None = None
     error: RunError | None = None
+    required_action: RequiredAction | None = None
     attempts: int = 0
     events_url: str
 

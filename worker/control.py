@@ -57,6 +57,9 @@ class RunControls:
     def __len__(self) -> int:
         return len(self._runs)
 
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._runs
+
     def add(self, run_id: str) -> RunControl:
         control = RunControl(run_id)
         if self.draining:

@@ -22,17 +22,19 @@ from typing import Any
 import httpx
 from redis.exceptions import RedisError
 
+from runrelay import approvals
 from runrelay.agents import AgentSpec, Registry
 from runrelay.eventlog import EventLog, LeaseLost
 from runrelay.events import CANCELLED_ERROR, EventType, encode, is_terminal, make_event
-from runrelay.history import fit_history, new_messages
+from runrelay.history import new_messages
 from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState, PendingEvent
+from runrelay.middleware import RunBlocked, import_middleware
 from runrelay.providers import build_provider
 from runrelay.providers.base import ProviderError
 from runrelay.revisions import AgentCatalog
 from runrelay.settings import Settings
 from runrelay.store import Store
-from runrelay.tables import Run, utcnow
+from runrelay.tables import Run, as_utc, utcnow
 from runrelay.thread_gate import ThreadGate
 from runrelay.threads import Threads
 from runrelay.tools import current_run_id, import_tool
@@ -50,6 +52,13 @@ class HandBack(Exception):
 
     def __repr__(self) -> str:
         return f"HandBack({self.args[0]!r})"
+
+
+class Paused(Exception):
+    """Control flow: the run waits for approval decisions, with no worker (`requires_action`)."""
+
+    def __repr__(self) -> str:
+        return f"Paused({self.args[0]!r})"
 
 
 @dataclass
@@ -149,18 +158,8 @@ class RunExecutor:
         if lease is None:
             log.info("run %s: another worker holds the lease, nothing to do", run_id)
             return
-        run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is None or is_terminal(run.status):
-            log.info("run %s: %s, nothing to do", run_id, run.status if run else "no such run")
-            await self.leases.release(lease)
-            if run is not None:
-                await self.slots.forget(run)  # quotas: free a slot dispatch gave it
-                await self.threads.release(run)  # threads: in case its releaser died
-            return
-        holder = await self.threads.enter(run)  # threads: one active run per thread
-        if holder is not None:
-            log.info("run %s: waits for run %s, which holds its thread", run_id, holder)
-            await self.leases.release(lease)
+        run = await self._startable(run_id, lease)
+        if run is None:
             return
         try:
             slot = await self.slots.hold(run)  # quotas: the tenant's concurrency slot, renewed
@@ -172,6 +171,11 @@ class RunExecutor:
         handed_back = False
         try:
             await self._execute_leased(run_id, lease, control)
+        except Paused:
+            # No worker waits for a person: the concurrency slot is free, the token
+            # reservation stays the run's until it ends.
+            slot.handed_over = True
+            await self.slots.pause(slot)
         except LeaseLost:
             log.warning("run %s: lease lost, leaving the run to its new holder", run_id)
             slot.handed_over = True
@@ -194,6 +198,24 @@ class RunExecutor:
             await self.requeuer.requeue(run_id, force=True)
         elif not slot.handed_over:
             await self._release_thread(run_id)
+
+    async def _startable(self, run_id: str, lease: Lease) -> Run | None:
+        """The run if it is to start now; else None, with the lease given back: it is finished,
+        paused for approval, or waiting for its thread."""
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        if run is not None and run.status == "requires_action":
+            log.info("run %s waits for approval; a decision will enqueue it", run_id)
+        elif run is None or is_terminal(run.status):
+            log.info("run %s: %s, nothing to do", run_id, run.status if run else "no such run")
+            if run is not None:
+                await self.slots.forget(run)  # quotas: free a slot dispatch gave it
+                await self.threads.release(run)  # threads: in case its releaser died
+        elif (holder := await self.threads.enter(run)) is not None:  # one active run per thread
+            log.info("run %s: waits for run %s, which holds its thread", run_id, holder)
+        else:
+            return run
+        await self.leases.release(lease)
+        return None
 
     async def _release_thread(self, run_id: str) -> None:
         """threads: a run that finished here (not one that paused) lets its thread go."""
@@ -231,6 +253,8 @@ class RunExecutor:
         await writer.emit("run_started", {"attempt": run.attempts, "worker": self.worker_id})
         checkpoint = await self._resume_point(run, writer, last)
         outcome = await self._outcome(run, writer, checkpoint, control)
+        if outcome.status == "requires_action":
+            await self._pause(run, writer, outcome)
         if outcome.error is not None:
             await writer.emit("error", outcome.error)
         if outcome.status != "cancelled":
@@ -246,11 +270,38 @@ class RunExecutor:
             run, writer, outcome, duration_ms=int((time.monotonic() - started) * 1000)
         )
 
+    async def _pause(self, run: Run, writer: RunWriter, outcome: Outcome) -> None:
+        """Park the run until its calls are decided; the checkpoint goes to the database too, so
+        a decision taken days later still finds it."""
+        assert outcome.result is not None and outcome.result.required_action
+        saved = await self.checkpoints.load(run.id)
+        if saved is None:
+            raise LeaseLost(run.id)  # only a newer holder (or a Redis wipe) removes it
+        paused = await asyncio.to_thread(
+            approvals.pause,
+            self.store.engine,
+            run.id,
+            lease_token=writer.lease.token,
+            tool_calls=outcome.result.required_action,
+            checkpoint={"next_seq": saved.next_seq, "state": saved.state.to_dict()},
+        )
+        if not paused:
+            raise LeaseLost(run.id)
+        raise Paused(run.id)
+
     async def _resume_point(self, run: Run, writer: RunWriter, last: int) -> Checkpoint | None:
-        """The checkpoint to continue from, having marked what came after it superseded."""
+        """The checkpoint to continue from, having marked what came after it superseded, with
+        the approval decisions taken while the run was paused."""
         if run.attempts <= 1 or last == 0:
             return None
         checkpoint = await self.checkpoints.load(run.id)
+        if checkpoint is None and run.required_action:  # paused, and Redis lost it meanwhile
+            saved = run.required_action["checkpoint"]
+            checkpoint = Checkpoint(saved["next_seq"], LoopState.from_dict(saved["state"]))
+        if checkpoint is not None:
+            checkpoint.state.approvals.update(approvals.decisions(run.required_action))
+            # The budget counts tokens of every attempt, not only this one's.
+            self.slots.carry(run.id, checkpoint.state.usage.total_tokens)
         if checkpoint is not None and checkpoint.next_seq > last + 1:
             log.warning("run %s: checkpoint is ahead of the log; starting over", run.id)
             checkpoint = None
@@ -267,11 +318,11 @@ class RunExecutor:
     ) -> Outcome:
         if run.cancel_requested_at is not None or await self.controls.cancel_requested(run.id):
             return Outcome("cancelled", error=CANCELLED_ERROR)
-        if run.attempts > self.settings.max_run_attempts:
+        if run.attempts - run.resumes > self.settings.max_run_attempts:
             return _failed(
                 "too_many_attempts",
-                f"the run was started {run.attempts - 1} times without finishing (its worker "
-                f"died or handed it back each time); giving up after "
+                f"the run was started {run.attempts - run.resumes - 1} times without finishing "
+                f"(its worker died or handed it back each time); giving up after "
                 f"RUNRELAY_MAX_RUN_ATTEMPTS={self.settings.max_run_attempts}",
             )
         try:
@@ -284,10 +335,9 @@ class RunExecutor:
     def _deadline(self, run: Run, agent: AgentSpec) -> tuple[float, float]:
         """The run's timeout and the seconds left of it, counted from its first start."""
         timeout = run.timeout_s or agent.timeout_s or self.settings.run_timeout_s
-        first_start = run.started_at or utcnow()
-        if first_start.tzinfo is None:
-            first_start = first_start.replace(tzinfo=utcnow().tzinfo)
-        return timeout, timeout - (utcnow() - first_start).total_seconds()
+        first_start = as_utc(run.started_at or utcnow())
+        active_s = (utcnow() - first_start).total_seconds() - run.waited_s
+        return timeout, timeout - active_s
 
     async def _run_agent(
         self,
@@ -298,30 +348,7 @@ class RunExecutor:
         control: RunControl,
     ) -> Outcome:
         timeout, remaining = self._deadline(run, agent)
-        if checkpoint is None:
-            await writer.emit(
-                "agent_resolved",
-                {
-                    "agent_id": agent.id,
-                    "agent_name": agent.name,
-                    "agent_revision": run.agent_revision,
-                    "agent_tag": run.agent_tag,
-                    "thread_id": run.thread_id,
-                    "model": self._model(agent, run),
-                },
-            )
-            history = await asyncio.to_thread(self._history, run, agent)
-            state = LoopState(
-                messages=[
-                    {"role": "system", "content": agent.instructions},
-                    *history,
-                    {"role": "user", "content": _user_message(run)},
-                ],
-                history_len=len(history),
-            )
-            await writer.checkpoint(state)
-        else:
-            state = checkpoint.state
+        state = checkpoint.state if checkpoint else await self._first_state(run, agent, writer)
         task = asyncio.current_task()
         control.task = task
         run_id_token = current_run_id.set(run.id)
@@ -344,6 +371,8 @@ class RunExecutor:
             raise HandBack(run.id) from None
         except ProviderError as exc:
             return _failed(exc.code, exc.message)
+        except RunBlocked as exc:
+            return _failed("blocked", str(exc) or "a middleware stopped the run")
         except TimeoutError:
             await writer.resync()
             return _failed("run_timeout", f"the run took longer than its deadline, {timeout:g} s")
@@ -355,18 +384,36 @@ class RunExecutor:
         finally:
             control.task = None
             current_run_id.reset(run_id_token)
+        # completed, or requires_action (paused for approval decisions)
         thread_messages = new_messages(state.messages, state.history_len)
-        return Outcome("completed", result.output, result, thread_messages=thread_messages)
+        return Outcome(result.status, result.output, result, thread_messages=thread_messages)
 
-    def _history(self, run: Run, agent: AgentSpec) -> list[dict[str, Any]]:
-        """The thread's history the run starts with, trimmed by the agent's policy."""
-        if run.thread_id is None:
-            return []
-        threads = Threads(self.store.engine)
-        exchanges = threads.exchanges(
-            run.tenant_id, run.thread_id, max_messages=agent.history.max_messages
+    async def _first_state(self, run: Run, agent: AgentSpec, writer: RunWriter) -> LoopState:
+        """A run's first attempt: announce the agent, checkpoint the opening messages (with
+        its thread's history)."""
+        await writer.emit(
+            "agent_resolved",
+            {
+                "agent_id": agent.id,
+                "agent_name": agent.name,
+                "agent_revision": run.agent_revision,
+                "agent_tag": run.agent_tag,
+                "thread_id": run.thread_id,
+                "model": self._model(agent, run),
+            },
         )
-        return fit_history(exchanges, agent.history)
+        threads = Threads(self.store.engine)
+        history = await asyncio.to_thread(threads.history, run, agent.history)
+        state = LoopState(
+            messages=[
+                {"role": "system", "content": agent.instructions},
+                *history,
+                {"role": "user", "content": _user_message(run)},
+            ],
+            history_len=len(history),
+        )
+        await writer.checkpoint(state)
+        return state
 
     def _model(self, agent: AgentSpec, run: Run) -> str:
         return run.model_id or agent.model
@@ -388,6 +435,11 @@ class RunExecutor:
             [import_tool(path) for path in agent.tools],
             emit=writer.emit,
             checkpoint=writer.checkpoint,
+            middleware=[import_middleware(path) for path in agent.middleware],
+            agent_name=agent.name,
+            run_id=run.id,
+            thread_id=run.thread_id,
+            suggestions=[s.model_dump() for s in agent.suggestions],
         )
 
     async def _finish(
@@ -395,7 +447,11 @@ class RunExecutor:
     ) -> None:
         """Write the outcome and the archive first, then `done`: a client that sees `done` finds
         the run finished in the database. Only the lease holder's write counts."""
-        usage = outcome.result.usage.model_dump() if outcome.result else None
+        usage = recorded = None
+        if outcome.result is not None:
+            usage = outcome.result.usage.model_dump()
+            # The run row keeps the usage per model too (`usage_by_model` in the API).
+            recorded = {**usage, "by_model": outcome.result.usage_by_model}
         tool_calls = (
             [vars(record) for record in outcome.result.tool_calls] if outcome.result else []
         )
@@ -416,7 +472,7 @@ class RunExecutor:
             status=outcome.status,
             output=outcome.output,
             result={"output": outcome.output, "tool_calls": tool_calls} if outcome.result else None,
-            usage=usage,
+            usage=recorded,
             error=outcome.error,
             events=archive,
             lease_token=writer.lease.token,

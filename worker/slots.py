@@ -114,6 +114,19 @@ class Slots:
             slot.tenant_id, slot.run_id, used_tokens=slot.used_tokens, period=slot.period
         )
 
+    def carry(self, run_id: str, used_tokens: int) -> None:
+        """A resumed run: its earlier attempts used `used_tokens` (charged and settled with
+        this attempt's)."""
+        slot = self._held.get(run_id)
+        if slot is not None:
+            slot.used_tokens = max(slot.used_tokens, used_tokens)
+
+    async def pause(self, slot: Slot) -> None:
+        """A run paused for approval: free its concurrency slot, keep its token reservation
+        (call before `release`, which then does nothing more)."""
+        slot.handed_over = True
+        await self.quotas.free_slot(slot.tenant_id, slot.run_id)
+
     async def forget(self, run: Run) -> None:
         """A run that will not start (already finished, e.g. cancelled while queued)."""
         used = int((run.usage or {}).get("total_tokens", 0))

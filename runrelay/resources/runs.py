@@ -71,6 +71,22 @@ class Runs(_RunsResource):
         response = self._transport.send(Request("POST", f"/v1/runs/{run_id}/cancel"))
         return RunObject.model_validate(response.json())
 
+    def approve(self, run_id: str, call_id: str, *, reason: str | None = None) -> RunObject:
+        """Approve a tool call a `requires_action` run waits on; once all its calls are
+        decided, the run resumes."""
+        return self.decide(run_id, call_id, approved=True, reason=reason)
+
+    def reject(self, run_id: str, call_id: str, *, reason: str | None = None) -> RunObject:
+        """Reject a tool call; the model is told it was rejected, with `reason`."""
+        return self.decide(run_id, call_id, approved=False, reason=reason)
+
+    def decide(
+        self, run_id: str, call_id: str, *, approved: bool, reason: str | None = None
+    ) -> RunObject:
+        """`POST /v1/runs/{id}/approvals`."""
+        response = self._transport.send(_decision_request(run_id, call_id, approved, reason))
+        return RunObject.model_validate(response.json())
+
 
 class AsyncRuns(_RunsResource):
     """`client.runs` of `AsyncClient`."""
@@ -107,6 +123,24 @@ class AsyncRuns(_RunsResource):
         async with self._atransport() as transport:
             response = await transport.send(Request("POST", f"/v1/runs/{run_id}/cancel"))
         return RunObject.model_validate(response.json())
+
+    async def approve(self, run_id: str, call_id: str, *, reason: str | None = None) -> RunObject:
+        return await self.decide(run_id, call_id, approved=True, reason=reason)
+
+    async def reject(self, run_id: str, call_id: str, *, reason: str | None = None) -> RunObject:
+        return await self.decide(run_id, call_id, approved=False, reason=reason)
+
+    async def decide(
+        self, run_id: str, call_id: str, *, approved: bool, reason: str | None = None
+    ) -> RunObject:
+        async with self._atransport() as transport:
+            response = await transport.send(_decision_request(run_id, call_id, approved, reason))
+        return RunObject.model_validate(response.json())
+
+
+def _decision_request(run_id: str, call_id: str, approved: bool, reason: str | None) -> Request:
+    body = {"call_id": call_id, "approved": approved, "reason": reason}
+    return Request("POST", f"/v1/runs/{run_id}/approvals", json=body)
 
 
 def _list_request(

@@ -279,3 +279,44 @@ def test_concurrent_creates_on_a_new_thread_all_run_one_at_a_time(
     spans = sorted((at(run["started_at"]), at(run["finished_at"])) for run in done)
     assert all(end <= start for (_, end), (start, _) in pairwise(spans))
     assert len(client.get(f"/v1/threads/{thread}").json()["messages"]) == 10
+
+
+def paused_payment(client: httpx.Client, thread: str) -> dict[str, Any]:
+    payment = {"agent": "bank payments", "message": "Pay ACME 1,250 EUR", "thread_id": thread}
+    run: dict[str, Any] = client.post("/v1/runs", json=payment).json()
+    wait_status(client, run["id"], "requires_action")
+    paused: dict[str, Any] = client.get(f"/v1/runs/{run['id']}").json()
+    return paused
+
+
+def test_a_run_paused_for_approval_keeps_its_thread_until_it_completes(
+    client: httpx.Client, fake_openai: FakeOpenAI
+) -> None:
+    model, thread = f"m-{secrets.token_hex(4)}", f"appr-{secrets.token_hex(4)}"
+    paused = paused_payment(client, thread)
+    waiting = client.post("/v1/runs", json=body(model, thread, "Did it go through?")).json()
+    time.sleep(0.5)
+    assert client.get(f"/v1/runs/{waiting['id']}").json()["status"] == "queued"
+
+    [call] = paused["required_action"]["tool_calls"]
+    decision = {"call_id": call["tool_call_id"], "approved": True}
+    assert client.post(f"/v1/runs/{paused['id']}/approvals", json=decision).status_code == 200
+    done = [wait_finished(client, run["id"]) for run in (paused, waiting)]
+    assert [run["status"] for run in done] == ["completed", "completed"]
+    assert at(done[1]["started_at"]) >= at(done[0]["finished_at"])
+    # The paused-and-resumed run's whole exchange (both tool calls and results) is history.
+    roles = [m["role"] for m in sent(fake_openai, model)[-1]]
+    assert roles == ["system", "user", "assistant", "tool", "tool", "assistant", "user"]
+
+
+def test_interrupt_cancels_a_paused_run(client: httpx.Client) -> None:
+    thread = f"appr-{secrets.token_hex(4)}"
+    paused = paused_payment(client, thread)
+    model = f"m-{secrets.token_hex(4)}"
+    instead = client.post(
+        "/v1/runs", json=body(model, thread, "Never mind.", multitask_strategy="interrupt")
+    ).json()
+    assert wait_finished(client, paused["id"])["status"] == "cancelled"
+    assert wait_finished(client, instead["id"])["status"] == "completed"
+    messages = client.get(f"/v1/threads/{thread}").json()["messages"]
+    assert {m["run_id"] for m in messages} == {instead["id"]}

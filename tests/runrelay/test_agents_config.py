@@ -35,6 +35,7 @@ def test_demo_config_loads_with_defaults_when_the_environment_is_empty(demo: Reg
         "credit-risk-analyst",
         "slow-analyst",
         "openai-analyst",
+        "payments-officer",
     ]
     openai = demo.config.providers["openai"]
     assert openai.base_url == "https://api.openai.com/v1"

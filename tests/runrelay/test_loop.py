@@ -112,7 +112,11 @@ def test_plain_answer_streams_text_deltas_and_ends_with_usage() -> None:
     assert [t for t, _ in events.items] == ["output_text_delta", "output_text_delta", "usage"]
     assert [d["delta"] for d in events.of("output_text_delta")] == ["Hel", "lo"]
     assert events.of("usage") == [
-        {"usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}, "model": "m-1"}
+        {
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+            "model": "m-1",
+            "by_model": {"m-1": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}},
+        }
     ]
     assert result.messages[-1] == {"role": "assistant", "content": "Hello"}
 
@@ -420,7 +424,9 @@ def test_usage_adds_up_over_all_turns() -> None:
 
     expected = {"prompt_tokens": 250, "completion_tokens": 27, "total_tokens": 277}
     assert result.usage.model_dump() == expected
-    assert events.of("usage") == [{"usage": expected, "model": "m-1"}]
+    assert events.of("usage") == [
+        {"usage": expected, "model": "m-1", "by_model": {"m-1": expected}}
+    ]
 
 
 def test_provider_error_propagates_out_of_the_loop() -> None:
@@ -492,15 +498,20 @@ class Checkpoints:
 
 
 def test_checkpoint_after_each_model_response_and_each_tool_result() -> None:
-    provider = FakeProvider([
-        call_turn(whole_call("c1", "add", {"a": 1, "b": 2}),
-                  whole_call("c2", "add", {"a": 3, "b": 4}, index=1)),
-        text_turn("done"),
-    ])
+    provider = FakeProvider(
+        [
+            call_turn(
+                whole_call("c1", "add", {"a": 1, "b": 2}),
+                whole_call("c2", "add", {"a": 3, "b": 4}, index=1),
+            ),
+            text_turn("done"),
+        ]
+    )
     events = Events()
     saved = Checkpoints(events)
-    loop = AgentLoop(provider, LoopSettings(model="m"), [tool_from_function(add)], emit=events,
-                     checkpoint=saved)
+    loop = AgentLoop(
+        provider, LoopSettings(model="m"), [tool_from_function(add)], emit=events, checkpoint=saved
+    )
 
     asyncio.run(loop.run([{"role": "user", "content": "hi"}]))
 
@@ -520,10 +531,14 @@ def test_resumed_loop_does_not_call_a_tool_whose_result_was_checkpointed() -> No
         calls.append(a)
         return a + b
 
-    first_provider = FakeProvider([
-        call_turn(whole_call("c1", "counted_add", {"a": 1, "b": 2}),
-                  whole_call("c2", "counted_add", {"a": 3, "b": 4}, index=1)),
-    ])
+    first_provider = FakeProvider(
+        [
+            call_turn(
+                whole_call("c1", "counted_add", {"a": 1, "b": 2}),
+                whole_call("c2", "counted_add", {"a": 3, "b": 4}, index=1),
+            ),
+        ]
+    )
     saved = Checkpoints(Events())
     tools = [tool_from_function(counted_add)]
     crashed = AgentLoop(first_provider, LoopSettings(model="m"), tools, checkpoint=saved)
@@ -537,8 +552,9 @@ def test_resumed_loop_does_not_call_a_tool_whose_result_was_checkpointed() -> No
     provider = FakeProvider([text_turn("4 and 7")])
     events = Events()
 
-    result = asyncio.run(AgentLoop(provider, LoopSettings(model="m"), tools, emit=events)
-                         .run([], resume=state))
+    result = asyncio.run(
+        AgentLoop(provider, LoopSettings(model="m"), tools, emit=events).run([], resume=state)
+    )
 
     assert calls == [3], "only the unfinished call ran again"
     assert [(r.tool_call_id, r.result) for r in result.tool_calls] == [("c1", 3), ("c2", 7)]
@@ -550,8 +566,11 @@ def test_resumed_loop_does_not_call_a_tool_whose_result_was_checkpointed() -> No
 
 def test_resumed_loop_with_a_final_answer_does_not_call_the_model_again() -> None:
     saved = Checkpoints(Events())
-    asyncio.run(AgentLoop(FakeProvider([text_turn("answer")]), LoopSettings(model="m"),
-                          checkpoint=saved).run([{"role": "user", "content": "hi"}]))
+    asyncio.run(
+        AgentLoop(
+            FakeProvider([text_turn("answer")]), LoopSettings(model="m"), checkpoint=saved
+        ).run([{"role": "user", "content": "hi"}])
+    )
     state = LoopState.from_dict(saved.saved[-1][0])
     provider = FakeProvider([])
 

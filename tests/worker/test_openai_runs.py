@@ -50,6 +50,8 @@ def test_tool_call_split_across_chunks_then_answer(
     done = events[-1]
     assert done["status"] == "completed" and done["output"] == "ACME is a low risk borrower."
     assert done["usage"] == {"prompt_tokens": 32, "completion_tokens": 16, "total_tokens": 48}
+    run = client.get(f"/v1/runs/{done['run_id']}").json()
+    assert run["usage_by_model"] == {model: done["usage"]}  # the request's model_id was called
     deltas = [e for e in events if e["type"] == "tool_call_delta"]
     assert "".join(d["arguments_delta"] for d in deltas) == '{"company": "ACME Corp"}'
     result = next(e for e in events if e["type"] == "tool_call_result")

@@ -19,9 +19,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("required_action", sa.JSON(), nullable=True))
-        batch_op.add_column(
-            sa.Column("waited_s", sa.Float(), nullable=False, server_default="0")
-        )
+        batch_op.add_column(sa.Column("waited_s", sa.Float(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("resumes", sa.Integer(), nullable=False, server_default="0"))
         batch_op.create_index("ix_runs_tenant_thread", ["tenant_id", "thread_id"])
     op.create_table(

@@ -1,0 +1,83 @@
+"""Where a run of the agent loop stands: what a checkpoint saves and a resumed loop starts from.
+
+Plain data (JSON round-trip through `to_dict`/`from_dict`), so the worker can keep it in Redis,
+the database can keep a paused run's, and the embedded loop can keep it in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from runrelay.types import Usage
+
+
+@dataclass
+class ToolCallRecord:
+    tool_call_id: str
+    name: str
+    arguments: Any
+    result: Any = None
+    error: str | None = None
+    # The approver's decision, for calls to tools that need one.
+    approved: bool | None = None
+    # A function middleware ended the run with this call's result.
+    terminate: bool = False
+
+
+@dataclass
+class LoopState:
+    messages: list[dict[str, Any]]
+    usage: Usage = field(default_factory=Usage)
+    turns: int = 0
+    # Tool calls of the last assistant message not yet all answered, and those already finished.
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    finished: dict[str, ToolCallRecord] = field(default_factory=dict)
+    records: list[ToolCallRecord] = field(default_factory=list)
+    output: str | None = None
+    # How many of `messages` (after the system prompt) came from the thread's history.
+    history_len: int = 0
+    # Approvals: the pending calls announced as awaiting a decision, and the decisions made
+    # (`{call id: {"approved": bool, "reason": str | None}}`).
+    awaiting: list[dict[str, Any]] = field(default_factory=list)
+    approvals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    suggestions: list[dict[str, Any]] = field(default_factory=list)
+    usage_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add_usage(self, model: str, usage: Usage) -> None:
+        self.usage = self.usage + usage
+        known = Usage(**self.usage_by_model.get(model, {}))
+        self.usage_by_model[model] = (known + usage).model_dump()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "usage": self.usage.model_dump(),
+            "turns": self.turns,
+            "pending": self.pending,
+            "finished": {key: asdict(record) for key, record in self.finished.items()},
+            "records": [asdict(record) for record in self.records],
+            "output": self.output,
+            "history_len": self.history_len,
+            "awaiting": self.awaiting,
+            "approvals": self.approvals,
+            "suggestions": self.suggestions,
+            "usage_by_model": self.usage_by_model,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoopState:
+        return cls(
+            messages=data["messages"],
+            usage=Usage(**data["usage"]),
+            turns=data["turns"],
+            pending=data["pending"],
+            finished={k: ToolCallRecord(**v) for k, v in data["finished"].items()},
+            records=[ToolCallRecord(**r) for r in data["records"]],
+            output=data["output"],
+            history_len=data.get("history_len", 0),
+            awaiting=data.get("awaiting", []),
+            approvals=data.get("approvals", {}),
+            suggestions=data.get("suggestions", []),
+            usage_by_model=data.get("usage_by_model", {}),
+        )
