@@ -1,13 +1,15 @@
 """runrelay: run LLM agents at scale.
 
-`pip install runrelay` gives the client SDK (`Client`, `AsyncClient`) and the `runrelay` command;
-the server side (worker, HTTP shim) comes with the `server` extra. The SDK imports only httpx,
-httpx-sse and pydantic.
+`pip install runrelay` gives the client SDK (`Client`, `AsyncClient`), the embedded agent loop
+(`Runrelay`) and the `runrelay` command; the server side (worker, HTTP shim) comes with the
+`server` extra. The SDK imports only httpx, httpx-sse and pydantic (and PyYAML when the embedded
+loop reads a YAML config).
 """
 
 __version__ = "0.1.0"
 
 from runrelay.client import AsyncClient, Client
+from runrelay.embedded import Runrelay, RunResult, ToolUse
 from runrelay.errors import (
     APIConnectionError,
     APIError,
@@ -15,17 +17,23 @@ from runrelay.errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ConfigError,
     ConflictError,
     InternalServerError,
+    MissingCredentialsError,
     NetworkError,
     NotFoundError,
     PermissionDeniedError,
+    ProviderUnreachableError,
     RateLimitError,
     RunrelayError,
+    RunTimeoutError,
+    SessionError,
     UnprocessableEntityError,
     ValidationError,
 )
 from runrelay.params import AgentRunParams, ModelParams
+from runrelay.providers.base import ProviderError
 from runrelay.responses import (
     AgentErrorEvent,
     AgentResolvedEvent,
@@ -72,20 +80,28 @@ __all__ = [
     "BadRequestError",
     "ChatCompletedEvent",
     "Client",
+    "ConfigError",
     "ConflictError",
     "CustomEvent",
     "EventStream",
     "InternalServerError",
     "InvokeResponse",
+    "MissingCredentialsError",
     "ModelParams",
     "NetworkError",
     "NotFoundError",
     "OutputTextDeltaEvent",
     "PermissionDeniedError",
+    "ProviderError",
+    "ProviderUnreachableError",
     "RateLimitError",
     "RunList",
     "RunObject",
+    "RunResult",
+    "RunTimeoutError",
+    "Runrelay",
     "RunrelayError",
+    "SessionError",
     "ShortcutDefinition",
     "ShortcutResolution",
     "StreamChunk",
@@ -95,6 +111,7 @@ __all__ = [
     "ThreadObject",
     "ToolCallDeltaEvent",
     "ToolCallResultEvent",
+    "ToolUse",
     "UnprocessableEntityError",
     "Usage",
     "UsageInfo",

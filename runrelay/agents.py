@@ -14,19 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runrelay.errors import ConfigError as ConfigError
 from runrelay.history import HistoryPolicy
+from runrelay.mcp_servers import McpServerSpec
 from runrelay.run_context import Suggestion
 
 TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9\-_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9\-_]*$"
-
-
-class ConfigError(Exception):
-    """The agents config file is missing or invalid; the message says where."""
 
 
 class AgentNotFound(LookupError):
@@ -86,6 +83,7 @@ class AgentSpec(BaseModel):
     suggestions: list[Suggestion] = Field(
         default_factory=list, max_length=6, description="follow-ups offered after each answer"
     )
+    mcp_servers: list[McpServerSpec] = Field(default_factory=list)
     capabilities: list[str] = Field(default_factory=list)
     task_template: str | None = None
     shortcuts: list[str] = Field(default_factory=list)
@@ -102,6 +100,15 @@ class AgentSpec(BaseModel):
     module_key: str = ""
     module_name: str = ""
     revision: int = 1
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _unique_server_names(cls, servers: list[McpServerSpec]) -> list[McpServerSpec]:
+        names = [server.name for server in servers]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"MCP server name {', '.join(map(repr, twice))} is used twice")
+        return servers
 
     @property
     def id(self) -> str:
@@ -176,21 +183,48 @@ def _interpolate(value: Any, environ: Mapping[str, str]) -> Any:
     return value
 
 
-def load_config(path: Path, environ: Mapping[str, str]) -> AgentsConfig:
+def referenced_variables(value: Any) -> list[str]:
+    """The environment variables a raw (not yet interpolated) string value reads."""
+    return [m.group(1) for m in _ENV_REF.finditer(value)] if isinstance(value, str) else []
+
+
+def read_config(path: Path) -> Any:
+    """The parsed file as written: `${VAR}` not yet replaced, nothing validated.
+
+    YAML needs PyYAML (in the `server` and `embedded` extras); JSON needs nothing more.
+    """
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read agents config {path}: {exc.strerror}") from exc
+    kind = path.suffix.lstrip(".") or "YAML"
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid {kind}: {exc}") from exc
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+        import yaml
+    except ImportError as exc:
         raise ConfigError(
-            f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
+            f"reading {path} needs PyYAML: pip install 'runrelay[embedded]' (or use a .json file)"
         ) from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid {kind}: {exc}") from exc
+
+
+def parse_config(raw: Any, environ: Mapping[str, str], path: Path) -> AgentsConfig:
+    """Validate what `read_config` returned, after replacing `${VAR}` from `environ`."""
     try:
         return AgentsConfig.model_validate(_interpolate(raw, environ))
     except ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def load_config(path: Path, environ: Mapping[str, str]) -> AgentsConfig:
+    return parse_config(read_config(path), environ, path)
 
 
 class Registry:

@@ -48,9 +48,9 @@ def main(log_level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if log_level.upper() != "DEBUG":
-        # Alembic narrates every plugin it loads, and httpx every request, at INFO: noise in a
-        # terminal; the commands say what matters themselves.
-        for noisy in ("alembic", "httpx"):
+        # Alembic narrates every plugin it loads, and httpx (httpx2 for MCP) every request, at
+        # INFO: noise in a terminal; the commands say what matters themselves.
+        for noisy in ("alembic", "httpx", "httpx2"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

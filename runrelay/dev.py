@@ -98,7 +98,7 @@ def _demo(base_url: str, key: str) -> None:
 
 
 def run_dev(*, host: str, port: int, data_dir: Path, demo: bool) -> None:
-    for noisy in ("alembic", "httpx"):
+    for noisy in ("alembic", "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not _port_free(host, port):
         raise click.ClickException(f"port {port} on {host} is in use; pass --port")

@@ -1,7 +1,13 @@
-"""The SDK's exceptions: everything the client raises is a `RunrelayError`.
+"""The SDK's exceptions: everything the client and the embedded loop raise is a `RunrelayError`.
 
 RunrelayError
 ├── ValidationError              bad parameters, raised before any request is sent
+├── ConfigError                  the agents config is missing, invalid or unusable (file, field)
+│   └── MissingCredentialsError  a hosted provider has no api_key (embedded loop)
+├── ProviderUnreachableError     a local provider's base_url does not answer (embedded loop)
+├── ProviderError                a model call failed (runrelay.providers.base; `.code`)
+├── SessionError                 an embedded session's history file cannot be read
+├── RunTimeoutError              an embedded run passed its agent's timeout_s (a TimeoutError)
 └── APIError (= NetworkError)    the request failed
     ├── APIConnectionError       no usable response (refused, reset, a stream that gave up)
     │   └── APITimeoutError      connect, read or write timed out
@@ -39,6 +45,37 @@ class ValidationError(RunrelayError, ValueError):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+class ConfigError(RunrelayError):
+    """The agents config file is missing, invalid, or names something unusable; the message
+    says which file and which field."""
+
+
+class MissingCredentialsError(ConfigError):
+    """A hosted provider has no api_key. `env_var` is the variable that would supply it."""
+
+    def __init__(self, message: str, *, provider: str, env_var: str | None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.env_var = env_var
+
+
+class ProviderUnreachableError(RunrelayError):
+    """A local provider's base URL does not answer (the server is not running, or elsewhere)."""
+
+    def __init__(self, message: str, *, provider: str, url: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.url = url
+
+
+class SessionError(RunrelayError):
+    """An embedded session's history file cannot be used; the message names the file."""
+
+
+class RunTimeoutError(RunrelayError, TimeoutError):
+    """An embedded run took longer than its agent's `timeout_s`."""
 
 
 class APIError(RunrelayError):

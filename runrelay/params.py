@@ -75,19 +75,23 @@ def validate_params(params: AgentRunParams) -> None:
                 f"revision must be 1 or more (got {params.revision})", param="revision"
             )
     check_thread(params.thread_id, params.multitask_strategy)
-    model = params.model_params
-    if model is not None:
-        temperature = model.temperature
-        if temperature is not None and (math.isnan(temperature) or not 0 <= temperature <= 2):
-            raise ValidationError(
-                f"model_params.temperature must be between 0 and 2 inclusive (got {temperature})",
-                param="model_params.temperature",
-            )
-        if model.max_tokens is not None and model.max_tokens <= 0:
-            raise ValidationError(
-                f"model_params.max_tokens must be a positive integer (got {model.max_tokens})",
-                param="model_params.max_tokens",
-            )
+    if params.model_params is not None:
+        validate_model_params(params.model_params)
+
+
+def validate_model_params(model: ModelParams) -> None:
+    """Raise `ValidationError` if a model parameter is out of range."""
+    temperature = model.temperature
+    if temperature is not None and (math.isnan(temperature) or not 0 <= temperature <= 2):
+        raise ValidationError(
+            f"model_params.temperature must be between 0 and 2 inclusive (got {temperature})",
+            param="model_params.temperature",
+        )
+    if model.max_tokens is not None and model.max_tokens <= 0:
+        raise ValidationError(
+            f"model_params.max_tokens must be a positive integer (got {model.max_tokens})",
+            param="model_params.max_tokens",
+        )
 
 
 def check_thread(thread_id: str | None, multitask_strategy: str | None) -> None:

@@ -74,6 +74,12 @@ class ThreadGate:
         if run.thread_id is not None:
             await self._hand_over(run.tenant_id, run.thread_id, run.id)
 
+    async def release_if_finished(self, run_id: str) -> None:
+        """`release` the run if the database says it finished (a paused run keeps its thread)."""
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        if run is not None and is_terminal(run.status):
+            await self.release(run)
+
     async def unstick(self, tenant_id: str, thread_id: str) -> bool:
         """For the sweeper, about a thread with parked runs: when nobody holds it, or its holder
         is finished, hand it over. Returns whether it did."""

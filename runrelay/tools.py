@@ -4,7 +4,9 @@
     def lookup_credit_score(company: Annotated[str, Field(description="legal name")]) -> dict: ...
 
 Arguments are validated with pydantic before the call; sync functions run in a thread so they
-never block the event loop; a per-tool timeout bounds each call.
+never block the event loop; a per-tool timeout bounds each call. A tool may instead carry a raw
+JSON schema (`parameters`, e.g. an MCP server's): the model sees it as is, and the arguments go
+to the function unvalidated, since whoever wrote the schema checks them.
 """
 
 from __future__ import annotations
@@ -49,10 +51,14 @@ class Tool:
     max_invocations: int | None = None
     # After this many failed calls the tool is not called again in the run.
     max_invocation_exceptions: int | None = None
+    parameters: dict[str, Any] | None = None
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI function-tool schema."""
-        parameters = self.args_model.model_json_schema()
+        if self.parameters is not None:
+            parameters = dict(self.parameters)
+        else:
+            parameters = self.args_model.model_json_schema()
         parameters.pop("title", None)
         return {
             "type": "function",
@@ -71,11 +77,14 @@ class Tool:
             raise ToolError(f"arguments of {self.name} are not valid JSON: {exc}") from exc
         if not isinstance(raw, dict):
             raise ToolError(f"arguments of {self.name} must be a JSON object")
-        try:
-            args = self.args_model.model_validate(raw)
-        except ValidationError as exc:
-            raise ToolError(f"invalid arguments for {self.name}: {_brief(exc)}") from exc
-        kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+        if self.parameters is not None:
+            kwargs = raw
+        else:
+            try:
+                args = self.args_model.model_validate(raw)
+            except ValidationError as exc:
+                raise ToolError(f"invalid arguments for {self.name}: {_brief(exc)}") from exc
+            kwargs = {name: getattr(args, name) for name in type(args).model_fields}
         deadline = asyncio.timeout(self.timeout_s)
         try:
             async with deadline:

@@ -28,6 +28,7 @@ from runrelay.eventlog import EventLog, LeaseLost
 from runrelay.events import CANCELLED_ERROR, EventType, encode, is_terminal, make_event
 from runrelay.history import new_messages
 from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState, PendingEvent
+from runrelay.mcp_servers import McpServerError, McpToolConflict, open_mcp_tools
 from runrelay.middleware import RunBlocked, import_middleware
 from runrelay.providers import build_provider
 from runrelay.providers.base import ProviderError
@@ -196,8 +197,8 @@ class RunExecutor:
         if handed_back:
             log.info("run %s: handed back, to be resumed by another worker", run_id)
             await self.requeuer.requeue(run_id, force=True)
-        elif not slot.handed_over:
-            await self._release_thread(run_id)
+        elif not slot.handed_over:  # threads: it ended here (or paused: then it keeps it)
+            await self.threads.release_if_finished(run_id)
 
     async def _startable(self, run_id: str, lease: Lease) -> Run | None:
         """The run if it is to start now; else None, with the lease given back: it is finished,
@@ -216,12 +217,6 @@ class RunExecutor:
             return run
         await self.leases.release(lease)
         return None
-
-    async def _release_thread(self, run_id: str) -> None:
-        """threads: a run that finished here (not one that paused) lets its thread go."""
-        run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is not None and is_terminal(run.status):
-            await self.threads.release(run)
 
     async def _heartbeat(self, lease: Lease, control: RunControl) -> None:
         interval = self.settings.run_lease_ttl_s / 3
@@ -357,7 +352,7 @@ class RunExecutor:
                 raise asyncio.CancelledError  # stopped before the loop began
             loop = self._build_loop(agent, run, writer)
             async with asyncio.timeout(max(remaining, 0)):
-                result = await loop.run(state.messages, resume=state)
+                outcome = await self._run_loop(loop, agent, state)
         except asyncio.CancelledError:
             if control.reason is None:
                 raise
@@ -384,9 +379,7 @@ class RunExecutor:
         finally:
             control.task = None
             current_run_id.reset(run_id_token)
-        # completed, or requires_action (paused for approval decisions)
-        thread_messages = new_messages(state.messages, state.history_len)
-        return Outcome(result.status, result.output, result, thread_messages=thread_messages)
+        return outcome
 
     async def _first_state(self, run: Run, agent: AgentSpec, writer: RunWriter) -> LoopState:
         """A run's first attempt: announce the agent, checkpoint the opening messages (with
@@ -414,6 +407,20 @@ class RunExecutor:
         )
         await writer.checkpoint(state)
         return state
+
+    async def _run_loop(self, loop: AgentLoop, agent: AgentSpec, state: LoopState) -> Outcome:
+        """The loop, with the tools of the agent's MCP servers open for this attempt."""
+        try:
+            async with open_mcp_tools(agent.mcp_servers, reserved=loop.tools) as mcp_tools:
+                loop.tools.update((tool.name, tool) for tool in mcp_tools)
+                result = await loop.run(state.messages, resume=state)
+        except McpServerError as exc:
+            return _failed("mcp_unavailable", str(exc))
+        except McpToolConflict as exc:
+            return _failed("mcp_tool_conflict", str(exc))
+        # completed, or requires_action (paused for approval decisions)
+        thread_messages = new_messages(state.messages, state.history_len)
+        return Outcome(result.status, result.output, result, thread_messages=thread_messages)
 
     def _model(self, agent: AgentSpec, run: Run) -> str:
         return run.model_id or agent.model

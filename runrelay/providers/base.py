@@ -1,6 +1,7 @@
 """What the agent loop needs from a model provider, and the errors a provider may raise.
 
-A provider streams one model turn as `Chunk`s. Exceptions::
+A provider streams one model turn as `Chunk`s. Exceptions (a `ProviderError` is a
+`runrelay.errors.RunrelayError`, so the embedded loop raises nothing outside the SDK's tree)::
 
     ProviderError                 any failure of a model call; .code names it in the error event
     ├── ProviderAuthError        401/403, bad or missing credentials       provider_auth
@@ -17,6 +18,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from runrelay.errors import RunrelayError
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class ModelProvider(Protocol):
         ...
 
 
-class ProviderError(Exception):
+class ProviderError(RunrelayError):
     code = "provider_error"
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:

@@ -245,3 +245,43 @@ def test_by_tag_finds_the_tagged_agent_and_lists_tags_when_missing(demo: Registr
 def test_provider_of_an_agent(demo: Registry) -> None:
     assert demo.provider(demo.resolve("bank slow")).type == "scripted"
     assert demo.provider(demo.resolve("openai-analyst")).type == "openai"
+
+
+def test_mcp_servers_are_read_with_the_environment_interpolated(tmp_path: Path) -> None:
+    servers = [
+        {"name": "files", "transport": "stdio", "command": "mcp-files", "args": ["/data"]},
+        {
+            "name": "search",
+            "transport": "streamable_http",
+            "url": "${SEARCH_URL:-https://mcp.example.com/mcp}",
+            "headers": {"Authorization": "Bearer ${SEARCH_TOKEN}"},
+            "tools": ["web_search"],
+            "approval_mode": "always_require",
+        },
+    ]
+    agent = load_config(write(tmp_path, minimal(mcp_servers=servers)), {"SEARCH_TOKEN": "t0k"})
+    files, search = agent.modules[0].agents[0].mcp_servers
+
+    assert (files.transport, files.command, files.args) == ("stdio", "mcp-files", ["/data"])
+    assert search.url == "https://mcp.example.com/mcp"
+    assert search.headers == {"Authorization": "Bearer t0k"}
+    assert (search.tools, search.approval_mode) == (["web_search"], "always_require")
+
+
+@pytest.mark.parametrize(
+    ("servers", "expected"),
+    [
+        ([{"name": "files", "transport": "stdio"}], "transport stdio needs `command`"),
+        (
+            [{"name": "x", "transport": "stdio", "command": "a"}] * 2,
+            "MCP server name 'x' is used twice",
+        ),
+    ],
+)
+def test_invalid_mcp_servers_are_a_config_error(
+    tmp_path: Path, servers: list[dict[str, Any]], expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"modules\.0\.agents\.0\.mcp_servers") as caught:
+        load_config(write(tmp_path, minimal(mcp_servers=servers)), {})
+
+    assert expected in str(caught.value)

@@ -38,20 +38,28 @@ PUBLIC_API = [
     "BadRequestError",
     "ChatCompletedEvent",
     "Client",
+    "ConfigError",
     "ConflictError",
     "CustomEvent",
     "EventStream",
     "InternalServerError",
     "InvokeResponse",
+    "MissingCredentialsError",
     "ModelParams",
     "NetworkError",
     "NotFoundError",
     "OutputTextDeltaEvent",
     "PermissionDeniedError",
+    "ProviderError",
+    "ProviderUnreachableError",
     "RateLimitError",
     "RunList",
     "RunObject",
+    "RunResult",
+    "RunTimeoutError",
+    "Runrelay",
     "RunrelayError",
+    "SessionError",
     "ShortcutDefinition",
     "ShortcutResolution",
     "StreamChunk",
@@ -61,6 +69,7 @@ PUBLIC_API = [
     "ThreadObject",
     "ToolCallDeltaEvent",
     "ToolCallResultEvent",
+    "ToolUse",
     "UnprocessableEntityError",
     "Usage",
     "UsageInfo",
@@ -82,7 +91,8 @@ def test_importing_the_sdk_and_the_cli_pulls_in_no_server_dependency() -> None:
         "from runrelay import Client, AsyncClient\n"
         "Client('rr_sk_x').close()\n"
         "server = ('redis', 'celery', 'kombu', 'sqlmodel', 'sqlalchemy', 'fastapi', 'starlette',"
-        " 'uvicorn', 'alembic', 'yaml', 'pydantic_settings', 'api_shim', 'worker')\n"
+        " 'uvicorn', 'alembic', 'yaml', 'pydantic_settings', 'mcp', 'mcp_types', 'httpx2',"
+        " 'api_shim', 'worker')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in server)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -8,7 +8,7 @@ import time
 from typing import Annotated, Any
 
 import pytest
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from runrelay.demo import tools as demo_tools
 from runrelay.tools import Tool, ToolError, import_tool, tool, tool_from_function
@@ -236,3 +236,40 @@ def test_import_tool_wraps_a_plain_function() -> None:
 def test_import_tool_needs_module_colon_function() -> None:
     with pytest.raises(ValueError, match=r"package\.module:function"):
         import_tool("runrelay.demo.tools.lookup_credit_score")
+
+
+RAW_SCHEMA = {
+    "title": "addArguments",
+    "type": "object",
+    "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+    "required": ["a", "b"],
+}
+
+
+async def _echo(**arguments: Any) -> dict[str, Any]:
+    return arguments
+
+
+def _raw_tool() -> Tool:
+    return Tool(
+        name="add", description="Add.", fn=_echo, args_model=BaseModel, parameters=RAW_SCHEMA
+    )
+
+
+def test_a_raw_schema_is_what_the_model_sees() -> None:
+    """MCP tools bring their own JSON schema; the model sees it without the title."""
+    parameters = _raw_tool().schema()["function"]["parameters"]
+
+    assert parameters == {k: v for k, v in RAW_SCHEMA.items() if k != "title"}
+    assert RAW_SCHEMA["title"] == "addArguments", "the tool's schema is left as it was"
+
+
+def test_a_raw_schema_tool_gets_the_arguments_unvalidated_but_as_an_object() -> None:
+    raw = _raw_tool()
+
+    assert invoke(raw, '{"a": "not a number", "extra": [1]}') == {
+        "a": "not a number",
+        "extra": [1],
+    }
+    with pytest.raises(ToolError, match="add must be a JSON object"):
+        invoke(raw, "[1, 2]")
