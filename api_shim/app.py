@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from api_shim import approvals, errors, meta, runs, shortcuts, usage
+from api_shim import approvals, errors, meta, runs, shortcuts, threads, usage
 from api_shim.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
 from runrelay.settings import Settings
@@ -38,5 +38,6 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(approvals.router)
     app.include_router(meta.router)
     app.include_router(shortcuts.router)
+    app.include_router(threads.router)
     app.include_router(usage.router)
     return RequestIdMiddleware(BodyLimitMiddleware(app, settings.max_body_bytes))

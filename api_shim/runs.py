@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
-from api_shim import idempotency
+from api_shim import idempotency, threads
 from api_shim.auth import Caller, acting_tenant
 from api_shim.errors import APIError, request_id_of
 from api_shim.quotas import Admission, rate_headers, reserve_tokens
@@ -109,6 +109,7 @@ async def create_run(request: Request, caller: Caller, body: RunCreate) -> Run:
             f"(RUNRELAY_MAX_RUN_TIMEOUT_S); got {body.timeout_s:g}",
             param="timeout_s",
         )
+    threads.check_strategy(body)
     tenant_id = await acting_tenant(request, caller, body.tenant_id)
     key = idempotency.idempotency_key(request, body)
     agent = await asyncio.to_thread(_resolve_agent, state, body)
@@ -159,7 +160,7 @@ async def _admit(
         timeout_s=body.timeout_s,
     )
     try:
-        await asyncio.to_thread(state.store.create_run, run)
+        interrupted = await threads.insert_run(state, run, body)  # 409 for `reject`
     except BaseException:
         await state.quotas.abandon(admission)
         raise
@@ -189,6 +190,8 @@ async def _admit(
         raise APIError(
             503, "enqueue_failed", "the run could not be queued (broker unavailable); retry later"
         ) from exc
+    for active in interrupted:  # threads: `interrupt`; the new run starts once they stop
+        await request_cancel(state, active)
     return run
 
 
@@ -391,6 +394,7 @@ async def _cancel_unstarted(state: ShimState, run: Run) -> bool:
         # and its token reservation is settled at what it used before pausing.
         used = int((usage or {}).get("total_tokens", 0))
         await state.quotas.backend.abandon(run.tenant_id, run.id, used_tokens=used)
+        await state.threads.release(run)  # threads: the next run of its thread may start
         await state.events.append(
             run.id, seq, "done", encode(done), ttl_s=state.settings.events_ttl_after_done_s
         )
@@ -402,6 +406,20 @@ def _paused_usage(run: Run) -> dict[str, Any] | None:
         return None
     usage: dict[str, Any] = run.required_action["checkpoint"]["state"]["usage"]
     return usage
+
+
+async def request_cancel(state: ShimState, run: Run) -> Run | None:
+    """Ask `run` to stop: a queued or paused one ends here, a running one is flagged for its
+    worker. None when it already finished. (The cancel endpoint, and `interrupt` on a thread.)"""
+    requested = await asyncio.to_thread(state.store.request_cancel, run.id)
+    if requested is None:
+        return None
+    unstarted = requested.status in ("queued", "requires_action")
+    if not (unstarted and await _cancel_unstarted(state, requested)):
+        # Running (or a worker took it just now): its worker sees the flag and stops it.
+        flag = state.events.keys.cancel(run.id)
+        await state.redis.set(flag, "1", ex=state.settings.events_ttl_s)
+    return requested
 
 
 async def _wait_finished(state: ShimState, run_id: str, timeout_s: float) -> Run:
@@ -429,7 +447,7 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
     `done` status `cancelled`. 200 with the cancelled run, or 202 if it is still stopping."""
     state = state_of(request)
     run = await own_run(request, caller, run_id)
-    requested = await asyncio.to_thread(state.store.request_cancel, run.id)
+    requested = await request_cancel(state, run)
     if requested is None:
         current = await asyncio.to_thread(state.store.get_run, run.id)
         status = current.status if current else run.status
@@ -440,11 +458,6 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
             "can be cancelled",
             param="run_id",
         )
-    unstarted = requested.status in ("queued", "requires_action")
-    if not (unstarted and await _cancel_unstarted(state, requested)):
-        # Running (or a worker took it just now): its worker sees the flag and stops it.
-        flag = state.events.keys.cancel(run.id)
-        await state.redis.set(flag, "1", ex=state.settings.events_ttl_s)
     final = await _wait_finished(state, run.id, _CANCEL_WAIT_S)
     response.status_code = 200 if is_terminal(final.status) else 202
     return run_object(final)

@@ -18,6 +18,7 @@ from runrelay.eventlog import EventLog
 from runrelay.keys import EXECUTE_RUN_TASK, RedisKeys
 from runrelay.settings import Settings
 from runrelay.store import Store, make_engine
+from runrelay.thread_gate import ThreadGate
 
 
 class TaskSender:
@@ -48,6 +49,7 @@ class ShimState:
     quotas: Quotas
     dispatcher: Dispatcher
     dispatcher_redis: Redis
+    threads: ThreadGate
 
     @classmethod
     def build(cls, settings: Settings) -> ShimState:
@@ -93,6 +95,7 @@ class ShimState:
                 settings, store, quotas.backend, dispatcher_redis, keys, sender.send
             ),
             dispatcher_redis=dispatcher_redis,
+            threads=ThreadGate(quotas.backend, store),
         )
 
     async def close(self) -> None:

@@ -58,6 +58,8 @@ from runrelay.types import (
     RunObject,
     ShortcutDefinition,
     ShortcutResolution,
+    ThreadMessageObject,
+    ThreadObject,
     Usage,
 )
 
@@ -105,6 +107,8 @@ __all__ = [
     "StreamChunk",
     "SuggestionItem",
     "SuggestionsEvent",
+    "ThreadMessageObject",
+    "ThreadObject",
     "ToolCallDeltaEvent",
     "ToolCallResultEvent",
     "ToolUse",

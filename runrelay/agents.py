@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runrelay.errors import ConfigError as ConfigError
+from runrelay.history import HistoryPolicy
 from runrelay.mcp_servers import McpServerSpec
 from runrelay.run_context import Suggestion
 
@@ -91,6 +92,9 @@ class AgentSpec(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, gt=0)
     timeout_s: float | None = Field(None, gt=0)
+    history: HistoryPolicy = Field(
+        default_factory=HistoryPolicy, description="how much of its thread a run starts with"
+    )
     script: Script | None = None
     # Filled in by the registry.
     module_key: str = ""

@@ -19,8 +19,10 @@ from runrelay.resources import (
     AsyncAgents,
     AsyncRuns,
     AsyncShortcuts,
+    AsyncThreads,
     Runs,
     Shortcuts,
+    Threads,
     shortcut_request,
     shortcut_response,
 )
@@ -54,6 +56,7 @@ class Client:
         self.agents = Agents(self._options, self._transport, None)
         self.runs = Runs(self._options, self._transport, None)
         self.shortcuts = Shortcuts(self._options, self._transport, None)
+        self.threads = Threads(self._options, self._transport, None)
 
     @property
     def base_url(self) -> str:
@@ -109,6 +112,7 @@ class AsyncClient:
         self.agents = AsyncAgents(self._options, None, self._transport)
         self.runs = AsyncRuns(self._options, None, self._transport)
         self.shortcuts = AsyncShortcuts(self._options, None, self._transport)
+        self.threads = AsyncThreads(self._options, None, self._transport)
 
     @property
     def base_url(self) -> str:

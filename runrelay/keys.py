@@ -78,6 +78,18 @@ class RedisKeys:
         """The Celery queue's list (kombu's `global_keyprefix` puts our prefix in front)."""
         return f"{self.prefix}{queue}"
 
+    # Threads (runrelay/thread_gate.py)
+
+    def thread_owner(self, tenant_id: str, thread_id: str) -> str:
+        """The one active run of a thread: a string holding its run id, no TTL. A worker takes
+        it before starting a run of the thread; the run's end hands it to the oldest waiter."""
+        return f"{self.prefix}tenant:{tenant_id}:thread:{thread_id}:owner"
+
+    def thread_waiting(self, tenant_id: str, thread_id: str) -> str:
+        """Runs of a thread parked until it is free: sorted set, member = run id, score = the
+        run's creation time (epoch ms), so the oldest is handed the thread first."""
+        return f"{self.prefix}tenant:{tenant_id}:thread:{thread_id}:waiting"
+
     def checkpoint(self, run_id: str) -> str:
         """The run's last checkpoint (JSON): loop state and next seq, written under the lease."""
         return f"{self.prefix}run:{run_id}:checkpoint"

@@ -7,12 +7,15 @@ an input dict (an A2A `{"task": {...}}` dict is recognised).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from runrelay.errors import ValidationError
 from runrelay.types import TAG_PATTERN
+
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
+_STRATEGIES = ("reject", "enqueue", "interrupt")
 
 
 class ModelParams(BaseModel):
@@ -36,6 +39,8 @@ class AgentRunParams(BaseModel):
     revision: int | None = None
     message: str | None = None
     thread_id: str | None = None
+    # What to do when the thread has an active run: reject (409), enqueue (default), interrupt.
+    multitask_strategy: MultitaskStrategy | None = None
     model_id: str | None = None
     model_params: ModelParams | None = None
     end_user_id: str | None = None
@@ -69,6 +74,7 @@ def validate_params(params: AgentRunParams) -> None:
             raise ValidationError(
                 f"revision must be 1 or more (got {params.revision})", param="revision"
             )
+    check_thread(params.thread_id, params.multitask_strategy)
     if params.model_params is not None:
         validate_model_params(params.model_params)
 
@@ -88,6 +94,25 @@ def validate_model_params(model: ModelParams) -> None:
         )
 
 
+def check_thread(thread_id: str | None, multitask_strategy: str | None) -> None:
+    """The server's rules for `thread_id` and `multitask_strategy`, checked before sending."""
+    if thread_id is not None and not thread_id.strip():
+        raise ValidationError("thread_id cannot be empty", param="thread_id")
+    if multitask_strategy is None:
+        return
+    if multitask_strategy not in _STRATEGIES:
+        raise ValidationError(
+            f"multitask_strategy must be one of {', '.join(_STRATEGIES)} "
+            f"(got {multitask_strategy!r})",
+            param="multitask_strategy",
+        )
+    if thread_id is None:
+        raise ValidationError(
+            "multitask_strategy applies to a run on an existing thread: give thread_id too",
+            param="multitask_strategy",
+        )
+
+
 def run_body(params: AgentRunParams) -> dict[str, Any]:
     """The request body of a validated `AgentRunParams`."""
     validate_params(params)
@@ -95,9 +120,15 @@ def run_body(params: AgentRunParams) -> dict[str, Any]:
 
 
 def invoke_body(
-    agent: str, input: dict[str, Any] | str | None, *, tenant_id: str | None = None
+    agent: str,
+    input: dict[str, Any] | str | None,
+    *,
+    tenant_id: str | None = None,
+    thread_id: str | None = None,
+    multitask_strategy: str | None = None,
 ) -> dict[str, Any]:
-    """A FAOS invocation: `input` is a dict (A2A when it has a `task` key) or a message string."""
+    """A FAOS invocation: `input` is a dict (A2A when it has a `task` key) or a message string;
+    with `thread_id` the run continues that thread (see `check_thread`)."""
     if not isinstance(agent, str) or not agent.strip():
         raise ValidationError(
             "agent must be a non-empty string (a name or a shortcut)", param="agent"
@@ -123,4 +154,9 @@ def invoke_body(
         )
     if tenant_id is not None:
         body["tenant_id"] = tenant_id
+    check_thread(thread_id, multitask_strategy)
+    if thread_id is not None:
+        body["thread_id"] = thread_id
+    if multitask_strategy is not None:
+        body["multitask_strategy"] = multitask_strategy
     return body

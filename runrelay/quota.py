@@ -179,17 +179,20 @@ class QuotaStore:
 
     async def free_slot(self, tenant_id: str, run_id: str) -> None:
         """Free the run's concurrency slot only (its reservation stays): a run paused for
-        approval. Wakes the dispatcher for the tenant's pending runs."""
+        approval, or waiting for its thread (it leaves the dispatching set too). Wakes the
+        dispatcher for the tenant's pending runs."""
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(k.tenant_slots(tenant_id), run_id)
+            pipe.zrem(k.dispatching(), dispatching_member(tenant_id, run_id))
             pipe.rpush(k.dispatch_wakeup(), tenant_id)
             pipe.ltrim(k.dispatch_wakeup(), -1000, -1)
             await pipe.execute()
 
     async def resume(self, tenant_id: str, run_id: str) -> None:
-        """Put a run whose approvals are all decided at the head of its tenant's pending queue:
-        it starts again as soon as the tenant has a free slot."""
+        """Put an admitted run that may go on (its approvals are all decided, or its thread is
+        free) at the head of its tenant's pending queue: it starts again as soon as the tenant
+        has a free slot."""
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.lpush(k.tenant_pending(tenant_id), run_id)

@@ -23,6 +23,7 @@ from sqlmodel import Session, col, create_engine, select
 from runrelay.events import TERMINAL_STATUSES
 from runrelay.settings import Settings
 from runrelay.tables import ApiKey, Run, RunEvent, Tenant, as_utc, utcnow
+from runrelay.threads import append_messages
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 KEY_PREFIX = "rr_sk_"
@@ -251,12 +252,14 @@ class Store:
         events: Iterable[tuple[int, str, str]],
         lease_token: str | None = None,
         only_from: str | None = None,
+        thread_messages: Sequence[dict[str, Any]] = (),
     ) -> bool:
         """Write the outcome and archive the whole event log, in one transaction.
 
         With `lease_token` (a worker) or `only_from` (a status, e.g. the shim cancelling a queued
         run) the write is conditional: it happens only while the run is unfinished and still
-        under that lease, or in that status. Returns whether it was written.
+        under that lease, or in that status. Returns whether it was written. `thread_messages`
+        (a completed run's) are added to its thread's history in the same transaction.
         """
         values = {
             "status": status,
@@ -287,6 +290,9 @@ class Store:
                 for seq, type_, data in events
                 if seq not in archived
             )
+            run = session.get(Run, run_id) if thread_messages else None
+            if run is not None and run.thread_id is not None:
+                append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)
             session.commit()
             return True
 

@@ -55,6 +55,11 @@ class RunCreate(BaseModel):
     message: str | None = Field(None, max_length=1_000_000)
     task: A2ATask | None = None
     thread_id: str | None = Field(None, min_length=1, max_length=200)
+    multitask_strategy: Literal["reject", "enqueue", "interrupt"] | None = Field(
+        None,
+        description="with thread_id, when the thread has an active run: reject (409), enqueue "
+        "(run after it; the default) or interrupt (cancel it)",
+    )
     model_id: str | None = Field(None, min_length=1, max_length=200)
     model_params: ModelParams | None = None
     end_user_id: str | None = Field(None, max_length=200)
@@ -201,6 +206,33 @@ class RunList(BaseModel):
     data: list[RunObject]
     has_more: bool
     next_cursor: str | None = None
+
+
+class ThreadMessageObject(BaseModel):
+    """One message of a thread's history, as the model saw it."""
+
+    seq: int
+    run_id: str
+    role: str
+    content: Any = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    created_at: datetime
+
+
+class ThreadObject(BaseModel):
+    """`GET /v1/threads/{id}`: the thread and a page of its messages, oldest first."""
+
+    object: Literal["thread"] = "thread"
+    id: str
+    created_at: datetime
+    updated_at: datetime
+    # The thread's queued, running or paused runs, oldest first (the first one runs).
+    active_run_ids: list[str] = Field(default_factory=list)
+    messages: list[ThreadMessageObject]
+    has_more: bool = False
+    # Pass as `after_seq` for the next page of messages.
+    next_after_seq: int | None = None
 
 
 class WaitResponse(BaseModel):

@@ -26,6 +26,7 @@ from runrelay import approvals
 from runrelay.agents import AgentSpec, Registry
 from runrelay.eventlog import EventLog, LeaseLost
 from runrelay.events import CANCELLED_ERROR, EventType, encode, is_terminal, make_event
+from runrelay.history import new_messages
 from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState, PendingEvent
 from runrelay.mcp_servers import McpServerError, McpToolConflict, open_mcp_tools
 from runrelay.middleware import RunBlocked, import_middleware
@@ -35,6 +36,8 @@ from runrelay.revisions import AgentCatalog
 from runrelay.settings import Settings
 from runrelay.store import Store
 from runrelay.tables import Run, as_utc, utcnow
+from runrelay.thread_gate import ThreadGate
+from runrelay.threads import Threads
 from runrelay.tools import current_run_id, import_tool
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.control import RunControl, RunControls, StopReason
@@ -108,6 +111,8 @@ class Outcome:
     output: str = ""
     result: LoopResult | None = None
     error: dict[str, str] | None = None
+    # A completed run's messages, for its thread's history.
+    thread_messages: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _failed(code: str, message: str) -> Outcome:
@@ -141,6 +146,7 @@ class RunExecutor:
         self.registry = registry
         self.http = http
         self.worker_id = worker_id
+        self.threads = ThreadGate(slots.quotas, store)
 
     async def execute(self, run_id: str) -> None:
         if self.controls.draining:
@@ -153,16 +159,8 @@ class RunExecutor:
         if lease is None:
             log.info("run %s: another worker holds the lease, nothing to do", run_id)
             return
-        run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is not None and run.status == "requires_action":
-            log.info("run %s waits for approval; a decision will enqueue it", run_id)
-            await self.leases.release(lease)
-            return
-        if run is None or is_terminal(run.status):
-            log.info("run %s: %s, nothing to do", run_id, run.status if run else "no such run")
-            await self.leases.release(lease)
-            if run is not None:
-                await self.slots.forget(run)  # quotas: free a slot dispatch gave it
+        run = await self._startable(run_id, lease)
+        if run is None:
             return
         try:
             slot = await self.slots.hold(run)  # quotas: the tenant's concurrency slot, renewed
@@ -199,6 +197,26 @@ class RunExecutor:
         if handed_back:
             log.info("run %s: handed back, to be resumed by another worker", run_id)
             await self.requeuer.requeue(run_id, force=True)
+        elif not slot.handed_over:  # threads: it ended here (or paused: then it keeps it)
+            await self.threads.release_if_finished(run_id)
+
+    async def _startable(self, run_id: str, lease: Lease) -> Run | None:
+        """The run if it is to start now; else None, with the lease given back: it is finished,
+        paused for approval, or waiting for its thread."""
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        if run is not None and run.status == "requires_action":
+            log.info("run %s waits for approval; a decision will enqueue it", run_id)
+        elif run is None or is_terminal(run.status):
+            log.info("run %s: %s, nothing to do", run_id, run.status if run else "no such run")
+            if run is not None:
+                await self.slots.forget(run)  # quotas: free a slot dispatch gave it
+                await self.threads.release(run)  # threads: in case its releaser died
+        elif (holder := await self.threads.enter(run)) is not None:  # one active run per thread
+            log.info("run %s: waits for run %s, which holds its thread", run_id, holder)
+        else:
+            return run
+        await self.leases.release(lease)
+        return None
 
     async def _heartbeat(self, lease: Lease, control: RunControl) -> None:
         interval = self.settings.run_lease_ttl_s / 3
@@ -364,7 +382,8 @@ class RunExecutor:
         return outcome
 
     async def _first_state(self, run: Run, agent: AgentSpec, writer: RunWriter) -> LoopState:
-        """A run's first attempt: announce the agent, checkpoint the opening messages."""
+        """A run's first attempt: announce the agent, checkpoint the opening messages (with
+        its thread's history)."""
         await writer.emit(
             "agent_resolved",
             {
@@ -376,11 +395,15 @@ class RunExecutor:
                 "model": self._model(agent, run),
             },
         )
+        threads = Threads(self.store.engine)
+        history = await asyncio.to_thread(threads.history, run, agent.history)
         state = LoopState(
             messages=[
                 {"role": "system", "content": agent.instructions},
+                *history,
                 {"role": "user", "content": _user_message(run)},
-            ]
+            ],
+            history_len=len(history),
         )
         await writer.checkpoint(state)
         return state
@@ -396,7 +419,8 @@ class RunExecutor:
         except McpToolConflict as exc:
             return _failed("mcp_tool_conflict", str(exc))
         # completed, or requires_action (paused for approval decisions)
-        return Outcome(result.status, output=result.output, result=result)
+        thread_messages = new_messages(state.messages, state.history_len)
+        return Outcome(result.status, result.output, result, thread_messages=thread_messages)
 
     def _model(self, agent: AgentSpec, run: Run) -> str:
         return run.model_id or agent.model
@@ -459,6 +483,7 @@ class RunExecutor:
             error=outcome.error,
             events=archive,
             lease_token=writer.lease.token,
+            thread_messages=outcome.thread_messages if outcome.status == "completed" else (),
         )
         if not written:
             raise LeaseLost(run.id)

@@ -7,7 +7,9 @@ reads the database (the truth about which runs exist) and, for each unfinished r
 - `running` without a lease: its worker died (the lease lapsed) or handed it back → enqueue;
 - `queued` with no event log (Redis was emptied or restarted without persistence), or whose task
   a worker took (it has a fencing counter) but died before marking it running (no lease), or
-  queued for longer than `stuck_queued_s` (its task was lost) → enqueue.
+  queued for longer than `stuck_queued_s` (its task was lost) → enqueue;
+- `queued` and parked, waiting for its thread (runrelay/thread_gate.py): left alone, unless the
+  thread's holder is finished or gone (its releaser died) → the thread is handed on.
 
 A run enqueued twice is harmless (the second task finds a live lease or a finished run and does
 nothing); a `requeued` marker with the lease TTL keeps the sweeper from doing it every sweep.
@@ -30,10 +32,11 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from runrelay.keys import RedisKeys
-from runrelay.quota import dispatching_member
+from runrelay.quota import QuotaStore, dispatching_member
 from runrelay.settings import Settings
 from runrelay.store import Store
 from runrelay.tables import Run, as_utc, utcnow
+from runrelay.thread_gate import ThreadGate
 
 log = logging.getLogger(__name__)
 _LUA_DIR = Path(__file__).parent / "lua"
@@ -70,6 +73,8 @@ class Sweeper:
         self.redis = redis
         self.keys = keys
         self.requeuer = requeuer
+        quotas = QuotaStore(redis, keys, dispatch_timeout_s=settings.dispatch_timeout_s)
+        self.threads = ThreadGate(quotas, store)
         self.token = secrets.token_hex(8)
         self.lock_ttl_ms = int(max(settings.sweep_interval_s * 3, 1.0) * 1000)
         self._renew = redis.register_script((_LUA_DIR / "renew_lease.lua").read_text())
@@ -133,6 +138,7 @@ class Sweeper:
                 pipe.lpos(self.keys.tenant_pending(run.tenant_id), run.id)
                 pipe.zscore(self.keys.dispatching(), dispatching_member(run.tenant_id, run.id))
             found = await pipe.execute()
+        parked = await self.threads.parked(run for run in runs if run.status == "queued")
         stuck_before = now - timedelta(seconds=self.settings.stuck_queued_s)
         requeued = []
         for n, run in enumerate(runs):
@@ -141,7 +147,7 @@ class Sweeper:
                 why = None if has_lease else "its lease lapsed"
             elif not has_log:
                 why = "its event log is gone from Redis"
-            elif pending_at is not None or dispatching is not None:
+            elif pending_at is not None or dispatching is not None or run.id in parked:
                 why = None
             elif was_taken and not has_lease:
                 # A worker took its task (and a lease) but died before marking it running.
@@ -153,4 +159,10 @@ class Sweeper:
             if why and await self.requeuer.requeue(run.id):
                 log.warning("run %s enqueued again: %s", run.id, why)
                 requeued.append(run.id)
+        stuck = {(r.tenant_id, r.thread_id) for r in runs if r.id in parked and r.thread_id}
+        for tenant_id, thread_id in stuck:
+            if await self.threads.unstick(tenant_id, thread_id):
+                log.warning(
+                    "thread %s of %s: its holder had finished; handed on", thread_id, tenant_id
+                )
         return requeued

@@ -1,5 +1,5 @@
-"""The SDK's resources (`client.agents`, `client.runs`, `client.shortcuts`), each in a sync
-flavour (on `Client`) and an async one (on `AsyncClient`)."""
+"""The SDK's resources (`client.agents`, `client.runs`, `client.shortcuts`, `client.threads`),
+each in a sync flavour (on `Client`) and an async one (on `AsyncClient`)."""
 
 from runrelay.resources.agents import Agents, AsyncAgents
 from runrelay.resources.runs import AsyncRuns, Runs
@@ -9,14 +9,17 @@ from runrelay.resources.shortcuts import (
     shortcut_request,
     shortcut_response,
 )
+from runrelay.resources.threads import AsyncThreads, Threads
 
 __all__ = [
     "Agents",
     "AsyncAgents",
     "AsyncRuns",
     "AsyncShortcuts",
+    "AsyncThreads",
     "Runs",
     "Shortcuts",
+    "Threads",
     "shortcut_request",
     "shortcut_response",
 ]

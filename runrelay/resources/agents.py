@@ -9,10 +9,10 @@ a message) gives FAOS chunks. Either stream can be iterated with `for` (sync cli
 
 from __future__ import annotations
 
-from typing import Any, overload
+from typing import Any, TypedDict, overload
 
 from runrelay.errors import ValidationError
-from runrelay.params import AgentRunParams, invoke_body, run_body
+from runrelay.params import AgentRunParams, MultitaskStrategy, invoke_body, run_body
 from runrelay.resources.base import Event, Resource, create_request
 from runrelay.responses import (
     AgentRunResult,
@@ -28,6 +28,11 @@ from runrelay.streaming import EventStream
 _MENTIORA_STOP = frozenset({"done", "error"})
 
 
+class ThreadArgs(TypedDict):
+    thread_id: str | None
+    multitask_strategy: MultitaskStrategy | None
+
+
 def _stream_create(
     agent: str | AgentRunParams,
     input: dict[str, Any] | str | None,
@@ -35,6 +40,7 @@ def _stream_create(
     last_event_id: str | None,
     run_id: str | None,
     idempotency_key: str | None,
+    thread: ThreadArgs,
 ) -> tuple[Event, int, frozenset[str]]:
     after = 0
     if last_event_id is not None:
@@ -53,7 +59,8 @@ def _stream_create(
         after = int(last_event_id)
     if isinstance(agent, AgentRunParams):
         return run_body(agent), after, _MENTIORA_STOP
-    return invoke_body(agent, input, tenant_id=tenant_id), after, frozenset({"done"})
+    body = invoke_body(agent, input, tenant_id=tenant_id, **thread)
+    return body, after, frozenset({"done"})
 
 
 class _AgentsResource(Resource):
@@ -68,9 +75,10 @@ class _AgentsResource(Resource):
         last_event_id: str | None,
         run_id: str | None,
         idempotency_key: str | None,
+        thread: ThreadArgs,
     ) -> EventStream[Any]:
         body, after, stop = _stream_create(
-            agent, input, tenant_id, last_event_id, run_id, idempotency_key
+            agent, input, tenant_id, last_event_id, run_id, idempotency_key, thread
         )
         convert = to_agent_event if isinstance(agent, AgentRunParams) else to_chunk
         create = create_request("/v1/runs/stream", body, idempotency_key, self._options)
@@ -98,6 +106,8 @@ class _AgentsResource(Resource):
         run_id: str | None = None,
         tenant_id: str | None = None,
         idempotency_key: str | None = None,
+        thread_id: str | None = None,
+        multitask_strategy: MultitaskStrategy | None = None,
     ) -> EventStream[StreamChunk]: ...
 
     def stream(
@@ -109,9 +119,12 @@ class _AgentsResource(Resource):
         run_id: str | None = None,
         tenant_id: str | None = None,
         idempotency_key: str | None = None,
+        thread_id: str | None = None,
+        multitask_strategy: MultitaskStrategy | None = None,
     ) -> EventStream[AgentStreamEvent] | EventStream[StreamChunk]:
         """Stream a run: FAOS chunks for `stream(agent, input)`, Mentiora typed events for
-        `stream(AgentRunParams(...))`. Reconnects by itself; see `EventStream`."""
+        `stream(AgentRunParams(...))` (whose thread fields are in the params). Reconnects by
+        itself; see `EventStream`."""
         return self._events_stream(
             agent,
             input,
@@ -119,6 +132,7 @@ class _AgentsResource(Resource):
             last_event_id=last_event_id,
             run_id=run_id,
             idempotency_key=idempotency_key,
+            thread={"thread_id": thread_id, "multitask_strategy": multitask_strategy},
         )
 
     def stream_async(
@@ -138,9 +152,20 @@ class Agents(_AgentsResource):
         tenant_id: str | None = None,
         *,
         idempotency_key: str | None = None,
+        thread_id: str | None = None,
+        multitask_strategy: MultitaskStrategy | None = None,
     ) -> InvokeResponse:
-        """Run `agent` on `input` and wait for the result (FAOS)."""
-        body = invoke_body(agent, input, tenant_id=tenant_id)
+        """Run `agent` on `input` and wait for the result (FAOS). With `thread_id` the run
+        continues that conversation; `multitask_strategy` says what to do if the thread is busy:
+        `enqueue` (the default: run after the active run), `reject` (`ConflictError`, code
+        `thread_busy`) or `interrupt` (cancel the active run)."""
+        body = invoke_body(
+            agent,
+            input,
+            tenant_id=tenant_id,
+            thread_id=thread_id,
+            multitask_strategy=multitask_strategy,
+        )
         response = self._transport.send(
             create_request("/v1/runs/wait", body, idempotency_key, self._options)
         )
@@ -153,8 +178,16 @@ class Agents(_AgentsResource):
         tenant_id: str | None = None,
         *,
         idempotency_key: str | None = None,
+        thread_id: str | None = None,
+        multitask_strategy: MultitaskStrategy | None = None,
     ) -> InvokeResponse:
-        body = invoke_body(agent, input, tenant_id=tenant_id)
+        body = invoke_body(
+            agent,
+            input,
+            tenant_id=tenant_id,
+            thread_id=thread_id,
+            multitask_strategy=multitask_strategy,
+        )
         async with self._atransport() as transport:
             response = await transport.send(
                 create_request("/v1/runs/wait", body, idempotency_key, self._options)
@@ -185,8 +218,16 @@ class AsyncAgents(_AgentsResource):
         tenant_id: str | None = None,
         *,
         idempotency_key: str | None = None,
+        thread_id: str | None = None,
+        multitask_strategy: MultitaskStrategy | None = None,
     ) -> InvokeResponse:
-        body = invoke_body(agent, input, tenant_id=tenant_id)
+        body = invoke_body(
+            agent,
+            input,
+            tenant_id=tenant_id,
+            thread_id=thread_id,
+            multitask_strategy=multitask_strategy,
+        )
         async with self._atransport() as transport:
             response = await transport.send(
                 create_request("/v1/runs/wait", body, idempotency_key, self._options)

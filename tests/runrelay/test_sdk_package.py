@@ -65,6 +65,8 @@ PUBLIC_API = [
     "StreamChunk",
     "SuggestionItem",
     "SuggestionsEvent",
+    "ThreadMessageObject",
+    "ThreadObject",
     "ToolCallDeltaEvent",
     "ToolCallResultEvent",
     "ToolUse",

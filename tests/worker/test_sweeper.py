@@ -135,3 +135,54 @@ def test_sweep_leaves_runs_waiting_in_their_tenants_queue_to_the_dispatcher(
 
     assert stuck.id in requeued
     assert not requeued & {pending.id, dispatching.id}
+
+
+def test_sweep_leaves_parked_runs_alone_and_hands_on_a_thread_whose_holder_finished(
+    settings: Settings, store: Store
+) -> None:
+    """Runs waiting for their thread are not lost: if the thread's holder finished without
+    handing it over (its process died), the sweeper hands it to the oldest waiter."""
+    local = settings.model_copy(
+        update={"redis_prefix": f"{settings.redis_prefix}sw{secrets.token_hex(3)}:"}
+    )
+    keys = RedisKeys(local.redis_prefix)
+    tenant = store.create_tenant(f"sw-{secrets.token_hex(6)}").id
+
+    def on_thread(thread_id: str, status: str) -> Run:
+        return store.create_run(
+            Run(
+                id=new_id("run"),
+                tenant_id=tenant,
+                status=status,
+                agent_name="slow-analyst",
+                agent_id="bank.slow-analyst",
+                thread_id=thread_id,
+                created_at=utcnow() - timedelta(seconds=120),
+            )
+        )
+
+    dead_holder, orphaned = on_thread("a", "completed"), on_thread("a", "queued")
+    live_holder, waiting = on_thread("b", "running"), on_thread("b", "queued")
+
+    async def scenario() -> tuple[list[str], list[bytes | None], list[bytes]]:
+        redis = Redis.from_url(local.redis_url)
+        try:
+            await redis.set(keys.lease(live_holder.id), "1.abc", px=30_000)
+            for holder, parked in ((dead_holder, orphaned), (live_holder, waiting)):
+                assert holder.thread_id is not None
+                await redis.set(keys.thread_owner(tenant, holder.thread_id), holder.id)
+                await redis.zadd(keys.thread_waiting(tenant, holder.thread_id), {parked.id: 1})
+                # Taken by a worker (fence), parked, its lease given back: looks "died early".
+                await redis.xadd(keys.events(parked.id), {"d": "{}", "t": "run_queued"}, id="0-1")
+                await redis.incr(keys.fence(parked.id))
+            requeued = await sweepers(local, store, redis, 1, [])[0].sweep()
+            owners = [await redis.get(keys.thread_owner(tenant, t)) for t in ("a", "b")]
+            return requeued, owners, await redis.lrange(keys.tenant_pending(tenant), 0, -1)
+        finally:
+            await redis.aclose()
+
+    requeued, owners, pending = asyncio.run(scenario())
+
+    assert not set(requeued) & {orphaned.id, waiting.id}, "parked runs are not sent again"
+    assert owners == [orphaned.id.encode(), live_holder.id.encode()]
+    assert pending == [orphaned.id.encode()], "queued to start at the tenant's next free slot"

@@ -1,0 +1,198 @@
+"""The thread gate against a real Redis and the database: one run holds a thread, the others
+park in creation order, the end of a run hands the thread to the oldest live waiter, and a
+holder whose releaser died is taken over."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from runrelay.keys import RedisKeys
+from runrelay.quota import QuotaStore, dispatching_member
+from runrelay.store import Store, new_id
+from runrelay.tables import Run
+from runrelay.thread_gate import ThreadGate
+
+T = TypeVar("T")
+THREAD = "chat-1"
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    prefix = f"rrgate:{secrets.token_hex(4)}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+Scenario = Callable[[ThreadGate], Awaitable[T]]
+
+
+@pytest.fixture
+def run_gate(redis_url: str, prefix: str, store: Store) -> Callable[[Scenario[T]], T]:
+    def runner(scenario: Scenario[T]) -> T:
+        async def main() -> T:
+            client = Redis.from_url(redis_url)
+            try:
+                quotas = QuotaStore(client, RedisKeys(prefix), dispatch_timeout_s=60)
+                return await scenario(ThreadGate(quotas, store))
+            finally:
+                await client.aclose()
+
+        return asyncio.run(main())
+
+    return runner
+
+
+@pytest.fixture
+def make_run(store: Store) -> Callable[..., Run]:
+    tenant = store.create_tenant(f"gate-{secrets.token_hex(6)}")
+
+    def make(thread_id: str | None = THREAD) -> Run:
+        time.sleep(0.002)  # one run per millisecond: creation order is score order
+        run = Run(
+            id=new_id("run"),
+            tenant_id=tenant.id,
+            status="queued",
+            agent_name="slow-analyst",
+            agent_id="bank.slow-analyst",
+            thread_id=thread_id,
+        )
+        return store.create_run(run)
+
+    return make
+
+
+def finish(store: Store, run: Run, status: str = "completed") -> None:
+    assert store.finish_run(
+        run.id, status=status, output=None, result=None, usage=None, error=None, events=[]
+    )
+
+
+async def owner(gate: ThreadGate, run: Run) -> str | None:
+    raw = await gate.redis.get(gate.keys.thread_owner(run.tenant_id, THREAD))
+    return raw.decode() if raw is not None else None
+
+
+async def pending(gate: ThreadGate, tenant_id: str) -> list[str]:
+    return [r.decode() for r in await gate.redis.lrange(gate.keys.tenant_pending(tenant_id), 0, -1)]
+
+
+def test_one_run_holds_the_thread_the_next_parks_and_is_handed_it(
+    run_gate: Callable[[Scenario[None]], None], make_run: Callable[..., Run], store: Store
+) -> None:
+    first, second = make_run(), make_run()
+
+    async def scenario(gate: ThreadGate) -> None:
+        keys, tenant = gate.keys, second.tenant_id
+        # Dispatch gave the second run a slot; parking gives it back.
+        await gate.redis.zadd(keys.tenant_slots(tenant), {second.id: 2**40})
+        await gate.redis.zadd(keys.dispatching(), {dispatching_member(tenant, second.id): 1})
+        assert await gate.enter(first) is None
+        assert await gate.enter(first) is None, "a resumed run finds the thread its own"
+        assert await gate.enter(second) == first.id
+        assert await gate.redis.zscore(keys.tenant_slots(tenant), second.id) is None
+        assert await gate.redis.zcard(keys.dispatching()) == 0
+        assert await gate.parked([first, second]) == {second.id}
+
+        finish(store, first)
+        await gate.release(first)
+        assert await owner(gate, first) == second.id
+        assert await pending(gate, tenant) == [second.id], "first in its tenant's queue"
+        assert await gate.parked([second]) == set()
+        assert await gate.enter(second) is None
+
+        finish(store, second)
+        await gate.release(second)
+        assert await owner(gate, second) is None
+        await gate.release(second)  # twice is harmless
+
+    run_gate(scenario)
+
+
+def test_waiters_are_handed_the_thread_in_creation_order_skipping_finished_ones(
+    run_gate: Callable[[Scenario[None]], None], make_run: Callable[..., Run], store: Store
+) -> None:
+    holder, oldest, middle, newest = (make_run() for _ in range(4))
+
+    async def scenario(gate: ThreadGate) -> None:
+        assert await gate.enter(holder) is None
+        for run in (newest, oldest, middle):  # the order workers happen to take them
+            assert await gate.enter(run) == holder.id
+        finish(store, oldest, "cancelled")  # cancelled while parked; its release got lost
+        finish(store, holder)
+        await gate.release(holder)
+        assert await owner(gate, holder) == middle.id
+        assert await pending(gate, middle.tenant_id) == [middle.id]
+
+    run_gate(scenario)
+
+
+def test_a_parked_run_that_finishes_leaves_the_waiters(
+    run_gate: Callable[[Scenario[None]], None], make_run: Callable[..., Run], store: Store
+) -> None:
+    holder, parked = make_run(), make_run()
+
+    async def scenario(gate: ThreadGate) -> None:
+        await gate.enter(holder)
+        await gate.enter(parked)
+        finish(store, parked, "cancelled")
+        await gate.release(parked)
+        assert await gate.parked([parked]) == set()
+        assert await owner(gate, holder) == holder.id, "the holder keeps the thread"
+
+    run_gate(scenario)
+
+
+def test_a_holder_finished_without_release_is_taken_over(
+    run_gate: Callable[[Scenario[None]], None], make_run: Callable[..., Run], store: Store
+) -> None:
+    dead, next_run = make_run(), make_run()
+
+    async def scenario(gate: ThreadGate) -> None:
+        await gate.enter(dead)
+        finish(store, dead)  # and its process died before releasing
+        assert await gate.enter(next_run) is None
+        assert await owner(gate, next_run) == next_run.id
+
+    run_gate(scenario)
+
+
+def test_unstick_hands_on_a_thread_whose_holder_finished(
+    run_gate: Callable[[Scenario[None]], None], make_run: Callable[..., Run], store: Store
+) -> None:
+    dead, parked = make_run(), make_run()
+
+    async def scenario(gate: ThreadGate) -> None:
+        await gate.enter(dead)
+        assert await gate.enter(parked) == dead.id
+        assert not await gate.unstick(parked.tenant_id, THREAD), "its holder is alive"
+        finish(store, dead)
+        assert await gate.unstick(parked.tenant_id, THREAD)
+        assert await owner(gate, parked) == parked.id
+        assert await pending(gate, parked.tenant_id) == [parked.id]
+
+    run_gate(scenario)
+
+
+def test_runs_without_a_thread_pass_through(
+    run_gate: Callable[[Scenario[None]], None], make_run: Callable[..., Run]
+) -> None:
+    loose = make_run(thread_id=None)
+
+    async def scenario(gate: ThreadGate) -> None:
+        assert await gate.enter(loose) is None
+        await gate.release(loose)
+        assert await gate.parked([loose]) == set()
+        assert await gate.redis.keys(f"{gate.keys.prefix}*") == []
+
+    run_gate(scenario)
