@@ -34,13 +34,9 @@ from runrelay.middleware import (
     Pipelines,
     run_pipeline,
 )
+from runrelay.model_turn import stream_turn
 from runrelay.providers.base import (
-    Finish,
     ModelProvider,
-    ModelRequest,
-    TextDelta,
-    ToolCallFragment,
-    UsageReport,
 )
 from runrelay.run_context import RunEvents, current_run_events
 from runrelay.tools import Tool, ToolError, current_tool_call_id
@@ -94,42 +90,6 @@ class LoopSettings:
     temperature: float | None = None
     max_tokens: int | None = None
     seed: int | None = None
-
-
-@dataclass
-class _PendingCall:
-    id: str
-    name: str
-    parts: list[str] = field(default_factory=list)
-
-    @property
-    def arguments(self) -> str:
-        return "".join(self.parts)
-
-
-class _CallAccumulator:
-    """Joins streamed tool-call fragments into whole calls.
-
-    Fragments are keyed by `index`; a fragment whose `id` differs from the open call at its index
-    starts a new call, because some servers send parallel calls all with index 0.
-    """
-
-    def __init__(self, turn_number: int) -> None:
-        self.calls: list[_PendingCall] = []
-        self._open: dict[int, _PendingCall] = {}
-        self._turn_number = turn_number
-
-    def add(self, fragment: ToolCallFragment) -> _PendingCall:
-        current = self._open.get(fragment.index)
-        if current is None or (fragment.id and fragment.id != current.id):
-            call_id = fragment.id or f"call_{self._turn_number}_{len(self.calls)}"
-            current = _PendingCall(id=call_id, name=fragment.name or "")
-            self.calls.append(current)
-            self._open[fragment.index] = current
-        elif fragment.name and not current.name:
-            current.name = fragment.name
-        current.parts.append(fragment.arguments)
-        return current
 
 
 class AgentLoop:
@@ -349,7 +309,7 @@ class AgentLoop:
         async def final(ctx: ChatContext) -> None:
             nonlocal streamed
             streamed = True
-            ctx.result = await self._stream_turn(ctx)
+            ctx.result = await stream_turn(self.provider, ctx, self.emit)
 
         await run_pipeline(self.pipelines.chat, context, final)
         response = context.result or ChatResponse()
@@ -368,46 +328,6 @@ class AgentLoop:
                     },
                 )
         return response, context.terminate
-
-    async def _stream_turn(self, context: ChatContext) -> ChatResponse:
-        request = ModelRequest(
-            model=context.model,
-            messages=list(context.messages),
-            tools=list(context.tools),
-            temperature=context.params.get("temperature"),
-            max_tokens=context.params.get("max_tokens"),
-            seed=context.params.get("seed"),
-        )
-        response = ChatResponse(model=context.model)
-        text: list[str] = []
-        calls = _CallAccumulator(context.turn)
-        async for chunk in self.provider.stream(request):
-            if isinstance(chunk, TextDelta):
-                text.append(chunk.text)
-                await self.emit("output_text_delta", {"delta": chunk.text})
-            elif isinstance(chunk, ToolCallFragment):
-                call = calls.add(chunk)
-                await self.emit(
-                    "tool_call_delta",
-                    {
-                        "tool_call_id": call.id,
-                        "name": call.name,
-                        "arguments_delta": chunk.arguments,
-                    },
-                )
-            elif isinstance(chunk, UsageReport):
-                response.usage = Usage(
-                    prompt_tokens=chunk.prompt_tokens,
-                    completion_tokens=chunk.completion_tokens,
-                    total_tokens=chunk.prompt_tokens + chunk.completion_tokens,
-                )
-            elif isinstance(chunk, Finish):
-                response.finish_reason = chunk.reason
-        response.text = "".join(text)
-        response.tool_calls = [
-            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls.calls
-        ]
-        return response
 
     def _count(self, record: ToolCallRecord) -> None:
         if record.approved is False:

@@ -25,9 +25,9 @@ from redis.exceptions import RedisError
 from runrelay import approvals
 from runrelay.agents import AgentSpec, Registry
 from runrelay.eventlog import EventLog, LeaseLost
-from runrelay.events import CANCELLED_ERROR, EventType, encode, is_terminal, make_event
+from runrelay.events import CANCELLED_ERROR, encode, is_terminal, make_event
 from runrelay.history import new_messages
-from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState, PendingEvent
+from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState
 from runrelay.mcp_servers import McpServerError, McpToolConflict, open_mcp_tools
 from runrelay.middleware import RunBlocked, import_middleware
 from runrelay.providers import build_provider
@@ -44,6 +44,7 @@ from worker.control import RunControl, RunControls, StopReason
 from worker.lease import Lease, Leases
 from worker.slots import Slots
 from worker.sweeper import Requeuer
+from worker.writer import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -60,49 +61,6 @@ class Paused(Exception):
 
     def __repr__(self) -> str:
         return f"Paused({self.args[0]!r})"
-
-
-@dataclass
-class RunWriter:
-    """Appends a run's events and checkpoints under its lease, numbering the events.
-
-    Concurrent emitters (parallel tool calls) are serialised, so seqs stay gapless and ordered.
-    """
-
-    events: EventLog
-    checkpoints: Checkpoints
-    run_id: str
-    lease: Lease
-    next_seq: int
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def emit(
-        self, type: EventType, data: dict[str, Any], *, ttl_s: int | None = None
-    ) -> None:
-        async with self._lock:
-            event = make_event(self.run_id, self.next_seq, type, data)
-            await self.events.append(
-                self.run_id, event["seq"], type, encode(event), token=self.lease.token, ttl_s=ttl_s
-            )
-            self.next_seq += 1
-
-    async def checkpoint(self, state: LoopState, event: PendingEvent | None = None) -> None:
-        async with self._lock:
-            seq = self.next_seq
-            appended = None
-            if event is not None:
-                appended = (seq, event[0], encode(make_event(self.run_id, seq, *event)))
-                seq += 1
-            await self.checkpoints.save(
-                self.run_id, self.lease.token, Checkpoint(seq, state), appended
-            )
-            self.next_seq = seq
-
-    async def resync(self) -> None:
-        """After the loop was interrupted mid-append (cancel, deadline): Redis may have taken
-        the entry the interrupted call was writing, so the log's last seq is the truth."""
-        async with self._lock:
-            self.next_seq = await self.events.last_seq(self.run_id) + 1
 
 
 @dataclass
