@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, event, func, text, update
+from sqlalchemy import Engine, event, func, insert, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
 
@@ -285,11 +285,13 @@ class Store:
             archived = set(
                 session.exec(select(RunEvent.seq).where(RunEvent.run_id == run_id)).all()
             )
-            session.add_all(
-                RunEvent(run_id=run_id, seq=seq, type=type_, data=data)
+            rows = [
+                {"run_id": run_id, "seq": seq, "type": type_, "data": data}
                 for seq, type_, data in events
                 if seq not in archived
-            )
+            ]
+            if rows:  # one executemany, not an ORM object per event
+                session.execute(insert(RunEvent), rows)
             run = session.get(Run, run_id) if thread_messages else None
             if run is not None and run.thread_id is not None:
                 append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, func, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
@@ -83,18 +83,20 @@ def append_messages(
         )
     ).one()
     now = utcnow()
-    session.add_all(
-        ThreadMessage(
-            tenant_id=tenant_id,
-            thread_id=thread_id,
-            seq=(last or 0) + n,
-            run_id=run_id,
-            role=str(message.get("role", "")),
-            message=message,
-            created_at=now,
-        )
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "thread_id": thread_id,
+            "seq": (last or 0) + n,
+            "run_id": run_id,
+            "role": str(message.get("role", "")),
+            "message": message,
+            "created_at": now,
+        }
         for n, message in enumerate(messages, start=1)
-    )
+    ]
+    if rows:
+        session.execute(insert(ThreadMessage), rows)
 
 
 class Threads:
@@ -165,6 +167,8 @@ class Threads:
         )
         with Session(self.engine) as session:
             run_ids = set(session.exec(recent).all())
+            if not run_ids:  # a new thread (most runs): one query only
+                return []
             rows = session.exec(
                 select(ThreadMessage)
                 .where(*where, col(ThreadMessage.run_id).in_(run_ids))

@@ -128,8 +128,9 @@ class RunExecutor:
         control = self.controls.add(run_id)  # only the lease holder: one control per run
         heartbeat = asyncio.create_task(self._heartbeat(lease, control))
         handed_back = False
+        finished: Run | None = None
         try:
-            await self._execute_leased(run_id, lease, control)
+            finished = await self._execute_leased(run_id, lease, control)
         except Paused:
             # No worker waits for a person: the concurrency slot is free, the token
             # reservation stays the run's until it ends.
@@ -155,7 +156,9 @@ class RunExecutor:
         if handed_back:
             log.info("run %s: handed back, to be resumed by another worker", run_id)
             await self.requeuer.requeue(run_id, force=True)
-        elif not slot.handed_over:  # threads: it ended here (or paused: then it keeps it)
+        elif finished is not None:  # threads: it ended here (paused, it keeps its thread)
+            await self.threads.release(finished)
+        elif not slot.handed_over:
             await self.threads.release_if_finished(run_id)
 
     async def _startable(self, run_id: str, lease: Lease) -> Run | None:
@@ -191,11 +194,14 @@ class RunExecutor:
                 control.stop(StopReason.LEASE_LOST)
                 return
 
-    async def _execute_leased(self, run_id: str, lease: Lease, control: RunControl) -> None:
+    async def _execute_leased(
+        self, run_id: str, lease: Lease, control: RunControl
+    ) -> Run | None:
+        """Run the run under `lease`; the run when this attempt finished it."""
         last = await self.events.last_seq(run_id)
         run = await asyncio.to_thread(self.store.mark_running, run_id, lease_token=lease.token)
         if run is None:
-            return
+            return None
         writer = RunWriter(self.events, self.checkpoints, run_id, lease, last + 1)
         started = time.monotonic()
         if last == 0:  # the log is gone (Redis was emptied): the database still has the run
@@ -222,6 +228,7 @@ class RunExecutor:
         await self._finish(
             run, writer, outcome, duration_ms=int((time.monotonic() - started) * 1000)
         )
+        return run
 
     async def _pause(self, run: Run, writer: RunWriter, outcome: Outcome) -> None:
         """Park the run until its calls are decided; the checkpoint goes to the database too, so

@@ -116,6 +116,13 @@ class AsyncRuntime:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # Runs still on the loop (none after a graceful hand-back): cancel them, so that
+            # the task threads waiting on them return instead of blocking the process's exit.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            if others:
+                await asyncio.wait(others, timeout=_CLOSE_TIMEOUT_S / 2)
             await self._http.aclose()
             await self._redis.aclose()
 
