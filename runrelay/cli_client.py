@@ -154,6 +154,26 @@ def runs_cancel(run_id: str, api_key: str | None, base_url: str | None) -> None:
     click.echo(f"{cancelled.id}  {cancelled.status}")
 
 
+@runs.command("approve")
+@click.argument("run_id")
+@click.argument("call_id")
+@click.option("--reject", is_flag=True, help="reject the call instead")
+@click.option("--reason", default=None, help="told to the model when the call is rejected")
+@client_options
+def runs_approve(
+    run_id: str,
+    call_id: str,
+    reject: bool,
+    reason: str | None,
+    api_key: str | None,
+    base_url: str | None,
+) -> None:
+    """Approve (or --reject) a tool call a run paused for (`requires_action`)."""
+    with _client(api_key, base_url) as client:
+        run = client.runs.decide(run_id, call_id, approved=not reject, reason=reason)
+    click.echo(f"{run.id}  {run.status}")
+
+
 @click.group()
 def shortcuts() -> None:
     """Shortcut commands: list, resolve."""

@@ -44,6 +44,16 @@ def _print_event(event: dict[str, Any]) -> None:
             fg="yellow",
             err=True,
         )
+    elif kind == "approval_required":
+        click.secho(
+            f"  ⏸ {event['name']}({json.dumps(event.get('arguments'))}) waits for approval: "
+            f"runrelay runs approve {event['run_id']} {event['tool_call_id']} [--reject]",
+            fg="yellow",
+            err=True,
+        )
+    elif kind == "custom" and event.get("event") == "progress":
+        data = event.get("data") or {}
+        click.secho(f"  … {data.get('message', '')}", dim=True, err=True)
     elif kind == "error":
         click.secho(f"\n  ✗ {event.get('code')}: {event.get('message')}", fg="red")
     elif kind == "done":

@@ -99,3 +99,22 @@ def test_the_installed_command_runs_an_agent(api: str, tenant: TenantKey) -> Non
     )
     assert out.returncode == 0, out.stderr
     assert "■ completed" in out.stdout and "queued" in out.stderr
+
+
+def test_runs_approve_resumes_a_paused_run(cli, api: str, tenant: TenantKey) -> None:
+    import httpx
+
+    from tests.api_shim.test_approvals import PAYMENT, wait_status
+    from tests.sse import wait_finished
+
+    with httpx.Client(base_url=api, headers=tenant.headers) as http:
+        run_id = http.post("/v1/runs", json=PAYMENT).json()["id"]
+        paused = wait_status(http, run_id, "requires_action")
+        call_id = paused["required_action"]["tool_calls"][0]["tool_call_id"]
+
+        wrong = cli("runs", "approve", run_id, "call_nope")
+        assert wrong.exit_code == 1 and "call_nope" in wrong.output
+        rejected = cli("runs", "approve", run_id, call_id, "--reject", "--reason", "not today")
+        assert rejected.exit_code == 0 and run_id in rejected.output
+
+        assert wait_finished(http, run_id)["status"] == "completed"
