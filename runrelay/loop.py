@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,10 +154,16 @@ class AgentLoop:
         finally:
             current_run_events.reset(token)
             await sink.flush()
+            sink.closed = True
         result = context.result
         if isinstance(result, LoopResult):
             return result
-        # A middleware answered (a string) or stopped the run before the loop began.
+        # A middleware answered (a string) or stopped the run before the loop began: the
+        # answer is the assistant's, as if the model had given it.
+        if result:
+            await self.emit("output_text_delta", {"delta": result})
+            state.messages.append({"role": "assistant", "content": result})
+        state.output = result or ""
         return LoopResult(
             output=result or "",
             usage=state.usage,
@@ -208,7 +214,7 @@ class AgentLoop:
                 )
                 state.pending, state.finished = calls, {}
             await self._save(state)
-        suggestions = [*self._static_suggestions, *state.suggestions][:6]
+        suggestions = _unique_labels([*self._static_suggestions, *state.suggestions])[:6]
         if suggestions:
             await self.emit("suggestions", {"suggestions": suggestions})
         await self.emit(
@@ -259,7 +265,15 @@ class AgentLoop:
 
         todo = [c for c in state.pending if c["id"] not in state.finished]
         waiting = [c for c in todo if self._needs_decision(c, state)]
-        await asyncio.gather(*(one(c) for c in todo if c not in waiting))
+        await _all_or_none([one(c) for c in todo if c not in waiting])
+        if waiting and any(r.terminate for r in state.finished.values()):
+            # A middleware ended the run: calls still waiting for a decision are not made.
+            for call in waiting:
+                record = ToolCallRecord(call["id"], call["name"], _parsed(call["arguments"]))
+                record.error = "not called: the run was ended before this call was approved"
+                state.finished[record.tool_call_id] = record
+                await self._save(state, ("tool_call_result", _result_event(record)))
+            waiting = []
         if waiting:
             announced = {c["tool_call_id"] for c in state.awaiting}
             for call in waiting:
@@ -286,7 +300,8 @@ class AgentLoop:
             )
             if record.terminate:
                 state.output = _as_text(record.result if record.error is None else record.error)
-        state.pending, state.finished, state.awaiting = [], {}, []
+        # Decisions belong to these calls only: a later call reusing an id asks again.
+        state.pending, state.finished, state.awaiting, state.approvals = [], {}, [], {}
         return []
 
     async def _model_turn(
@@ -400,8 +415,33 @@ def _parsed(raw_arguments: str) -> Any:
         return raw_arguments
 
 
+def _unique_labels(suggestions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    labels: set[str] = set()
+    unique = []
+    for item in suggestions:
+        if item["label"] not in labels:
+            labels.add(item["label"])
+            unique.append(item)
+    return unique
+
+
 def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
     return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+async def _all_or_none(calls: list[Coroutine[Any, Any, None]]) -> None:
+    """Run `calls` concurrently; if one raises (the run is stopping: a lost lease, a blocked
+    run), cancel the others before re-raising, so no tool goes on in the background."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _result_event(record: ToolCallRecord) -> dict[str, Any]:

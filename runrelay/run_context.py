@@ -54,8 +54,14 @@ class RunEvents:
         self._loop_thread = threading.get_ident()
         self._pending: set[asyncio.Future[None]] = set()
         self.suggestions = suggestions
+        # Set when the run returned: a sync tool still running in its thread after a timeout
+        # must not add events to a run that has moved on.
+        self.closed = False
 
     def emit(self, type: str, data: dict[str, Any]) -> None:
+        if self.closed:
+            log.debug("event %s dropped: its run already returned", type)
+            return
         if threading.get_ident() == self._loop_thread:
             task = self._loop.create_task(self._emit(type, data))
             self._pending.add(task)
@@ -70,6 +76,8 @@ class RunEvents:
             await asyncio.gather(*list(self._pending))
 
     def suggest(self, item: Suggestion) -> None:
+        if any(known["label"] == item.label for known in self.suggestions):
+            return  # the same follow-up offered twice (a tool called twice) is shown once
         if len(self.suggestions) >= MAX_SUGGESTIONS:
             log.warning("suggestion %r dropped: at most %d per run", item.label, MAX_SUGGESTIONS)
             return

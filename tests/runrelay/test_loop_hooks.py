@@ -460,3 +460,134 @@ def test_agent_configs_name_middleware_by_import_path() -> None:
         import_middleware(f"{__name__}:loop_with")
     with pytest.raises(ValueError, match="module:attribute"):
         import_middleware("no_colon_here")
+
+
+def test_a_run_ended_by_a_middleware_does_not_make_calls_still_awaiting_approval() -> None:
+    PAID.clear()
+
+    @function_middleware
+    async def stop(context: FunctionInvocationContext, next: Next[Any]) -> None:
+        await next(context)
+        context.terminate = True
+
+    provider = FakeProvider(
+        [
+            call_turn(
+                whole_call("c1", "add", {"a": 1, "b": 2}),
+                whole_call("c2", "pay", {"payee": "X", "amount": 5}, index=1),
+            )
+        ]
+    )
+    loop, events = loop_with(provider, [tool_from_function(add), pay], [stop])
+
+    result = asyncio.run(loop.run([{"role": "user", "content": "x"}]))
+
+    assert result.status == "completed" and result.output == "3"
+    assert PAID == [] and events.of("approval_required") == []
+    [skipped] = [e for e in events.of("tool_call_result") if e["tool_call_id"] == "c2"]
+    assert "not called" in skipped["error"]
+
+
+def test_an_answer_from_agent_middleware_joins_the_history_and_the_stream() -> None:
+    @agent_middleware
+    async def closed(context: AgentRunContext, next: Next[Any]) -> None:
+        context.result = "We are closed today."
+
+    loop, events = loop_with(FakeProvider([]), [], [closed])
+    history = [{"role": "user", "content": "x"}]
+
+    result = asyncio.run(loop.run(history))
+
+    assert result.messages[-1] == {"role": "assistant", "content": "We are closed today."}
+    assert [e["delta"] for e in events.of("output_text_delta")] == ["We are closed today."]
+
+
+def test_terminating_without_a_result_ends_with_empty_output_not_null() -> None:
+    @function_middleware
+    async def stop_silently(context: FunctionInvocationContext, next: Next[Any]) -> None:
+        context.terminate = True
+
+    provider = FakeProvider([call_turn(whole_call("c1", "add", {"a": 1, "b": 2}))])
+    loop, _ = loop_with(provider, [tool_from_function(add)], [stop_silently])
+
+    assert asyncio.run(loop.run([{"role": "user", "content": "x"}])).output == ""
+
+
+def test_when_one_call_stops_the_run_its_sibling_calls_are_cancelled() -> None:
+    finished: list[str] = []
+
+    @tool
+    async def slow(n: int) -> int:
+        await asyncio.sleep(0.5)
+        finished.append("slow")
+        return n
+
+    @function_middleware
+    async def block_add(context: FunctionInvocationContext, next: Next[Any]) -> None:
+        if context.function.name == "add":
+            raise RunBlocked("add is not allowed for this user")
+        await next(context)
+
+    provider = FakeProvider(
+        [
+            call_turn(
+                whole_call("c1", "slow", {"n": 1}),
+                whole_call("c2", "add", {"a": 1, "b": 2}, index=1),
+            )
+        ]
+    )
+    loop, events = loop_with(provider, [slow, tool_from_function(add)], [block_add])
+
+    async def scenario() -> None:
+        with pytest.raises(RunBlocked):
+            await loop.run([{"role": "user", "content": "x"}])
+        await asyncio.sleep(0.7)  # the slow tool would have finished by now
+
+    asyncio.run(scenario())
+
+    assert finished == [] and events.of("tool_call_result") == []
+
+
+def test_the_same_suggestion_offered_twice_is_sent_once() -> None:
+    @tool
+    def plan() -> str:
+        suggest("Show totals", "Show the totals")
+        return "ok"
+
+    provider = FakeProvider(
+        [
+            call_turn(whole_call("c1", "plan", {}), whole_call("c2", "plan", {}, index=1)),
+            text_turn("done"),
+        ]
+    )
+    loop, events = loop_with(
+        provider, [plan], suggestions=[{"label": "Show totals", "message": "x"}]
+    )
+
+    asyncio.run(loop.run([{"role": "user", "content": "x"}]))
+
+    assert [s["label"] for s in events.of("suggestions")[0]["suggestions"]] == ["Show totals"]
+
+
+def test_an_approval_does_not_carry_over_to_a_later_call_reusing_its_id() -> None:
+    PAID.clear()
+    provider = FakeProvider(
+        [
+            call_turn(whole_call("c1", "pay", {"payee": "A", "amount": 1})),
+            call_turn(whole_call("c1", "pay", {"payee": "B", "amount": 2})),
+            text_turn("done"),
+        ]
+    )
+    saved = Checkpoints(Events())
+    loop = AgentLoop(provider, LoopSettings(model="m"), [pay], checkpoint=saved)
+    asyncio.run(loop.run([{"role": "user", "content": "pay"}]))
+    state = LoopState.from_dict(saved.saved[-1][0])
+    state.approvals["c1"] = {"approved": True, "reason": None}
+
+    again = AgentLoop(provider, LoopSettings(model="m"), [pay], checkpoint=saved)
+    second = asyncio.run(again.run([], resume=state))
+
+    assert PAID == [("A", 1)]
+    assert second.status == "requires_action"
+    assert second.required_action is not None
+    assert second.required_action[0]["arguments"] == {"payee": "B", "amount": 2}
