@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
+from redis.exceptions import LockError
 
 from api_shim.auth import Caller
 from api_shim.errors import APIError
@@ -19,6 +20,7 @@ from runrelay import approvals
 from runrelay.types import ApprovalDecision, RunObject
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+_LOCK_S = 10.0
 
 
 @router.post(
@@ -42,17 +44,29 @@ async def decide(
     if run.status == "running":
         # A client reacting to `approval_required` at once may beat the worker's pause write.
         await paused(state, run.id)
+    # One decision at a time per run, across shim processes (SQLite has no row locks).
+    lock = state.redis.lock(
+        state.events.keys.approvals_lock(run.id), timeout=_LOCK_S, blocking_timeout=_LOCK_S
+    )
     try:
-        decided = await asyncio.to_thread(
-            approvals.decide,
-            state.store.engine,
-            run.id,
-            call_id=body.call_id,
-            approved=body.approved,
-            reason=body.reason,
-        )
+        async with lock:
+            decided = await asyncio.to_thread(
+                approvals.decide,
+                state.store.engine,
+                run.id,
+                call_id=body.call_id,
+                approved=body.approved,
+                reason=body.reason,
+            )
     except approvals.DecisionRefused as exc:
         raise APIError(exc.status, exc.code, str(exc), param=exc.param) from exc
+    except LockError as exc:
+        raise APIError(
+            409,
+            "decision_in_progress",
+            f"another decision on run {run.id} is being written; retry",
+            param="run_id",
+        ) from exc
     if decided.resumed:
         await state.quotas.backend.resume(run.tenant_id, run.id)
     return run_object(decided.run)

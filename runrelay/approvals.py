@@ -67,8 +67,8 @@ def pause(
     tool_calls: list[dict[str, Any]],
     checkpoint: dict[str, Any],
 ) -> bool:
-    """Park a running run as `requires_action`; only its lease holder can. Returns whether the
-    run was paused."""
+    """Park a running run as `requires_action`; only its lease holder can, and not once a
+    cancel was requested. Returns whether the run was paused."""
     required = {
         "type": "approve_tool_calls",
         "tool_calls": [{**call, "approved": None, "reason": None} for call in tool_calls],
@@ -78,7 +78,7 @@ def pause(
     stmt = (
         update(Run)
         .where(col(Run.id) == run_id, col(Run.status) == "running")
-        .where(col(Run.lease_token) == lease_token)
+        .where(col(Run.lease_token) == lease_token, col(Run.cancel_requested_at).is_(None))
         .values(status="requires_action", required_action=required, lease_token=None)
     )
     with Session(engine) as session:
@@ -95,10 +95,21 @@ def decide(
     approved: bool,
     reason: str | None,
 ) -> Decided:
-    """Record one decision; DecisionRefused when the run is not waiting for this call."""
+    """Record one decision; DecisionRefused when the run is not waiting for this call.
+
+    Sending a decision already recorded again is harmless (a client retrying after a lost
+    answer): it returns the run as it is, with `resumed` when the run is queued to resume. The
+    write is conditional on the run still being `requires_action` (a cancel may have ended it);
+    concurrent decisions on one run are serialised by the row lock on PostgreSQL and by the
+    caller's lock on SQLite, which has no row locks."""
     with Session(engine, expire_on_commit=False) as session:
         run = session.exec(select(Run).where(col(Run.id) == run_id).with_for_update()).one()
-        if run.status != "requires_action" or not run.required_action:
+        required = dict(run.required_action or {})
+        calls = [dict(call) for call in required.get("tool_calls", [])]
+        call = next((c for c in calls if c["tool_call_id"] == call_id), None)
+        if call is not None and call["approved"] == approved and run.status != "requires_action":
+            return Decided(run=run, resumed=run.status == "queued")
+        if run.status != "requires_action" or not required:
             raise DecisionRefused(
                 "run_not_awaiting_approval",
                 f"run {run_id} is {run.status}; approvals are taken only while it is "
@@ -106,9 +117,6 @@ def decide(
                 status=409,
                 param="run_id",
             )
-        required = dict(run.required_action)
-        calls = [dict(call) for call in required["tool_calls"]]
-        call = next((c for c in calls if c["tool_call_id"] == call_id), None)
         if call is None:
             waiting = ", ".join(repr(c["tool_call_id"]) for c in calls)
             raise DecisionRefused(
@@ -127,13 +135,27 @@ def decide(
             )
         call["approved"], call["reason"] = approved, reason
         required["tool_calls"] = calls
-        run.required_action = required
+        values: dict[str, Any] = {"required_action": required}
         resumed = all(c["approved"] is not None for c in calls)
         if resumed:
             paused_at = as_utc(datetime.fromisoformat(required["paused_at"]))
-            run.status = "queued"
-            run.waited_s = (run.waited_s or 0.0) + (utcnow() - paused_at).total_seconds()
-            run.resumes = (run.resumes or 0) + 1
-        session.add(run)
+            values["status"] = "queued"
+            values["waited_s"] = (run.waited_s or 0.0) + (utcnow() - paused_at).total_seconds()
+            values["resumes"] = (run.resumes or 0) + 1
+        stmt = (
+            update(Run)
+            .where(col(Run.id) == run_id, col(Run.status) == "requires_action")
+            .values(**values)
+        )
+        if session.exec(stmt).rowcount != 1:
+            session.rollback()
+            raise DecisionRefused(
+                "run_not_awaiting_approval",
+                f"run {run_id} stopped waiting for approval (it was cancelled)",
+                status=409,
+                param="run_id",
+            )
         session.commit()
+        for name, value in values.items():
+            setattr(run, name, value)
         return Decided(run=run, resumed=resumed)

@@ -195,6 +195,7 @@ class QuotaStore:
         has a free slot."""
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(k.tenant_pending(tenant_id), 1, run_id)  # at most once in the queue
             pipe.lpush(k.tenant_pending(tenant_id), run_id)
             pipe.sadd(k.pending_tenants(), tenant_id)
             pipe.rpush(k.dispatch_wakeup(), tenant_id)

@@ -60,5 +60,13 @@ class Checkpoints:
         data = json.loads(raw)
         return Checkpoint(next_seq=data["next_seq"], state=LoopState.from_dict(data["state"]))
 
+    async def keep(self, run_id: str) -> None:
+        """A run paused for approval may wait longer than the TTLs: its checkpoint and its event
+        log stay until it resumes (the next append sets the log's TTL again)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.persist(self.keys.checkpoint(run_id))
+            pipe.persist(self.keys.events(run_id))
+            await pipe.execute()
+
     async def delete(self, run_id: str) -> None:
         await self.redis.delete(self.keys.checkpoint(run_id))

@@ -127,14 +127,14 @@ class RunExecutor:
             raise
         control = self.controls.add(run_id)  # only the lease holder: one control per run
         heartbeat = asyncio.create_task(self._heartbeat(lease, control))
-        handed_back = False
+        handed_back = paused = False
         finished: Run | None = None
         try:
             finished = await self._execute_leased(run_id, lease, control)
         except Paused:
             # No worker waits for a person: the concurrency slot is free, the token
             # reservation stays the run's until it ends.
-            slot.handed_over = True
+            paused = True
             await self.slots.pause(slot)
         except LeaseLost:
             log.warning("run %s: lease lost, leaving the run to its new holder", run_id)
@@ -156,9 +156,23 @@ class RunExecutor:
         if handed_back:
             log.info("run %s: handed back, to be resumed by another worker", run_id)
             await self.requeuer.requeue(run_id, force=True)
-        elif finished is not None:  # threads: it ended here (paused, it keeps its thread)
+        else:
+            await self._after_attempt(run_id, finished, paused=paused, ended=not slot.handed_over)
+
+    async def _after_attempt(
+        self, run_id: str, finished: Run | None, *, paused: bool, ended: bool
+    ) -> None:
+        """Threads: a run that ended here lets the next run of its thread go (a paused one keeps
+        its thread). Approvals: the decisions may have come while this worker still held the
+        lease (a quick approver), so the worker the dispatcher sent found the lease taken and
+        left: send the run again (a duplicate task does nothing)."""
+        if paused:
+            run = await asyncio.to_thread(self.store.get_run, run_id)
+            if run is not None and run.status == "queued":
+                await self.requeuer.requeue(run_id, force=True)
+        elif finished is not None:
             await self.threads.release(finished)
-        elif not slot.handed_over:
+        elif ended:
             await self.threads.release_if_finished(run_id)
 
     async def _startable(self, run_id: str, lease: Lease) -> Run | None:
@@ -213,7 +227,7 @@ class RunExecutor:
         checkpoint = await self._resume_point(run, writer, last)
         outcome = await self._outcome(run, writer, checkpoint, control)
         if outcome.status == "requires_action":
-            await self._pause(run, writer, outcome)
+            outcome = await self._pause(run, writer, outcome)
         if outcome.error is not None:
             await writer.emit("error", outcome.error)
         if outcome.status != "cancelled":
@@ -230,9 +244,11 @@ class RunExecutor:
         )
         return run
 
-    async def _pause(self, run: Run, writer: RunWriter, outcome: Outcome) -> None:
-        """Park the run until its calls are decided; the checkpoint goes to the database too, so
-        a decision taken days later still finds it."""
+    async def _pause(self, run: Run, writer: RunWriter, outcome: Outcome) -> Outcome:
+        """Park the run until its calls are decided (raises `Paused`); the checkpoint goes to
+        the database too, so a decision taken days later still finds it, and the run's Redis
+        log and checkpoint lose their TTL while it waits. A cancel requested meanwhile wins:
+        the run ends cancelled instead."""
         assert outcome.result is not None and outcome.result.required_action
         saved = await self.checkpoints.load(run.id)
         if saved is None:
@@ -246,7 +262,11 @@ class RunExecutor:
             checkpoint={"next_seq": saved.next_seq, "state": saved.state.to_dict()},
         )
         if not paused:
+            current = await asyncio.to_thread(self.store.get_run, run.id)
+            if current is not None and current.cancel_requested_at is not None:
+                return Outcome("cancelled", error=CANCELLED_ERROR)
             raise LeaseLost(run.id)
+        await self.checkpoints.keep(run.id)
         raise Paused(run.id)
 
     async def _resume_point(self, run: Run, writer: RunWriter, last: int) -> Checkpoint | None:

@@ -125,6 +125,10 @@ class Slots:
         """A run paused for approval: free its concurrency slot, keep its token reservation
         (call before `release`, which then does nothing more)."""
         slot.handed_over = True
+        if slot.heartbeat is not None:  # a renewal in flight must not take the slot back
+            slot.heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await slot.heartbeat
         await self.quotas.free_slot(slot.tenant_id, slot.run_id)
 
     async def forget(self, run: Run) -> None:

@@ -156,7 +156,9 @@ def test_bad_decisions_are_refused_and_change_nothing(
     again = client.post(url, json={"call_id": call_id, "approved": True})
     assert again.status_code == 409
     wait_finished(client, run["id"])
-    late = client.post(url, json={"call_id": call_id, "approved": False})
+    # A client retrying its decision after a lost answer gets the run, not an error.
+    assert client.post(url, json={"call_id": call_id, "approved": False}).status_code == 200
+    late = client.post(url, json={"call_id": call_id, "approved": True})
     assert late.status_code == 409
     assert late.json()["error"]["code"] == "run_not_awaiting_approval"
 
@@ -230,3 +232,28 @@ def test_async_sdk_reject_is_told_to_the_model(api: str, tenant: TenantKey) -> N
 
     sent = [e for e in events if e.get("name") == "send_payment" and "result" in e]
     assert sent[0]["error"] == "the call was rejected by the approver: not budgeted"
+
+
+def test_a_run_whose_cancel_was_requested_is_not_paused(store: Store, tenant: TenantKey) -> None:
+    """A cancel that lands while the worker pauses the run wins: the pause is refused."""
+    from runrelay import approvals
+    from runrelay.store import new_id
+    from runrelay.tables import Run
+
+    run = store.create_run(
+        Run(
+            id=new_id("run"),
+            tenant_id=tenant.tenant_id,
+            status="queued",
+            agent_name="payments-officer",
+            agent_id="bank.payments-officer",
+        )
+    )
+    store.mark_running(run.id, lease_token="t1")
+    store.request_cancel(run.id)
+
+    paused = approvals.pause(store.engine, run.id, lease_token="t1", tool_calls=[], checkpoint={})
+
+    assert paused is False
+    current = store.get_run(run.id)
+    assert current is not None and current.status == "running"
