@@ -194,9 +194,11 @@ def read_config(path: Path) -> Any:
     YAML needs PyYAML (in the `server` and `embedded` extras); JSON needs nothing more.
     """
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read agents config {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"agents config {path} is not UTF-8 text: {exc}") from exc
     kind = path.suffix.lstrip(".") or "YAML"
     if path.suffix == ".json":
         try:

@@ -265,7 +265,7 @@ def _load(agent: AgentSpec, kind: str, path: Path, field: str) -> list[Any]:
     for index, ref in enumerate(getattr(agent, kind)):
         try:
             loaded.append(load(ref))
-        except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        except Exception as exc:  # whatever importing the user's module raised (SyntaxError...)
             where = f"{field}.{kind}.{index}" if field else f"agent {agent.name!r} {kind}.{index}"
             raise ConfigError(
                 f"{path}: {where}: cannot load {ref!r}: {type(exc).__name__}: {exc}"

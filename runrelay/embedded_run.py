@@ -16,6 +16,7 @@ does for each attempt; their tools join the agent's Python tools.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import secrets
 import time
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runrelay.agents import AgentSpec
-from runrelay.errors import RunTimeoutError
+from runrelay.errors import RunTimeoutError, ValidationError
 from runrelay.events import EventType, make_event
 from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState, ToolCallRecord
 from runrelay.mcp_servers import McpServerError, McpToolConflict, open_mcp_tools
@@ -142,12 +143,17 @@ class EmbeddedRun:
             raise
         except TimeoutError as exc:
             if not deadline.expired():
+                await self._failed("internal_error", f"TimeoutError: {exc}", started)
                 raise
             error = RunTimeoutError(
                 f"the run took longer than {agent.name}'s timeout_s, {agent.timeout_s:g} s"
             )
             await self._failed("run_timeout", str(error), started)
             raise error from exc
+        except Exception as exc:  # an approver, a hook or on_event raised: still end the log
+            with contextlib.suppress(Exception):  # (on_event itself may be what raised)
+                await self._failed("internal_error", f"{type(exc).__name__}: {exc}", started)
+            raise
         finally:
             current_run_id.reset(token)
         await self._done("completed", result, None, started)
@@ -190,7 +196,7 @@ class EmbeddedRun:
         if inspect.isawaitable(decision):
             decision = await decision
         if not isinstance(decision, bool):
-            raise TypeError(
+            raise ValidationError(
                 f"approve() must return True or False for {call['name']} "
                 f"(got {type(decision).__name__})"
             )

@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = ["McpServerError", "McpServerSpec", "McpToolConflict", "open_mcp_tools"]
 
+# How long closing the sessions may take before their tasks are cancelled.
+_CLOSE_GRACE_S = 5.0
+
 log = logging.getLogger(__name__)
 
 # The rule agent names follow (runrelay.agents imports this module, so it cannot be shared).
@@ -142,7 +145,13 @@ async def open_mcp_tools(
             server.stop.set()
             if server.task is not None and not server.connected:
                 server.task.cancel()
-        await asyncio.gather(*(s.task for s in servers if s.task), return_exceptions=True)
+        tasks = [s.task for s in servers if s.task]
+        if tasks:
+            # A server that never answers the session's closing request must not hold the run.
+            _, late = await asyncio.wait(tasks, timeout=_CLOSE_GRACE_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _merge(servers: list[_Server], reserved: Collection[str]) -> list[Tool]:

@@ -95,6 +95,8 @@ class SessionStore:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SessionError(f"session file {path} cannot be read: {exc}") from exc
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -26,6 +26,7 @@ from runrelay import (
     Runrelay,
     RunrelayError,
     RunTimeoutError,
+    SessionError,
     ToolUse,
     ValidationError,
 )
@@ -660,3 +661,36 @@ def test_the_embedded_loop_imports_nothing_of_the_server(tmp_path: Path) -> None
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd()
     )
     assert json.loads(done.stdout) == {"content": "The sum is 5.", "server": []}
+
+
+def test_an_approver_that_fails_still_ends_the_event_log_with_done(tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+
+    def broken(call: dict[str, Any]) -> bool:
+        raise RuntimeError("approval service down")
+
+    with pytest.raises(RuntimeError, match="approval service down"):
+        run(payments(tmp_path), "Pay ACME", approve=broken, on_event=events.append)
+
+    assert [e["type"] for e in events][-2:] == ["error", "done"]
+    assert events[-1]["status"] == "failed"
+    assert "approval service down" in events[-2]["message"]
+
+
+def test_an_approver_must_answer_true_or_false(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="must return True or False"):
+        run(payments(tmp_path), "Pay ACME", approve=lambda call: "yes")
+
+
+def test_unreadable_config_and_session_files_get_the_sdks_errors(tmp_path: Path) -> None:
+    latin1 = tmp_path / "agents.json"
+    latin1.write_bytes('{"modules": [], "x": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        Runrelay.from_config(latin1, tmp_path)
+
+    bot = payments(tmp_path)
+    session = tmp_path / "sessions" / session_file_name("s1")
+    session.parent.mkdir(parents=True, exist_ok=True)
+    session.write_bytes(b"\xff\xfe not json")
+    with pytest.raises(SessionError):
+        run(bot, "Pay ACME", session_key="s1")
