@@ -113,6 +113,7 @@ class EmbeddedRun:
     def __post_init__(self) -> None:
         self.events = _Events(self.run_id, self.on_event)
         self._tools = list(self.tools)  # with the MCP servers' once they are open
+        self._deadline: asyncio.Timeout | None = None
 
     async def execute(self, message: str, history: list[dict[str, Any]]) -> RunResult:
         agent = self.agent
@@ -131,7 +132,7 @@ class EmbeddedRun:
             history_len=len(history),
         )
         started = time.monotonic()
-        deadline = asyncio.timeout(agent.timeout_s)
+        deadline = self._deadline = asyncio.timeout(agent.timeout_s)
         token = current_run_id.set(self.run_id)
         reserved = [tool.name for tool in self.tools]
         try:
@@ -192,9 +193,20 @@ class EmbeddedRun:
     async def _decide(self, call: dict[str, Any]) -> dict[str, Any]:
         if self.approve is None:
             return {"approved": False, "reason": NO_APPROVER}
-        decision = self.approve(dict(call))
-        if inspect.isawaitable(decision):
-            decision = await decision
+        # As in the service, time spent waiting for a person is not run time: the deadline
+        # stops while the approver decides and moves on by that long.
+        deadline = self._deadline
+        when = deadline.when() if deadline is not None else None
+        asked = asyncio.get_running_loop().time()
+        if deadline is not None:
+            deadline.reschedule(None)
+        try:
+            decision = self.approve(dict(call))
+            if inspect.isawaitable(decision):
+                decision = await decision
+        finally:
+            if deadline is not None and when is not None:
+                deadline.reschedule(when + asyncio.get_running_loop().time() - asked)
         if not isinstance(decision, bool):
             raise ValidationError(
                 f"approve() must return True or False for {call['name']} "

@@ -694,3 +694,25 @@ def test_unreadable_config_and_session_files_get_the_sdks_errors(tmp_path: Path)
     session.write_bytes(b"\xff\xfe not json")
     with pytest.raises(SessionError):
         run(bot, "Pay ACME", session_key="s1")
+
+
+def test_time_waiting_for_the_approver_does_not_count_against_the_timeout(
+    tmp_path: Path,
+) -> None:
+    config = yaml.safe_load(DEMO_AGENTS_CONFIG.read_text())
+    for module in config["modules"]:
+        for agent in module["agents"]:
+            if agent["name"] == "payments-officer":
+                agent["timeout_s"] = 1.0
+    path = tmp_path / "agents.json"
+    path.write_text(json.dumps(config))
+    bot = Runrelay.from_config(path, tmp_path, agent="bank payments", environ={})
+
+    async def slow_person(call: dict[str, Any]) -> bool:
+        await asyncio.sleep(1.5)
+        return True
+
+    result = run(bot, "Pay ACME", approve=slow_person)
+
+    payment = next(t for t in result.tools_used if t.name == "send_payment")
+    assert payment.result["status"] == "sent"
