@@ -164,14 +164,7 @@ class AgentLoop:
             await self.emit("output_text_delta", {"delta": result})
             state.messages.append({"role": "assistant", "content": result})
         state.output = result or ""
-        return LoopResult(
-            output=result or "",
-            usage=state.usage,
-            tool_calls=state.records,
-            messages=state.messages,
-            turns=state.turns,
-            usage_by_model=state.usage_by_model,
-        )
+        return self._result(state)
 
     async def _run(self, state: LoopState) -> LoopResult:
         for record in [*state.records, *state.finished.values()]:

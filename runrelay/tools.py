@@ -55,15 +55,12 @@ class Tool:
     max_invocation_exceptions: int | None = None
     parameters: dict[str, Any] | None = None
 
-    @functools.cached_property
-    def _schema(self) -> dict[str, Any]:
-        return self._build_schema()
-
     def schema(self) -> dict[str, Any]:
         """The OpenAI function-tool schema (built once per tool; a copy each call)."""
         return copy.deepcopy(self._schema)
 
-    def _build_schema(self) -> dict[str, Any]:
+    @functools.cached_property
+    def _schema(self) -> dict[str, Any]:
         if self.parameters is not None:
             parameters = dict(self.parameters)
         else:

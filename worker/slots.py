@@ -104,10 +104,7 @@ class Slots:
         """Stop renewing; free the slot and settle the tokens, unless another worker now holds
         the run (it lost its lease to a newer holder, who holds the slot too)."""
         self._held.pop(slot.run_id, None)
-        if slot.heartbeat is not None:
-            slot.heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await slot.heartbeat
+        await _stop_renewing(slot)
         if slot.handed_over:
             return
         await self.quotas.release(
@@ -125,13 +122,17 @@ class Slots:
         """A run paused for approval: free its concurrency slot, keep its token reservation
         (call before `release`, which then does nothing more)."""
         slot.handed_over = True
-        if slot.heartbeat is not None:  # a renewal in flight must not take the slot back
-            slot.heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await slot.heartbeat
+        await _stop_renewing(slot)  # a renewal in flight must not take the slot back
         await self.quotas.free_slot(slot.tenant_id, slot.run_id)
 
     async def forget(self, run: Run) -> None:
         """A run that will not start (already finished, e.g. cancelled while queued)."""
         used = int((run.usage or {}).get("total_tokens", 0))
         await self.quotas.release(run.tenant_id, run.id, used_tokens=used)
+
+
+async def _stop_renewing(slot: Slot) -> None:
+    if slot.heartbeat is not None:
+        slot.heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await slot.heartbeat
