@@ -12,7 +12,7 @@ from starlette.types import ASGIApp
 from api_shim import approvals, errors, meta, runs, shortcuts, threads, usage
 from api_shim.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
-from runrelay.settings import Settings
+from runrelay.server.settings import Settings
 
 
 def create_app(settings: Settings) -> ASGIApp:

@@ -2,7 +2,7 @@
 
 The run paused in `requires_action` with no worker; each decision is recorded in the database,
 and the last one puts the run back at the head of its tenant's queue, to be resumed from its
-checkpoint by whichever worker takes it (see `runrelay.approvals`).
+checkpoint by whichever worker takes it (see `runrelay.server.approvals`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from api_shim.auth import Caller
 from api_shim.errors import APIError
 from api_shim.runs import own_run, paused, run_object
 from api_shim.state import state_of
-from runrelay import approvals
+from runrelay.server import approvals
 from runrelay.types import ApprovalDecision, RunObject
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])

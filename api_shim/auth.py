@@ -10,7 +10,7 @@ from fastapi import Depends, Header, Request
 
 from api_shim.errors import APIError
 from api_shim.state import state_of
-from runrelay.store import Principal
+from runrelay.server.store import Principal
 
 
 async def principal(

@@ -7,8 +7,8 @@ import asyncio
 from typing import Any
 
 from api_shim.state import ShimState
-from runrelay.events import CANCELLED_ERROR, encode, is_terminal, make_event
-from runrelay.tables import Run
+from runrelay.agent.events import CANCELLED_ERROR, encode, is_terminal, make_event
+from runrelay.server.tables import Run
 
 # How long a cancel request waits for a running run to stop (it does within a second).
 CANCEL_WAIT_S = 3.0

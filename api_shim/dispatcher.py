@@ -18,11 +18,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from runrelay.events import is_terminal
-from runrelay.keys import RedisKeys
-from runrelay.quota import QuotaStore, dispatching_member
-from runrelay.settings import Settings
-from runrelay.store import CROCKFORD, Store
+from runrelay.agent.events import is_terminal
+from runrelay.server.keys import RedisKeys
+from runrelay.server.quota import QuotaStore, dispatching_member
+from runrelay.server.settings import Settings
+from runrelay.server.store import CROCKFORD, Store
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runrelay.eventlog import LoggedEvent, decode_entry
-from runrelay.keys import RedisKeys, entry_id
+from runrelay.server.eventlog import LoggedEvent, decode_entry
+from runrelay.server.keys import RedisKeys, entry_id
 
 log = logging.getLogger(__name__)
 _WAKEUP_MAXLEN = 16

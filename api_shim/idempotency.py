@@ -12,18 +12,16 @@ import asyncio
 import hashlib
 import json
 import time
-from pathlib import Path
 
 from fastapi import Request
 
-import runrelay
 from api_shim.errors import APIError
 from api_shim.state import ShimState
-from runrelay.keys import RedisKeys
-from runrelay.tables import Run
+from runrelay.server import lua
+from runrelay.server.keys import RedisKeys
+from runrelay.server.tables import Run
 from runrelay.types import RunCreate
 
-_RELEASE_LUA = Path(runrelay.__file__).parent / "lua" / "release_idempotency.lua"
 _MAX_KEY_CHARS = 200
 # How long a repeat waits for the first request to write its run before answering 409.
 _EARLIER_RUN_WAIT_S = 10.0
@@ -86,7 +84,7 @@ async def claim(
 
 
 async def release(state: ShimState, tenant_id: str, key: str, run_id: str) -> None:
-    script = state.redis.register_script(_RELEASE_LUA.read_text())
+    script = lua.script(state.redis, "release_idempotency")
     await script(keys=[_redis_key(state, tenant_id, key)], args=[run_id])
 
 

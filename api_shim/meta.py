@@ -13,9 +13,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from api_shim.auth import Caller
 from api_shim.errors import APIError
 from api_shim.state import state_of
-from runrelay.agents import AgentNotFound, AgentSpec
-from runrelay.revisions import AgentCatalog
-from runrelay.store import ping
+from runrelay.agent.config import AgentNotFound, AgentSpec
+from runrelay.server.revisions import AgentCatalog
+from runrelay.server.store import ping
 from runrelay.types import AgentInfo
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.asyncio import Redis
 
 from api_shim.errors import APIError
-from runrelay.agents import AgentSpec
-from runrelay.keys import RedisKeys
-from runrelay.quota import Decision, QuotaStore, as_text
-from runrelay.settings import Settings
-from runrelay.store import Store
-from runrelay.tenants import Period, TenantLimits
+from runrelay.agent.config import AgentSpec
+from runrelay.server.keys import RedisKeys
+from runrelay.server.quota import Decision, QuotaStore, as_text
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store
+from runrelay.server.tenants import Period, TenantLimits
 from runrelay.types import RunCreate
 
 _MESSAGES = {

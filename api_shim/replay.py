@@ -16,8 +16,8 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api_shim.state import ShimState
-from runrelay.eventlog import LoggedEvent
-from runrelay.events import is_terminal
+from runrelay.agent.events import is_terminal
+from runrelay.server.eventlog import LoggedEvent
 
 _ARCHIVE_CHECK_S = 5.0
 

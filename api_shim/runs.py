@@ -17,12 +17,12 @@ from api_shim.errors import APIError, request_id_of
 from api_shim.quotas import Admission, rate_headers, reserve_tokens
 from api_shim.replay import run_events, sse_response
 from api_shim.state import ShimState, state_of
-from runrelay import approvals
-from runrelay.agents import AgentNotFound, AgentSpec
-from runrelay.events import encode, is_terminal, make_event
-from runrelay.revisions import AgentCatalog, RevisionNotFound
-from runrelay.store import new_id
-from runrelay.tables import Run
+from runrelay.agent.config import AgentNotFound, AgentSpec
+from runrelay.agent.events import encode, is_terminal, make_event
+from runrelay.server import approvals
+from runrelay.server.revisions import AgentCatalog, RevisionNotFound
+from runrelay.server.store import new_id
+from runrelay.server.tables import Run
 from runrelay.types import (
     AgentRef,
     RequiredAction,
@@ -80,7 +80,7 @@ def _by_model(usage: dict[str, Any] | None) -> dict[str, Usage] | None:
 
 
 def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
-    """The agent revision the run will run (see `runrelay.revisions`). Reads the database."""
+    """The agent revision the run will run (see `runrelay.server.revisions`). Reads the database."""
     catalog = AgentCatalog(state.store.engine, state.registry)
     try:
         if body.tag is not None:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from api_shim.auth import Caller
 from api_shim.errors import APIError
 from api_shim.state import state_of
-from runrelay.agents import AgentNotFound, AgentSpec, ModuleSpec, Registry
+from runrelay.agent.config import AgentNotFound, AgentSpec, ModuleSpec, Registry
 from runrelay.types import ShortcutDefinition, ShortcutResolution, ShortcutResolveRequest
 
 router = APIRouter(prefix="/v1/shortcuts", tags=["shortcuts"])

@@ -13,12 +13,12 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from api_shim.dispatcher import Dispatcher
 from api_shim.hub import StreamHub
 from api_shim.quotas import Quotas
-from runrelay.agents import Registry
-from runrelay.eventlog import EventLog
-from runrelay.keys import EXECUTE_RUN_TASK, RedisKeys
-from runrelay.settings import Settings
-from runrelay.store import Store, make_engine
-from runrelay.thread_gate import ThreadGate
+from runrelay.agent.config import Registry
+from runrelay.server.eventlog import EventLog
+from runrelay.server.keys import EXECUTE_RUN_TASK, RedisKeys
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store, make_engine
+from runrelay.server.thread_gate import ThreadGate
 
 
 class TaskSender:

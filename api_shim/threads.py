@@ -1,6 +1,6 @@
 """`/v1/threads`: a thread's history; and how a new run joins its thread (`multitask_strategy`).
 
-Runs on one thread run one at a time (runrelay/thread_gate.py). A run created while its thread
+Runs on one thread run one at a time (server/thread_gate.py). A run created while its thread
 has an active run (queued, running, or paused in `requires_action`) follows its request's
 `multitask_strategy`: `enqueue` (the default) waits its turn, `reject` is a 409 `thread_busy`
 that creates nothing, `interrupt` asks the active runs to cancel and waits for them to stop.
@@ -16,8 +16,8 @@ from fastapi import APIRouter, Query, Request
 from api_shim.auth import Caller, acting_tenant
 from api_shim.errors import APIError
 from api_shim.state import ShimState, state_of
-from runrelay.tables import Run, ThreadMessage, as_utc
-from runrelay.threads import ThreadBusy, Threads
+from runrelay.server.tables import Run, ThreadMessage, as_utc
+from runrelay.server.threads import ThreadBusy, Threads
 from runrelay.types import RunCreate, ThreadMessageObject, ThreadObject
 
 router = APIRouter(prefix="/v1/threads", tags=["threads"])

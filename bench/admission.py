@@ -33,10 +33,10 @@ import redis
 from bench_stack import BENCH_DIR, stack_up
 from redis.asyncio import Redis
 
-from runrelay.embedded_redis import EmbeddedRedis
-from runrelay.keys import RedisKeys
-from runrelay.quota import QuotaStore
-from runrelay.tenants import TenantLimits
+from runrelay.server.embedded_redis import EmbeddedRedis
+from runrelay.server.keys import RedisKeys
+from runrelay.server.quota import QuotaStore
+from runrelay.server.tenants import TenantLimits
 
 
 def summary(samples_s: list[float]) -> dict[str, float]:

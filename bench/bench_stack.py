@@ -23,7 +23,7 @@ import httpx
 import redis
 from sqlalchemy import create_engine, text
 
-from runrelay.embedded_redis import EmbeddedRedis, free_port
+from runrelay.server.embedded_redis import EmbeddedRedis, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent

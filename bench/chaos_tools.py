@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from runrelay.tools import current_run_id, current_tool_call_id, tool
+from runrelay.agent.tools import current_run_id, current_tool_call_id, tool
 
 LOG_ENV = "RUNRELAY_CHAOS_TOOL_LOG"
 

@@ -8,8 +8,29 @@ loop reads a YAML config).
 
 __version__ = "0.1.0"
 
-from runrelay.client import AsyncClient, Client
-from runrelay.embedded import Runrelay, RunResult, ToolUse
+from runrelay.agent.providers.base import ProviderError
+from runrelay.client._client import AsyncClient, Client
+from runrelay.client._params import AgentRunParams, ModelParams
+from runrelay.client._responses import (
+    AgentErrorEvent,
+    AgentResolvedEvent,
+    AgentResponse,
+    AgentRunResult,
+    AgentStreamEvent,
+    AgentToolCall,
+    ChatCompletedEvent,
+    CustomEvent,
+    InvokeResponse,
+    OutputTextDeltaEvent,
+    StreamChunk,
+    SuggestionItem,
+    SuggestionsEvent,
+    ToolCallDeltaEvent,
+    ToolCallResultEvent,
+    UsageInfo,
+)
+from runrelay.client._streaming import EventStream
+from runrelay.embedded._runtime import Runrelay, RunResult, ToolUse
 from runrelay.errors import (
     APIConnectionError,
     APIError,
@@ -32,27 +53,6 @@ from runrelay.errors import (
     UnprocessableEntityError,
     ValidationError,
 )
-from runrelay.params import AgentRunParams, ModelParams
-from runrelay.providers.base import ProviderError
-from runrelay.responses import (
-    AgentErrorEvent,
-    AgentResolvedEvent,
-    AgentResponse,
-    AgentRunResult,
-    AgentStreamEvent,
-    AgentToolCall,
-    ChatCompletedEvent,
-    CustomEvent,
-    InvokeResponse,
-    OutputTextDeltaEvent,
-    StreamChunk,
-    SuggestionItem,
-    SuggestionsEvent,
-    ToolCallDeltaEvent,
-    ToolCallResultEvent,
-    UsageInfo,
-)
-from runrelay.streaming import EventStream
 from runrelay.types import (
     RunList,
     RunObject,

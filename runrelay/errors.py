@@ -5,12 +5,12 @@ RunrelayError
 ├── ConfigError                  the agents config is missing, invalid or unusable (file, field)
 │   └── MissingCredentialsError  a hosted provider has no api_key (embedded loop)
 ├── ProviderUnreachableError     a local provider's base_url does not answer (embedded loop)
-├── ProviderError                a model call failed (runrelay.providers.base; `.code`)
+├── ProviderError                a model call failed (runrelay.agent.providers.base; `.code`)
 ├── SessionError                 an embedded session's history file cannot be read
 ├── RunTimeoutError              an embedded run passed its agent's timeout_s (a TimeoutError)
-├── RunBlocked                   a middleware stopped the run (runrelay.middleware)
-├── McpServerError               an MCP server cannot be started or reached (runrelay.mcp_servers)
-├── McpToolConflict              two tools of an agent share a name (runrelay.mcp_servers)
+├── RunBlocked                   a middleware stopped the run (runrelay.agent.middleware)
+├── McpServerError               an MCP server cannot be started or reached (runrelay.agent._mcp)
+├── McpToolConflict              two tools of an agent share a name (runrelay.agent._mcp)
 └── APIError (= NetworkError)    the request failed
     ├── APIConnectionError       no usable response (refused, reset, a stream that gave up)
     │   └── APITimeoutError      connect, read or write timed out

@@ -5,11 +5,35 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9\-_]*$")
+
+
+class RunStatus(StrEnum):
+    """Where a run stands. Which status may follow which is written once, in
+    `runrelay.server.lifecycle.TRANSITIONS`; the README's "Run statuses" table mirrors it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    REQUIRES_ACTION = "requires_action"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run has ended (its log ends with `done`); nothing follows these."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.EXPIRED}
+)
 
 
 class Usage(BaseModel):

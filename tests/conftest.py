@@ -24,10 +24,10 @@ from celery.contrib.testing.worker import start_worker
 from sqlalchemy import create_engine, text
 
 from api_shim.app import create_app
-from runrelay.embedded_redis import EmbeddedRedis, free_port
-from runrelay.migrate import upgrade
-from runrelay.settings import Settings
-from runrelay.store import Store, make_engine
+from runrelay.server.embedded_redis import EmbeddedRedis, free_port
+from runrelay.server.migrate import upgrade
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store, make_engine
 from tests.fake_openai import FakeOpenAI, serve_fake_openai
 from worker.app import WorkerApp
 from worker.app import create_app as create_worker_app

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runrelay.settings import DEMO_AGENTS_CONFIG
+from runrelay.server.settings import DEMO_AGENTS_CONFIG
 from tests.conftest import TenantKey
 
 README = Path(__file__).parents[1] / "README.md"

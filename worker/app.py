@@ -19,8 +19,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
-from runrelay.keys import EXECUTE_RUN_TASK
-from runrelay.settings import Settings
+from runrelay.server.keys import EXECUTE_RUN_TASK
+from runrelay.server.settings import Settings
 from worker.runtime import AsyncRuntime
 
 log = logging.getLogger(__name__)

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from runrelay.eventlog import LeaseLost
-from runrelay.keys import RedisKeys
-from runrelay.loop import LoopState
-
-_LUA_DIR = Path(__file__).parent / "lua"
+from runrelay.agent._loop import LoopState
+from runrelay.server import lua
+from runrelay.server.eventlog import LeaseLost
+from runrelay.server.keys import RedisKeys
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,7 @@ class Checkpoints:
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s
-        self._save = redis.register_script((_LUA_DIR / "save_checkpoint.lua").read_text())
+        self._save = lua.script(redis, "save_checkpoint")
 
     async def save(
         self,

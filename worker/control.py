@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from runrelay.keys import RedisKeys
+from runrelay.server.keys import RedisKeys
 
 log = logging.getLogger(__name__)
 

@@ -22,23 +22,23 @@ from typing import Any
 import httpx
 from redis.exceptions import RedisError
 
-from runrelay import approvals
-from runrelay.agents import AgentSpec, Registry
-from runrelay.eventlog import EventLog, LeaseLost
-from runrelay.events import CANCELLED_ERROR, encode, is_terminal, make_event
-from runrelay.history import new_messages
-from runrelay.loop import AgentLoop, LoopResult, LoopSettings, LoopState
-from runrelay.mcp_servers import McpServerError, McpToolConflict, open_mcp_tools
-from runrelay.middleware import RunBlocked, import_middleware
-from runrelay.providers import build_provider
-from runrelay.providers.base import ProviderError
-from runrelay.revisions import AgentCatalog
-from runrelay.settings import Settings
-from runrelay.store import Store
-from runrelay.tables import Run, as_utc, utcnow
-from runrelay.thread_gate import ThreadGate
-from runrelay.threads import Threads
-from runrelay.tools import current_run_id, import_tool
+from runrelay.agent._history import new_messages
+from runrelay.agent._loop import AgentLoop, LoopResult, LoopSettings, LoopState
+from runrelay.agent._mcp import McpServerError, McpToolConflict, open_mcp_tools
+from runrelay.agent.config import AgentSpec, Registry
+from runrelay.agent.events import CANCELLED_ERROR, encode, is_terminal, make_event
+from runrelay.agent.middleware import RunBlocked, import_middleware
+from runrelay.agent.providers import build_provider
+from runrelay.agent.providers.base import ProviderError
+from runrelay.agent.tools import current_run_id, import_tool
+from runrelay.server import approvals
+from runrelay.server.eventlog import EventLog, LeaseLost
+from runrelay.server.revisions import AgentCatalog
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store
+from runrelay.server.tables import Run, as_utc, utcnow
+from runrelay.server.thread_gate import ThreadGate
+from runrelay.server.threads import Threads
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.control import RunControl, RunControls, StopReason
 from worker.lease import Lease, Leases

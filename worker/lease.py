@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 from redis.asyncio import Redis
 
-from runrelay.keys import RedisKeys
-
-_LUA_DIR = Path(__file__).parent / "lua"
+from runrelay.server import lua
+from runrelay.server.keys import RedisKeys
 
 
 @dataclass(frozen=True)
@@ -30,8 +28,8 @@ class Leases:
         self.redis = redis
         self.keys = keys
         self.ttl_ms = int(ttl_s * 1000)
-        self._renew = redis.register_script((_LUA_DIR / "renew_lease.lua").read_text())
-        self._release = redis.register_script((_LUA_DIR / "release_lease.lua").read_text())
+        self._renew = lua.script(redis, "renew_lease")
+        self._release = lua.script(redis, "release_lease")
 
     async def acquire(self, run_id: str) -> Lease | None:
         """Take the run's lease, or None while another holder's lease is alive."""

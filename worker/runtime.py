@@ -23,11 +23,11 @@ from typing import Any, TypeVar
 import httpx
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from runrelay.agents import Registry
-from runrelay.eventlog import EventLog
-from runrelay.keys import RedisKeys
-from runrelay.settings import Settings
-from runrelay.store import Store, make_engine
+from runrelay.agent.config import Registry
+from runrelay.server.eventlog import EventLog
+from runrelay.server.keys import RedisKeys
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store, make_engine
 from worker.checkpoints import Checkpoints
 from worker.control import RunControls
 from worker.executor import RunExecutor

@@ -22,11 +22,17 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from runrelay.keys import RedisKeys
-from runrelay.providers.base import Chunk, ModelProvider, ModelRequest, ProviderError, UsageReport
-from runrelay.quota import QuotaStore
-from runrelay.settings import Settings
-from runrelay.tables import Run
+from runrelay.agent.providers.base import (
+    Chunk,
+    ModelProvider,
+    ModelRequest,
+    ProviderError,
+    UsageReport,
+)
+from runrelay.server.keys import RedisKeys
+from runrelay.server.quota import QuotaStore
+from runrelay.server.settings import Settings
+from runrelay.server.tables import Run
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ reads the database (the truth about which runs exist) and, for each unfinished r
 - `queued` with no event log (Redis was emptied or restarted without persistence), or whose task
   a worker took (it has a fencing counter) but died before marking it running (no lease), or
   queued for longer than `stuck_queued_s` (its task was lost) → enqueue;
-- `queued` and parked, waiting for its thread (runrelay/thread_gate.py): left alone, unless the
+- `queued` and parked, waiting for its thread (server/thread_gate.py): left alone, unless the
   thread's holder is finished or gone (its releaser died) → the thread is handed on.
 
 A run enqueued twice is harmless (the second task finds a live lease or a finished run and does
@@ -25,21 +25,20 @@ import logging
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from runrelay.keys import RedisKeys
-from runrelay.quota import QuotaStore, dispatching_member
-from runrelay.settings import Settings
-from runrelay.store import Store
-from runrelay.tables import Run, as_utc, utcnow
-from runrelay.thread_gate import ThreadGate
+from runrelay.server import lua
+from runrelay.server.keys import RedisKeys
+from runrelay.server.quota import QuotaStore, dispatching_member
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store
+from runrelay.server.tables import Run, as_utc, utcnow
+from runrelay.server.thread_gate import ThreadGate
 
 log = logging.getLogger(__name__)
-_LUA_DIR = Path(__file__).parent / "lua"
 _SWEEP_PAGE = 500
 
 
@@ -77,8 +76,8 @@ class Sweeper:
         self.threads = ThreadGate(quotas, store)
         self.token = secrets.token_hex(8)
         self.lock_ttl_ms = int(max(settings.sweep_interval_s * 3, 1.0) * 1000)
-        self._renew = redis.register_script((_LUA_DIR / "renew_lease.lua").read_text())
-        self._release = redis.register_script((_LUA_DIR / "release_lease.lua").read_text())
+        self._renew = lua.script(redis, "renew_lease")
+        self._release = lua.script(redis, "release_lease")
 
     async def run_forever(self) -> None:
         """Sweep every `sweep_interval_s` until cancelled; then let go of the lock, so that

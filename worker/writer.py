@@ -6,9 +6,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from runrelay.eventlog import EventLog
-from runrelay.events import EventType, encode, make_event
-from runrelay.loop import LoopState, PendingEvent
+from runrelay.agent._loop import LoopState, PendingEvent
+from runrelay.agent.events import EventType, encode, make_event
+from runrelay.server.eventlog import EventLog
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.lease import Lease
 

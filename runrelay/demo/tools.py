@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from runrelay.run_context import report_progress, suggest
-from runrelay.tools import current_tool_call_id, tool
+from runrelay.agent.run_context import report_progress, suggest
+from runrelay.agent.tools import current_tool_call_id, tool
 
 
 def _score(company: str) -> int:

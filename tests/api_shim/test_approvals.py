@@ -12,9 +12,9 @@ import httpx
 import redis
 
 from runrelay import AgentRunParams, AsyncClient, Client
-from runrelay.settings import Settings
-from runrelay.store import Store
-from runrelay.tenants import update_limits
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store
+from runrelay.server.tenants import update_limits
 from tests.conftest import TenantKey
 from tests.sse import assert_complete_log, read_events, wait_finished
 from worker.app import WorkerApp
@@ -236,9 +236,9 @@ def test_async_sdk_reject_is_told_to_the_model(api: str, tenant: TenantKey) -> N
 
 def test_a_run_whose_cancel_was_requested_is_not_paused(store: Store, tenant: TenantKey) -> None:
     """A cancel that lands while the worker pauses the run wins: the pause is refused."""
-    from runrelay import approvals
-    from runrelay.store import new_id
-    from runrelay.tables import Run
+    from runrelay.server import approvals
+    from runrelay.server.store import new_id
+    from runrelay.server.tables import Run
 
     run = store.create_run(
         Run(

@@ -7,8 +7,8 @@ import time
 
 import httpx
 
-from runrelay.settings import Settings
-from runrelay.store import Store
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store
 from tests.sse import assert_complete_log, read_events
 
 ANALYST = {"agent": "bank credit-analyst", "input": {"company": "ACME Corp"}}

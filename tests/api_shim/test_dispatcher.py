@@ -12,12 +12,12 @@ import redis
 from redis.asyncio import Redis
 
 from api_shim.dispatcher import Dispatcher
-from runrelay.keys import RedisKeys
-from runrelay.quota import QuotaStore
-from runrelay.settings import Settings
-from runrelay.store import Store, new_id
-from runrelay.tables import Run
-from runrelay.tenants import TenantLimits
+from runrelay.server.keys import RedisKeys
+from runrelay.server.quota import QuotaStore
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store, new_id
+from runrelay.server.tables import Run
+from runrelay.server.tenants import TenantLimits
 
 TIMEOUT_S = 0.3
 

@@ -7,8 +7,8 @@ import httpx
 import pytest
 import redis
 
-from runrelay.keys import RedisKeys
-from runrelay.settings import Settings
+from runrelay.server.keys import RedisKeys
+from runrelay.server.settings import Settings
 from tests.sse import assert_complete_log, read_events, wait_finished
 
 ANALYST = {"agent": "bank credit-analyst", "input": {"company": "ACME Corp"}}

@@ -9,9 +9,9 @@ import httpx
 import redis
 from httpx_sse import aconnect_sse
 
-from runrelay.settings import Settings
-from runrelay.store import Store
-from runrelay.tenants import update_limits
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store
+from runrelay.server.tenants import update_limits
 from tests.conftest import TenantKey
 
 CLIENTS = 40

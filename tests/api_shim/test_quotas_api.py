@@ -12,10 +12,10 @@ import httpx
 import pytest
 import redis
 
-from runrelay.keys import RedisKeys
-from runrelay.settings import Settings
-from runrelay.store import Store
-from runrelay.tenants import update_limits
+from runrelay.server.keys import RedisKeys
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store
+from runrelay.server.tenants import update_limits
 from tests.conftest import TenantKey
 
 ANALYST = {"agent": "bank credit-analyst", "input": {"company": "ACME Corp"}}
@@ -313,7 +313,7 @@ def test_metrics_count_admissions_rejections_and_queue_depth(
 def test_a_revoked_key_is_refused_at_once(
     api: str, tenant: TenantKey, store: Store, revoke_by: str
 ) -> None:
-    from runrelay.tenants import list_keys, revoke_key
+    from runrelay.server.tenants import list_keys, revoke_key
 
     key = store.create_api_key(tenant.tenant_id)
     headers = {"Authorization": f"Bearer {key}"}

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import redis
 
-from runrelay.keys import RedisKeys
-from runrelay.settings import Settings
-from runrelay.store import Store
+from runrelay.server.keys import RedisKeys
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store
 from tests.conftest import TenantKey
 from tests.fake_openai import FakeOpenAI, Plan, text_answer, tool_call_answer
 from tests.sse import wait_finished

@@ -20,8 +20,8 @@ import redis
 import yaml
 from click.testing import CliRunner
 
-from runrelay.cli import main as cli
-from runrelay.embedded_redis import free_port
+from runrelay.cli._main import main as cli
+from runrelay.server.embedded_redis import free_port
 from tests.sse import assert_complete_log, read_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def process_env(
     if schema:
         from sqlalchemy import create_engine, text
 
-        from runrelay.settings import Settings
+        from runrelay.server.settings import Settings
 
         engine = create_engine(Settings(database_url=database_url).database_url)
         with engine.begin() as conn:

@@ -9,8 +9,8 @@ import secrets
 import httpx
 from click.testing import CliRunner
 
-from runrelay.cli import main as cli
-from runrelay.settings import Settings
+from runrelay.cli._main import main as cli
+from runrelay.server.settings import Settings
 
 
 def _env(settings: Settings) -> dict[str, str | None]:

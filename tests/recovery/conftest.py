@@ -24,10 +24,10 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from runrelay.embedded_redis import free_port
-from runrelay.migrate import upgrade
-from runrelay.settings import Settings
-from runrelay.store import Store, make_engine
+from runrelay.server.embedded_redis import free_port
+from runrelay.server.migrate import upgrade
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store, make_engine
 from tests.conftest import TenantKey
 from tests.recovery.recording_tools import LOG_ENV
 

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from runrelay.tools import current_run_id, current_tool_call_id, tool
+from runrelay.agent.tools import current_run_id, current_tool_call_id, tool
 
 LOG_ENV = "RUNRELAY_TEST_TOOL_LOG"
 

@@ -8,7 +8,7 @@ import time
 import httpx
 from sqlmodel import Session
 
-from runrelay.tables import Run
+from runrelay.server.tables import Run
 from tests.recovery.conftest import Deployment
 from tests.sse import assert_complete_log, read_events
 

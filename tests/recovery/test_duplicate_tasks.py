@@ -8,7 +8,7 @@ import time
 import httpx
 from celery import Celery
 
-from runrelay.keys import EXECUTE_RUN_TASK
+from runrelay.server.keys import EXECUTE_RUN_TASK
 from tests.recovery.conftest import Deployment
 from tests.sse import assert_complete_log, read_events
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from runrelay.agents import AgentNotFound, ConfigError, Registry, load_config
-from runrelay.settings import DEMO_AGENTS_CONFIG
+from runrelay.agent.config import AgentNotFound, ConfigError, Registry, load_config
+from runrelay.server.settings import DEMO_AGENTS_CONFIG
 
 
 def minimal(**agent: Any) -> dict[str, Any]:

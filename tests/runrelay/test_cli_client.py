@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner, Result
 
-from runrelay.cli import main
+from runrelay.cli._main import main
 from tests.conftest import TenantKey
 
 

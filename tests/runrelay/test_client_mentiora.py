@@ -26,7 +26,7 @@ from runrelay import (
     ToolCallResultEvent,
     ValidationError,
 )
-from runrelay.responses import to_agent_event
+from runrelay.client._responses import to_agent_event
 from tests.conftest import TenantKey
 from tests.fake_openai import FakeOpenAI, http_error
 from tests.tcp_proxy import tcp_proxy

@@ -30,10 +30,8 @@ from runrelay import (
     ToolUse,
     ValidationError,
 )
-from runrelay.embedded_redis import free_port
-from runrelay.embedded_run import NO_APPROVER
-from runrelay.mcp_servers import McpServerError
-from runrelay.middleware import (
+from runrelay.agent._mcp import McpServerError
+from runrelay.agent.middleware import (
     AgentMiddleware,
     AgentRunContext,
     ChatContext,
@@ -44,9 +42,11 @@ from runrelay.middleware import (
     chat_middleware,
     function_middleware,
 )
-from runrelay.providers.base import ProviderAuthError
-from runrelay.sessions import session_file_name
-from runrelay.settings import DEMO_AGENTS_CONFIG
+from runrelay.agent.providers.base import ProviderAuthError
+from runrelay.embedded._run import NO_APPROVER
+from runrelay.embedded._sessions import session_file_name
+from runrelay.server.embedded_redis import free_port
+from runrelay.server.settings import DEMO_AGENTS_CONFIG
 from tests.fake_openai import FakeOpenAI, serve_fake_openai, text_answer, tool_call_answer
 from tests.mcp_server import stdio_command
 
@@ -646,7 +646,7 @@ def test_the_embedded_loop_imports_nothing_of_the_server(tmp_path: Path) -> None
     config = write_config(tmp_path, agent, name="agents.json")
     code = (
         "import asyncio, json, sys\n"
-        "from runrelay.embedded import Runrelay\n"
+        "from runrelay.embedded._runtime import Runrelay\n"
         f"bot = Runrelay.from_config({str(config)!r}, {str(tmp_path)!r})\n"
         "async def main():\n"
         "    async with bot:\n"

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from runrelay.agents import AgentSpec
-from runrelay.history import (
+from runrelay.agent._history import (
     HistoryPolicy,
     estimate_tokens,
     fit_history,
     new_messages,
     short_form,
 )
+from runrelay.agent.config import AgentSpec
 
 Message = dict[str, Any]
 

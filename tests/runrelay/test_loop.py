@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from runrelay.loop import FINAL_ANSWER_NUDGE, AgentLoop, LoopResult, LoopSettings, LoopState
-from runrelay.providers.base import (
+from runrelay.agent._loop import FINAL_ANSWER_NUDGE, AgentLoop, LoopResult, LoopSettings, LoopState
+from runrelay.agent.providers.base import (
     Chunk,
     Finish,
     ModelRequest,
@@ -20,7 +20,7 @@ from runrelay.providers.base import (
     ToolCallFragment,
     UsageReport,
 )
-from runrelay.tools import Tool, current_tool_call_id, tool_from_function
+from runrelay.agent.tools import Tool, current_tool_call_id, tool_from_function
 
 
 class FakeProvider:

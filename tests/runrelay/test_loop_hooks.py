@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 import pytest
 
-from runrelay.loop import AgentLoop, LoopSettings, LoopState
-from runrelay.middleware import (
+from runrelay.agent._loop import AgentLoop, LoopSettings, LoopState
+from runrelay.agent.middleware import (
     AgentRunContext,
     ChatContext,
     ChatMiddleware,
@@ -23,8 +23,8 @@ from runrelay.middleware import (
     chat_middleware,
     function_middleware,
 )
-from runrelay.run_context import report_progress, suggest
-from runrelay.tools import ToolError, tool, tool_from_function
+from runrelay.agent.run_context import report_progress, suggest
+from runrelay.agent.tools import ToolError, tool, tool_from_function
 from tests.runrelay.test_loop import (
     Checkpoints,
     Events,
@@ -452,7 +452,7 @@ async def audit_calls(context: FunctionInvocationContext, next: Next[Any]) -> No
 
 
 def test_agent_configs_name_middleware_by_import_path() -> None:
-    from runrelay.middleware import import_middleware, kind_of
+    from runrelay.agent.middleware import import_middleware, kind_of
 
     assert kind_of(import_middleware(f"{__name__}:audit_calls")) == "function"
     assert isinstance(import_middleware(f"{__name__}:Audit"), Audit)  # a class is instantiated

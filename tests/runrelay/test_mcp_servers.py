@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import pytest
 from pydantic import ValidationError
 
-from runrelay.mcp_servers import McpServerError, McpServerSpec, McpToolConflict, open_mcp_tools
-from runrelay.tools import Tool, ToolError
+from runrelay.agent._mcp import McpServerError, McpServerSpec, McpToolConflict, open_mcp_tools
+from runrelay.agent.tools import Tool, ToolError
 from tests.mcp_server import TOOL_NAMES, serve_mcp_http, stdio_command
 
 T = TypeVar("T")
@@ -269,7 +269,7 @@ def test_no_servers_means_no_tools_and_no_mcp_import() -> None:
     """Agents without MCP servers must not need the mcp package at all."""
     code = (
         "import asyncio, sys\n"
-        "from runrelay.mcp_servers import open_mcp_tools\n"
+        "from runrelay.agent._mcp import open_mcp_tools\n"
         "async def main():\n"
         "    async with open_mcp_tools([]) as tools:\n"
         "        assert tools == []\n"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from runrelay.agents import ProviderConfig
+from runrelay.agent.config import ProviderConfig
+from runrelay.embedded._preflight import check_provider, reach
 from runrelay.errors import ConfigError
-from runrelay.preflight import check_provider, reach
 
 
 @pytest.mark.parametrize(

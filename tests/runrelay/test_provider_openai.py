@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from runrelay.agents import ProviderConfig
-from runrelay.providers.base import (
+from runrelay.agent.config import ProviderConfig
+from runrelay.agent.providers.base import (
     Chunk,
     Finish,
     ModelRequest,
@@ -28,7 +28,7 @@ from runrelay.providers.base import (
     ToolCallFragment,
     UsageReport,
 )
-from runrelay.providers.openai import OpenAIProvider, _retry_wait
+from runrelay.agent.providers.openai import OpenAIProvider, _retry_wait
 from tests.fake_openai import (
     FakeOpenAI,
     Plan,

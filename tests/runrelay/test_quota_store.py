@@ -12,9 +12,9 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from runrelay.keys import RedisKeys
-from runrelay.quota import Decision, QuotaStore
-from runrelay.tenants import Period, TenantLimits
+from runrelay.server.keys import RedisKeys
+from runrelay.server.quota import Decision, QuotaStore
+from runrelay.server.tenants import Period, TenantLimits
 
 T = TypeVar("T")
 TENANT = "ten_test"

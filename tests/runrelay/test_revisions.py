@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from runrelay import AgentRunParams, Client, NotFoundError
-from runrelay.agents import Registry, load_config
-from runrelay.cli import main
-from runrelay.revisions import AgentCatalog, PublishError
-from runrelay.settings import Settings
+from runrelay.agent.config import Registry, load_config
+from runrelay.cli._main import main
+from runrelay.server.revisions import AgentCatalog, PublishError
+from runrelay.server.settings import Settings
 from tests.conftest import TenantKey
 
 CONFIG = """

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from runrelay.agents import Registry, Script, ScriptedToolCall, ScriptedTurn
-from runrelay.loop import AgentLoop, LoopSettings
-from runrelay.providers.base import (
+from runrelay.agent._loop import AgentLoop, LoopSettings
+from runrelay.agent.config import Registry, Script, ScriptedToolCall, ScriptedTurn
+from runrelay.agent.providers.base import (
     Chunk,
     Finish,
     ModelRequest,
@@ -19,9 +19,9 @@ from runrelay.providers.base import (
     ToolCallFragment,
     UsageReport,
 )
-from runrelay.providers.scripted import ScriptedProvider, split_text
-from runrelay.settings import DEMO_AGENTS_CONFIG
-from runrelay.tools import import_tool
+from runrelay.agent.providers.scripted import ScriptedProvider, split_text
+from runrelay.agent.tools import import_tool
+from runrelay.server.settings import DEMO_AGENTS_CONFIG
 
 LOOKUP_TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {}}}
 

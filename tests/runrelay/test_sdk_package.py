@@ -87,7 +87,7 @@ def test_public_api_is_pinned() -> None:
 def test_importing_the_sdk_and_the_cli_pulls_in_no_server_dependency() -> None:
     """`pip install runrelay` without extras must be enough for the SDK and the client commands."""
     code = (
-        "import sys, json, runrelay, runrelay.cli\n"
+        "import sys, json, runrelay, runrelay.cli._main\n"
         "from runrelay import Client, AsyncClient\n"
         "Client('rr_sk_x').close()\n"
         "server = ('redis', 'celery', 'kombu', 'sqlmodel', 'sqlalchemy', 'fastapi', 'starlette',"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from runrelay.embedded._sessions import SessionStore, session_file_name, trim_history
 from runrelay.errors import SessionError, ValidationError
-from runrelay.sessions import SessionStore, session_file_name, trim_history
 
 
 def user(text: str) -> dict[str, Any]:

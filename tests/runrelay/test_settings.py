@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from runrelay.settings import Settings
+from runrelay.server.settings import Settings
 
 
 def test_visibility_timeout_shorter_than_a_run_is_refused() -> None:

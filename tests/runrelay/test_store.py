@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from runrelay.store import KEY_PREFIX, AlreadyExists, Store, StoreError, hash_key, new_id
-from runrelay.tables import ApiKey, Run, Tenant, utcnow
+from runrelay.server.store import KEY_PREFIX, AlreadyExists, Store, StoreError, hash_key, new_id
+from runrelay.server.tables import ApiKey, Run, Tenant, utcnow
 
 
 def unique(prefix: str = "t") -> str:

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from runrelay import APIConnectionError, AsyncClient, Client, RateLimitError, StreamChunk
-from runrelay.streaming import EventStream
-from runrelay.transport import ClientOptions, Request
+from runrelay.client._streaming import EventStream
+from runrelay.client._transport import ClientOptions, Request
 from tests.conftest import TenantKey
 from tests.sse import assert_complete_log, read_events
 from tests.tcp_proxy import TcpProxy, tcp_proxy

@@ -14,11 +14,11 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from runrelay.keys import RedisKeys
-from runrelay.quota import QuotaStore, dispatching_member
-from runrelay.store import Store, new_id
-from runrelay.tables import Run
-from runrelay.thread_gate import ThreadGate
+from runrelay.server.keys import RedisKeys
+from runrelay.server.quota import QuotaStore, dispatching_member
+from runrelay.server.store import Store, new_id
+from runrelay.server.tables import Run
+from runrelay.server.thread_gate import ThreadGate
 
 T = TypeVar("T")
 THREAD = "chat-1"

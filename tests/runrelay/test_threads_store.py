@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from runrelay.store import Store, new_id
-from runrelay.tables import Run
-from runrelay.threads import ThreadBusy, Threads
+from runrelay.server.store import Store, new_id
+from runrelay.server.tables import Run
+from runrelay.server.threads import ThreadBusy, Threads
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import pytest
 from pydantic import BaseModel, Field
 
+from runrelay.agent.tools import Tool, ToolError, import_tool, tool, tool_from_function
 from runrelay.demo import tools as demo_tools
-from runrelay.tools import Tool, ToolError, import_tool, tool, tool_from_function
 
 
 @tool(description="Convert an amount between currencies.", timeout_s=5, max_invocations=3)

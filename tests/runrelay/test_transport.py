@@ -15,8 +15,8 @@ from runrelay import (
     ConflictError,
     RateLimitError,
 )
+from runrelay.client._transport import retry_delay
 from runrelay.errors import status_error
-from runrelay.transport import retry_delay
 from tests.conftest import TenantKey
 from tests.tcp_proxy import tcp_proxy
 

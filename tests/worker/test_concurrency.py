@@ -8,8 +8,8 @@ import json
 import httpx
 from httpx_sse import aconnect_sse
 
-from runrelay.store import Store
-from runrelay.tenants import update_limits
+from runrelay.server.store import Store
+from runrelay.server.tenants import update_limits
 from tests.conftest import TenantKey
 from tests.sse import assert_complete_log
 

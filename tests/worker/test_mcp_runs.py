@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from runrelay.agents import AgentsConfig, Registry
-from runrelay.revisions import AgentCatalog
-from runrelay.store import Store
+from runrelay.agent.config import AgentsConfig, Registry
+from runrelay.server.revisions import AgentCatalog
+from runrelay.server.store import Store
 from tests.fake_openai import FakeOpenAI, text_answer, tool_call_answer
 from tests.mcp_server import serve_mcp_http, stdio_command
 from tests.sse import assert_complete_log, read_events, wait_finished

@@ -18,10 +18,10 @@ import redis
 from sqlalchemy import create_engine, text
 
 from api_shim.app import create_app
-from runrelay.migrate import upgrade
-from runrelay.settings import Settings
-from runrelay.store import Store, make_engine
-from runrelay.tenants import update_limits
+from runrelay.server.migrate import upgrade
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store, make_engine
+from runrelay.server.tenants import update_limits
 from tests.conftest import ServerThread
 
 SLOT_TTL_S = 3

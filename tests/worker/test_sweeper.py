@@ -9,11 +9,11 @@ from datetime import timedelta
 
 from redis.asyncio import Redis
 
-from runrelay.keys import RedisKeys
-from runrelay.quota import dispatching_member
-from runrelay.settings import Settings
-from runrelay.store import Store, new_id
-from runrelay.tables import Run, utcnow
+from runrelay.server.keys import RedisKeys
+from runrelay.server.quota import dispatching_member
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store, new_id
+from runrelay.server.tables import Run, utcnow
 from worker.sweeper import Requeuer, Sweeper
 
 

@@ -1,0 +1,25 @@
+"""The SDK's resources (`client.agents`, `client.runs`, `client.shortcuts`, `client.threads`),
+each in a sync flavour (on `Client`) and an async one (on `AsyncClient`)."""
+
+from runrelay.client._resources.agents import Agents, AsyncAgents
+from runrelay.client._resources.runs import AsyncRuns, Runs
+from runrelay.client._resources.shortcuts import (
+    AsyncShortcuts,
+    Shortcuts,
+    shortcut_request,
+    shortcut_response,
+)
+from runrelay.client._resources.threads import AsyncThreads, Threads
+
+__all__ = [
+    "Agents",
+    "AsyncAgents",
+    "AsyncRuns",
+    "AsyncShortcuts",
+    "AsyncThreads",
+    "Runs",
+    "Shortcuts",
+    "Threads",
+    "shortcut_request",
+    "shortcut_response",
+]

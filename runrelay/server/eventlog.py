@@ -1,0 +1,84 @@
+"""A run's event log in Redis: one Stream per run, entry ids `0-<seq>`, fields `d` (the event
+JSON) and `t` (its type). Appends go through a Lua script that checks the writer's lease.
+
+Shared by the worker (which appends) and the shim (which appends `run_queued` and replays).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from runrelay.server import lua
+from runrelay.server.keys import RedisKeys, entry_id, seq_of
+
+
+class LeaseLost(Exception):
+    """The writer no longer holds the run's lease: another worker owns the run now."""
+
+
+class SeqConflict(Exception):
+    """The seq is not above the log's last one (a duplicate or out-of-order append)."""
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    seq: int
+    type: str
+    data: str
+
+
+class EventLog:
+    def __init__(self, redis: Redis, keys: RedisKeys, ttl_s: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self._append = lua.script(redis, "append_event")
+
+    async def append(
+        self,
+        run_id: str,
+        seq: int,
+        type: str,
+        data: str,
+        *,
+        token: str = "",
+        ttl_s: int | None = None,
+    ) -> None:
+        keys = [self.keys.events(run_id), self.keys.lease(run_id)]
+        try:
+            await self._append(keys=keys, args=[token, seq, data, type, ttl_s or self.ttl_s])
+        except ResponseError as exc:
+            if "LEASE_LOST" in str(exc):
+                raise LeaseLost(run_id) from exc
+            if "equal or smaller" in str(exc):
+                raise SeqConflict(f"{run_id}: seq {seq} is not above the last event") from exc
+            raise
+
+    async def read(
+        self, run_id: str, *, after: int = 0, count: int | None = None
+    ) -> list[LoggedEvent]:
+        entries: Any = await self.redis.xrange(
+            self.keys.events(run_id), min=f"({entry_id(after)}", max="+", count=count
+        )
+        return [decode_entry(raw_id, fields) for raw_id, fields in entries]
+
+    async def last_seq(self, run_id: str) -> int:
+        entries: Any = await self.redis.xrevrange(self.keys.events(run_id), count=1)
+        return seq_of(entries[0][0]) if entries else 0
+
+    async def exists(self, run_id: str) -> bool:
+        return bool(await self.redis.exists(self.keys.events(run_id)))
+
+
+def decode_entry(raw_id: bytes | str, fields: dict[Any, Any]) -> LoggedEvent:
+    """A stream entry as redis-py returns it (bytes, or str with decode_responses)."""
+
+    def field(name: str) -> str:
+        value = fields.get(name.encode(), fields.get(name))
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return LoggedEvent(seq=seq_of(raw_id), type=field("t"), data=field("d"))

@@ -1,0 +1,178 @@
+"""Agent revisions and tags: which definition of an agent a run runs.
+
+`runrelay agents publish CONFIG --tag production` stores, for every agent of CONFIG whose
+definition changed since its newest stored revision, a new revision (1, 2, 3 …), then points each
+named tag at the newest revision of its agent. Revisions never change once written.
+
+Resolution (`AgentCatalog`):
+- `agent` (a name or shortcut) or `agent_id` alone: the agent's newest stored revision; an agent
+  with no stored revision runs its config file definition as revision 1.
+- `agent_id` + `revision`: exactly that revision (404 `revision_not_found` otherwise).
+- `tag`: the revision the tag points at; a tag only declared in the config file (`tags:`) leads
+  to its agent's newest revision.
+The worker loads the pinned revision of each run (`pinned`), not the file's current text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from runrelay.agent.config import TAG_PATTERN, AgentNotFound, AgentsConfig, AgentSpec, Registry
+from runrelay.server.tables import AgentRevision, AgentTag, utcnow
+
+
+class RevisionNotFound(LookupError):
+    def __init__(self, agent_id: str, revision: int) -> None:
+        super().__init__(f"agent {agent_id!r} has no revision {revision}")
+
+
+class PublishError(ValueError):
+    """The publish request cannot be carried out; the message says why and what to pass."""
+
+
+def definition(agent: AgentSpec) -> dict[str, Any]:
+    """What a revision stores: everything but the revision number and the tags (moving a tag
+    does not make a new revision)."""
+    return agent.model_dump(mode="json", exclude={"revision", "tags"})
+
+
+def digest(defn: dict[str, Any]) -> str:
+    return hashlib.sha256(
+        json.dumps(defn, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+@dataclass
+class PublishReport:
+    # agent id → (revision, whether publishing created it)
+    revisions: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    # tag → (agent id, revision)
+    tags: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+def _spec(row: AgentRevision) -> AgentSpec:
+    return AgentSpec.model_validate({**row.definition, "revision": row.revision})
+
+
+class AgentCatalog:
+    """The config file's agents, overlaid with the revisions and tags stored in the database."""
+
+    def __init__(self, engine: Engine, registry: Registry) -> None:
+        self.engine = engine
+        self.registry = registry
+
+    # Reading ----------------------------------------------------------------------------------
+
+    def _newest(self, session: Session, agent_id: str) -> AgentRevision | None:
+        query = (
+            select(AgentRevision)
+            .where(AgentRevision.agent_id == agent_id)
+            .order_by(col(AgentRevision.revision).desc())
+            .limit(1)
+        )
+        return session.exec(query).first()
+
+    def _file_agent(self, ref: str) -> AgentSpec | None:
+        try:
+            return self.registry.resolve(ref)
+        except AgentNotFound:
+            return None
+
+    def by_ref(self, ref: str) -> AgentSpec:
+        """A name, shortcut or id → the agent's newest revision."""
+        file_agent = self._file_agent(ref)
+        with Session(self.engine) as session:
+            newest = self._newest(session, file_agent.id if file_agent else ref)
+        if newest is not None:
+            return _spec(newest)
+        if file_agent is None:
+            self.registry.resolve(ref)  # raises AgentNotFound with suggestions
+        assert file_agent is not None
+        return file_agent
+
+    def pinned(self, agent_id: str, revision: int) -> AgentSpec:
+        file_agent = self._file_agent(agent_id)
+        canonical = file_agent.id if file_agent else agent_id
+        with Session(self.engine) as session:
+            row = session.get(AgentRevision, (canonical, revision))
+            newest = None if row else self._newest(session, canonical)
+        if row is not None:
+            return _spec(row)
+        if file_agent is not None and newest is None and revision == file_agent.revision:
+            return file_agent
+        if file_agent is None and newest is None:
+            self.registry.resolve(agent_id)  # raises AgentNotFound with suggestions
+        raise RevisionNotFound(canonical, revision)
+
+    def by_tag(self, tag: str) -> AgentSpec:
+        with Session(self.engine) as session:
+            pointer = session.get(AgentTag, tag)
+            row = (
+                session.get(AgentRevision, (pointer.agent_id, pointer.revision))
+                if pointer
+                else None
+            )
+        if row is not None:
+            return _spec(row)
+        return self.by_ref(self.registry.by_tag(tag).id)
+
+    # Publishing -------------------------------------------------------------------------------
+
+    def publish(
+        self, config: AgentsConfig, tags: Sequence[str] = (), agent: str | None = None
+    ) -> PublishReport:
+        agents = [a for module in config.modules for a in module.agents]
+        targets = {tag: _tag_target(tag, agents, agent) for tag in tags}
+        report = PublishReport()
+        with Session(self.engine) as session:
+            for spec in agents:
+                defn = definition(spec)
+                newest = self._newest(session, spec.id)
+                if newest is not None and newest.digest == digest(defn):
+                    report.revisions[spec.id] = (newest.revision, False)
+                    continue
+                number = newest.revision + 1 if newest else 1
+                session.add(
+                    AgentRevision(
+                        agent_id=spec.id, revision=number, definition=defn, digest=digest(defn)
+                    )
+                )
+                report.revisions[spec.id] = (number, True)
+            for tag, target in targets.items():
+                number = report.revisions[target.id][0]
+                pointer = session.get(AgentTag, tag) or AgentTag(
+                    tag=tag, agent_id=target.id, revision=number
+                )
+                pointer.agent_id, pointer.revision, pointer.updated_at = target.id, number, utcnow()
+                session.add(pointer)
+                report.tags[tag] = (target.id, number)
+            session.commit()
+        return report
+
+
+def _tag_target(tag: str, agents: list[AgentSpec], name: str | None) -> AgentSpec:
+    """The agent a tag moves to: the one named, else the one declaring the tag, else the only
+    agent of the config."""
+    if not TAG_PATTERN.match(tag):
+        raise PublishError(f"tag {tag!r} must match ^[a-z0-9][a-z0-9\\-_]*$")
+    if name is not None:
+        for spec in agents:
+            if name in (spec.name, spec.id):
+                return spec
+        raise PublishError(f"--agent {name!r} is not in the config")
+    declaring = [spec for spec in agents if tag in spec.tags]
+    if declaring:
+        return declaring[0]
+    if len(agents) == 1:
+        return agents[0]
+    raise PublishError(
+        f"no agent in the config declares tag {tag!r} (under `tags:`), and it has "
+        f"{len(agents)} agents: name one with --agent"
+    )

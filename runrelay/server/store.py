@@ -1,0 +1,326 @@
+"""The database side: engine, tenants and API keys, runs and their archived event logs.
+
+All functions are synchronous (SQLAlchemy sessions); async callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, event, func, insert, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, create_engine, select
+
+from runrelay.agent.events import TERMINAL_STATUSES
+from runrelay.server.settings import Settings
+from runrelay.server.tables import ApiKey, Run, RunEvent, Tenant, as_utc, utcnow
+from runrelay.server.threads import append_messages
+
+CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+KEY_PREFIX = "rr_sk_"
+# last_used_at is written at most this often per key, so auth stays a read.
+_KEY_TOUCH_INTERVAL = timedelta(seconds=60)
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+_last_id_value = 0
+_id_lock = threading.Lock()
+
+
+def new_id(prefix: str) -> str:
+    """A time-ordered id (a monotonic ULID): 10 chars of milliseconds then 16 random chars,
+    Crockford base32. Within one process ids strictly increase, even in the same millisecond."""
+    global _last_id_value
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    with _id_lock:
+        if value >> 80 <= _last_id_value >> 80:
+            value = _last_id_value + 1 + int.from_bytes(os.urandom(2), "big")
+        _last_id_value = value
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(CROCKFORD[digit])
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def make_engine(settings: Settings) -> Engine:
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if settings.database_schema:
+        connect_args["options"] = f"-csearch_path={settings.database_schema}"
+    return create_engine(
+        url, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True
+    )
+
+
+def ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's tenant, and whether the key may act for other tenants."""
+
+    tenant_id: str
+    key_id: str
+    is_platform: bool
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # Tenants and keys ---------------------------------------------------------------------------
+
+    def create_tenant(self, name: str) -> Tenant:
+        tenant = Tenant(id=new_id("ten"), name=name)
+        with Session(self.engine, expire_on_commit=False) as session:
+            session.add(tenant)
+            try:
+                session.commit()
+            except IntegrityError as exc:
+                raise AlreadyExists(f"tenant {name!r} already exists") from exc
+        return tenant
+
+    def get_tenant(self, tenant_id_or_name: str) -> Tenant | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            tenant = session.get(Tenant, tenant_id_or_name)
+            if tenant is None:
+                tenant = session.exec(
+                    select(Tenant).where(Tenant.name == tenant_id_or_name)
+                ).first()
+            return tenant
+
+    def ensure_tenant(self, name: str) -> Tenant:
+        existing = self.get_tenant(name)
+        if existing is not None:
+            return existing
+        try:
+            return self.create_tenant(name)
+        except AlreadyExists:
+            tenant = self.get_tenant(name)
+            assert tenant is not None  # a concurrent create won the race
+            return tenant
+
+    def create_api_key(self, tenant_id: str, *, is_platform: bool = False) -> str:
+        """Store a new key (hashed) and return its only plaintext copy."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKey(
+            id=new_id("key"),
+            tenant_id=tenant_id,
+            prefix=key[:12],
+            key_hash=hash_key(key),
+            is_platform=is_platform,
+        )
+        with Session(self.engine) as session:
+            session.add(row)
+            session.commit()
+        return key
+
+    def authenticate(self, key: str) -> Principal | None:
+        if not key.startswith(KEY_PREFIX):
+            return None
+        digest = hash_key(key)
+        with Session(self.engine, expire_on_commit=False) as session:
+            row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+            if row is None or row.revoked_at is not None:
+                return None
+            if not hmac.compare_digest(row.key_hash, digest):
+                return None
+            now = utcnow()
+            last = row.last_used_at
+            if last is None or now - as_utc(last) > _KEY_TOUCH_INTERVAL:
+                row.last_used_at = now
+                session.add(row)
+                session.commit()
+            return Principal(tenant_id=row.tenant_id, key_id=row.id, is_platform=row.is_platform)
+
+    # Runs ---------------------------------------------------------------------------------------
+
+    def create_run(self, run: Run) -> Run:
+        with Session(self.engine, expire_on_commit=False) as session:
+            session.add(run)
+            session.commit()
+        return run
+
+    def get_run(self, run_id: str, *, tenant_id: str | None = None) -> Run | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            run = session.get(Run, run_id)
+        if run is None or (tenant_id is not None and run.tenant_id != tenant_id):
+            return None
+        return run
+
+    def list_runs(
+        self,
+        tenant_id: str,
+        *,
+        limit: int,
+        before: str | None = None,
+        status: str | None = None,
+        agent: str | None = None,
+        thread_id: str | None = None,
+    ) -> list[Run]:
+        """The tenant's runs, newest first; `before` is the last run id of the previous page."""
+        query = select(Run).where(Run.tenant_id == tenant_id)
+        if before is not None:
+            query = query.where(col(Run.id) < before)
+        if status is not None:
+            query = query.where(Run.status == status)
+        if agent is not None:
+            query = query.where(Run.agent_name == agent)
+        if thread_id is not None:
+            query = query.where(Run.thread_id == thread_id)
+        query = query.order_by(col(Run.id).desc()).limit(limit)
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.exec(query).all())
+
+    def mark_running(self, run_id: str, *, lease_token: str | None = None) -> Run | None:
+        """Move a queued (or resumed) run to running under `lease_token`, counting the attempt;
+        None when the run is finished or paused for approval (a stray task must not resume it
+        before the decisions). One conditional UPDATE, so it is race-free."""
+        stmt = (
+            update(Run)
+            .where(col(Run.id) == run_id, col(Run.status).in_(("queued", "running")))
+            .values(
+                status="running",
+                attempts=col(Run.attempts) + 1,
+                started_at=func.coalesce(col(Run.started_at), utcnow()),
+                lease_token=lease_token,
+            )
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            if session.exec(stmt).rowcount == 0:
+                return None
+            session.commit()
+            return session.get(Run, run_id)
+
+    def request_cancel(self, run_id: str) -> Run | None:
+        """Record a cancel request; None when the run is already finished (nothing to cancel)."""
+        stmt = (
+            update(Run)
+            .where(col(Run.id) == run_id, col(Run.status).not_in(TERMINAL_STATUSES))
+            .values(cancel_requested_at=func.coalesce(col(Run.cancel_requested_at), utcnow()))
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            if session.exec(stmt).rowcount == 0:
+                return None
+            session.commit()
+            return session.get(Run, run_id)
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        output: str | None,
+        result: dict[str, Any] | None,
+        usage: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        events: Iterable[tuple[int, str, str]],
+        lease_token: str | None = None,
+        only_from: str | None = None,
+        thread_messages: Sequence[dict[str, Any]] = (),
+    ) -> bool:
+        """Write the outcome and archive the whole event log, in one transaction.
+
+        With `lease_token` (a worker) or `only_from` (a status, e.g. the shim cancelling a queued
+        run) the write is conditional: it happens only while the run is unfinished and still
+        under that lease, or in that status. Returns whether it was written. `thread_messages`
+        (a completed run's) are added to its thread's history in the same transaction.
+        """
+        values = {
+            "status": status,
+            "output": output,
+            "result": result,
+            "usage": usage,
+            "error": error,
+            "finished_at": utcnow(),
+        }
+        stmt = update(Run).where(col(Run.id) == run_id).values(**values)
+        if lease_token is not None:
+            stmt = stmt.where(
+                col(Run.lease_token) == lease_token, col(Run.status).not_in(TERMINAL_STATUSES)
+            )
+        if only_from is not None:
+            stmt = stmt.where(col(Run.status) == only_from)
+        with Session(self.engine) as session:
+            if session.exec(stmt).rowcount == 0:
+                session.rollback()
+                if session.get(Run, run_id) is None:
+                    raise StoreError(f"run {run_id} does not exist")
+                return False
+            archived = set(
+                session.exec(select(RunEvent.seq).where(RunEvent.run_id == run_id)).all()
+            )
+            rows = [
+                {"run_id": run_id, "seq": seq, "type": type_, "data": data}
+                for seq, type_, data in events
+                if seq not in archived
+            ]
+            if rows:  # one executemany, not an ORM object per event
+                session.execute(insert(RunEvent), rows)
+            run = session.get(Run, run_id) if thread_messages else None
+            if run is not None and run.thread_id is not None:
+                append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)
+            session.commit()
+            return True
+
+    def unfinished_runs(
+        self, *, created_before: datetime, after_id: str = "", limit: int
+    ) -> list[Run]:
+        """Runs `running`, or `queued` since before `created_before`, by id (oldest first) from
+        after `after_id`: the sweeper's candidates, a page at a time."""
+        query = (
+            select(Run)
+            .where(
+                col(Run.id) > after_id,
+                (col(Run.status) == "running")
+                | ((col(Run.status) == "queued") & (col(Run.created_at) < created_before)),
+            )
+            .order_by(col(Run.id))
+            .limit(limit)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.exec(query).all())
+
+    def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
+        query = (
+            select(RunEvent.data)
+            .where(RunEvent.run_id == run_id, col(RunEvent.seq) > after)
+            .order_by(col(RunEvent.seq))
+        )
+        with Session(self.engine) as session:
+            return list(session.exec(query).all())

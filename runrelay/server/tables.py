@@ -1,0 +1,149 @@
+"""SQLModel tables: the database is the truth about tenants, keys, runs and archived event logs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(unique=True, index=True, max_length=100)
+    created_at: datetime = Field(default_factory=utcnow)
+    # Quota limits; None takes the default from the settings (runrelay/server/tenants.py).
+    max_concurrent_runs: int | None = None
+    max_queued_runs: int | None = None
+    requests_per_minute: int | None = None
+    token_budget: int | None = Field(default=None, sa_column=Column(BigInteger))
+    budget_period: str | None = Field(default=None, max_length=10)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=40)
+    prefix: str = Field(max_length=20)
+    key_hash: str = Field(unique=True, index=True, max_length=64)
+    is_platform: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_tenant_id_id", "tenant_id", "id"),
+        Index("ix_runs_tenant_thread", "tenant_id", "thread_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenants.id", max_length=40)
+    status: str = Field(index=True, max_length=20)
+    agent_name: str = Field(max_length=200)
+    agent_id: str = Field(max_length=200)
+    agent_revision: int = 1
+    agent_tag: str | None = Field(default=None, max_length=100)
+    thread_id: str | None = Field(default=None, max_length=200)
+    input: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    message: str | None = Field(default=None, sa_column=Column(Text))
+    model_id: str | None = Field(default=None, max_length=200)
+    model_params: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    end_user_id: str | None = Field(default=None, max_length=200)
+    run_metadata: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSON))
+    request_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    output: str | None = Field(default=None, sa_column=Column(Text))
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    usage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    attempts: int = 0
+    # The request's own deadline in seconds (else the agent's, else the settings').
+    timeout_s: float | None = None
+    # The fencing token of the lease the run was last started under: only its holder may finish.
+    lease_token: str | None = Field(default=None, max_length=40)
+    cancel_requested_at: datetime | None = None
+    # Approvals: the tool calls a paused (`requires_action`) run waits on, each with its decision
+    # once made; seconds spent paused (not counted against the deadline); resumes after approval
+    # (not counted as crash attempts).
+    required_action: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    waited_s: float = 0.0
+    resumes: int = 0
+
+
+class Thread(SQLModel, table=True):
+    """A conversation of one tenant: the runs created with its `thread_id` share its history."""
+
+    __tablename__ = "threads"
+
+    tenant_id: str = Field(primary_key=True, foreign_key="tenants.id", max_length=40)
+    id: str = Field(primary_key=True, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ThreadMessage(SQLModel, table=True):
+    """One chat message of a thread's history (user, assistant, tool), in order of `seq`."""
+
+    __tablename__ = "thread_messages"
+
+    tenant_id: str = Field(primary_key=True, max_length=40)
+    thread_id: str = Field(primary_key=True, max_length=200)
+    seq: int = Field(primary_key=True)
+    run_id: str = Field(max_length=40)
+    role: str = Field(max_length=20)
+    # The whole message as the model sees it (content, tool_calls, tool_call_id).
+    message: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class RunEvent(SQLModel, table=True):
+    """The archived event log of a finished run, replayed once the Redis stream is gone."""
+
+    __tablename__ = "run_events"
+
+    run_id: str = Field(primary_key=True, foreign_key="runs.id", max_length=40)
+    seq: int = Field(primary_key=True)
+    type: str = Field(max_length=40)
+    data: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class AgentRevision(SQLModel, table=True):
+    """One published definition of an agent; revisions of an agent count 1, 2, 3 … and never
+    change once written."""
+
+    __tablename__ = "agent_revisions"
+
+    agent_id: str = Field(primary_key=True, max_length=200)
+    revision: int = Field(primary_key=True)
+    definition: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    digest: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AgentTag(SQLModel, table=True):
+    """A tag (e.g. `production`) points at one revision of one agent."""
+
+    __tablename__ = "agent_tags"
+
+    tag: str = Field(primary_key=True, max_length=100)
+    agent_id: str = Field(max_length=200)
+    revision: int
+    updated_at: datetime = Field(default_factory=utcnow)

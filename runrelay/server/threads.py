@@ -1,0 +1,184 @@
+"""The database side of threads: creating a run on its thread, a thread's history, reading it.
+
+A thread is a conversation of one tenant, named by the client (`thread_id`) or, for a run
+created without one, by the shim (`thr_...`). Creating a run creates its thread if it is new.
+Only a run that completes adds to the history, in one transaction with its outcome
+(`Store.finish_run` calls `append_messages`); a failed or cancelled run adds nothing.
+
+Creates and appends on one thread take turns on the thread's row: each transaction starts with
+an upsert of that row, which holds its lock (PostgreSQL) or the database's write lock (SQLite)
+until it commits. That is what makes `multitask_strategy: reject` exact under concurrent
+creates, and history seqs gapless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from sqlalchemy import Engine, func, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col, select
+
+from runrelay.agent._history import HistoryPolicy, fit_history
+from runrelay.agent.events import TERMINAL_STATUSES
+from runrelay.server.tables import Run, Thread, ThreadMessage, utcnow
+
+Message = dict[str, Any]
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
+
+
+class ThreadBusy(Exception):
+    """A run asked for `reject` on a thread that has an active run; nothing was created."""
+
+    def __init__(self, thread_id: str, active: Run) -> None:
+        super().__init__(
+            f"thread {thread_id!r} has an active run, {active.id} ({active.status}); "
+            "wait for it to finish, or send multitask_strategy `enqueue` (run after it) or "
+            "`interrupt` (cancel it)"
+        )
+        self.thread_id = thread_id
+        self.active = active
+
+
+def _lock_thread(session: Session, tenant_id: str, thread_id: str, *, touch: bool) -> None:
+    """Create the thread if it is new and lock its row until the transaction ends; `touch`
+    moves its `updated_at` to now."""
+    now = utcnow()
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(Thread).values(tenant_id=tenant_id, id=thread_id, created_at=now, updated_at=now)
+    # A conflict still updates (to the same value when not touching): that takes the row lock.
+    updated_at = stmt.excluded.updated_at if touch else col(Thread.updated_at)
+    session.exec(
+        stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "id"], set_={"updated_at": updated_at}
+        )
+    )
+
+
+def _active(session: Session, tenant_id: str, thread_id: str) -> list[Run]:
+    query = (
+        select(Run)
+        .where(
+            Run.tenant_id == tenant_id,
+            Run.thread_id == thread_id,
+            col(Run.status).not_in(TERMINAL_STATUSES),
+        )
+        .order_by(col(Run.id))
+    )
+    return list(session.exec(query).all())
+
+
+def append_messages(
+    session: Session, tenant_id: str, thread_id: str, run_id: str, messages: Sequence[Message]
+) -> None:
+    """Add a completed run's messages to its thread, with the next seqs (in the caller's
+    transaction), and move the thread's `updated_at`."""
+    _lock_thread(session, tenant_id, thread_id, touch=True)
+    last = session.exec(
+        select(func.max(ThreadMessage.seq)).where(
+            ThreadMessage.tenant_id == tenant_id, ThreadMessage.thread_id == thread_id
+        )
+    ).one()
+    now = utcnow()
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "thread_id": thread_id,
+            "seq": (last or 0) + n,
+            "run_id": run_id,
+            "role": str(message.get("role", "")),
+            "message": message,
+            "created_at": now,
+        }
+        for n, message in enumerate(messages, start=1)
+    ]
+    if rows:
+        session.execute(insert(ThreadMessage), rows)
+
+
+class Threads:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create_run(self, run: Run, *, reject_if_busy: bool = False) -> list[Run]:
+        """Insert `run` (and its thread, if new); returns the thread's runs that were active
+        before it, oldest first. With `reject_if_busy`, raise `ThreadBusy` instead of creating
+        anything when there is one."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            active: list[Run] = []
+            if run.thread_id is not None:
+                _lock_thread(session, run.tenant_id, run.thread_id, touch=False)
+                active = _active(session, run.tenant_id, run.thread_id)
+                if active and reject_if_busy:
+                    session.rollback()
+                    raise ThreadBusy(run.thread_id, active[0])
+            session.add(run)
+            session.commit()
+        return active
+
+    def get(self, tenant_id: str, thread_id: str) -> Thread | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(Thread, (tenant_id, thread_id))
+
+    def messages(
+        self, tenant_id: str, thread_id: str, *, after_seq: int = 0, limit: int
+    ) -> list[ThreadMessage]:
+        """The thread's messages with seq > `after_seq`, in order, at most `limit`."""
+        query = (
+            select(ThreadMessage)
+            .where(
+                ThreadMessage.tenant_id == tenant_id,
+                ThreadMessage.thread_id == thread_id,
+                col(ThreadMessage.seq) > after_seq,
+            )
+            .order_by(col(ThreadMessage.seq))
+            .limit(limit)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.exec(query).all())
+
+    def active_run_ids(self, tenant_id: str, thread_id: str) -> list[str]:
+        with Session(self.engine) as session:
+            return [run.id for run in _active(session, tenant_id, thread_id)]
+
+    def history(self, run: Run, policy: HistoryPolicy) -> list[Message]:
+        """What `run` starts with: its thread's latest exchanges, trimmed by `policy`."""
+        if run.thread_id is None:
+            return []
+        exchanges = self.exchanges(run.tenant_id, run.thread_id, max_messages=policy.max_messages)
+        return fit_history(exchanges, policy)
+
+    def exchanges(
+        self, tenant_id: str, thread_id: str, *, max_messages: int
+    ) -> list[list[Message]]:
+        """The latest exchanges of the thread, oldest first: each the messages of one run,
+        whole. Enough of them to hold the last `max_messages` messages."""
+        if max_messages <= 0:
+            return []
+        where = (ThreadMessage.tenant_id == tenant_id, ThreadMessage.thread_id == thread_id)
+        recent = (
+            select(ThreadMessage.run_id)
+            .where(*where)
+            .order_by(col(ThreadMessage.seq).desc())
+            .limit(max_messages)
+        )
+        with Session(self.engine) as session:
+            run_ids = set(session.exec(recent).all())
+            if not run_ids:  # a new thread (most runs): one query only
+                return []
+            rows = session.exec(
+                select(ThreadMessage)
+                .where(*where, col(ThreadMessage.run_id).in_(run_ids))
+                .order_by(col(ThreadMessage.seq))
+            ).all()
+        exchanges: list[list[Message]] = []
+        last_run = None
+        for row in rows:
+            if row.run_id != last_run:
+                exchanges.append([])
+                last_run = row.run_id
+            exchanges[-1].append(row.message)
+        return exchanges
