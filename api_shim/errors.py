@@ -82,7 +82,8 @@ def _describe(error: Mapping[str, Any]) -> tuple[str | None, str]:
         for part in error.get("loc", ())
         if part not in ("body", "query", "header", "path")
     ]
-    param = ".".join(loc) or None
+    # A validator may name the nested field it checked (e.g. `model_params.temperature`).
+    param = error.get("ctx", {}).get("param") or ".".join(loc) or None
     message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
     if error.get("type") == "json_invalid":
         return None, f"the request body is not valid JSON ({error.get('ctx', {}).get('error', '')})"

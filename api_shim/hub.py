@@ -52,10 +52,6 @@ class StreamHub:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def watched_streams(self) -> int:
-        return len(self._subs)
-
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="runrelay-sse-hub")
 

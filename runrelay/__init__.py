@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from runrelay.agent.providers.base import ProviderError
 from runrelay.client._client import AsyncClient, Client
-from runrelay.client._params import AgentRunParams, ModelParams
+from runrelay.client._params import AgentRunParams
 from runrelay.client._responses import (
     AgentErrorEvent,
     AgentResolvedEvent,
@@ -54,6 +54,7 @@ from runrelay.errors import (
     ValidationError,
 )
 from runrelay.types import (
+    ModelParams,
     RunList,
     RunObject,
     ShortcutDefinition,

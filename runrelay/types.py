@@ -9,8 +9,14 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9\-_]*$")
+# With `thread_id`, when the thread has an active run: reject (409), enqueue (run after it; the
+# default) or interrupt (cancel it).
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
+# A `suggestions` event carries at most this many follow-ups.
+MAX_SUGGESTIONS = 6
 
 
 class RunStatus(StrEnum):
@@ -49,14 +55,42 @@ class Usage(BaseModel):
         )
 
 
+MAX_TOKENS_LIMIT = 10_000_000
+
+
 class ModelParams(BaseModel):
+    """Overrides of the agent's model parameters (the Mentiora SDK's `ModelParams`). Building one
+    checks only the types; the ranges (`broken_rule`) are checked where a run is asked for: by
+    the SDK before it sends anything (`ValidationError`), by the API (422)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float | None = Field(None, ge=0, le=2, description="0 to 2 inclusive")
+    temperature: float | None = Field(
+        None, description="0 to 2 inclusive", json_schema_extra={"minimum": 0, "maximum": 2}
+    )
     max_tokens: int | None = Field(
-        None, gt=0, le=10_000_000, description="a positive integer (at most 10,000,000)"
+        None,
+        description=f"a positive integer (at most {MAX_TOKENS_LIMIT:,})",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": MAX_TOKENS_LIMIT},
     )
     seed: int | None = None
+
+    def broken_rule(self) -> tuple[str, str] | None:
+        """`(param, message)` for the first range these parameters are outside of, else None."""
+        temperature = self.temperature
+        if temperature is not None and (math.isnan(temperature) or not 0 <= temperature <= 2):
+            return (
+                "model_params.temperature",
+                f"model_params.temperature must be between 0 and 2 inclusive (got {temperature})",
+            )
+        tokens = self.max_tokens
+        if tokens is not None and not 0 < tokens <= MAX_TOKENS_LIMIT:
+            return (
+                "model_params.max_tokens",
+                "model_params.max_tokens must be a positive integer, greater than 0 and at most "
+                f"{MAX_TOKENS_LIMIT} (got {tokens})",
+            )
+        return None
 
 
 class A2ATask(BaseModel):
@@ -79,7 +113,7 @@ class RunCreate(BaseModel):
     message: str | None = Field(None, max_length=1_000_000)
     task: A2ATask | None = None
     thread_id: str | None = Field(None, min_length=1, max_length=200)
-    multitask_strategy: Literal["reject", "enqueue", "interrupt"] | None = Field(
+    multitask_strategy: MultitaskStrategy | None = Field(
         None,
         description="with thread_id, when the thread has an active run: reject (409), enqueue "
         "(run after it; the default) or interrupt (cancel it)",
@@ -113,6 +147,17 @@ class RunCreate(BaseModel):
                 f"starting with a letter or digit); got {tag!r}"
             )
         return tag
+
+    @field_validator("model_params")
+    @classmethod
+    def _params_in_range(cls, params: ModelParams | None) -> ModelParams | None:
+        broken = params.broken_rule() if params is not None else None
+        if broken is not None:
+            param, message = broken
+            # `param` in the context: the 422 names the nested field (api_shim/errors.py).
+            context = {"message": message, "param": param}
+            raise PydanticCustomError("value_error", "{message}", context)
+        return params
 
     @field_validator("message")
     @classmethod
@@ -284,18 +329,6 @@ class AgentInfo(BaseModel):
     capabilities: list[str]
     task_template: str | None = None
     shortcuts: list[str]
-
-
-class ErrorDetail(BaseModel):
-    type: str
-    code: str
-    message: str
-    param: str | None = None
-    request_id: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
 
 
 class ShortcutDefinition(BaseModel):

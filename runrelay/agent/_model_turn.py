@@ -9,7 +9,6 @@ from typing import Any
 
 from runrelay.agent.middleware import ChatContext, ChatResponse
 from runrelay.agent.providers.base import (
-    Finish,
     ModelProvider,
     ModelRequest,
     TextDelta,
@@ -90,8 +89,6 @@ async def stream_turn(provider: ModelProvider, context: ChatContext, emit: Emit)
                 completion_tokens=chunk.completion_tokens,
                 total_tokens=chunk.prompt_tokens + chunk.completion_tokens,
             )
-        elif isinstance(chunk, Finish):
-            response.finish_reason = chunk.reason
     response.text = "".join(text)
     response.tool_calls = [
         {"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls.calls

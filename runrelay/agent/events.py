@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 EventType = Literal[
     "run_queued",
@@ -26,7 +26,6 @@ EventType = Literal[
     "chat_completed",
     "done",
 ]
-EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))
 
 RunStatus = Literal[
     "queued", "running", "requires_action", "completed", "failed", "cancelled", "expired"

@@ -90,7 +90,6 @@ class ChatResponse:
     text: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
-    finish_reason: str | None = None
     model: str | None = None
 
 

@@ -24,12 +24,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from runrelay.agent.tools import current_tool_call_id
+from runrelay.types import MAX_SUGGESTIONS
 
 __all__ = ["Suggestion", "emit_custom", "report_progress", "suggest"]
 
 log = logging.getLogger(__name__)
 
-MAX_SUGGESTIONS = 6
 MAX_LABEL_CHARS = 40
 # A sync tool waits at most this long for its event to be written before going on.
 _THREAD_EMIT_TIMEOUT_S = 10.0

@@ -6,26 +6,14 @@ an input dict (an A2A `{"task": {...}}` dict is recognised).
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from runrelay.errors import ValidationError
-from runrelay.types import TAG_PATTERN
+from runrelay.types import TAG_PATTERN, ModelParams, MultitaskStrategy
 
-MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
-_STRATEGIES = ("reject", "enqueue", "interrupt")
-
-
-class ModelParams(BaseModel):
-    """Overrides of the agent's model parameters."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float | None = None  # 0 to 2 inclusive
-    max_tokens: int | None = None  # > 0
-    seed: int | None = None
+_STRATEGIES = get_args(MultitaskStrategy)
 
 
 class AgentRunParams(BaseModel):
@@ -81,17 +69,10 @@ def validate_params(params: AgentRunParams) -> None:
 
 def validate_model_params(model: ModelParams) -> None:
     """Raise `ValidationError` if a model parameter is out of range."""
-    temperature = model.temperature
-    if temperature is not None and (math.isnan(temperature) or not 0 <= temperature <= 2):
-        raise ValidationError(
-            f"model_params.temperature must be between 0 and 2 inclusive (got {temperature})",
-            param="model_params.temperature",
-        )
-    if model.max_tokens is not None and model.max_tokens <= 0:
-        raise ValidationError(
-            f"model_params.max_tokens must be a positive integer (got {model.max_tokens})",
-            param="model_params.max_tokens",
-        )
+    broken = model.broken_rule()
+    if broken is not None:
+        param, message = broken
+        raise ValidationError(message, param=param)
 
 
 def check_thread(thread_id: str | None, multitask_strategy: str | None) -> None:

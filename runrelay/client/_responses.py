@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from runrelay.types import RequiredAction, Usage, WaitResponse
+from runrelay.types import MAX_SUGGESTIONS, RequiredAction, Usage, WaitResponse
 
 InvokeResponse = WaitResponse
 """FAOS `invoke` response: `result`, `metadata` (model, duration_ms, ...), `usage`, `request_id`,
@@ -143,7 +143,6 @@ AgentStreamEvent = (
     | CustomEvent
 )
 
-MAX_SUGGESTIONS = 6
 _SUGGESTION = TypeAdapter(SuggestionItem)
 _TYPED: dict[str, type[_StreamEvent]] = {
     "agent_resolved": AgentResolvedEvent,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -27,6 +26,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
+from runrelay._backoff import backoff_s
 from runrelay.client._transport import ClientOptions, Request, is_retryable
 from runrelay.errors import (
     APIConnectionError,
@@ -122,8 +122,7 @@ class _Cursor:
             ) from error
         if isinstance(error, APIStatusError) and error.retry_after is not None:
             return min(error.retry_after, 60.0)
-        base: float = min(0.2 * 2 ** (self._failures - 1), _MAX_BACKOFF_S)
-        return base * (0.5 + 0.5 * random.random())  # noqa: S311  (jitter, not cryptography)
+        return backoff_s(self._failures - 1, base_s=0.2, cap_s=_MAX_BACKOFF_S)
 
 
 _EOF = "the stream ended before its `done` event"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import time
 import uuid
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 
 from runrelay import __version__
+from runrelay._backoff import backoff_s
 from runrelay.errors import APIError, APIStatusError, status_error, transport_error
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -87,8 +87,7 @@ def retry_delay(attempt: int, error: APIError | None) -> float:
     retry_after = error.retry_after if isinstance(error, APIStatusError) else None
     if retry_after is not None and retry_after <= _MAX_RETRY_AFTER_S:
         return retry_after
-    base: float = min(0.5 * 2**attempt, _MAX_BACKOFF_S)
-    return base * (1 - 0.25 * random.random())  # noqa: S311  (jitter, not cryptography)
+    return backoff_s(attempt, base_s=0.5, cap_s=_MAX_BACKOFF_S, jitter=0.25)
 
 
 def is_retryable(error: APIError) -> bool:

@@ -31,9 +31,8 @@ from runrelay.agent.events import EventType, make_event
 from runrelay.agent.middleware import RunBlocked
 from runrelay.agent.providers.base import ModelProvider, ProviderError
 from runrelay.agent.tools import Tool, current_run_id
-from runrelay.client._params import ModelParams
 from runrelay.errors import RunTimeoutError, ValidationError
-from runrelay.types import Usage
+from runrelay.types import ModelParams, Usage
 
 __all__ = ["Approve", "EmbeddedRun", "OnEvent", "RunResult", "ToolUse"]
 

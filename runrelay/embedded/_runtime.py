@@ -40,11 +40,12 @@ from runrelay.agent.config import (
 from runrelay.agent.middleware import import_middleware, kind_of
 from runrelay.agent.providers import build_provider
 from runrelay.agent.tools import Tool, import_tool
-from runrelay.client._params import ModelParams, validate_model_params
+from runrelay.client._params import validate_model_params
 from runrelay.embedded._preflight import check_provider, probe
 from runrelay.embedded._run import Approve, EmbeddedRun, OnEvent, RunResult, ToolUse
 from runrelay.embedded._sessions import DEFAULT_MAX_HISTORY_MESSAGES, SessionStore
 from runrelay.errors import ConfigError, RunrelayError, ValidationError
+from runrelay.types import ModelParams
 
 __all__ = ["Approve", "OnEvent", "RunResult", "Runrelay", "ToolUse"]
 

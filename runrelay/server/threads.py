@@ -14,7 +14,7 @@ creates, and history seqs gapless.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Engine, func, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -26,7 +26,6 @@ from runrelay.agent.events import TERMINAL_STATUSES
 from runrelay.server.tables import Run, Thread, ThreadMessage, utcnow
 
 Message = dict[str, Any]
-MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
 
 
 class ThreadBusy(Exception):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
 from time import time
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from runrelay._backoff import backoff_s
 from runrelay.agent.config import ConfigError, ProviderConfig
 from runrelay.agent.providers.base import (
     Chunk,
@@ -291,5 +291,4 @@ def _number(value: str | None) -> float | None:
 def _retry_wait(server_wait: float | None, attempt: int) -> float:
     if server_wait is not None:
         return min(server_wait, MAX_RETRY_WAIT_S)
-    ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0**attempt)
-    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not cryptography
+    return backoff_s(attempt, base_s=BACKOFF_BASE_S, cap_s=BACKOFF_MAX_S)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict, overload
 
-from runrelay.client._params import AgentRunParams, MultitaskStrategy, invoke_body, run_body
+from runrelay.client._params import AgentRunParams, invoke_body, run_body
 from runrelay.client._resources.base import Event, Resource, create_request
 from runrelay.client._responses import (
     AgentRunResult,
@@ -24,6 +24,7 @@ from runrelay.client._responses import (
 )
 from runrelay.client._streaming import EventStream
 from runrelay.errors import ValidationError
+from runrelay.types import MultitaskStrategy
 
 _MENTIORA_STOP = frozenset({"done", "error"})
 
