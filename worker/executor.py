@@ -16,15 +16,16 @@ import contextlib
 import json
 import logging
 import time
+from typing import cast
 
 import httpx
 from redis.exceptions import RedisError
 
 from runrelay.agent._driver import AgentRun, Outcome, RunHooks, RunRequest
-from runrelay.agent._history import Message
 from runrelay.agent._loop import LoopState
 from runrelay.agent.config import AgentSpec, Registry
 from runrelay.agent.events import encode, is_terminal, make_event
+from runrelay.agent.messages import ChatMessage, Decision
 from runrelay.client._params import ModelParams
 from runrelay.server import approvals
 from runrelay.server.eventlog import EventLog, LeaseLost
@@ -239,7 +240,7 @@ class RunExecutor:
             self.store.engine,
             run.id,
             lease_token=writer.lease.token,
-            tool_calls=outcome.result.required_action,
+            tool_calls=[dict(call) for call in outcome.result.required_action],
             checkpoint={"next_seq": saved.next_seq, "state": saved.state.to_dict()},
         )
         if not paused:
@@ -260,7 +261,8 @@ class RunExecutor:
             saved = run.required_action["checkpoint"]
             checkpoint = Checkpoint(saved["next_seq"], LoopState.from_dict(saved["state"]))
         if checkpoint is not None:
-            checkpoint.state.approvals.update(approvals.decisions(run.required_action))
+            decided = approvals.decisions(run.required_action)  # each {approved, reason}
+            checkpoint.state.approvals.update(cast(dict[str, Decision], decided))
             # The budget counts tokens of every attempt, not only this one's.
             self.slots.carry(run.id, checkpoint.state.usage.total_tokens)
         if checkpoint is not None and checkpoint.next_seq > last + 1:
@@ -293,7 +295,7 @@ class RunExecutor:
             return Outcome.failed("agent_not_found", str(exc))
         return await self._run_agent(run, agent, writer, checkpoint, control)
 
-    def _request(self, run: Run, agent: AgentSpec, history: list[Message]) -> RunRequest:
+    def _request(self, run: Run, agent: AgentSpec, history: list[ChatMessage]) -> RunRequest:
         """What the run asks of its agent; its deadline is counted from its first start, less
         the time it waited for approval decisions."""
         if run.timeout_s:
@@ -336,10 +338,11 @@ class RunExecutor:
     ) -> Outcome:
         """The agent through the driver, with this worker's log, checkpoints and token metering;
         a cancel, a hand-back or a lost lease stops it (`control`)."""
-        history: list[Message] = []
+        history: list[ChatMessage] = []
         if checkpoint is None:  # a first attempt starts with its thread's history
             threads = Threads(self.store.engine)
-            history = await asyncio.to_thread(threads.history, run, agent.history)
+            stored = await asyncio.to_thread(threads.history, run, agent.history)
+            history = cast(list[ChatMessage], stored)  # as the loop wrote them
         driver = AgentRun(agent, self.registry.provider(agent), self.http)
         hooks = RunHooks(
             emit=writer.emit,

@@ -24,15 +24,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
-from runrelay.agent._history import Message, new_messages
+from runrelay.agent._history import new_messages
 from runrelay.agent._loop import AgentLoop, Checkpoint, Emit, LoopResult, LoopSettings
 from runrelay.agent._mcp import McpServerError, McpToolConflict, open_mcp_tools
 from runrelay.agent._state import LoopState
 from runrelay.agent.config import AgentSpec, ProviderConfig
+from runrelay.agent.messages import ApprovalRequest, ChatMessage, Decision
 from runrelay.agent.middleware import RunBlocked, import_middleware
 from runrelay.agent.providers import build_provider
 from runrelay.agent.providers.base import ModelProvider, ProviderError
@@ -54,9 +55,8 @@ log = logging.getLogger(__name__)
 
 CANCELLED_ERROR = {"code": "cancelled", "message": "the run was cancelled on request"}
 
-# Decides one call awaiting approval (`{"tool_call_id", "name", "arguments"}`): its decision
-# (`{"approved": bool, "reason": str | None}`).
-Decide = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# Decides one call awaiting approval.
+Decide = Callable[[ApprovalRequest], Awaitable[Decision]]
 
 
 @dataclass
@@ -108,7 +108,7 @@ class RunRequest:
     model_id: str | None = None
     params: ModelParams = field(default_factory=ModelParams)
     thread_id: str | None = None
-    history: list[Message] = field(default_factory=list)
+    history: list[ChatMessage] = field(default_factory=list)
     time_left_s: float | None = None
     resolved: dict[str, Any] = field(default_factory=dict)
 
@@ -173,7 +173,8 @@ class AgentRun:
         finally:
             current_run_id.reset(token)
         # completed, or requires_action (paused for approval decisions)
-        messages = new_messages(state.messages, state.history_len)
+        # Leaving the agent core: a thread stores the messages as the JSON objects they are.
+        messages = cast(list[dict[str, Any]], new_messages(state.messages, state.history_len))
         return Outcome(RunStatus(result.status), result.output, result, thread_messages=messages)
 
     async def _opening(self, request: RunRequest, hooks: RunHooks) -> LoopState:
@@ -225,7 +226,7 @@ class AgentRun:
             result = await loop().run(state.messages, resume=state)
             while result.required_action and hooks.decide is not None:
                 for call in result.required_action:
-                    decision = await _paused(deadline, hooks.decide(dict(call)))
+                    decision = await _paused(deadline, hooks.decide(call))
                     state.approvals[call["tool_call_id"]] = decision
                 result = await loop().run(state.messages, resume=state)
         return result
@@ -280,7 +281,7 @@ def failure(exc: Exception, request: RunRequest, *, expired: bool) -> tuple[str,
     return "internal_error", f"{type(exc).__name__}: {exc}"
 
 
-async def _paused(deadline: asyncio.Timeout, waiting: Awaitable[dict[str, Any]]) -> Any:
+async def _paused(deadline: asyncio.Timeout, waiting: Awaitable[Decision]) -> Decision:
     """Await a person's decision with the deadline stopped: waiting is not run time, so the
     deadline moves on by as long as it took."""
     when = deadline.when()

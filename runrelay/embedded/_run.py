@@ -23,7 +23,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -31,6 +31,7 @@ from runrelay.agent._driver import AgentRun, Outcome, RunHooks, RunRequest, elap
 from runrelay.agent._state import ToolCallRecord
 from runrelay.agent.config import AgentSpec, ProviderConfig
 from runrelay.agent.events import EventType, make_event
+from runrelay.agent.messages import ApprovalRequest, ChatMessage, Decision
 from runrelay.agent.tools import Tool
 from runrelay.client._params import ModelParams
 from runrelay.errors import RunTimeoutError, ValidationError
@@ -40,8 +41,8 @@ __all__ = ["Approve", "EmbeddedRun", "OnEvent", "RunResult", "ToolUse"]
 
 # Called with each event of a run; may be a plain function or a coroutine function.
 OnEvent = Callable[[dict[str, Any]], Awaitable[None] | None]
-# Decides a call awaiting approval, given `{"tool_call_id", "name", "arguments"}`.
-Approve = Callable[[dict[str, Any]], Awaitable[bool] | bool]
+# Decides a call awaiting approval, given `{"tool_call_id", "name", "arguments"}` (a copy).
+Approve = Callable[[ApprovalRequest], Awaitable[bool] | bool]
 
 NO_APPROVER = "nobody can approve it here: the embedded run was given no approve= callback"
 
@@ -66,7 +67,7 @@ class RunResult:
 
     content: str
     tools_used: list[ToolUse]
-    messages: list[dict[str, Any]]
+    messages: list[ChatMessage]
     usage: Usage
     run_id: str
     agent_id: str
@@ -115,7 +116,7 @@ class EmbeddedRun:
     def __post_init__(self) -> None:
         self.events = _Events(self.run_id, self.on_event)
 
-    async def execute(self, message: str, history: list[dict[str, Any]]) -> RunResult:
+    async def execute(self, message: str, history: list[ChatMessage]) -> RunResult:
         agent = self.agent
         request = RunRequest(
             run_id=self.run_id,
@@ -150,10 +151,10 @@ class EmbeddedRun:
             await self.events.emit("error", outcome.error)
         await self.events.emit("done", outcome.done_data(duration_ms=elapsed_ms(started)))
 
-    async def _decide(self, call: dict[str, Any]) -> dict[str, Any]:
+    async def _decide(self, call: ApprovalRequest) -> Decision:
         if self.approve is None:
             return {"approved": False, "reason": NO_APPROVER}
-        decision = self.approve(dict(call))
+        decision = self.approve(call.copy())
         if inspect.isawaitable(decision):
             decision = await decision
         if not isinstance(decision, bool):
@@ -169,7 +170,7 @@ class EmbeddedRun:
         return RunResult(
             content=result.output,
             tools_used=[_tool_use(record) for record in result.tool_calls],
-            messages=outcome.thread_messages,
+            messages=cast(list[ChatMessage], outcome.thread_messages),
             usage=result.usage,
             run_id=self.run_id,
             agent_id=self.agent.id,
