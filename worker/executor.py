@@ -16,21 +16,16 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 import httpx
 from redis.exceptions import RedisError
 
-from runrelay.agent._history import new_messages
-from runrelay.agent._loop import AgentLoop, LoopResult, LoopSettings, LoopState
-from runrelay.agent._mcp import McpServerError, McpToolConflict, open_mcp_tools
+from runrelay.agent._driver import AgentRun, Outcome, RunHooks, RunRequest
+from runrelay.agent._loop import LoopState
 from runrelay.agent.config import AgentSpec, Registry
-from runrelay.agent.events import CANCELLED_ERROR, encode, is_terminal, make_event
-from runrelay.agent.middleware import RunBlocked, import_middleware
-from runrelay.agent.providers import build_provider
-from runrelay.agent.providers.base import ProviderError
-from runrelay.agent.tools import current_run_id, import_tool
+from runrelay.agent.events import encode, is_terminal, make_event
+from runrelay.agent.messages import ChatMessage, Decision
 from runrelay.server import approvals
 from runrelay.server.eventlog import EventLog, LeaseLost
 from runrelay.server.revisions import AgentCatalog
@@ -39,6 +34,7 @@ from runrelay.server.store import Store
 from runrelay.server.tables import Run, as_utc, utcnow
 from runrelay.server.thread_gate import ThreadGate
 from runrelay.server.threads import Threads
+from runrelay.types import ModelParams
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.control import RunControl, RunControls, StopReason
 from worker.lease import Lease, Leases
@@ -61,20 +57,6 @@ class Paused(Exception):
 
     def __repr__(self) -> str:
         return f"Paused({self.args[0]!r})"
-
-
-@dataclass
-class Outcome:
-    status: str
-    output: str = ""
-    result: LoopResult | None = None
-    error: dict[str, str] | None = None
-    # A completed run's messages, for its thread's history.
-    thread_messages: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _failed(code: str, message: str) -> Outcome:
-    return Outcome("failed", error={"code": code, "message": message})
 
 
 class RunExecutor:
@@ -258,13 +240,13 @@ class RunExecutor:
             self.store.engine,
             run.id,
             lease_token=writer.lease.token,
-            tool_calls=outcome.result.required_action,
+            tool_calls=[dict(call) for call in outcome.result.required_action],
             checkpoint={"next_seq": saved.next_seq, "state": saved.state.to_dict()},
         )
         if not paused:
             current = await asyncio.to_thread(self.store.get_run, run.id)
             if current is not None and current.cancel_requested_at is not None:
-                return Outcome("cancelled", error=CANCELLED_ERROR)
+                return Outcome.cancelled()
             raise LeaseLost(run.id)
         await self.checkpoints.keep(run.id)
         raise Paused(run.id)
@@ -279,7 +261,8 @@ class RunExecutor:
             saved = run.required_action["checkpoint"]
             checkpoint = Checkpoint(saved["next_seq"], LoopState.from_dict(saved["state"]))
         if checkpoint is not None:
-            checkpoint.state.approvals.update(approvals.decisions(run.required_action))
+            decided = approvals.decisions(run.required_action)  # each {approved, reason}
+            checkpoint.state.approvals.update(cast(dict[str, Decision], decided))
             # The budget counts tokens of every attempt, not only this one's.
             self.slots.carry(run.id, checkpoint.state.usage.total_tokens)
         if checkpoint is not None and checkpoint.next_seq > last + 1:
@@ -297,9 +280,9 @@ class RunExecutor:
         self, run: Run, writer: RunWriter, checkpoint: Checkpoint | None, control: RunControl
     ) -> Outcome:
         if run.cancel_requested_at is not None or await self.controls.cancel_requested(run.id):
-            return Outcome("cancelled", error=CANCELLED_ERROR)
+            return Outcome.cancelled()
         if run.attempts - run.resumes > self.settings.max_run_attempts:
-            return _failed(
+            return Outcome.failed(
                 "too_many_attempts",
                 f"the run was started {run.attempts - run.resumes - 1} times without finishing "
                 f"(its worker died or handed it back each time); giving up after "
@@ -309,15 +292,41 @@ class RunExecutor:
             catalog = AgentCatalog(self.store.engine, self.registry)
             agent = await asyncio.to_thread(catalog.pinned, run.agent_id, run.agent_revision)
         except LookupError as exc:  # AgentNotFound, RevisionNotFound
-            return _failed("agent_not_found", str(exc))
+            return Outcome.failed("agent_not_found", str(exc))
         return await self._run_agent(run, agent, writer, checkpoint, control)
 
-    def _deadline(self, run: Run, agent: AgentSpec) -> tuple[float, float]:
-        """The run's timeout and the seconds left of it, counted from its first start."""
-        timeout = run.timeout_s or agent.timeout_s or self.settings.run_timeout_s
+    def _request(self, run: Run, agent: AgentSpec, history: list[ChatMessage]) -> RunRequest:
+        """What the run asks of its agent; its deadline is counted from its first start, less
+        the time it waited for approval decisions."""
+        if run.timeout_s:
+            timeout, whose = run.timeout_s, "the timeout_s it was given"
+        elif agent.timeout_s:
+            timeout, whose = agent.timeout_s, f"{agent.name}'s timeout_s"
+        else:
+            timeout, whose = self.settings.run_timeout_s, "RUNRELAY_RUN_TIMEOUT_S"
         first_start = as_utc(run.started_at or utcnow())
         active_s = (utcnow() - first_start).total_seconds() - run.waited_s
-        return timeout, timeout - active_s
+        params = run.model_params or {}
+        return RunRequest(
+            run_id=run.id,
+            message=_user_message(run),
+            timeout_s=timeout,
+            timeout_name=whose,
+            time_left_s=timeout - active_s,
+            model_id=run.model_id,
+            params=ModelParams(
+                temperature=params.get("temperature"),
+                max_tokens=params.get("max_tokens"),
+                seed=params.get("seed"),
+            ),
+            thread_id=run.thread_id,
+            history=history,
+            resolved={
+                "agent_revision": run.agent_revision,
+                "agent_tag": run.agent_tag,
+                "thread_id": run.thread_id,
+            },
+        )
 
     async def _run_agent(
         self,
@@ -327,17 +336,31 @@ class RunExecutor:
         checkpoint: Checkpoint | None,
         control: RunControl,
     ) -> Outcome:
-        timeout, remaining = self._deadline(run, agent)
-        state = checkpoint.state if checkpoint else await self._first_state(run, agent, writer)
+        """The agent through the driver, with this worker's log, checkpoints and token metering;
+        a cancel, a hand-back or a lost lease stops it (`control`)."""
+        history: list[ChatMessage] = []
+        if checkpoint is None:  # a first attempt starts with its thread's history
+            threads = Threads(self.store.engine)
+            stored = await asyncio.to_thread(threads.history, run, agent.history)
+            history = cast(list[ChatMessage], stored)  # as the loop wrote them
+        driver = AgentRun(agent, self.registry.provider(agent), self.http)
+        hooks = RunHooks(
+            emit=writer.emit,
+            checkpoint=writer.checkpoint,
+            wrap_provider=lambda provider: self.slots.metered(run.id, provider),  # quotas
+            after_interrupt=writer.resync,
+            propagate=(LeaseLost,),
+        )
         task = asyncio.current_task()
         control.task = task
-        run_id_token = current_run_id.set(run.id)
         try:
             if control.reason is not None:
                 raise asyncio.CancelledError  # stopped before the loop began
-            loop = self._build_loop(agent, run, writer)
-            async with asyncio.timeout(max(remaining, 0)):
-                outcome = await self._run_loop(loop, agent, state)
+            return await driver.drive(
+                self._request(run, agent, history),
+                hooks,
+                resume=checkpoint.state if checkpoint else None,
+            )
         except asyncio.CancelledError:
             if control.reason is None:
                 raise
@@ -347,92 +370,10 @@ class RunExecutor:
                 raise LeaseLost(run.id) from None
             await writer.resync()
             if control.reason is StopReason.CANCEL:
-                return Outcome("cancelled", error=CANCELLED_ERROR)
+                return Outcome.cancelled()
             raise HandBack(run.id) from None
-        except ProviderError as exc:
-            return _failed(exc.code, exc.message)
-        except RunBlocked as exc:
-            return _failed("blocked", str(exc) or "a middleware stopped the run")
-        except TimeoutError:
-            await writer.resync()
-            return _failed("run_timeout", f"the run took longer than its deadline, {timeout:g} s")
-        except LeaseLost:
-            raise
-        except Exception as exc:  # a bug or a broken tool import: the run fails, visibly
-            log.exception("run %s failed", run.id)
-            return _failed("internal_error", f"{type(exc).__name__}: {exc}")
         finally:
             control.task = None
-            current_run_id.reset(run_id_token)
-        return outcome
-
-    async def _first_state(self, run: Run, agent: AgentSpec, writer: RunWriter) -> LoopState:
-        """A run's first attempt: announce the agent, checkpoint the opening messages (with
-        its thread's history)."""
-        await writer.emit(
-            "agent_resolved",
-            {
-                "agent_id": agent.id,
-                "agent_name": agent.name,
-                "agent_revision": run.agent_revision,
-                "agent_tag": run.agent_tag,
-                "thread_id": run.thread_id,
-                "model": self._model(agent, run),
-            },
-        )
-        threads = Threads(self.store.engine)
-        history = await asyncio.to_thread(threads.history, run, agent.history)
-        state = LoopState(
-            messages=[
-                {"role": "system", "content": agent.instructions},
-                *history,
-                {"role": "user", "content": _user_message(run)},
-            ],
-            history_len=len(history),
-        )
-        await writer.checkpoint(state)
-        return state
-
-    async def _run_loop(self, loop: AgentLoop, agent: AgentSpec, state: LoopState) -> Outcome:
-        """The loop, with the tools of the agent's MCP servers open for this attempt."""
-        try:
-            async with open_mcp_tools(agent.mcp_servers, reserved=loop.tools) as mcp_tools:
-                loop.tools.update((tool.name, tool) for tool in mcp_tools)
-                result = await loop.run(state.messages, resume=state)
-        except McpServerError as exc:
-            return _failed("mcp_unavailable", str(exc))
-        except McpToolConflict as exc:
-            return _failed("mcp_tool_conflict", str(exc))
-        # completed, or requires_action (paused for approval decisions)
-        thread_messages = new_messages(state.messages, state.history_len)
-        return Outcome(result.status, result.output, result, thread_messages=thread_messages)
-
-    def _model(self, agent: AgentSpec, run: Run) -> str:
-        return run.model_id or agent.model
-
-    def _build_loop(self, agent: AgentSpec, run: Run, writer: RunWriter) -> AgentLoop:
-        params = run.model_params or {}
-        provider = build_provider(agent, self.registry.provider(agent), self.http)
-        provider = self.slots.metered(run.id, provider)  # quotas: charge tokens per model turn
-        settings = LoopSettings(
-            model=self._model(agent, run),
-            max_turns=agent.max_turns,
-            temperature=params.get("temperature", agent.temperature),
-            max_tokens=params.get("max_tokens", agent.max_tokens),
-            seed=params.get("seed"),
-        )
-        return AgentLoop(
-            provider,
-            settings,
-            [import_tool(path) for path in agent.tools],
-            emit=writer.emit,
-            checkpoint=writer.checkpoint,
-            middleware=[import_middleware(path) for path in agent.middleware],
-            agent_name=agent.name,
-            run_id=run.id,
-            thread_id=run.thread_id,
-            suggestions=[s.model_dump() for s in agent.suggestions],
-        )
 
     async def _finish(
         self, run: Run, writer: RunWriter, outcome: Outcome, *, duration_ms: int
@@ -447,13 +388,7 @@ class RunExecutor:
         tool_calls = (
             [vars(record) for record in outcome.result.tool_calls] if outcome.result else []
         )
-        done_data = {
-            "status": outcome.status,
-            "output": outcome.output,
-            "usage": usage,
-            "error": outcome.error,
-            "duration_ms": duration_ms,
-        }
+        done_data = outcome.done_data(duration_ms=duration_ms)
         done = make_event(run.id, writer.next_seq, "done", done_data)
         history = await self.events.read(run.id)
         archive = [(e.seq, e.type, e.data) for e in history]

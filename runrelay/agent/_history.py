@@ -25,12 +25,14 @@ Pure functions, no I/O: the worker loads the exchanges, this module picks from t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# A message as stored (a thread's history) or as the loop keeps it (`ChatMessage`).
 Message = dict[str, Any]
+M = TypeVar("M", bound=Mapping[str, Any])
 CHARS_PER_TOKEN = 4
 
 
@@ -43,23 +45,23 @@ class HistoryPolicy(BaseModel):
     max_tokens: int = Field(8000, ge=0, description="estimated tokens of history, at most")
 
 
-def estimate_tokens(message: Message) -> int:
+def estimate_tokens(message: Mapping[str, Any]) -> int:
     """The message's compact JSON length / 4, rounded up."""
     size = len(json.dumps(message, ensure_ascii=False, separators=(",", ":"), default=str))
     return -(-size // CHARS_PER_TOKEN)
 
 
-def short_form(exchange: Sequence[Message]) -> list[Message]:
+def short_form(exchange: Sequence[M]) -> list[M]:
     """The exchange without its tool calls and tool results: user message(s), final answer."""
     users = [m for m in exchange if m.get("role") == "user"]
     answers = [m for m in exchange if m.get("role") == "assistant" and not m.get("tool_calls")]
     return users + answers[-1:]
 
 
-def fit_history(exchanges: Sequence[Sequence[Message]], policy: HistoryPolicy) -> list[Message]:
+def fit_history(exchanges: Sequence[Sequence[M]], policy: HistoryPolicy) -> list[M]:
     """The messages a new run starts with, oldest first, from `exchanges` (oldest first)."""
     messages_left, tokens_left = policy.max_messages, policy.max_tokens
-    kept: list[list[Message]] = []
+    kept: list[list[M]] = []
     for exchange in reversed(exchanges):
         for candidate in (list(exchange), short_form(exchange)):
             tokens = sum(estimate_tokens(message) for message in candidate)
@@ -73,7 +75,7 @@ def fit_history(exchanges: Sequence[Sequence[Message]], policy: HistoryPolicy) -
     return [message for exchange in reversed(kept) for message in exchange]
 
 
-def new_messages(messages: Sequence[Message], history_len: int) -> list[Message]:
+def new_messages(messages: Sequence[M], history_len: int) -> list[M]:
     """What a run adds to its thread: its messages after the system prompt and the history it
     started with, leaving out system messages (such as the loop's final-answer nudge)."""
     return [m for m in messages[1 + history_len :] if m.get("role") != "system"]

@@ -27,6 +27,7 @@ from typing import Any
 from runrelay.agent._model_turn import stream_turn
 from runrelay.agent._state import LoopState, ToolCallRecord
 from runrelay.agent.events import EventType
+from runrelay.agent.messages import ApprovalRequest, ChatMessage, ToolCall
 from runrelay.agent.middleware import (
     AgentRunContext,
     ChatContext,
@@ -71,10 +72,10 @@ class LoopResult:
     output: str
     usage: Usage
     tool_calls: list[ToolCallRecord]
-    messages: list[dict[str, Any]]
+    messages: list[ChatMessage]
     turns: int
-    # Calls waiting for a decision (`{"tool_call_id", "name", "arguments"}`): the run is paused.
-    required_action: list[dict[str, Any]] | None = None
+    # Calls waiting for a decision: the run is paused.
+    required_action: list[ApprovalRequest] | None = None
     usage_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
     suggestions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -131,7 +132,7 @@ class AgentLoop:
             await self.emit(*event)
 
     async def run(
-        self, messages: list[dict[str, Any]], *, resume: LoopState | None = None
+        self, messages: list[ChatMessage], *, resume: LoopState | None = None
     ) -> LoopResult:
         """Run until the model answers without tool calls (or a call awaits approval);
         `messages` grows in place. With `resume`, continue from that checkpointed state instead
@@ -223,7 +224,7 @@ class AgentLoop:
         return result
 
     def _result(
-        self, state: LoopState, required_action: list[dict[str, Any]] | None = None
+        self, state: LoopState, required_action: list[ApprovalRequest] | None = None
     ) -> LoopResult:
         return LoopResult(
             output=state.output or "",
@@ -235,7 +236,7 @@ class AgentLoop:
             usage_by_model=state.usage_by_model,
         )
 
-    def _needs_decision(self, call: dict[str, Any], state: LoopState) -> bool:
+    def _needs_decision(self, call: ToolCall, state: LoopState) -> bool:
         tool = self.tools.get(call["name"])
         return (
             tool is not None
@@ -243,12 +244,12 @@ class AgentLoop:
             and call["id"] not in state.approvals
         )
 
-    async def _finish_tool_calls(self, state: LoopState) -> list[dict[str, Any]]:
+    async def _finish_tool_calls(self, state: LoopState) -> list[ApprovalRequest]:
         """Run the pending calls that have no result yet (concurrently), checkpointing each
         result with its event; then answer every call, in call order. Returns the calls that
         wait for an approval decision (nothing is answered then)."""
 
-        async def one(call: dict[str, Any]) -> None:
+        async def one(call: ToolCall) -> None:
             record = await self._call_tool(call, state)
             sink = current_run_events.get()
             if sink is not None:  # the tool's progress events come before its result
@@ -272,13 +273,13 @@ class AgentLoop:
             for call in waiting:
                 if call["id"] in announced:
                     continue
-                request = {
+                request: ApprovalRequest = {
                     "tool_call_id": call["id"],
                     "name": call["name"],
                     "arguments": _parsed(call["arguments"]),
                 }
                 state.awaiting.append(request)
-                await self._save(state, ("approval_required", request))
+                await self._save(state, ("approval_required", dict(request)))
             return list(state.awaiting)
         for call in state.pending:
             record = state.finished[call["id"]]
@@ -298,7 +299,7 @@ class AgentLoop:
         return []
 
     async def _model_turn(
-        self, messages: list[dict[str, Any]], turn_number: int, *, offer_tools: bool
+        self, messages: list[ChatMessage], turn_number: int, *, offer_tools: bool
     ) -> tuple[ChatResponse, bool]:
         """One model call through the chat middleware; True when a middleware ended the run."""
         context = ChatContext(
@@ -344,12 +345,12 @@ class AgentLoop:
         if record.error is not None:
             self._exceptions[record.name] = self._exceptions.get(record.name, 0) + 1
 
-    async def _call_tool(self, call: dict[str, Any], state: LoopState) -> ToolCallRecord:
+    async def _call_tool(self, call: ToolCall, state: LoopState) -> ToolCallRecord:
         arguments = _parsed(call["arguments"])
         record = ToolCallRecord(tool_call_id=call["id"], name=call["name"], arguments=arguments)
         decision = state.approvals.get(record.tool_call_id)
         if decision is not None:
-            record.approved = bool(decision.get("approved"))
+            record.approved = bool(decision["approved"])
             if not record.approved:
                 reason = decision.get("reason")
                 record.error = "the call was rejected by the approver" + (
@@ -386,7 +387,7 @@ class AgentLoop:
                 f"{tool.max_invocation_exceptions}); it is not called again in this run"
             )
 
-    async def _invoke(self, tool: Tool, call: dict[str, Any], arguments: Any) -> tuple[Any, bool]:
+    async def _invoke(self, tool: Tool, call: ToolCall, arguments: Any) -> tuple[Any, bool]:
         """The call through the function middleware; True when a middleware ended the run."""
         if not self.pipelines.function:
             return await tool.invoke(call["arguments"]), False

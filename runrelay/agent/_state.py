@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from runrelay.agent.messages import ApprovalRequest, ChatMessage, Decision, ToolCall
 from runrelay.types import Usage
 
 
@@ -27,20 +28,20 @@ class ToolCallRecord:
 
 @dataclass
 class LoopState:
-    messages: list[dict[str, Any]]
+    messages: list[ChatMessage]
     usage: Usage = field(default_factory=Usage)
     turns: int = 0
     # Tool calls of the last assistant message not yet all answered, and those already finished.
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[ToolCall] = field(default_factory=list)
     finished: dict[str, ToolCallRecord] = field(default_factory=dict)
     records: list[ToolCallRecord] = field(default_factory=list)
     output: str | None = None
     # How many of `messages` (after the system prompt) came from the thread's history.
     history_len: int = 0
     # Approvals: the pending calls announced as awaiting a decision, and the decisions made
-    # (`{call id: {"approved": bool, "reason": str | None}}`).
-    awaiting: list[dict[str, Any]] = field(default_factory=list)
-    approvals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # by call id.
+    awaiting: list[ApprovalRequest] = field(default_factory=list)
+    approvals: dict[str, Decision] = field(default_factory=dict)
     suggestions: list[dict[str, Any]] = field(default_factory=list)
     usage_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
 

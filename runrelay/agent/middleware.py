@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+from runrelay.agent.messages import ChatMessage, ToolCall
 from runrelay.errors import RunrelayError
 from runrelay.types import Usage
 
@@ -74,7 +75,7 @@ class AgentRunContext:
     to answer without calling the model at all."""
 
     agent_name: str
-    messages: list[dict[str, Any]]
+    messages: list[ChatMessage]
     run_id: str | None = None
     thread_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +89,7 @@ class ChatResponse:
     `arguments` a JSON string)."""
 
     text: str = ""
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
 
@@ -99,7 +100,7 @@ class ChatContext:
     may be changed before `next`; `result` is the model's `ChatResponse` after it."""
 
     model: str
-    messages: list[dict[str, Any]]
+    messages: list[ChatMessage]
     tools: list[dict[str, Any]]
     params: dict[str, Any]
     turn: int

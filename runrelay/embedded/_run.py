@@ -1,5 +1,6 @@
-"""One run of the embedded loop: the shared `AgentLoop` with this run's model settings, hooks and
-events, approval decisions asked of the host, and the outcome as a `RunResult`.
+"""One run of the embedded runtime: the agent-run driver (`runrelay.agent._driver`, the worker's
+too) with this run's events handed to `on_event`, approval decisions asked of the host, and the
+outcome as a `RunResult` (or the exception that failed it).
 
 Events are shaped as the service's log (`type`, `seq` from 1 without gaps, `run_id`, `ts`):
 `agent_resolved`, then the loop's (`output_text_delta`, `tool_call_delta`, `tool_call_result`,
@@ -22,15 +23,16 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from runrelay.agent._loop import AgentLoop, LoopResult, LoopSettings, LoopState, ToolCallRecord
-from runrelay.agent._mcp import McpServerError, McpToolConflict, open_mcp_tools
-from runrelay.agent.config import AgentSpec
+import httpx
+
+from runrelay.agent._driver import AgentRun, Outcome, RunHooks, RunRequest, elapsed_ms
+from runrelay.agent._state import ToolCallRecord
+from runrelay.agent.config import AgentSpec, ProviderConfig
 from runrelay.agent.events import EventType, make_event
-from runrelay.agent.middleware import RunBlocked
-from runrelay.agent.providers.base import ModelProvider, ProviderError
-from runrelay.agent.tools import Tool, current_run_id
+from runrelay.agent.messages import ApprovalRequest, ChatMessage, Decision
+from runrelay.agent.tools import Tool
 from runrelay.errors import RunTimeoutError, ValidationError
 from runrelay.types import ModelParams, Usage
 
@@ -38,8 +40,8 @@ __all__ = ["Approve", "EmbeddedRun", "OnEvent", "RunResult", "ToolUse"]
 
 # Called with each event of a run; may be a plain function or a coroutine function.
 OnEvent = Callable[[dict[str, Any]], Awaitable[None] | None]
-# Decides a call awaiting approval, given `{"tool_call_id", "name", "arguments"}`.
-Approve = Callable[[dict[str, Any]], Awaitable[bool] | bool]
+# Decides a call awaiting approval, given `{"tool_call_id", "name", "arguments"}` (a copy).
+Approve = Callable[[ApprovalRequest], Awaitable[bool] | bool]
 
 NO_APPROVER = "nobody can approve it here: the embedded run was given no approve= callback"
 
@@ -64,7 +66,7 @@ class RunResult:
 
     content: str
     tools_used: list[ToolUse]
-    messages: list[dict[str, Any]]
+    messages: list[ChatMessage]
     usage: Usage
     run_id: str
     agent_id: str
@@ -96,10 +98,11 @@ class _Events:
 
 @dataclass
 class EmbeddedRun:
-    """Everything one run needs; `execute` runs it."""
+    """Everything one run needs; `execute` runs it through the agent-run driver."""
 
     agent: AgentSpec
-    provider: ModelProvider
+    provider: ProviderConfig
+    http: httpx.AsyncClient
     tools: Sequence[Tool]
     middleware: Sequence[object]
     model: str
@@ -111,101 +114,48 @@ class EmbeddedRun:
 
     def __post_init__(self) -> None:
         self.events = _Events(self.run_id, self.on_event)
-        self._tools = list(self.tools)  # with the MCP servers' once they are open
-        self._deadline: asyncio.Timeout | None = None
 
-    async def execute(self, message: str, history: list[dict[str, Any]]) -> RunResult:
+    async def execute(self, message: str, history: list[ChatMessage]) -> RunResult:
         agent = self.agent
-        await self.events.emit(
-            "agent_resolved",
-            {
-                "agent_id": agent.id,
-                "agent_name": agent.name,
-                "session_key": self.session_key,
-                "model": self.model,
-            },
+        request = RunRequest(
+            run_id=self.run_id,
+            message=message,
+            timeout_s=agent.timeout_s,
+            timeout_name=f"{agent.name}'s timeout_s",
+            model_id=self.model,
+            params=self.params,
+            thread_id=self.session_key,
+            history=history,
+            resolved={"session_key": self.session_key},
         )
-        opening = {"role": "user", "content": message}
-        state = LoopState(
-            messages=[{"role": "system", "content": agent.instructions}, *history, opening],
-            history_len=len(history),
+        run = AgentRun(
+            agent, self.provider, self.http, tools=self.tools, middleware=self.middleware
         )
         started = time.monotonic()
-        deadline = self._deadline = asyncio.timeout(agent.timeout_s)
-        token = current_run_id.set(self.run_id)
-        reserved = [tool.name for tool in self.tools]
-        try:
-            async with deadline, open_mcp_tools(agent.mcp_servers, reserved=reserved) as mcp:
-                self._tools = [*self.tools, *mcp]
-                result = await self._until_decided(state)
-        except (ProviderError, RunBlocked, McpServerError, McpToolConflict) as exc:
-            await self._failed(*_failure(exc), started)
-            raise
-        except TimeoutError as exc:
-            if not deadline.expired():
-                await self._failed("internal_error", f"TimeoutError: {exc}", started)
-                raise
-            error = RunTimeoutError(
-                f"the run took longer than {agent.name}'s timeout_s, {agent.timeout_s:g} s"
-            )
-            await self._failed("run_timeout", str(error), started)
-            raise error from exc
-        except Exception as exc:  # an approver, a hook or on_event raised: still end the log
-            with contextlib.suppress(Exception):  # (on_event itself may be what raised)
-                await self._failed("internal_error", f"{type(exc).__name__}: {exc}", started)
-            raise
-        finally:
-            current_run_id.reset(token)
-        await self._done("completed", result, None, started)
-        return self._result(result, opening, len(history))
+        outcome = await run.drive(request, RunHooks(emit=self.events.emit, decide=self._decide))
+        failed = outcome.exception
+        if failed is None:
+            await self._end_log(outcome, started)
+            return self._result(outcome)
+        # What failed the run may be on_event itself: the log still ends if it can, and the
+        # caller gets the run's own failure.
+        with contextlib.suppress(Exception):
+            await self._end_log(outcome, started)
+        if outcome.error is not None and outcome.error["code"] == "run_timeout":
+            raise RunTimeoutError(outcome.error["message"]) from failed
+        raise failed
 
-    def _loop(self) -> AgentLoop:
-        """A loop for one leg of the run (a fresh one after each round of decisions, as the
-        worker builds one per resume: it counts tool invocations from the state)."""
-        settings = LoopSettings(
-            model=self.model,
-            max_turns=self.agent.max_turns,
-            temperature=_given(self.params.temperature, self.agent.temperature),
-            max_tokens=_given(self.params.max_tokens, self.agent.max_tokens),
-            seed=self.params.seed,
-        )
-        return AgentLoop(
-            self.provider,
-            settings,
-            self._tools,
-            emit=self.events.emit,
-            middleware=self.middleware,
-            agent_name=self.agent.name,
-            run_id=self.run_id,
-            thread_id=self.session_key,
-            suggestions=[s.model_dump() for s in self.agent.suggestions],
-        )
+    async def _end_log(self, outcome: Outcome, started: float) -> None:
+        if outcome.error is not None:
+            await self.events.emit("error", outcome.error)
+        await self.events.emit("done", outcome.done_data(duration_ms=elapsed_ms(started)))
 
-    async def _until_decided(self, state: LoopState) -> LoopResult:
-        result = await self._loop().run(state.messages, resume=state)
-        while result.required_action:
-            for call in result.required_action:
-                state.approvals[call["tool_call_id"]] = await self._decide(call)
-            result = await self._loop().run(state.messages, resume=state)
-        return result
-
-    async def _decide(self, call: dict[str, Any]) -> dict[str, Any]:
+    async def _decide(self, call: ApprovalRequest) -> Decision:
         if self.approve is None:
             return {"approved": False, "reason": NO_APPROVER}
-        # As in the service, time spent waiting for a person is not run time: the deadline
-        # stops while the approver decides and moves on by that long.
-        deadline = self._deadline
-        when = deadline.when() if deadline is not None else None
-        asked = asyncio.get_running_loop().time()
-        if deadline is not None:
-            deadline.reschedule(None)
-        try:
-            decision = self.approve(dict(call))
-            if inspect.isawaitable(decision):
-                decision = await decision
-        finally:
-            if deadline is not None and when is not None:
-                deadline.reschedule(when + asyncio.get_running_loop().time() - asked)
+        decision = self.approve(call.copy())
+        if inspect.isawaitable(decision):
+            decision = await decision
         if not isinstance(decision, bool):
             raise ValidationError(
                 f"approve() must return True or False for {call['name']} "
@@ -213,14 +163,13 @@ class EmbeddedRun:
             )
         return {"approved": decision, "reason": None}
 
-    def _result(self, result: LoopResult, opening: dict[str, Any], history_len: int) -> RunResult:
-        # This run's messages start at its user message (found by identity, in case an agent
-        # middleware put something in front of it).
-        start = next((i for i, m in enumerate(result.messages) if m is opening), 1 + history_len)
+    def _result(self, outcome: Outcome) -> RunResult:
+        result = outcome.result
+        assert result is not None  # a run that did not fail has its loop's result
         return RunResult(
             content=result.output,
             tools_used=[_tool_use(record) for record in result.tool_calls],
-            messages=result.messages[start:],
+            messages=cast(list[ChatMessage], outcome.thread_messages),
             usage=result.usage,
             run_id=self.run_id,
             agent_id=self.agent.id,
@@ -229,41 +178,6 @@ class EmbeddedRun:
             session_key=self.session_key,
             suggestions=result.suggestions,
         )
-
-    async def _failed(self, code: str, message: str, started: float) -> None:
-        error = {"code": code, "message": message}
-        await self.events.emit("error", error)
-        await self._done("failed", None, error, started)
-
-    async def _done(
-        self, status: str, result: LoopResult | None, error: dict[str, str] | None, started: float
-    ) -> None:
-        await self.events.emit(
-            "done",
-            {
-                "status": status,
-                "output": result.output if result else "",
-                "usage": result.usage.model_dump() if result else None,
-                "error": error,
-                "duration_ms": int((time.monotonic() - started) * 1000),
-            },
-        )
-
-
-def _failure(exc: Exception) -> tuple[str, str]:
-    """The `error` event's code and message for an exception that fails a run, as the worker
-    reports them."""
-    if isinstance(exc, ProviderError):
-        return exc.code, exc.message
-    if isinstance(exc, RunBlocked):
-        return "blocked", str(exc) or "a middleware stopped the run"
-    if isinstance(exc, McpServerError):
-        return "mcp_unavailable", str(exc)
-    return "mcp_tool_conflict", str(exc)
-
-
-def _given(override: Any, default: Any) -> Any:
-    return default if override is None else override
 
 
 def _tool_use(record: ToolCallRecord) -> ToolUse:

@@ -38,7 +38,6 @@ from runrelay.agent.config import (
     read_config,
 )
 from runrelay.agent.middleware import import_middleware, kind_of
-from runrelay.agent.providers import build_provider
 from runrelay.agent.tools import Tool, import_tool
 from runrelay.client._params import validate_model_params
 from runrelay.embedded._preflight import check_provider, probe
@@ -155,7 +154,8 @@ class Runrelay:
             self._reachable = True
         run = EmbeddedRun(
             self.agent,
-            build_provider(self.agent, self.provider, http),
+            self.provider,
+            http,
             self.tools,
             middleware,
             model=model_id or self.agent.model,

@@ -22,8 +22,9 @@ import re
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from runrelay.agent.messages import ChatMessage
 from runrelay.errors import SessionError, ValidationError
 
 FORMAT_VERSION = 1
@@ -38,7 +39,7 @@ def session_file_name(key: str) -> str:
     return f"{readable}-{digest}.json"
 
 
-def trim_history(messages: list[dict[str, Any]], max_messages: int) -> list[dict[str, Any]]:
+def trim_history(messages: list[ChatMessage], max_messages: int) -> list[ChatMessage]:
     """The last whole turns that fit in `max_messages` (at least the last turn, whatever its
     length), system messages left out."""
     kept = [m for m in messages if m.get("role") != "system"]
@@ -78,10 +79,10 @@ class SessionStore:
             lock = self._locks[key] = asyncio.Lock()
         return lock
 
-    async def load(self, key: str) -> list[dict[str, Any]]:
+    async def load(self, key: str) -> list[ChatMessage]:
         return await asyncio.to_thread(self._read, self.path(key))
 
-    async def save(self, key: str, messages: list[dict[str, Any]]) -> None:
+    async def save(self, key: str, messages: list[ChatMessage]) -> None:
         document = {
             "version": FORMAT_VERSION,
             "session_key": key,
@@ -90,7 +91,7 @@ class SessionStore:
         await asyncio.to_thread(self._write, self.path(key), document)
 
     @staticmethod
-    def _read(path: Path) -> list[dict[str, Any]]:
+    def _read(path: Path) -> list[ChatMessage]:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -110,7 +111,8 @@ class SessionStore:
                 f"session file {path} has no `messages` list; move it away to start the "
                 "session over"
             )
-        return messages
+        # A list of JSON objects, as the loop wrote them: chat messages.
+        return cast(list[ChatMessage], messages)
 
     @staticmethod
     def _write(path: Path, document: dict[str, Any]) -> None:

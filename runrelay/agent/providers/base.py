@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from runrelay.agent.messages import ChatMessage
 from runrelay.errors import RunrelayError
 
 
@@ -56,7 +57,7 @@ class ModelRequest:
     """One model turn: OpenAI chat-completions shaped messages and tool schemas."""
 
     model: str
-    messages: list[dict[str, Any]]
+    messages: list[ChatMessage]
     tools: list[dict[str, Any]] = field(default_factory=list)
     temperature: float | None = None
     max_tokens: int | None = None
