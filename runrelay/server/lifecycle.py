@@ -167,6 +167,17 @@ class Decided:
     moved: Moved | None = None
 
 
+def _locked(session: Session, run_id: str) -> Run | None:
+    """The run, its row locked until the transaction ends (PostgreSQL's row lock; SQLite has
+    none, so its write lock, taken by a no-op UPDATE): what is read is what the conditional
+    UPDATE next sees, and concurrent changes of one run take turns."""
+    query = select(Run).where(col(Run.id) == run_id).execution_options(populate_existing=True)
+    if session.get_bind().dialect.name == "sqlite":
+        session.exec(update(Run).where(col(Run.id) == run_id).values(status=col(Run.status)))
+        return session.exec(query).first()
+    return session.exec(query.with_for_update()).first()
+
+
 class RunTable:
     """Status changes in the database: each one a conditional UPDATE checked against
     `TRANSITIONS`, with the listeners called in its transaction."""
@@ -185,12 +196,10 @@ class RunTable:
     ) -> Moved | None:
         """Move the run to `target` in the caller's transaction, if the table allows it from
         its current status and `where` holds; None (nothing changed) otherwise."""
-        # Lock the row first (PostgreSQL's row lock, SQLite's write lock): the status read
-        # next is then the one the conditional UPDATE sees, and the listeners get it.
-        session.exec(update(Run).where(col(Run.id) == run_id).values(status=col(Run.status)))
-        current = session.exec(select(Run.status).where(col(Run.id) == run_id)).first()
-        if current is None:
+        locked = _locked(session, run_id)
+        if locked is None:
             raise RunNotFound(f"no run {run_id!r}")
+        current = locked.status
         stmt = (
             update(Run)
             .where(col(Run.id) == run_id, col(Run.status).in_(sources(target)), *where)
@@ -265,8 +274,7 @@ class RunTable:
         Sending a decision already recorded again is harmless (a client retrying after a lost
         answer): it returns the run as it is. Decisions on one run take turns on its row lock."""
         with Session(self.engine, expire_on_commit=False) as session:
-            session.exec(update(Run).where(col(Run.id) == run_id).values(status=col(Run.status)))
-            run = session.get(Run, run_id)
+            run = _locked(session, run_id)
             if run is None:
                 raise RunNotFound(f"no run {run_id!r}")
             paused = PausedCalls.of(run.required_action)
