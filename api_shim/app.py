@@ -3,7 +3,7 @@ event logs as Server-Sent Events. Build it with `create_app(settings)`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -12,13 +12,16 @@ from starlette.types import ASGIApp
 from api_shim import approvals, errors, meta, runs, shortcuts, threads, usage
 from api_shim.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
+from runrelay.server.lifecycle import RunListener
 from runrelay.server.settings import Settings
 
 
-def create_app(settings: Settings) -> ASGIApp:
+def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASGIApp:
+    """The shim; `listeners` attach to the run lifecycle (`runrelay.server.lifecycle`)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = ShimState.build(settings)
+        state = ShimState.build(settings, listeners)
         state.hub.start()
         state.dispatcher.start()
         app.state.runrelay = state

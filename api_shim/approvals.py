@@ -1,26 +1,21 @@
 """`POST /v1/runs/{id}/approvals`: decide on a tool call a paused run waits for.
 
-The run paused in `requires_action` with no worker; each decision is recorded in the database,
+The run paused in `requires_action` with no worker; each decision is recorded by the lifecycle,
 and the last one puts the run back at the head of its tenant's queue, to be resumed from its
-checkpoint by whichever worker takes it (see `runrelay.server.approvals`).
+checkpoint by whichever worker takes it (see `runrelay.server.lifecycle`).
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
-from redis.exceptions import LockError
 
 from api_shim.auth import Caller
-from api_shim.errors import APIError
 from api_shim.runs import own_run, paused, run_object
 from api_shim.state import state_of
-from runrelay.server import approvals
-from runrelay.types import ApprovalDecision, RunObject
+from runrelay.server.approvals import Decision
+from runrelay.types import ApprovalDecision, RunObject, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
-_LOCK_S = 10.0
 
 
 @router.post(
@@ -41,32 +36,10 @@ async def decide(
     same decision again is harmless; a contrary one is a 409."""
     state = state_of(request)
     run = await own_run(request, caller, run_id)
-    if run.status == "running":
+    if run.status is RunStatus.RUNNING:
         # A client reacting to `approval_required` at once may beat the worker's pause write.
         await paused(state, run.id)
-    # One decision at a time per run, across shim processes (SQLite has no row locks).
-    lock = state.redis.lock(
-        state.events.keys.approvals_lock(run.id), timeout=_LOCK_S, blocking_timeout=_LOCK_S
+    decided = await state.lifecycle.decide(
+        run.id, Decision(call_id=body.call_id, approved=body.approved, reason=body.reason)
     )
-    try:
-        async with lock:
-            decided = await asyncio.to_thread(
-                approvals.decide,
-                state.store.engine,
-                run.id,
-                call_id=body.call_id,
-                approved=body.approved,
-                reason=body.reason,
-            )
-    except approvals.DecisionRefused as exc:
-        raise APIError(exc.status, exc.code, str(exc), param=exc.param) from exc
-    except LockError as exc:
-        raise APIError(
-            409,
-            "decision_in_progress",
-            f"another decision on run {run.id} is being written; retry",
-            param="run_id",
-        ) from exc
-    if decided.resumed:
-        await state.quotas.backend.resume(run.tenant_id, run.id)
     return run_object(decided.run)

@@ -18,11 +18,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from runrelay.agent.events import is_terminal
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore, dispatching_member
 from runrelay.server.settings import Settings
 from runrelay.server.store import CROCKFORD, Store
+from runrelay.types import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,10 @@ class Dispatcher:
                     await self.quotas.release(tenant_id, run_id, used_tokens=0)
                 else:
                     await self.quotas.redispatch(tenant_id, run_id)
-            elif is_terminal(run.status):
+            elif run.status.is_terminal:
                 used = int((run.usage or {}).get("total_tokens", 0))
                 await self.quotas.release(tenant_id, run_id, used_tokens=used)
-            elif run.status != "queued":
+            elif run.status is not RunStatus.QUEUED:
                 await self.redis.zrem(
                     self.keys.dispatching(), dispatching_member(tenant_id, run_id)
                 )

@@ -1,6 +1,7 @@
 """Error responses: every failure is `{"error": {type, code, message, param, request_id}}`.
 
 APIError                    raised by routes; carries the HTTP status and the body fields
+LifecycleError              the run lifecycle's domain errors; their statuses are in `_LIFECYCLE`
 RequestValidationError      FastAPI's; answered 422 naming the field and the rule
 HTTPException               Starlette's (404 route, 405 …); answered in the same shape
 anything else               a bug: 500, logged with the request id
@@ -17,6 +18,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from runrelay.server.lifecycle import (
+    AlreadyDecided,
+    LifecycleError,
+    RunNotAwaitingApproval,
+    RunNotFound,
+    TransitionRefused,
+    UnknownCall,
+)
+
 log = logging.getLogger(__name__)
 
 _TYPES = {
@@ -30,6 +40,16 @@ _TYPES = {
     429: "rate_limit_error",
     503: "service_unavailable",
     504: "timeout_error",
+}
+
+
+# The one place the lifecycle's domain errors get HTTP statuses.
+_LIFECYCLE: dict[type[LifecycleError], int] = {
+    RunNotFound: 404,
+    RunNotAwaitingApproval: 409,
+    AlreadyDecided: 409,
+    TransitionRefused: 409,
+    UnknownCall: 422,
 }
 
 
@@ -108,6 +128,11 @@ def install(app: FastAPI) -> None:
         return error_response(
             request, exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers
         )
+
+    @app.exception_handler(LifecycleError)
+    async def _lifecycle(request: Request, exc: LifecycleError) -> JSONResponse:
+        status = next((s for t, s in _LIFECYCLE.items() if isinstance(exc, t)), 409)
+        return error_response(request, status, exc.code, str(exc), param=exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,7 +16,6 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api_shim.state import ShimState
-from runrelay.agent.events import is_terminal
 from runrelay.server.eventlog import LoggedEvent
 
 _ARCHIVE_CHECK_S = 5.0
@@ -34,7 +33,7 @@ async def _archived(state: ShimState, run_id: str, after: int) -> list[LoggedEve
 async def run_events(state: ShimState, run_id: str, after: int) -> AsyncIterator[LoggedEvent]:
     """Every event of the run with seq > `after`, in order, ending with `done`."""
     run = await asyncio.to_thread(state.store.get_run, run_id)
-    if run is not None and is_terminal(run.status):
+    if run is not None and run.status.is_terminal:
         for event in await _archived(state, run_id, after):
             yield event
         return
@@ -53,7 +52,7 @@ async def run_events(state: ShimState, run_id: str, after: int) -> AsyncIterator
                 # Finished in the database (which is written before `done` reaches the
                 # stream) but no `done` came: the rest, `done` included, is in the archive.
                 run = await asyncio.to_thread(state.store.get_run, run_id)
-                if run is not None and is_terminal(run.status):
+                if run is not None and run.status.is_terminal:
                     for archived in await _archived(state, run_id, last):
                         yield archived
                     return

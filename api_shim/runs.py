@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -17,9 +18,10 @@ from api_shim.errors import APIError, request_id_of
 from api_shim.quotas import Admission, rate_headers, reserve_tokens
 from api_shim.replay import run_events, sse_response
 from api_shim.state import ShimState, state_of
+from runrelay.agent._driver import Outcome
 from runrelay.agent.config import AgentNotFound, AgentSpec
-from runrelay.agent.events import encode, is_terminal, make_event
-from runrelay.server import approvals
+from runrelay.server.approvals import PausedCalls
+from runrelay.server.lifecycle import Ending
 from runrelay.server.revisions import AgentCatalog, RevisionNotFound
 from runrelay.server.store import new_id
 from runrelay.server.tables import Run
@@ -30,6 +32,7 @@ from runrelay.types import (
     RunError,
     RunList,
     RunObject,
+    RunStatus,
     Usage,
     WaitResponse,
 )
@@ -64,14 +67,16 @@ def run_object(run: Run) -> RunObject:
         usage=Usage(**run.usage) if run.usage else None,
         usage_by_model=_by_model(run.usage),
         error=RunError(**run.error) if run.error else None,
-        required_action=(
-            RequiredAction.model_validate(approvals.public(run.required_action))
-            if run.status == "requires_action" and run.required_action
-            else None
-        ),
+        required_action=_public_action(run),
         attempts=run.attempts,
         events_url=f"/v1/runs/{run.id}/events",
     )
+
+
+def _public_action(run: Run) -> RequiredAction | None:
+    """What a paused run waits for (its checkpoint is never part of the run object)."""
+    paused = PausedCalls.of(run.required_action)
+    return paused.public() if paused and run.status is RunStatus.REQUIRES_ACTION else None
 
 
 def _by_model(usage: dict[str, Any] | None) -> dict[str, Usage] | None:
@@ -98,7 +103,14 @@ def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
         raise APIError(404, "agent_not_found", str(exc), param=param) from exc
 
 
-async def create_run(request: Request, caller: Caller, body: RunCreate) -> Run:
+@dataclass(frozen=True)
+class Created:
+    run: Run
+    # None when an earlier run is returned (idempotency): nothing was admitted.
+    admission: Admission | None
+
+
+async def create_run(request: Request, caller: Caller, body: RunCreate) -> Created:
     """Admit a run; with an idempotency key, a repeat of the same request returns the same run."""
     state = state_of(request)
     limit = state.settings.max_run_timeout_s
@@ -120,7 +132,7 @@ async def create_run(request: Request, caller: Caller, body: RunCreate) -> Run:
             state, tenant_id, key, idempotency.fingerprint(body), run_id
         )
         if earlier is not None:
-            return await idempotency.earlier_run(state, earlier)
+            return Created(await idempotency.earlier_run(state, earlier), None)
     try:
         return await _admit(request, state, tenant_id, agent, body, run_id)
     except BaseException:
@@ -136,16 +148,15 @@ async def _admit(
     agent: AgentSpec,
     body: RunCreate,
     run_id: str,
-) -> Run:
+) -> Created:
     # quotas: a 429 here has written nothing; past it the run holds a slot or a pending place.
     admission = await state.quotas.admit(
         tenant_id, run_id, reserve=reserve_tokens(body, agent, state.settings)
     )
-    request.scope.setdefault("state", {})["admission"] = admission
     run = Run(
         id=run_id,
         tenant_id=tenant_id,
-        status="queued",
+        status=RunStatus.QUEUED,
         agent_name=agent.name,
         agent_id=agent.id,
         agent_revision=agent.revision,
@@ -160,40 +171,38 @@ async def _admit(
         request_id=request_id_of(request),
         timeout_s=body.timeout_s,
     )
+    queued = {"agent": agent.name, "agent_id": agent.id, "thread_id": run.thread_id}
     try:
-        interrupted = await threads.insert_run(state, run, body)  # 409 for `reject`
+        interrupted = await threads.insert_run(state, run, body, queued)  # 409 for `reject`
     except BaseException:
-        await state.quotas.abandon(admission)
+        if await asyncio.to_thread(state.store.get_run, run.id) is None:
+            await state.quotas.abandon(admission)  # nothing written: undo the admission
+            raise
+        await _enqueue_failed(state, run, "the run's event log could not be started")
         raise
-    queued = make_event(
-        run.id,
-        1,
-        "run_queued",
-        {"agent": agent.name, "agent_id": agent.id, "thread_id": run.thread_id},
-    )
     try:
-        await state.events.append(run.id, 1, "run_queued", encode(queued))
         if admission.dispatch_now:  # quotas: else the dispatcher sends it when a slot frees
             await asyncio.to_thread(state.sender.send, run.id)
     except Exception as exc:
         log.exception("run %s could not be enqueued", run.id)
-        await state.quotas.abandon(admission)
-        await asyncio.to_thread(
-            state.store.finish_run,
-            run.id,
-            status="failed",
-            output=None,
-            result=None,
-            usage=None,
-            error={"code": "enqueue_failed", "message": str(exc)},
-            events=[],
-        )
+        await _enqueue_failed(state, run, f"the run could not be queued: {exc}")
         raise APIError(
             503, "enqueue_failed", "the run could not be queued (broker unavailable); retry later"
         ) from exc
     for active in interrupted:  # threads: `interrupt`; the new run starts once they stop
         await request_cancel(state, active)
-    return run
+    return Created(run, admission)
+
+
+async def _enqueue_failed(state: ShimState, run: Run, message: str) -> None:
+    """The run was written but cannot be queued: it ends `failed` (`enqueue_failed`), with
+    `done`, through the lifecycle (which gives back its admission and its thread)."""
+    try:
+        await state.lifecycle.finish(
+            run, Outcome.failed("enqueue_failed", message), ending=Ending.from_(RunStatus.QUEUED)
+        )
+    except Exception:  # Redis or the database is down too: the sweeper's stuck-queued bound
+        log.exception("run %s: could not be ended after its enqueue failed", run.id)
 
 
 @router.post(
@@ -206,12 +215,11 @@ async def _admit(
 async def create(
     request: Request, response: Response, caller: Caller, body: RunCreate
 ) -> RunObject:
-    run = await create_run(request, caller, body)
-    response.headers["Location"] = f"/v1/runs/{run.id}"
-    admission: Admission | None = request.scope["state"].get("admission")
-    if admission is not None:  # none when an earlier run is returned (idempotency, issue 3)
-        response.headers.update(rate_headers(admission.decision))
-    return run_object(run)
+    created = await create_run(request, caller, body)
+    response.headers["Location"] = f"/v1/runs/{created.run.id}"
+    if created.admission is not None:
+        response.headers.update(rate_headers(created.admission.decision))
+    return run_object(created.run)
 
 
 @router.post(
@@ -222,7 +230,7 @@ async def create(
 )
 async def create_and_wait(request: Request, caller: Caller, body: RunCreate) -> WaitResponse:
     state = state_of(request)
-    run = await create_run(request, caller, body)
+    run = (await create_run(request, caller, body)).run
     try:
         async with asyncio.timeout(state.settings.wait_timeout_s):
             async for event in run_events(state, run.id, 0):
@@ -267,8 +275,8 @@ async def paused(state: ShimState, run_id: str) -> bool:
     the pause right after the last `approval_required` event."""
     for _ in range(50):
         run = await asyncio.to_thread(state.store.get_run, run_id)
-        if run is None or run.status != "running":
-            return run is not None and run.status == "requires_action"
+        if run is None or run.status is not RunStatus.RUNNING:
+            return run is not None and run.status is RunStatus.REQUIRES_ACTION
         await asyncio.sleep(0.05)
     return False
 
@@ -290,7 +298,7 @@ async def _model_of(state: ShimState, run: Run) -> str | None:
 async def create_and_stream(
     request: Request, caller: Caller, body: RunCreate
 ) -> EventSourceResponse:
-    run = await create_run(request, caller, body)
+    run = (await create_run(request, caller, body)).run
     return sse_response(
         state_of(request),
         run.id,
@@ -311,7 +319,7 @@ async def list_runs(
         str | None,
         Query(max_length=64, pattern=_NO_NUL, description="next_cursor of the previous page"),
     ] = None,
-    status: Annotated[str | None, Query(max_length=20, pattern=_NO_NUL)] = None,
+    status: RunStatus | None = None,
     agent: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
     thread_id: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
     tenant_id: Annotated[str | None, Query(max_length=100, pattern=_NO_NUL)] = None,
@@ -382,7 +390,7 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
             param="run_id",
         )
     final = await wait_finished(state, run.id, CANCEL_WAIT_S)
-    response.status_code = 200 if is_terminal(final.status) else 202
+    response.status_code = 200 if final.status.is_terminal else 202
     return run_object(final)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from api_shim.quotas import Quotas
 from runrelay.agent.config import Registry
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import EXECUTE_RUN_TASK, RedisKeys
+from runrelay.server.lifecycle import Lifecycle, RunListener
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, make_engine
 from runrelay.server.thread_gate import ThreadGate
@@ -50,9 +52,10 @@ class ShimState:
     dispatcher: Dispatcher
     dispatcher_redis: Redis
     threads: ThreadGate
+    lifecycle: Lifecycle
 
     @classmethod
-    def build(cls, settings: Settings) -> ShimState:
+    def build(cls, settings: Settings, listeners: Sequence[RunListener] = ()) -> ShimState:
         keys = RedisKeys(settings.redis_prefix)
         # Bounded, whatever the number of clients: past the limit a request waits for a
         # connection instead of opening one. SSE tails share the hub's single connection.
@@ -81,12 +84,14 @@ class ShimState:
             client_name=name,
             socket_timeout=settings.dispatch_interval_s + 10,
         )
+        events = EventLog(redis, keys, settings.events_ttl_s)
+        threads = ThreadGate(quotas.backend, store)
         return cls(
             settings=settings,
             store=store,
             redis=redis,
             hub_redis=hub_redis,
-            events=EventLog(redis, keys, settings.events_ttl_s),
+            events=events,
             hub=StreamHub(hub_redis, redis, keys, block_ms=settings.hub_block_ms),
             registry=Registry.from_file(settings.agents_config, os.environ),
             sender=sender,
@@ -95,7 +100,8 @@ class ShimState:
                 settings, store, quotas.backend, dispatcher_redis, keys, sender.send
             ),
             dispatcher_redis=dispatcher_redis,
-            threads=ThreadGate(quotas.backend, store),
+            threads=threads,
+            lifecycle=Lifecycle(settings, store.engine, events, quotas.backend, threads, listeners),
         )
 
     async def close(self) -> None:

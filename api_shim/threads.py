@@ -41,15 +41,15 @@ def check_strategy(body: RunCreate) -> None:
         )
 
 
-async def insert_run(state: ShimState, run: Run, body: RunCreate) -> list[Run]:
-    """Write the run (and its thread, if new) as its strategy says; returns the runs it
-    interrupts (the thread's active runs, for `interrupt`), to be cancelled once it is queued."""
+async def insert_run(
+    state: ShimState, run: Run, body: RunCreate, queued: dict[str, Any]
+) -> list[Run]:
+    """Create the run (and its thread, if new) as its strategy says, with `run_queued`
+    (`queued` its fields); returns the runs it interrupts (the thread's active runs, for
+    `interrupt`), to be cancelled once it is queued."""
     strategy = body.multitask_strategy or "enqueue"
-    threads = Threads(state.store.engine)
     try:
-        active = await asyncio.to_thread(
-            threads.create_run, run, reject_if_busy=strategy == "reject"
-        )
+        active = await state.lifecycle.create(run, queued, reject_if_busy=strategy == "reject")
     except ThreadBusy as exc:
         raise APIError(409, "thread_busy", str(exc), param="thread_id") from exc
     return active if strategy == "interrupt" else []

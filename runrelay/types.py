@@ -250,7 +250,7 @@ class RunObject(BaseModel):
     object: Literal["run"] = "run"
     id: str
     tenant_id: str
-    status: str
+    status: RunStatus
     agent: AgentRef
     thread_id: str | None = None
     input: dict[str, Any] | None = None

@@ -29,6 +29,7 @@ from runrelay.server.migrate import upgrade
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, make_engine
 from tests.fake_openai import FakeOpenAI, serve_fake_openai
+from tests.listener import RecordingListener
 from worker.app import WorkerApp
 from worker.app import create_app as create_worker_app
 
@@ -105,8 +106,14 @@ def store(settings: Settings) -> Iterator[Store]:
 
 
 @pytest.fixture(scope="session")
-def worker(settings: Settings) -> Iterator[WorkerApp]:
-    app = create_worker_app(settings)
+def lifecycle_listener() -> RecordingListener:
+    """Registered on the lifecycle of the session's worker and shim."""
+    return RecordingListener()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, lifecycle_listener: RecordingListener) -> Iterator[WorkerApp]:
+    app = create_worker_app(settings, [lifecycle_listener])
     with start_worker(
         app,
         pool="threads",
@@ -150,9 +157,11 @@ class ServerThread:
 
 
 @pytest.fixture(scope="session")
-def api(settings: Settings, worker: WorkerApp) -> Iterator[str]:
+def api(
+    settings: Settings, worker: WorkerApp, lifecycle_listener: RecordingListener
+) -> Iterator[str]:
     """The base URL of the shim, with a worker consuming its runs."""
-    server = ServerThread(create_app(settings))
+    server = ServerThread(create_app(settings, [lifecycle_listener]))
     server.start()
     yield server.base_url
     server.stop()

@@ -14,12 +14,14 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
 from runrelay.server.keys import EXECUTE_RUN_TASK
+from runrelay.server.lifecycle import RunListener
 from runrelay.server.settings import Settings
 from worker.runtime import AsyncRuntime
 
@@ -32,9 +34,10 @@ _EXIT_WATCHDOG_S = 15.0
 class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
     """A Celery app that owns the settings and, once a task needs it, the asyncio runtime."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, listeners: Sequence[RunListener] = ()) -> None:
         super().__init__("runrelay", broker=settings.broker_url, set_as_current=False)
         self.settings = settings
+        self.listeners = tuple(listeners)
         self._runtime: AsyncRuntime | None = None
         self._runtime_lock = threading.Lock()
         self.conf.update(settings.celery_config())
@@ -43,7 +46,7 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
     def runtime(self) -> AsyncRuntime:
         with self._runtime_lock:
             if self._runtime is None:
-                self._runtime = AsyncRuntime(self.settings, self.send_run)
+                self._runtime = AsyncRuntime(self.settings, self.send_run, self.listeners)
             return self._runtime
 
     def send_run(self, run_id: str) -> None:
@@ -91,8 +94,9 @@ def _thread_stacks() -> str:
     )
 
 
-def create_app(settings: Settings) -> WorkerApp:
-    app = WorkerApp(settings)
+def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> WorkerApp:
+    """The worker's Celery app; `listeners` attach to the run lifecycle of its runtime."""
+    app = WorkerApp(settings, listeners)
 
     @app.task(name=EXECUTE_RUN_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
     def execute_run(run_id: str) -> None:

@@ -16,6 +16,8 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import cast
 
 import httpx
@@ -24,21 +26,20 @@ from redis.exceptions import RedisError
 from runrelay.agent._driver import AgentRun, Outcome, RunHooks, RunRequest
 from runrelay.agent._loop import LoopState
 from runrelay.agent.config import AgentSpec, Registry
-from runrelay.agent.events import encode, is_terminal, make_event
-from runrelay.agent.messages import ChatMessage, Decision
-from runrelay.server import approvals
+from runrelay.agent.messages import ApprovalRequest, ChatMessage
+from runrelay.server.approvals import PausedCalls, SavedCheckpoint, decisions
 from runrelay.server.eventlog import EventLog, LeaseLost
+from runrelay.server.lifecycle import Ending, Lifecycle
 from runrelay.server.revisions import AgentCatalog
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
 from runrelay.server.tables import Run, as_utc, utcnow
-from runrelay.server.thread_gate import ThreadGate
 from runrelay.server.threads import Threads
-from runrelay.types import ModelParams
+from runrelay.types import ModelParams, RunStatus
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.control import RunControl, RunControls, StopReason
 from worker.lease import Lease, Leases
-from worker.slots import Slots
+from worker.slots import Slot, Slots
 from worker.sweeper import Requeuer
 from worker.writer import RunWriter
 
@@ -52,11 +53,22 @@ class HandBack(Exception):
         return f"HandBack({self.args[0]!r})"
 
 
-class Paused(Exception):
-    """Control flow: the run waits for approval decisions, with no worker (`requires_action`)."""
+class AttemptEnd(Enum):
+    """How one attempt on a run came out, for `execute` to act on."""
 
-    def __repr__(self) -> str:
-        return f"Paused({self.args[0]!r})"
+    ENDED = "ended"  # finished through the lifecycle: slot, reservation and thread released
+    NOT_STARTED = "not_started"  # finished or paused before this worker could mark it running
+    PAUSE = "pause"  # waits for approval decisions: to be parked, with no worker
+    HANDED_BACK = "handed_back"  # graceful shutdown: to be resumed by another worker
+    LEASE_LOST = "lease_lost"  # another worker holds the run now
+
+
+@dataclass(frozen=True)
+class Attempt:
+    end: AttemptEnd
+    # For `PAUSE`: the calls awaiting a decision and the checkpoint to resume from.
+    tool_calls: list[ApprovalRequest] = field(default_factory=list)
+    checkpoint: SavedCheckpoint | None = None
 
 
 class RunExecutor:
@@ -65,6 +77,7 @@ class RunExecutor:
         *,
         settings: Settings,
         store: Store,
+        lifecycle: Lifecycle,
         events: EventLog,
         checkpoints: Checkpoints,
         leases: Leases,
@@ -78,6 +91,7 @@ class RunExecutor:
         self.slots = slots
         self.settings = settings
         self.store = store
+        self.lifecycle = lifecycle
         self.events = events
         self.checkpoints = checkpoints
         self.leases = leases
@@ -86,7 +100,7 @@ class RunExecutor:
         self.registry = registry
         self.http = http
         self.worker_id = worker_id
-        self.threads = ThreadGate(slots.quotas, store)
+        self.threads = lifecycle.threads
 
     async def execute(self, run_id: str) -> None:
         if self.controls.draining:
@@ -109,61 +123,68 @@ class RunExecutor:
             raise
         control = self.controls.add(run_id)  # only the lease holder: one control per run
         heartbeat = asyncio.create_task(self._heartbeat(lease, control))
-        handed_back = paused = False
-        finished: Run | None = None
+        attempt: Attempt | None = None
         try:
-            finished = await self._execute_leased(run_id, lease, control)
-        except Paused:
-            # No worker waits for a person: the concurrency slot is free, the token
-            # reservation stays the run's until it ends.
-            paused = True
-            await self.slots.pause(slot)
-        except LeaseLost:
-            log.warning("run %s: lease lost, leaving the run to its new holder", run_id)
-            slot.handed_over = True
-        except HandBack:
-            handed_back = True
-            slot.handed_over = True  # quotas: the slot stays the run's until it resumes
-        except BaseException:
-            # Unfinished (the sweeper resumes it): its slot and token reservation stay its own.
-            slot.handed_over = True
-            raise
+            attempt = await self._attempt(run_id, lease, slot, control)
         finally:
             self.controls.remove(control)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            await self.slots.release(slot)  # quotas: on every way out
-            await self.leases.release(lease)
-        if handed_back:
-            log.info("run %s: handed back, to be resumed by another worker", run_id)
-            await self.requeuer.requeue(run_id, force=True)
-        else:
-            await self._after_attempt(run_id, finished, paused=paused, ended=not slot.handed_over)
+            # The slot stays the run's unless the attempt ended it (the lifecycle released it)
+            # or it will not start; an attempt that raised left it unfinished, to be resumed.
+            await self.slots.stop_renewing(slot)
+            if attempt is None:
+                await self.leases.release(lease)
+        await self._after(attempt, run, lease, slot)
 
-    async def _after_attempt(
-        self, run_id: str, finished: Run | None, *, paused: bool, ended: bool
-    ) -> None:
-        """Threads: a run that ended here lets the next run of its thread go (a paused one keeps
-        its thread). Approvals: the decisions may have come while this worker still held the
-        lease (a quick approver), so the worker the dispatcher sent found the lease taken and
-        left: send the run again (a duplicate task does nothing)."""
+    async def _after(self, attempt: Attempt, run: Run, lease: Lease, slot: Slot) -> None:
+        """Act on how the attempt ended; the lease is given back on every way."""
+        if attempt.end is AttemptEnd.PAUSE:
+            await self._pause(run, lease, slot, attempt)
+            return
+        if attempt.end is AttemptEnd.NOT_STARTED:
+            await self.slots.release(slot)  # quotas: free the slot dispatch gave it
+        await self.leases.release(lease)
+        if attempt.end is AttemptEnd.NOT_STARTED:
+            await self.threads.release_if_finished(run.id)
+        elif attempt.end is AttemptEnd.HANDED_BACK:
+            log.info("run %s: handed back, to be resumed by another worker", run.id)
+            await self.requeuer.requeue(run.id, force=True)
+        elif attempt.end is AttemptEnd.LEASE_LOST:
+            log.warning("run %s: lease lost, leaving the run to its new holder", run.id)
+
+    async def _pause(self, run: Run, lease: Lease, slot: Slot, attempt: Attempt) -> None:
+        """Park the run until its calls are decided. Everything this worker holds goes first
+        (its slot, then its lease; the token reservation stays the run's), and only then does
+        the run show `requires_action`: a decision can never meet a run a worker still holds.
+        The checkpoint goes to the database too, so a decision taken days later still finds
+        it, and the run's Redis log and checkpoint lose their TTL while it waits."""
+        assert attempt.checkpoint is not None
+        await self.checkpoints.keep(run.id)
+        await self.slots.pause(slot)
+        await self.leases.release(lease)
+        paused = await self.lifecycle.pause(
+            run.id,
+            lease_token=lease.token,
+            tool_calls=attempt.tool_calls,
+            checkpoint=attempt.checkpoint,
+        )
         if paused:
-            run = await asyncio.to_thread(self.store.get_run, run_id)
-            if run is not None and run.status == "queued":
-                await self.requeuer.requeue(run_id, force=True)
-        elif finished is not None:
-            await self.threads.release(finished)
-        elif ended:
-            await self.threads.release_if_finished(run_id)
+            return
+        # Refused: a cancel was requested meanwhile (it wins), or another worker took the run.
+        # Still ours in the database: a new attempt (any worker) ends it cancelled.
+        current = await asyncio.to_thread(self.store.get_run, run.id)
+        if current is not None and current.lease_token == lease.token:
+            await self.requeuer.requeue(run.id, force=True)
 
     async def _startable(self, run_id: str, lease: Lease) -> Run | None:
         """The run if it is to start now; else None, with the lease given back: it is finished,
         paused for approval, or waiting for its thread."""
         run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is not None and run.status == "requires_action":
+        if run is not None and run.status is RunStatus.REQUIRES_ACTION:
             log.info("run %s waits for approval; a decision will enqueue it", run_id)
-        elif run is None or is_terminal(run.status):
+        elif run is None or run.status.is_terminal:
             log.info("run %s: %s, nothing to do", run_id, run.status if run else "no such run")
             if run is not None:
                 await self.slots.forget(run)  # quotas: free a slot dispatch gave it
@@ -190,14 +211,22 @@ class RunExecutor:
                 control.stop(StopReason.LEASE_LOST)
                 return
 
-    async def _execute_leased(
-        self, run_id: str, lease: Lease, control: RunControl
-    ) -> Run | None:
-        """Run the run under `lease`; the run when this attempt finished it."""
+    async def _attempt(self, run_id: str, lease: Lease, slot: Slot, control: RunControl) -> Attempt:
+        try:
+            return await self._attempt_leased(run_id, lease, slot, control)
+        except LeaseLost:
+            return Attempt(AttemptEnd.LEASE_LOST)
+        except HandBack:
+            return Attempt(AttemptEnd.HANDED_BACK)
+
+    async def _attempt_leased(
+        self, run_id: str, lease: Lease, slot: Slot, control: RunControl
+    ) -> Attempt:
+        """Run the run under `lease` until it ends, pauses, or is handed back."""
         last = await self.events.last_seq(run_id)
-        run = await asyncio.to_thread(self.store.mark_running, run_id, lease_token=lease.token)
+        run = await self.lifecycle.start(run_id, lease_token=lease.token)
         if run is None:
-            return None
+            return Attempt(AttemptEnd.NOT_STARTED)
         writer = RunWriter(self.events, self.checkpoints, run_id, lease, last + 1)
         started = time.monotonic()
         if last == 0:  # the log is gone (Redis was emptied): the database still has the run
@@ -208,48 +237,41 @@ class RunExecutor:
         await writer.emit("run_started", {"attempt": run.attempts, "worker": self.worker_id})
         checkpoint = await self._resume_point(run, writer, last)
         outcome = await self._outcome(run, writer, checkpoint, control)
-        if outcome.status == "requires_action":
-            outcome = await self._pause(run, writer, outcome)
+        if outcome.status is RunStatus.REQUIRES_ACTION:
+            assert outcome.result is not None and outcome.result.required_action
+            saved = await self.checkpoints.load(run.id)
+            if saved is None:  # only a newer holder (or a Redis wipe) removes it
+                return Attempt(AttemptEnd.LEASE_LOST)
+            return Attempt(
+                AttemptEnd.PAUSE,
+                tool_calls=outcome.result.required_action,
+                checkpoint=SavedCheckpoint(next_seq=saved.next_seq, state=saved.state.to_dict()),
+            )
         if outcome.error is not None:
             await writer.emit("error", outcome.error)
-        if outcome.status != "cancelled":
+        if outcome.status is not RunStatus.CANCELLED:
+            completed = outcome.status is RunStatus.COMPLETED
             await writer.emit(
                 "chat_completed",
                 {
                     "thread_id": run.thread_id,
-                    "status": "completed" if outcome.status == "completed" else "failed",
+                    "status": RunStatus.COMPLETED if completed else RunStatus.FAILED,
                     "output": outcome.output,
                 },
             )
-        await self._finish(
-            run, writer, outcome, duration_ms=int((time.monotonic() - started) * 1000)
+        await self.slots.stop_renewing(slot)  # a renewal must not take back a released slot
+        ended = await self.lifecycle.finish(
+            run,
+            outcome,
+            ending=Ending.by_worker(lease.token),
+            duration_ms=int((time.monotonic() - started) * 1000),
+            used_tokens=slot.used_tokens,
         )
-        return run
-
-    async def _pause(self, run: Run, writer: RunWriter, outcome: Outcome) -> Outcome:
-        """Park the run until its calls are decided (raises `Paused`); the checkpoint goes to
-        the database too, so a decision taken days later still finds it, and the run's Redis
-        log and checkpoint lose their TTL while it waits. A cancel requested meanwhile wins:
-        the run ends cancelled instead."""
-        assert outcome.result is not None and outcome.result.required_action
-        saved = await self.checkpoints.load(run.id)
-        if saved is None:
-            raise LeaseLost(run.id)  # only a newer holder (or a Redis wipe) removes it
-        paused = await asyncio.to_thread(
-            approvals.pause,
-            self.store.engine,
-            run.id,
-            lease_token=writer.lease.token,
-            tool_calls=[dict(call) for call in outcome.result.required_action],
-            checkpoint={"next_seq": saved.next_seq, "state": saved.state.to_dict()},
-        )
-        if not paused:
-            current = await asyncio.to_thread(self.store.get_run, run.id)
-            if current is not None and current.cancel_requested_at is not None:
-                return Outcome.cancelled()
-            raise LeaseLost(run.id)
-        await self.checkpoints.keep(run.id)
-        raise Paused(run.id)
+        if not ended:
+            return Attempt(AttemptEnd.LEASE_LOST)
+        await self.checkpoints.delete(run.id)
+        await self.controls.forget(run.id)
+        return Attempt(AttemptEnd.ENDED)
 
     async def _resume_point(self, run: Run, writer: RunWriter, last: int) -> Checkpoint | None:
         """The checkpoint to continue from, having marked what came after it superseded, with
@@ -257,12 +279,12 @@ class RunExecutor:
         if run.attempts <= 1 or last == 0:
             return None
         checkpoint = await self.checkpoints.load(run.id)
-        if checkpoint is None and run.required_action:  # paused, and Redis lost it meanwhile
-            saved = run.required_action["checkpoint"]
-            checkpoint = Checkpoint(saved["next_seq"], LoopState.from_dict(saved["state"]))
+        paused = PausedCalls.of(run.required_action)
+        if checkpoint is None and paused is not None:  # paused, and Redis lost it meanwhile
+            saved = paused.checkpoint
+            checkpoint = Checkpoint(saved.next_seq, LoopState.from_dict(saved.state))
         if checkpoint is not None:
-            decided = approvals.decisions(run.required_action)  # each {approved, reason}
-            checkpoint.state.approvals.update(cast(dict[str, Decision], decided))
+            checkpoint.state.approvals.update(decisions(paused))
             # The budget counts tokens of every attempt, not only this one's.
             self.slots.carry(run.id, checkpoint.state.usage.total_tokens)
         if checkpoint is not None and checkpoint.next_seq > last + 1:
@@ -374,49 +396,6 @@ class RunExecutor:
             raise HandBack(run.id) from None
         finally:
             control.task = None
-
-    async def _finish(
-        self, run: Run, writer: RunWriter, outcome: Outcome, *, duration_ms: int
-    ) -> None:
-        """Write the outcome and the archive first, then `done`: a client that sees `done` finds
-        the run finished in the database. Only the lease holder's write counts."""
-        usage = recorded = None
-        if outcome.result is not None:
-            usage = outcome.result.usage.model_dump()
-            # The run row keeps the usage per model too (`usage_by_model` in the API).
-            recorded = {**usage, "by_model": outcome.result.usage_by_model}
-        tool_calls = (
-            [vars(record) for record in outcome.result.tool_calls] if outcome.result else []
-        )
-        done_data = outcome.done_data(duration_ms=duration_ms)
-        done = make_event(run.id, writer.next_seq, "done", done_data)
-        history = await self.events.read(run.id)
-        archive = [(e.seq, e.type, e.data) for e in history]
-        archive.append((done["seq"], "done", encode(done)))
-        written = await asyncio.to_thread(
-            self.store.finish_run,
-            run.id,
-            status=outcome.status,
-            output=outcome.output,
-            result={"output": outcome.output, "tool_calls": tool_calls} if outcome.result else None,
-            usage=recorded,
-            error=outcome.error,
-            events=archive,
-            lease_token=writer.lease.token,
-            thread_messages=outcome.thread_messages if outcome.status == "completed" else (),
-        )
-        if not written:
-            raise LeaseLost(run.id)
-        await writer.events.append(
-            run.id,
-            done["seq"],
-            "done",
-            encode(done),
-            token=writer.lease.token,
-            ttl_s=self.settings.events_ttl_after_done_s,
-        )
-        await self.checkpoints.delete(run.id)
-        await self.controls.forget(run.id)
 
 
 def _user_message(run: Run) -> str:

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -26,8 +26,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from runrelay.agent.config import Registry
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import RedisKeys
+from runrelay.server.lifecycle import Lifecycle, RunListener
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, make_engine
+from runrelay.server.thread_gate import ThreadGate
 from worker.checkpoints import Checkpoints
 from worker.control import RunControls
 from worker.executor import RunExecutor
@@ -41,9 +43,16 @@ log = logging.getLogger(__name__)
 
 
 class AsyncRuntime:
-    def __init__(self, settings: Settings, send: Callable[[str], None]) -> None:
-        """`send` enqueues a run's task (the Celery app's `send_task`, by name)."""
+    def __init__(
+        self,
+        settings: Settings,
+        send: Callable[[str], None],
+        listeners: Sequence[RunListener] = (),
+    ) -> None:
+        """`send` enqueues a run's task (the Celery app's `send_task`, by name); `listeners`
+        attach to the run lifecycle (`runrelay.server.lifecycle`)."""
         self.settings = settings
+        self._listeners = tuple(listeners)
         self._send = send
         self._background: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -67,15 +76,26 @@ class AsyncRuntime:
         self._store = Store(make_engine(settings))
         self.controls = RunControls(self._redis, keys, settings.cancel_poll_s)
         requeuer = Requeuer(self._redis, keys, settings.run_lease_ttl_s, self._send)
+        events = EventLog(self._redis, keys, settings.events_ttl_s)
+        slots = Slots(self._redis, keys, settings)
+        self.lifecycle = Lifecycle(
+            settings,
+            self._store.engine,
+            events,
+            slots.quotas,
+            ThreadGate(slots.quotas, self._store),
+            self._listeners,
+        )
         self._background.append(asyncio.create_task(self.controls.watch_cancels()))
         if settings.sweeper_enabled:
-            sweeper = Sweeper(settings, self._store, self._redis, keys, requeuer)
+            sweeper = Sweeper(settings, self._store, self._redis, keys, requeuer, self.lifecycle)
             self._sweeper = asyncio.create_task(sweeper.run_forever())
             self._background.append(self._sweeper)
         return RunExecutor(
             settings=settings,
             store=self._store,
-            events=EventLog(self._redis, keys, settings.events_ttl_s),
+            lifecycle=self.lifecycle,
+            events=events,
             checkpoints=Checkpoints(self._redis, keys, settings.events_ttl_s),
             leases=Leases(self._redis, keys, settings.run_lease_ttl_s),
             controls=self.controls,
@@ -83,7 +103,7 @@ class AsyncRuntime:
             registry=registry,
             http=self._http,
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
-            slots=Slots(self._redis, keys, settings),
+            slots=slots,
         )
 
     def begin_shutdown(self) -> None:

@@ -1,10 +1,10 @@
 """The worker's side of tenant quotas: the run's concurrency slot and its token metering.
 
 A slot is a lease: a member of the tenant's slot set whose score is its expiry. The worker takes
-it when the run starts, renews it every third of `quota_slot_ttl_s`, and releases it when the run
-ends, whatever the ending (completed, failed, cancelled); a worker that dies simply stops
-renewing and the slot expires. Releasing also settles the run's token reservation at what the
-run really used, and wakes the dispatcher when the tenant has pending runs.
+it when the run starts and renews it every third of `quota_slot_ttl_s`; when the run ends,
+whatever the ending, the lifecycle's `finish` releases it (settling the run's token reservation
+at what the run really used, and waking the dispatcher when the tenant has pending runs). A
+worker that dies simply stops renewing and the slot expires; a run handed back keeps it.
 
 Metering wraps the run's model provider: after each model turn's usage report the run's tokens
 are charged against the tenant's budget, and a run that exhausts it stops, failed, with the
@@ -47,7 +47,6 @@ class Slot:
     run_id: str
     period: str | None
     used_tokens: int = 0
-    handed_over: bool = False
     heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -106,13 +105,16 @@ class Slots:
         slot = self._held.get(run_id)
         return provider if slot is None else MeteredProvider(provider, slot, self.quotas)
 
-    async def release(self, slot: Slot) -> None:
-        """Stop renewing; free the slot and settle the tokens, unless another worker now holds
-        the run (it lost its lease to a newer holder, who holds the slot too)."""
+    async def stop_renewing(self, slot: Slot) -> None:
+        """Stop renewing the slot (idempotent); it stays the run's until released, or expires.
+        Called before anything releases it: a renewal in flight must not take it back."""
         self._held.pop(slot.run_id, None)
         await _stop_renewing(slot)
-        if slot.handed_over:
-            return
+
+    async def release(self, slot: Slot) -> None:
+        """Free the slot and settle the tokens: a run that will not start after all. (A run
+        that ends is released by the lifecycle's `finish`.)"""
+        await self.stop_renewing(slot)
         await self.quotas.release(
             slot.tenant_id, slot.run_id, used_tokens=slot.used_tokens, period=slot.period
         )
@@ -125,10 +127,8 @@ class Slots:
             slot.used_tokens = max(slot.used_tokens, used_tokens)
 
     async def pause(self, slot: Slot) -> None:
-        """A run paused for approval: free its concurrency slot, keep its token reservation
-        (call before `release`, which then does nothing more)."""
-        slot.handed_over = True
-        await _stop_renewing(slot)  # a renewal in flight must not take the slot back
+        """A run paused for approval: free its concurrency slot, keep its token reservation."""
+        await self.stop_renewing(slot)
         await self.quotas.free_slot(slot.tenant_id, slot.run_id)
 
     async def forget(self, run: Run) -> None:

@@ -13,8 +13,11 @@ reads the database (the truth about which runs exist) and, for each unfinished r
 
 A run enqueued twice is harmless (the second task finds a live lease or a finished run and does
 nothing); a `requeued` marker with the lease TTL keeps the sweeper from doing it every sweep.
-Attempts are counted when a worker starts the run (`Store.mark_running`); past
+Attempts are counted when a worker starts the run (`Lifecycle.start`); past
 `max_run_attempts` the run ends `failed` with `too_many_attempts`.
+
+A run paused for approval (`requires_action`) for longer than `approval_timeout_s` is ended
+`expired` (error code `approval_expired`) through the lifecycle's `finish`.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from runrelay.server import lua
+from runrelay.server.approvals import PausedCalls
 from runrelay.server.keys import RedisKeys
-from runrelay.server.quota import QuotaStore, dispatching_member
+from runrelay.server.lifecycle import Lifecycle
+from runrelay.server.quota import dispatching_member
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
 from runrelay.server.tables import Run, as_utc, utcnow
-from runrelay.server.thread_gate import ThreadGate
+from runrelay.types import RunStatus
 
 log = logging.getLogger(__name__)
 _SWEEP_PAGE = 500
@@ -65,15 +70,21 @@ class Requeuer:
 
 class Sweeper:
     def __init__(
-        self, settings: Settings, store: Store, redis: Redis, keys: RedisKeys, requeuer: Requeuer
+        self,
+        settings: Settings,
+        store: Store,
+        redis: Redis,
+        keys: RedisKeys,
+        requeuer: Requeuer,
+        lifecycle: Lifecycle,
     ) -> None:
         self.settings = settings
+        self.lifecycle = lifecycle
         self.store = store
         self.redis = redis
         self.keys = keys
         self.requeuer = requeuer
-        quotas = QuotaStore(redis, keys, dispatch_timeout_s=settings.dispatch_timeout_s)
-        self.threads = ThreadGate(quotas, store)
+        self.threads = lifecycle.threads
         self.token = secrets.token_hex(8)
         self.lock_ttl_ms = int(max(settings.sweep_interval_s * 3, 1.0) * 1000)
         self._renew = lua.script(redis, "renew_lease")
@@ -121,7 +132,34 @@ class Sweeper:
             )
             requeued += await self._sweep_page(runs, now)
             if len(runs) < _SWEEP_PAGE:
-                return requeued
+                break
+            after = runs[-1].id
+        await self.expire_paused()
+        return requeued
+
+    async def expire_paused(self) -> list[str]:
+        """End `expired` the runs that waited for approval longer than `approval_timeout_s`;
+        returns their ids."""
+        timeout_s = self.settings.approval_timeout_s
+        expired: list[str] = []
+        after = ""
+        while True:
+            runs = await asyncio.to_thread(
+                self.store.paused_runs, after_id=after, limit=_SWEEP_PAGE
+            )
+            for run in runs:
+                paused = PausedCalls.of(run.required_action)
+                if paused is None or paused.waited_s <= timeout_s:
+                    continue
+                message = (
+                    f"no decision came within {timeout_s:g} s of the pause "
+                    "(RUNRELAY_APPROVAL_TIMEOUT_S)"
+                )
+                if await self.lifecycle.expire(run, "approval_expired", message):
+                    log.warning("run %s expired waiting for approval", run.id)
+                    expired.append(run.id)
+            if len(runs) < _SWEEP_PAGE:
+                return expired
             after = runs[-1].id
 
     async def _sweep_page(self, runs: list[Run], now: datetime) -> list[str]:
@@ -137,12 +175,12 @@ class Sweeper:
                 pipe.lpos(self.keys.tenant_pending(run.tenant_id), run.id)
                 pipe.zscore(self.keys.dispatching(), dispatching_member(run.tenant_id, run.id))
             found = await pipe.execute()
-        parked = await self.threads.parked(run for run in runs if run.status == "queued")
+        parked = await self.threads.parked(r for r in runs if r.status is RunStatus.QUEUED)
         stuck_before = now - timedelta(seconds=self.settings.stuck_queued_s)
         requeued = []
         for n, run in enumerate(runs):
             has_lease, has_log, was_taken, pending_at, dispatching = found[5 * n : 5 * n + 5]
-            if run.status == "running":
+            if run.status is RunStatus.RUNNING:
                 why = None if has_lease else "its lease lapsed"
             elif not has_log:
                 why = "its event log is gone from Redis"

@@ -27,11 +27,6 @@ EventType = Literal[
     "done",
 ]
 
-RunStatus = Literal[
-    "queued", "running", "requires_action", "completed", "failed", "cancelled", "expired"
-]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired"})
-
 
 CANCELLED_ERROR = {"code": "cancelled", "message": "the run was cancelled on request"}
 
@@ -42,7 +37,3 @@ def make_event(run_id: str, seq: int, type: EventType, data: dict[str, Any]) -> 
 
 def encode(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def is_terminal(status: str) -> bool:
-    return status in TERMINAL_STATUSES

@@ -1,13 +1,13 @@
-"""Runs paused for approval, on the database side.
+"""What a run paused for approval holds, as typed data.
 
-A run whose model calls an `always_require` tool is paused by its worker (`pause`): status
-`requires_action`, the calls awaiting a decision and the loop's checkpoint in
-`runs.required_action`, no lease, no worker. Each decision (`decide`) is written under a row
-lock; the last one moves the run back to `queued` (the caller then enqueues it), adds the time
-spent waiting to `waited_s` (not counted against the run's deadline) and counts a resume (not a
-crash attempt).
+A run whose model calls an `always_require` tool is paused by its worker (`Lifecycle.pause`):
+status `requires_action`, no lease, no worker, and `runs.required_action` holding a
+`PausedCalls`: the calls awaiting a decision (the public `RequiredAction` part, each call with
+its decision once made), when the run paused, and the loop's checkpoint (internal: never part of
+the public run object). Decisions are recorded by `Lifecycle.decide`; the last one moves the run
+back to `queued`.
 
-`required_action` holds::
+Stored as JSON, flat (the layout paused runs written before this module already have)::
 
     {"type": "approve_tool_calls",
      "tool_calls": [{"tool_call_id", "name", "arguments", "approved": bool | None, "reason"}],
@@ -18,144 +18,79 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Engine, update
-from sqlmodel import Session, col, select
+from pydantic import BaseModel
 
-from runrelay.server.tables import Run, as_utc, utcnow
+from runrelay.agent.messages import Decision as LoopDecision
+from runrelay.server.tables import as_utc, utcnow
+from runrelay.types import RequiredAction, ToolApproval
 
 
-class DecisionRefused(Exception):
-    """The decision cannot be recorded; `code` and `param` say why (for a 409 or 422)."""
+class SavedCheckpoint(BaseModel):
+    """The loop's checkpoint at the pause: the next event seq and the `LoopState` as a dict."""
 
-    def __init__(self, code: str, message: str, *, status: int, param: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-        self.param = param
+    next_seq: int
+    state: dict[str, Any]
+
+
+class PausedCalls(BaseModel):
+    """`runs.required_action` as stored: the public part plus the internal checkpoint."""
+
+    type: Literal["approve_tool_calls"] = "approve_tool_calls"
+    tool_calls: list[ToolApproval]
+    paused_at: datetime
+    checkpoint: SavedCheckpoint
+
+    @classmethod
+    def of(cls, stored: dict[str, Any] | None) -> PausedCalls | None:
+        return None if not stored else cls.model_validate(stored)
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def public(self) -> RequiredAction:
+        """What clients see (the checkpoint stays inside)."""
+        return RequiredAction(type=self.type, tool_calls=self.tool_calls)
+
+    def call(self, call_id: str) -> ToolApproval | None:
+        return next((c for c in self.tool_calls if c.tool_call_id == call_id), None)
+
+    @property
+    def all_decided(self) -> bool:
+        return all(call.approved is not None for call in self.tool_calls)
+
+    @property
+    def waited_s(self) -> float:
+        return (utcnow() - as_utc(self.paused_at)).total_seconds()
+
+    @property
+    def used_tokens(self) -> int:
+        """Tokens the run used before it paused (the checkpoint's usage)."""
+        usage = self.checkpoint.state.get("usage") or {}
+        return int(usage.get("total_tokens", 0))
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        usage: dict[str, Any] | None = self.checkpoint.state.get("usage")
+        return usage
 
 
 @dataclass(frozen=True)
-class Decided:
-    run: Run
-    # True when this was the last decision: the run is queued again and must be enqueued.
-    resumed: bool
+class Decision:
+    """One approver's answer on one call."""
+
+    call_id: str
+    approved: bool
+    reason: str | None = None
 
 
-def public(required_action: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What clients see of `required_action` (the checkpoint stays inside)."""
-    if not required_action:
-        return None
-    return {"type": required_action["type"], "tool_calls": required_action["tool_calls"]}
-
-
-def decisions(required_action: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def decisions(paused: PausedCalls | None) -> dict[str, LoopDecision]:
     """The decisions made, as the loop's `LoopState.approvals` takes them."""
+    if paused is None:
+        return {}
     return {
-        call["tool_call_id"]: {"approved": call["approved"], "reason": call.get("reason")}
-        for call in (required_action or {}).get("tool_calls", [])
-        if call.get("approved") is not None
+        call.tool_call_id: LoopDecision(approved=call.approved, reason=call.reason)
+        for call in paused.tool_calls
+        if call.approved is not None
     }
-
-
-def pause(
-    engine: Engine,
-    run_id: str,
-    *,
-    lease_token: str,
-    tool_calls: list[dict[str, Any]],
-    checkpoint: dict[str, Any],
-) -> bool:
-    """Park a running run as `requires_action`; only its lease holder can, and not once a
-    cancel was requested. Returns whether the run was paused."""
-    required = {
-        "type": "approve_tool_calls",
-        "tool_calls": [{**call, "approved": None, "reason": None} for call in tool_calls],
-        "paused_at": utcnow().isoformat(),
-        "checkpoint": checkpoint,
-    }
-    stmt = (
-        update(Run)
-        .where(col(Run.id) == run_id, col(Run.status) == "running")
-        .where(col(Run.lease_token) == lease_token, col(Run.cancel_requested_at).is_(None))
-        .values(status="requires_action", required_action=required, lease_token=None)
-    )
-    with Session(engine) as session:
-        paused = session.exec(stmt).rowcount == 1
-        session.commit()
-        return paused
-
-
-def decide(
-    engine: Engine,
-    run_id: str,
-    *,
-    call_id: str,
-    approved: bool,
-    reason: str | None,
-) -> Decided:
-    """Record one decision; DecisionRefused when the run is not waiting for this call.
-
-    Sending a decision already recorded again is harmless (a client retrying after a lost
-    answer): it returns the run as it is, with `resumed` when the run is queued to resume. The
-    write is conditional on the run still being `requires_action` (a cancel may have ended it);
-    concurrent decisions on one run are serialised by the row lock on PostgreSQL and by the
-    caller's lock on SQLite, which has no row locks."""
-    with Session(engine, expire_on_commit=False) as session:
-        run = session.exec(select(Run).where(col(Run.id) == run_id).with_for_update()).one()
-        required = dict(run.required_action or {})
-        calls = [dict(call) for call in required.get("tool_calls", [])]
-        call = next((c for c in calls if c["tool_call_id"] == call_id), None)
-        if call is not None and call["approved"] == approved and run.status != "requires_action":
-            return Decided(run=run, resumed=run.status == "queued")
-        if run.status != "requires_action" or not required:
-            raise DecisionRefused(
-                "run_not_awaiting_approval",
-                f"run {run_id} is {run.status}; approvals are taken only while it is "
-                "requires_action",
-                status=409,
-                param="run_id",
-            )
-        if call is None:
-            waiting = ", ".join(repr(c["tool_call_id"]) for c in calls)
-            raise DecisionRefused(
-                "unknown_call_id",
-                f"call_id {call_id!r} is not awaiting approval in run {run_id} "
-                f"(awaiting: {waiting})",
-                status=422,
-                param="call_id",
-            )
-        if call["approved"] is not None and call["approved"] != approved:
-            raise DecisionRefused(
-                "already_decided",
-                f"call {call_id} was already {'approved' if call['approved'] else 'rejected'}",
-                status=409,
-                param="call_id",
-            )
-        call["approved"], call["reason"] = approved, reason
-        required["tool_calls"] = calls
-        values: dict[str, Any] = {"required_action": required}
-        resumed = all(c["approved"] is not None for c in calls)
-        if resumed:
-            paused_at = as_utc(datetime.fromisoformat(required["paused_at"]))
-            values["status"] = "queued"
-            values["waited_s"] = (run.waited_s or 0.0) + (utcnow() - paused_at).total_seconds()
-            values["resumes"] = (run.resumes or 0) + 1
-        stmt = (
-            update(Run)
-            .where(col(Run.id) == run_id, col(Run.status) == "requires_action")
-            .values(**values)
-        )
-        if session.exec(stmt).rowcount != 1:
-            session.rollback()
-            raise DecisionRefused(
-                "run_not_awaiting_approval",
-                f"run {run_id} stopped waiting for approval (it was cancelled)",
-                status=409,
-                param="run_id",
-            )
-        session.commit()
-        for name, value in values.items():
-            setattr(run, name, value)
-        return Decided(run=run, resumed=resumed)

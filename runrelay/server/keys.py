@@ -94,10 +94,6 @@ class RedisKeys:
         """The run's last checkpoint (JSON): loop state and next seq, written under the lease."""
         return f"{self.prefix}run:{run_id}:checkpoint"
 
-    def approvals_lock(self, run_id: str) -> str:
-        """Held (seconds) while a decision on the run is written: one at a time per run."""
-        return f"{self.prefix}run:{run_id}:approvals-lock"
-
     def cancel(self, run_id: str) -> str:
         """Present while a cancel of the run was requested and not yet carried out."""
         return f"{self.prefix}run:{run_id}:cancel"

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 5.0
     # A run still `queued` this long after it was created is enqueued again (Redis lost it?).
     stuck_queued_s: float = 600.0
+    # A run paused for approval (`requires_action`) this long is ended `expired` by the sweeper.
+    approval_timeout_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
     # HTTP shim
     max_body_bytes: int = 10 * 1024 * 1024

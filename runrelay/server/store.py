@@ -1,4 +1,6 @@
-"""The database side: engine, tenants and API keys, runs and their archived event logs.
+"""The database side: engine, tenants and API keys, reading runs and their archived event logs.
+
+Runs change status only through `runrelay.server.lifecycle`.
 
 All functions are synchronous (SQLAlchemy sessions); async callers run them in a thread.
 """
@@ -11,19 +13,18 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, event, func, insert, text, update
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
 
-from runrelay.agent.events import TERMINAL_STATUSES
 from runrelay.server.settings import Settings
 from runrelay.server.tables import ApiKey, Run, RunEvent, Tenant, as_utc, utcnow
-from runrelay.server.threads import append_messages
+from runrelay.types import RunStatus
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 KEY_PREFIX = "rr_sk_"
@@ -189,7 +190,7 @@ class Store:
         *,
         limit: int,
         before: str | None = None,
-        status: str | None = None,
+        status: RunStatus | None = None,
         agent: str | None = None,
         thread_id: str | None = None,
     ) -> list[Run]:
@@ -207,97 +208,6 @@ class Store:
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(query).all())
 
-    def mark_running(self, run_id: str, *, lease_token: str | None = None) -> Run | None:
-        """Move a queued (or resumed) run to running under `lease_token`, counting the attempt;
-        None when the run is finished or paused for approval (a stray task must not resume it
-        before the decisions). One conditional UPDATE, so it is race-free."""
-        stmt = (
-            update(Run)
-            .where(col(Run.id) == run_id, col(Run.status).in_(("queued", "running")))
-            .values(
-                status="running",
-                attempts=col(Run.attempts) + 1,
-                started_at=func.coalesce(col(Run.started_at), utcnow()),
-                lease_token=lease_token,
-            )
-        )
-        with Session(self.engine, expire_on_commit=False) as session:
-            if session.exec(stmt).rowcount == 0:
-                return None
-            session.commit()
-            return session.get(Run, run_id)
-
-    def request_cancel(self, run_id: str) -> Run | None:
-        """Record a cancel request; None when the run is already finished (nothing to cancel)."""
-        stmt = (
-            update(Run)
-            .where(col(Run.id) == run_id, col(Run.status).not_in(TERMINAL_STATUSES))
-            .values(cancel_requested_at=func.coalesce(col(Run.cancel_requested_at), utcnow()))
-        )
-        with Session(self.engine, expire_on_commit=False) as session:
-            if session.exec(stmt).rowcount == 0:
-                return None
-            session.commit()
-            return session.get(Run, run_id)
-
-    def finish_run(
-        self,
-        run_id: str,
-        *,
-        status: str,
-        output: str | None,
-        result: dict[str, Any] | None,
-        usage: dict[str, Any] | None,
-        error: dict[str, Any] | None,
-        events: Iterable[tuple[int, str, str]],
-        lease_token: str | None = None,
-        only_from: str | None = None,
-        thread_messages: Sequence[dict[str, Any]] = (),
-    ) -> bool:
-        """Write the outcome and archive the whole event log, in one transaction.
-
-        With `lease_token` (a worker) or `only_from` (a status, e.g. the shim cancelling a queued
-        run) the write is conditional: it happens only while the run is unfinished and still
-        under that lease, or in that status. Returns whether it was written. `thread_messages`
-        (a completed run's) are added to its thread's history in the same transaction.
-        """
-        values = {
-            "status": status,
-            "output": output,
-            "result": result,
-            "usage": usage,
-            "error": error,
-            "finished_at": utcnow(),
-        }
-        stmt = update(Run).where(col(Run.id) == run_id).values(**values)
-        if lease_token is not None:
-            stmt = stmt.where(
-                col(Run.lease_token) == lease_token, col(Run.status).not_in(TERMINAL_STATUSES)
-            )
-        if only_from is not None:
-            stmt = stmt.where(col(Run.status) == only_from)
-        with Session(self.engine) as session:
-            if session.exec(stmt).rowcount == 0:
-                session.rollback()
-                if session.get(Run, run_id) is None:
-                    raise StoreError(f"run {run_id} does not exist")
-                return False
-            archived = set(
-                session.exec(select(RunEvent.seq).where(RunEvent.run_id == run_id)).all()
-            )
-            rows = [
-                {"run_id": run_id, "seq": seq, "type": type_, "data": data}
-                for seq, type_, data in events
-                if seq not in archived
-            ]
-            if rows:  # one executemany, not an ORM object per event
-                session.execute(insert(RunEvent), rows)
-            run = session.get(Run, run_id) if thread_messages else None
-            if run is not None and run.thread_id is not None:
-                append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)
-            session.commit()
-            return True
-
     def unfinished_runs(
         self, *, created_before: datetime, after_id: str = "", limit: int
     ) -> list[Run]:
@@ -307,9 +217,21 @@ class Store:
             select(Run)
             .where(
                 col(Run.id) > after_id,
-                (col(Run.status) == "running")
-                | ((col(Run.status) == "queued") & (col(Run.created_at) < created_before)),
+                (col(Run.status) == RunStatus.RUNNING)
+                | ((col(Run.status) == RunStatus.QUEUED) & (col(Run.created_at) < created_before)),
             )
+            .order_by(col(Run.id))
+            .limit(limit)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.exec(query).all())
+
+    def paused_runs(self, *, after_id: str = "", limit: int) -> list[Run]:
+        """Runs waiting for approval (`requires_action`), by id from after `after_id`: the
+        sweeper expires those that waited past `approval_timeout_s`."""
+        query = (
+            select(Run)
+            .where(col(Run.id) > after_id, col(Run.status) == RunStatus.REQUIRES_ACTION)
             .order_by(col(Run.id))
             .limit(limit)
         )

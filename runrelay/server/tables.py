@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text
+from sqlalchemy import JSON, BigInteger, Column, Dialect, Index, String, Text
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+
+from runrelay.types import RunStatus
 
 
 def utcnow() -> datetime:
@@ -16,6 +19,20 @@ def utcnow() -> datetime:
 def as_utc(moment: datetime) -> datetime:
     """SQLite hands datetimes back naive; they were written in UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class StatusType(TypeDecorator[RunStatus]):
+    """A run's status: a plain string column (no database enum, no migration), read back as
+    `RunStatus`."""
+
+    impl = String(20)
+    cache_ok = True
+
+    def process_bind_param(self, value: RunStatus | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else RunStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> RunStatus | None:
+        return None if value is None else RunStatus(value)
 
 
 class Tenant(SQLModel, table=True):
@@ -54,7 +71,7 @@ class Run(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=40)
     tenant_id: str = Field(foreign_key="tenants.id", max_length=40)
-    status: str = Field(index=True, max_length=20)
+    status: RunStatus = Field(sa_column=Column(StatusType(), index=True, nullable=False))
     agent_name: str = Field(max_length=200)
     agent_id: str = Field(max_length=200)
     agent_revision: int = 1

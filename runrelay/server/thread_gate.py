@@ -23,7 +23,6 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from runrelay.agent.events import is_terminal
 from runrelay.server import lua
 from runrelay.server.quota import QuotaStore, as_text
 from runrelay.server.store import Store
@@ -76,7 +75,7 @@ class ThreadGate:
     async def release_if_finished(self, run_id: str) -> None:
         """`release` the run if the database says it finished (a paused run keeps its thread)."""
         run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is not None and is_terminal(run.status):
+        if run is not None and run.status.is_terminal:
             await self.release(run)
 
     async def unstick(self, tenant_id: str, thread_id: str) -> bool:
@@ -119,4 +118,4 @@ class ThreadGate:
 
     async def _live(self, run_id: str) -> bool:
         run = await asyncio.to_thread(self.store.get_run, run_id)
-        return run is not None and not is_terminal(run.status)
+        return run is not None and not run.status.is_terminal

@@ -3,7 +3,7 @@
 A thread is a conversation of one tenant, named by the client (`thread_id`) or, for a run
 created without one, by the shim (`thr_...`). Creating a run creates its thread if it is new.
 Only a run that completes adds to the history, in one transaction with its outcome
-(`Store.finish_run` calls `append_messages`); a failed or cancelled run adds nothing.
+(`Lifecycle.finish` calls `append_messages`); a failed or cancelled run adds nothing.
 
 Creates and appends on one thread take turns on the thread's row: each transaction starts with
 an upsert of that row, which holds its lock (PostgreSQL) or the database's write lock (SQLite)
@@ -22,8 +22,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from runrelay.agent._history import HistoryPolicy, fit_history
-from runrelay.agent.events import TERMINAL_STATUSES
 from runrelay.server.tables import Run, Thread, ThreadMessage, utcnow
+from runrelay.types import RunStatus
 
 Message = dict[str, Any]
 
@@ -63,7 +63,7 @@ def _active(session: Session, tenant_id: str, thread_id: str) -> list[Run]:
         .where(
             Run.tenant_id == tenant_id,
             Run.thread_id == thread_id,
-            col(Run.status).not_in(TERMINAL_STATUSES),
+            col(Run.status).not_in([s for s in RunStatus if s.is_terminal]),
         )
         .order_by(col(Run.id))
     )

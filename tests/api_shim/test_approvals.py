@@ -12,9 +12,13 @@ import httpx
 import redis
 
 from runrelay import AgentRunParams, AsyncClient, Client
+from runrelay.server.approvals import PausedCalls, SavedCheckpoint
+from runrelay.server.lifecycle import RunTable
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store
+from runrelay.server.store import Store, new_id
+from runrelay.server.tables import Run, utcnow
 from runrelay.server.tenants import update_limits
+from runrelay.types import RunStatus
 from tests.conftest import TenantKey
 from tests.sse import assert_complete_log, read_events, wait_finished
 from worker.app import WorkerApp
@@ -236,24 +240,22 @@ def test_async_sdk_reject_is_told_to_the_model(api: str, tenant: TenantKey) -> N
 
 def test_a_run_whose_cancel_was_requested_is_not_paused(store: Store, tenant: TenantKey) -> None:
     """A cancel that lands while the worker pauses the run wins: the pause is refused."""
-    from runrelay.server import approvals
-    from runrelay.server.store import new_id
-    from runrelay.server.tables import Run
-
     run = store.create_run(
         Run(
             id=new_id("run"),
             tenant_id=tenant.tenant_id,
-            status="queued",
+            status=RunStatus.QUEUED,
             agent_name="payments-officer",
             agent_id="bank.payments-officer",
         )
     )
-    store.mark_running(run.id, lease_token="t1")
-    store.request_cancel(run.id)
+    table = RunTable(store.engine)
+    table.start(run.id, "t1")
+    table.flag_cancel(run.id)
+    paused = PausedCalls(
+        tool_calls=[], paused_at=utcnow(), checkpoint=SavedCheckpoint(next_seq=2, state={})
+    )
 
-    paused = approvals.pause(store.engine, run.id, lease_token="t1", tool_calls=[], checkpoint={})
-
-    assert paused is False
+    assert table.pause(run.id, "t1", paused) is None
     current = store.get_run(run.id)
-    assert current is not None and current.status == "running"
+    assert current is not None and current.status is RunStatus.RUNNING

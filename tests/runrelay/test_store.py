@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from runrelay.server.store import KEY_PREFIX, AlreadyExists, Store, StoreError, hash_key, new_id
+from runrelay.server.lifecycle import Ending, RunTable
+from runrelay.server.store import KEY_PREFIX, AlreadyExists, Store, hash_key, new_id
 from runrelay.server.tables import ApiKey, Run, Tenant, utcnow
+from runrelay.types import RunStatus
 
 
 def unique(prefix: str = "t") -> str:
@@ -209,111 +211,20 @@ def test_ids_made_in_the_same_millisecond_still_sort_in_creation_order() -> None
     assert ids == sorted(ids)
 
 
-def test_mark_running_counts_attempts_and_never_reopens_a_finished_run(
-    store: Store, make_run: MakeRun
-) -> None:
-    run = make_run()
-
-    first = store.mark_running(run.id)
-    second = store.mark_running(run.id)
-    assert first is not None and second is not None
-    assert (second.status, second.attempts) == ("running", 2)
-    assert second.started_at is not None
-
-    store.finish_run(
-        run.id, status="completed", output="ok", result=None, usage=None, error=None, events=[]
-    )
-    assert store.mark_running(run.id) is None
-    finished = store.get_run(run.id)
-    assert finished is not None and finished.status == "completed"
-
-
 def events(seqs: range) -> list[tuple[int, str, str]]:
     return [(seq, "custom", f'{{"seq":{seq}}}') for seq in seqs]
-
-
-def test_finish_run_writes_the_outcome_and_archives_the_events(
-    store: Store, make_run: MakeRun
-) -> None:
-    run = make_run()
-    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-
-    store.finish_run(
-        run.id,
-        status="completed",
-        output="Approve.",
-        result={"answer": "Approve."},
-        usage=usage,
-        error=None,
-        events=events(range(1, 6)),
-    )
-
-    finished = store.get_run(run.id)
-    assert finished is not None
-    assert (finished.status, finished.output, finished.result, finished.usage) == (
-        "completed",
-        "Approve.",
-        {"answer": "Approve."},
-        usage,
-    )
-    assert finished.finished_at is not None
-    assert store.archived_events(run.id) == [f'{{"seq":{n}}}' for n in range(1, 6)]
-
-
-def test_finish_run_twice_with_overlapping_events_keeps_one_copy_of_each(
-    store: Store, make_run: MakeRun
-) -> None:
-    """A redelivered task may finish the same run again with a longer log."""
-    run = make_run()
-    error = {"code": "provider_timeout", "message": "no bytes for 60 s"}
-
-    store.finish_run(
-        run.id,
-        status="failed",
-        output=None,
-        result=None,
-        usage=None,
-        error=error,
-        events=events(range(1, 4)),
-    )
-    store.finish_run(
-        run.id,
-        status="failed",
-        output=None,
-        result=None,
-        usage=None,
-        error=error,
-        events=events(range(1, 6)),
-    )
-
-    assert store.archived_events(run.id) == [f'{{"seq":{n}}}' for n in range(1, 6)]
-    finished = store.get_run(run.id)
-    assert finished is not None and (finished.status, finished.error) == ("failed", error)
 
 
 def test_archived_events_after_returns_only_later_events_in_order(
     store: Store, make_run: MakeRun
 ) -> None:
     run = make_run()
-    store.finish_run(
-        run.id,
-        status="completed",
-        output="",
-        result=None,
-        usage=None,
-        error=None,
-        events=list(reversed(events(range(1, 11)))),
+    table = RunTable(store.engine)
+    table.start(run.id, "t")
+    table.end(
+        run.id, RunStatus.COMPLETED, ending=Ending(), events=list(reversed(events(range(1, 11))))
     )
 
     assert store.archived_events(run.id, after=7) == ['{"seq":8}', '{"seq":9}', '{"seq":10}']
     assert store.archived_events(run.id, after=10) == []
     assert store.archived_events(new_id("run")) == []
-
-
-def test_finish_run_of_a_missing_run_is_a_store_error(store: Store) -> None:
-    missing = new_id("run")
-
-    with pytest.raises(StoreError, match=missing):
-        store.finish_run(
-            missing, status="completed", output=None, result=None, usage=None, error=None, events=[]
-        )

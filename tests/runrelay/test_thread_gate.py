@@ -15,10 +15,12 @@ import redis
 from redis.asyncio import Redis
 
 from runrelay.server.keys import RedisKeys
+from runrelay.server.lifecycle import Ending, RunTable
 from runrelay.server.quota import QuotaStore, dispatching_member
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run
 from runrelay.server.thread_gate import ThreadGate
+from runrelay.types import RunStatus
 
 T = TypeVar("T")
 THREAD = "chat-1"
@@ -72,10 +74,11 @@ def make_run(store: Store) -> Callable[..., Run]:
     return make
 
 
-def finish(store: Store, run: Run, status: str = "completed") -> None:
-    assert store.finish_run(
-        run.id, status=status, output=None, result=None, usage=None, error=None, events=[]
-    )
+def finish(store: Store, run: Run, status: RunStatus = RunStatus.COMPLETED) -> None:
+    table = RunTable(store.engine)
+    if status is not RunStatus.CANCELLED:
+        table.start(run.id, "t")
+    assert table.end(run.id, status, ending=Ending(), events=[])
 
 
 async def owner(gate: ThreadGate, run: Run) -> str | None:

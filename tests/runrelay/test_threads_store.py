@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from runrelay.server.lifecycle import Ending, RunTable
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run
 from runrelay.server.threads import ThreadBusy, Threads
+from runrelay.types import RunStatus
 
 
 @pytest.fixture
@@ -30,17 +32,14 @@ def new_run(tenant_id: str, thread_id: str | None) -> Run:
     )
 
 
+def end(store: Store, run: Run, status: RunStatus, messages: list[dict[str, Any]]) -> None:
+    table = RunTable(store.engine)
+    table.start(run.id, "t")
+    assert table.end(run.id, status, ending=Ending(), events=[], thread_messages=messages)
+
+
 def complete(store: Store, run: Run, messages: list[dict[str, Any]]) -> None:
-    assert store.finish_run(
-        run.id,
-        status="completed",
-        output="",
-        result=None,
-        usage=None,
-        error=None,
-        events=[],
-        thread_messages=messages,
-    )
+    end(store, run, RunStatus.COMPLETED, messages)
 
 
 def test_concurrent_rejecting_creates_on_a_new_thread_make_exactly_one_run(
@@ -84,9 +83,7 @@ def test_history_is_appended_with_the_outcome_and_read_per_exchange(
     complete(
         store, runs[0], [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     )
-    assert store.finish_run(
-        runs[1].id, status="failed", output=None, result=None, usage=None, error=None, events=[]
-    ), "a failed run adds nothing (the worker passes no messages)"
+    end(store, runs[1], RunStatus.FAILED, [])  # a failed run adds nothing (no messages passed)
     complete(
         store, runs[2], [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
     )

@@ -10,6 +10,7 @@ from datetime import timedelta
 from redis.asyncio import Redis
 
 from runrelay.server.keys import RedisKeys
+from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.quota import dispatching_member
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
@@ -36,7 +37,14 @@ def sweepers(
 ) -> list[Sweeper]:
     keys = RedisKeys(settings.redis_prefix)
     return [
-        Sweeper(settings, store, redis, keys, Requeuer(redis, keys, 30, sent.append))
+        Sweeper(
+            settings,
+            store,
+            redis,
+            keys,
+            Requeuer(redis, keys, 30, sent.append),
+            Lifecycle.build(settings, store, redis),
+        )
         for _ in range(count)
     ]
 
