@@ -14,6 +14,7 @@ from api_shim.dispatcher import Dispatcher
 from api_shim.hub import StreamHub
 from api_shim.quotas import Quotas
 from runrelay.agent.config import Registry
+from runrelay.server.batches import BatchListener, BatchStore
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import EXECUTE_RUN_TASK, RedisKeys
 from runrelay.server.settings import Settings
@@ -50,6 +51,7 @@ class ShimState:
     dispatcher: Dispatcher
     dispatcher_redis: Redis
     threads: ThreadGate
+    batches: BatchStore
 
     @classmethod
     def build(cls, settings: Settings) -> ShimState:
@@ -72,6 +74,8 @@ class ShimState:
             socket_timeout=settings.hub_block_ms / 1000 + 10,
         )
         store = Store(make_engine(settings))
+        # TEMPORARY (batches, issue 13): until the lifecycle calls its listeners.
+        store.run_listeners.append(BatchListener())
         sender = TaskSender(settings)
         quotas = Quotas(settings, store, redis, keys)
         # The dispatcher blocks on its wake-up list: a connection of its own, like the hub's.
@@ -96,6 +100,7 @@ class ShimState:
             ),
             dispatcher_redis=dispatcher_redis,
             threads=ThreadGate(quotas.backend, store),
+            batches=BatchStore(store.engine),
         )
 
     async def close(self) -> None:

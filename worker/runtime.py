@@ -24,6 +24,7 @@ import httpx
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from runrelay.agent.config import Registry
+from runrelay.server.batches import BatchListener
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import RedisKeys
 from runrelay.server.settings import Settings
@@ -65,6 +66,8 @@ class AsyncRuntime:
         )
         registry = Registry.from_file(settings.agents_config, os.environ)
         self._store = Store(make_engine(settings))
+        # TEMPORARY (batches, issue 13): until the lifecycle calls its listeners.
+        self._store.run_listeners.append(BatchListener())
         self.controls = RunControls(self._redis, keys, settings.cancel_poll_s)
         requeuer = Requeuer(self._redis, keys, settings.run_lease_ttl_s, self._send)
         self._background.append(asyncio.create_task(self.controls.watch_cancels()))

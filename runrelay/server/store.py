@@ -24,6 +24,7 @@ from runrelay.agent.events import TERMINAL_STATUSES
 from runrelay.server.settings import Settings
 from runrelay.server.tables import ApiKey, Run, RunEvent, Tenant, as_utc, utcnow
 from runrelay.server.threads import append_messages
+from runrelay.types import RunStatus
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 KEY_PREFIX = "rr_sk_"
@@ -102,6 +103,9 @@ class Principal:
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # TEMPORARY (batches, issue 13): `RunListener`s called inside `finish_run`'s transaction
+        # until the lifecycle owner calls its listeners; the lead moves them onto that list.
+        self.run_listeners: list[Any] = []
 
     # Tenants and keys ---------------------------------------------------------------------------
 
@@ -295,6 +299,12 @@ class Store:
             run = session.get(Run, run_id) if thread_messages else None
             if run is not None and run.thread_id is not None:
                 append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)
+            if self.run_listeners:  # TEMPORARY (batches, issue 13): see `run_listeners`
+                ended = session.get(Run, run_id, populate_existing=True)
+                assert ended is not None  # just updated
+                previous = RunStatus(only_from or RunStatus.RUNNING)
+                for listener in self.run_listeners:
+                    listener.in_transaction(session, ended, previous)
             session.commit()
             return True
 
