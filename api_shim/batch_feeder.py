@@ -39,6 +39,7 @@ from runrelay.agent.events import encode, make_event
 from runrelay.batch_types import BatchStatus
 from runrelay.server import lua
 from runrelay.server.batch_tables import Batch, BatchItem
+from runrelay.server.batches import STALE_UPLOAD
 from runrelay.server.quota import Decision
 from runrelay.server.store import new_id
 from runrelay.server.tables import Run, as_utc, utcnow
@@ -142,9 +143,10 @@ class BatchFeeder:
             if slow:
                 await asyncio.to_thread(state.batches.reconcile, batch.id)
             status = BatchStatus(batch.status)
-            if status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS) and (
-                as_utc(batch.expires_at) <= now
-            ):
+            expires_at = as_utc(batch.expires_at)
+            if status is BatchStatus.VALIDATING:
+                expires_at += STALE_UPLOAD  # never while its upload may still be going
+            if status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS) and expires_at <= now:
                 log.info("batch %s: completion_window %s passed", batch.id, batch.completion_window)
                 await stop_batch(state, batch.id, expire=True)
             elif status is BatchStatus.IN_PROGRESS:

@@ -29,6 +29,8 @@ from runrelay.types import ModelParams, RunCreate
 CHUNK_LINES = 1000
 # Errors kept to report (all are counted): enough to fix a file, bounded in memory.
 MAX_REPORTED_ERRORS = 1000
+# One line is one run request: held whole while it is read, so it has a bound of its own.
+MAX_LINE_BYTES = 10 * 1024 * 1024
 _NOT_IN_A_LINE = ("tenant_id", "idempotency_key", "thread_id", "multitask_strategy", "webhook")
 _AGENT_FIELDS = ("agent", "agent_id", "revision", "tag")
 
@@ -218,6 +220,12 @@ async def jsonl_lines(
                 413, "body_too_large", f"the batch file is larger than {max_bytes} bytes"
             )
         *complete, rest = (rest + chunk).split(b"\n")
+        if len(rest) > MAX_LINE_BYTES:
+            raise APIError(
+                413,
+                "line_too_long",
+                f"line {number + len(complete) + 1} is longer than {MAX_LINE_BYTES} bytes",
+            )
         for line in complete:
             number += 1
             if line.strip():

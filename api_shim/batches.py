@@ -319,6 +319,13 @@ async def cancel_batch(request: Request, caller: Caller, batch_id: str) -> Batch
     batch = await _own(request, caller, batch_id)
     if batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
         return batch
+    if batch.status is BatchStatus.VALIDATING:
+        raise APIError(
+            409,
+            "batch_not_cancellable",
+            f"batch {batch.id} is still being uploaded; cancel it once the upload answered",
+            param="batch_id",
+        )
     stopped = await stop_batch(state, batch.id, expire=False)
     if stopped is None:
         raise APIError(
@@ -440,7 +447,8 @@ async def events(
         retry_ms: int | None = retry
         while True:
             snapshot = await asyncio.to_thread(state.batches.snapshot, batch.id)
-            assert snapshot is not None  # batches are never deleted once created
+            if snapshot is None:  # an upload refused while it was followed
+                return
             version = snapshot.batch.version
             ended = BatchStatus(snapshot.batch.status).is_terminal
             if version > seen:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, update
@@ -36,6 +36,8 @@ PENDING, QUEUED = "pending", "queued"
 ENDED_ITEM_STATUSES = ("completed", "failed", "cancelled", "expired")
 ACTIVE_RUN_STATUSES = (RunStatus.RUNNING.value, RunStatus.REQUIRES_ACTION.value)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A batch still `validating` this long past its window is an upload that died with its shim.
+STALE_UPLOAD = timedelta(hours=1)
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
 MAX_WINDOW = timedelta(days=30)
 NOT_STARTED_ERROR = {
@@ -197,8 +199,12 @@ class BatchStore:
     ) -> Batch:
         """The upload was read whole: the batch's lines may run."""
         with Session(self.engine, expire_on_commit=False) as session:
-            batch = session.get(Batch, batch_id)
+            batch = session.exec(
+                select(Batch).where(Batch.id == batch_id).with_for_update()
+            ).first()
             assert batch is not None  # created by the same request
+            if batch.status != BatchStatus.VALIDATING:  # failed as a stale upload meanwhile
+                return batch
             batch.total, batch.invalid_lines = total, invalid_lines
             batch.validation_errors = errors or None
             batch.status, batch.in_progress_at = BatchStatus.IN_PROGRESS.value, utcnow()
@@ -365,14 +371,15 @@ class BatchStore:
     def stop(self, batch_id: str, *, expire: bool) -> Batch | None:
         """Cancel the batch (or expire it, its window having passed): it goes `cancelling`, its
         pending lines end at once. The runs in flight are the caller's to cancel. None when the
-        batch had already ended or is being stopped."""
+        batch had already ended or is being stopped, or (a cancel) is still being uploaded. An
+        expired upload that never finished ends `failed`."""
         outcome = "expired" if expire else "cancelled"
         with Session(self.engine, expire_on_commit=False) as session:
             batch = session.exec(
                 select(Batch).where(Batch.id == batch_id).with_for_update()
             ).first()
-            startable = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
-            if batch is None or batch.status not in startable:
+            stoppable = (BatchStatus.IN_PROGRESS, BatchStatus.VALIDATING if expire else None)
+            if batch is None or batch.status not in stoppable:
                 return None
             now = utcnow()
             stopped = session.exec(
@@ -381,7 +388,7 @@ class BatchStore:
                 .values(status=outcome, error=NOT_STARTED_ERROR[outcome])
             ).rowcount
             setattr(batch, outcome, getattr(batch, outcome) + stopped)
-            if batch.status == BatchStatus.VALIDATING:  # an upload that never finished
+            if batch.status == BatchStatus.VALIDATING:  # an upload that never finished (stale)
                 batch.status, batch.failed_at = BatchStatus.FAILED.value, now
             else:
                 batch.status, batch.cancelling_at = BatchStatus.CANCELLING.value, now
@@ -418,15 +425,6 @@ class BatchStore:
             session.add(batch)
             session.commit()
         return batch
-
-    def overdue(self, now: datetime) -> list[str]:
-        """Batches still going past their window."""
-        query = select(Batch.id).where(
-            col(Batch.status).in_((BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)),
-            col(Batch.expires_at) < now,
-        )
-        with Session(self.engine) as session:
-            return list(session.exec(query).all())
 
 
 async def wake_feeder(redis: Any, keys: RedisKeys) -> None:

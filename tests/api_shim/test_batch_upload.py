@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from api_shim import batch_upload
 from api_shim.batch_upload import jsonl_lines
 from api_shim.errors import APIError
 
@@ -41,3 +42,13 @@ def test_past_a_limit_the_upload_is_a_413(parts: tuple[bytes, ...], code: str) -
     with pytest.raises(APIError) as refused:
         _read(*parts)
     assert (refused.value.status, refused.value.code) == (413, code)
+
+
+def test_a_line_longer_than_its_bound_is_a_413_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch_upload, "MAX_LINE_BYTES", 100)
+    with pytest.raises(APIError) as refused:
+        _read(b"{}\n{}\n", b"x" * 60, b"y" * 60)
+    assert (refused.value.code, str(refused.value)) == (
+        "line_too_long",
+        "line 3 is longer than 100 bytes",
+    )
