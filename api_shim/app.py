@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from starlette.types import ASGIApp
 
-from api_shim import approvals, errors, meta, runs, shortcuts, threads, usage
+from api_shim import approvals, batches, errors, meta, runs, shortcuts, threads, usage
+from api_shim.batch_feeder import BatchFeeder
 from api_shim.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
 from runrelay.server.lifecycle import RunListener
@@ -24,10 +26,14 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
         state = ShimState.build(settings, listeners)
         state.hub.start()
         state.dispatcher.start()
+        feeder = BatchFeeder(state, _blocking_redis(settings))
+        feeder.start()
         app.state.runrelay = state
         try:
             yield
         finally:
+            await feeder.stop()
+            await feeder.wakeup_redis.aclose()
             await state.close()
 
     app = FastAPI(
@@ -43,4 +49,17 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
     app.include_router(shortcuts.router)
     app.include_router(threads.router)
     app.include_router(usage.router)
-    return RequestIdMiddleware(BodyLimitMiddleware(app, settings.max_body_bytes))
+    app.include_router(batches.router)
+    # A JSONL batch upload is streamed to the database by its route, which enforces its limit.
+    streamed = {("/v1/batches", batches.JSONL_TYPES): settings.batch_max_bytes}
+    return RequestIdMiddleware(BodyLimitMiddleware(app, settings.max_body_bytes, streamed))
+
+
+def _blocking_redis(settings: Settings) -> Redis:
+    """A connection of its own for the batch feeder's blocking pop, like the dispatcher's."""
+    return Redis.from_url(
+        settings.redis_url,
+        max_connections=1,
+        client_name=f"{settings.redis_prefix}shim",
+        socket_timeout=settings.batch_feed_interval_s + 10,
+    )

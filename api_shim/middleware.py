@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -86,11 +87,30 @@ class RequestIdMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Answers 413 to bodies over `max_bytes`, declared by Content-Length or streamed."""
+    """Answers 413 to bodies over `max_bytes`, declared by Content-Length or streamed.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `streamed` maps (path, content types) to a larger limit for uploads their route reads as a
+    stream (batches): those are passed through unbuffered, 413 only when the declared length
+    is over that limit; the route enforces it on what it reads."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        streamed: Mapping[tuple[str, tuple[str, ...]], int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = dict(streamed or {})
+
+    def _streamed_limit(self, scope: Scope) -> int | None:
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        media = content_type.split(";")[0].strip().lower()
+        for (path, types), limit in self.streamed.items():
+            if scope["path"].rstrip("/") == path and media in types:
+                return limit
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -98,6 +118,13 @@ class BodyLimitMiddleware:
             return
         request_id = scope.get("state", {}).get("request_id", "")
         declared = dict(scope["headers"]).get(b"content-length")
+        streamed_limit = self._streamed_limit(scope)
+        if streamed_limit is not None:
+            if declared is not None and declared.isdigit() and int(declared) > streamed_limit:
+                await self._too_large(send, request_id, streamed_limit)
+                return
+            await self.app(scope, receive, send)
+            return
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._too_large(send, request_id)
             return
@@ -127,8 +154,8 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Send, request_id: str) -> None:
-        message = f"the request body is larger than the limit of {self.max_bytes} bytes"
+    async def _too_large(self, send: Send, request_id: str, limit: int | None = None) -> None:
+        message = f"the request body is larger than the limit of {limit or self.max_bytes} bytes"
         await _send_json(
             send, 413, _error_body(413, "body_too_large", message, request_id), request_id
         )

@@ -15,6 +15,7 @@ from api_shim.dispatcher import Dispatcher
 from api_shim.hub import StreamHub
 from api_shim.quotas import Quotas
 from runrelay.agent.config import Registry
+from runrelay.server.batches import BatchListener, BatchStore
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import EXECUTE_RUN_TASK, RedisKeys
 from runrelay.server.lifecycle import Lifecycle, RunListener
@@ -53,6 +54,7 @@ class ShimState:
     dispatcher_redis: Redis
     threads: ThreadGate
     lifecycle: Lifecycle
+    batches: BatchStore
 
     @classmethod
     def build(cls, settings: Settings, listeners: Sequence[RunListener] = ()) -> ShimState:
@@ -101,7 +103,16 @@ class ShimState:
             ),
             dispatcher_redis=dispatcher_redis,
             threads=threads,
-            lifecycle=Lifecycle(settings, store.engine, events, quotas.backend, threads, listeners),
+            lifecycle=Lifecycle(
+                settings,
+                store.engine,
+                events,
+                quotas.backend,
+                threads,
+                # What attaches to a run's transitions: batches' lines, then the caller's.
+                (BatchListener(redis, keys), *listeners),
+            ),
+            batches=BatchStore(store.engine),
         )
 
     async def close(self) -> None:

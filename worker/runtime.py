@@ -24,6 +24,7 @@ import httpx
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from runrelay.agent.config import Registry
+from runrelay.server.batches import BatchListener
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle, RunListener
@@ -84,7 +85,7 @@ class AsyncRuntime:
             events,
             slots.quotas,
             ThreadGate(slots.quotas, self._store),
-            self._listeners,
+            (BatchListener(self._redis, keys), *self._listeners),
         )
         self._background.append(asyncio.create_task(self.controls.watch_cancels()))
         if settings.sweeper_enabled:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from runrelay.cli import _client_commands as cli_client
+from runrelay.cli._batches import batch
 
 if TYPE_CHECKING:
     from runrelay.server.settings import Settings
@@ -288,6 +289,7 @@ def dev(host: str, port: int, data_dir: Path, no_demo: bool) -> None:
 
 
 cli_client.register(main)
+main.add_command(batch)
 
 
 def _redact(url: str) -> str:

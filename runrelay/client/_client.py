@@ -17,9 +17,11 @@ from typing import Any
 from runrelay.client._resources import (
     Agents,
     AsyncAgents,
+    AsyncBatches,
     AsyncRuns,
     AsyncShortcuts,
     AsyncThreads,
+    Batches,
     Runs,
     Shortcuts,
     Threads,
@@ -57,6 +59,7 @@ class Client:
         self.runs = Runs(self._options, self._transport, None)
         self.shortcuts = Shortcuts(self._options, self._transport, None)
         self.threads = Threads(self._options, self._transport, None)
+        self.batches = Batches(self._options, self._transport, None)
 
     @property
     def base_url(self) -> str:
@@ -113,6 +116,7 @@ class AsyncClient:
         self.runs = AsyncRuns(self._options, None, self._transport)
         self.shortcuts = AsyncShortcuts(self._options, None, self._transport)
         self.threads = AsyncThreads(self._options, None, self._transport)
+        self.batches = AsyncBatches(self._options, None, self._transport)
 
     @property
     def base_url(self) -> str:

@@ -106,6 +106,16 @@ class RedisKeys:
         """Held (with a TTL the holder renews) by the one worker process that sweeps."""
         return f"{self.prefix}sweeper:lock"
 
+    # Batches (api_shim/batch_feeder.py)
+
+    def batch_feeder_lock(self) -> str:
+        """Held (with a TTL the holder renews) by the one shim process that feeds batches."""
+        return f"{self.prefix}batch:feeder-lock"
+
+    def batch_wakeup(self) -> str:
+        """List pushed when a batch's run ends, so the feeder's blocking pop wakes at once."""
+        return f"{self.prefix}batch:wakeup"
+
     def hub_wakeup(self, hub_id: str) -> str:
         """A tiny stream the SSE hub also reads, so a new subscription wakes its blocking XREAD."""
         return f"{self.prefix}hub:{hub_id}:wakeup"

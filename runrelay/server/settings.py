@@ -90,6 +90,18 @@ class Settings(BaseSettings):
     # Retry-After for `concurrency_limit` and `queue_full`, whose freeing time is unknowable.
     quota_retry_after_s: int = Field(5, ge=1)
 
+    # Batches (issue 13): `POST /v1/batches` takes up to this many lines and bytes (JSONL is
+    # streamed to the database; a `{"requests": [...]}` JSON body is capped by max_body_bytes).
+    batch_max_lines: int = Field(100_000, ge=1)
+    batch_max_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    # Slots of each tenant's concurrency cap that its batches leave free for its interactive
+    # runs (a batch still gets one slot when the cap is that small).
+    batch_headroom_slots: int = Field(1, ge=0)
+    # The feeder's pass: creates runs from pending lines, finalizes and expires batches.
+    batch_feed_interval_s: float = Field(0.2, gt=0)
+    # How often `GET /v1/batches/{id}/events` looks at the batch for progress.
+    batch_progress_poll_s: float = Field(0.5, gt=0)
+
     @field_validator("default_requests_per_minute", "default_token_budget", mode="before")
     @classmethod
     def _no_limit(cls, value: Any) -> Any:

@@ -1,7 +1,9 @@
-"""The SDK's resources (`client.agents`, `client.runs`, `client.shortcuts`, `client.threads`),
+"""The SDK's resources (`client.agents`, `client.runs`, `client.shortcuts`, `client.threads`,
+`client.batches`),
 each in a sync flavour (on `Client`) and an async one (on `AsyncClient`)."""
 
 from runrelay.client._resources.agents import Agents, AsyncAgents
+from runrelay.client._resources.batches import AsyncBatches, Batches
 from runrelay.client._resources.runs import AsyncRuns, Runs
 from runrelay.client._resources.shortcuts import (
     AsyncShortcuts,
@@ -14,9 +16,11 @@ from runrelay.client._resources.threads import AsyncThreads, Threads
 __all__ = [
     "Agents",
     "AsyncAgents",
+    "AsyncBatches",
     "AsyncRuns",
     "AsyncShortcuts",
     "AsyncThreads",
+    "Batches",
     "Runs",
     "Shortcuts",
     "Threads",
