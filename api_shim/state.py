@@ -18,6 +18,7 @@ from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import EXECUTE_RUN_TASK, RedisKeys
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, make_engine
+from runrelay.server.stream_tokens import StreamTokens
 from runrelay.server.thread_gate import ThreadGate
 
 
@@ -50,6 +51,7 @@ class ShimState:
     dispatcher: Dispatcher
     dispatcher_redis: Redis
     threads: ThreadGate
+    stream_tokens: StreamTokens
 
     @classmethod
     def build(cls, settings: Settings) -> ShimState:
@@ -96,6 +98,7 @@ class ShimState:
             ),
             dispatcher_redis=dispatcher_redis,
             threads=ThreadGate(quotas.backend, store),
+            stream_tokens=StreamTokens(settings, redis, keys),
         )
 
     async def close(self) -> None:

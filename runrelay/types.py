@@ -223,6 +223,9 @@ class RunObject(BaseModel):
     required_action: RequiredAction | None = None
     attempts: int = 0
     events_url: str
+    # On the create response only: the events URL with a short-lived read-only token, for
+    # browsers (`EventSource` cannot send the API key). See POST /v1/runs/{id}/stream_token.
+    stream_url: str | None = None
 
 
 class RunList(BaseModel):
