@@ -8,9 +8,9 @@ Without Chromium or Playwright these tests skip, except under CI (`CI` set), whe
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -82,18 +82,13 @@ def start_run(page: Page, agent: str, message: str) -> str:
     page.select_option("#new-agent", agent)
     page.fill("#new-message", message)
     page.click("#new-run button")
-    expect(page.locator("#run-id")).to_have_text(_run_id_pattern())
+    expect(page.locator("#run-id")).to_have_text(re.compile(r"^run_\w+$"))
     return page.locator("#run-id").inner_text()
 
 
-def _run_id_pattern() -> Any:
-    import re
-
-    return re.compile(r"^run_\w+$")
-
-
 def event_seqs(page: Page) -> list[int]:
-    return [int(s) for s in page.locator("#events li").evaluate_all("l => l.map(e => e.dataset.seq)")]
+    seqs = page.locator("#events li").evaluate_all("items => items.map(e => e.dataset.seq)")
+    return [int(s) for s in seqs]
 
 
 def shoot(page: Page, name: str) -> None:
