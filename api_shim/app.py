@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from api_shim import approvals, errors, meta, runs, shortcuts, stream_tokens, threads, usage
-from api_shim.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from api_shim.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
 from runrelay.server.settings import Settings
 
@@ -47,7 +47,8 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(usage.router)
     app.include_router(stream_tokens.router)
     app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
-    return _cors(settings, RequestIdMiddleware(BodyLimitMiddleware(app, settings.max_body_bytes)))
+    body_limit = BodyLimitMiddleware(JsonBodyMiddleware(app), settings.max_body_bytes)
+    return _cors(settings, RequestIdMiddleware(body_limit))
 
 
 CONSOLE_DIR = Path(__file__).parent / "console"

@@ -287,6 +287,8 @@ class AgentInfo(BaseModel):
     capabilities: list[str]
     task_template: str | None = None
     shortcuts: list[str]
+    # Tags pointing at this agent → the revision each points at (`tag` in a run request).
+    tags: dict[str, int] = Field(default_factory=dict)
 
 
 class ErrorDetail(BaseModel):

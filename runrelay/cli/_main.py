@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from runrelay import __version__
 from runrelay.cli import _client_commands as cli_client
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ def _settings() -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="runrelay")
 @click.option(
     "--log-level",
     default="INFO",
