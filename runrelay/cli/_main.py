@@ -201,11 +201,23 @@ def _show(store: Store, name: str) -> None:
 
 @contextlib.contextmanager
 def _store() -> Iterator[Store]:
+    """The database of the admin commands (see `runrelay.cli._dev_data.admin_settings`)."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from runrelay.cli._dev_data import admin_settings
     from runrelay.server.store import Store, make_engine
 
-    store = Store(make_engine(_settings()))
+    settings = admin_settings(_settings())
+    store = Store(make_engine(settings))
     try:
         yield store
+    except (OperationalError, ProgrammingError) as exc:
+        if "no such table" not in str(exc) and "does not exist" not in str(exc):
+            raise
+        raise click.ClickException(
+            f"the database {_redact(settings.database_url)} has no runrelay tables: run "
+            "`runrelay migrate` with the same DATABASE_URL first"
+        ) from exc
     finally:
         store.engine.dispose()
 
