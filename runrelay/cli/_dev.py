@@ -149,7 +149,8 @@ def _serve(
     click.echo(f"  redis:    {'embedded ' if embedded else ''}{settings.redis_url}")
     click.echo(f"  database: {settings.database_url}")
     click.echo(f"  worker log: {data_dir / 'worker.log'}")
-    click.echo(f"  demo API key (tenant {DEMO_TENANT!r}, kept in {data_dir}): {key}")
+    click.echo(f"  demo API key (tenant {DEMO_TENANT!r}): {key}")
+    click.echo(f"    (kept in {data_dir}: the next `runrelay dev` there prints the same key)")
     click.echo(
         f"  try: curl -N -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
         f'-d \'{{"agent": "{DEMO_AGENT}", "message": "hello"}}\' {base_url}/v1/runs/stream'
