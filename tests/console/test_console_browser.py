@@ -52,6 +52,7 @@ def browser() -> Iterator[Browser]:
         if os.environ.get("CI"):
             pytest.fail(f"browser tests cannot run in CI: {missing}")
         pytest.skip(missing)
+    expect.set_options(timeout=WAIT_MS)  # a loaded CI machine is slower than 5 s defaults
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
