@@ -5,14 +5,28 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
-from api_shim import approvals, batches, errors, meta, runs, shortcuts, threads, usage
+from api_shim import (
+    approvals,
+    batches,
+    errors,
+    meta,
+    runs,
+    shortcuts,
+    stream_tokens,
+    threads,
+    usage,
+)
 from api_shim.batch_feeder import BatchFeeder
-from api_shim.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from api_shim.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
 from runrelay.server.lifecycle import RunListener
 from runrelay.server.settings import Settings
@@ -36,7 +50,8 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
             await feeder.wakeup_redis.aclose()
             await state.close()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from the package: they work offline.
+    app = FastAPIOffline(
         title="runrelay",
         version="0.1.0",
         summary="Run LLM agents at scale: background runs, resumable event streams.",
@@ -50,9 +65,51 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
     app.include_router(threads.router)
     app.include_router(usage.router)
     app.include_router(batches.router)
+    app.include_router(stream_tokens.router)
+    app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
     # A JSONL batch upload is streamed to the database by its route, which enforces its limit.
     streamed = {("/v1/batches", batches.JSONL_TYPES): settings.batch_max_bytes}
-    return RequestIdMiddleware(BodyLimitMiddleware(app, settings.max_body_bytes, streamed))
+    body_limit = BodyLimitMiddleware(JsonBodyMiddleware(app), settings.max_body_bytes, streamed)
+    return _cors(settings, RequestIdMiddleware(body_limit))
+
+
+CONSOLE_DIR = Path(__file__).parent / "console"
+# What a page on another origin may send and read: the key, JSON bodies, resume cursors and
+# request ids in; request ids, locations, rate limits and resume cursors out.
+_ALLOWED_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "Last-Event-ID",
+    "X-Request-ID",
+    "X-Tenant-ID",
+]
+_EXPOSED_HEADERS = [
+    "Content-Location",
+    "Last-Event-ID",
+    "Location",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "Retry-After",
+    "X-Request-ID",
+    "X-Run-ID",
+]
+
+
+def _cors(settings: Settings, app: ASGIApp) -> ASGIApp:
+    """Outermost, so that every answer (a 413, a 500) carries the CORS headers a page needs
+    to read it. No origins configured: no CORS headers at all (same-origin pages only)."""
+    if not settings.cors_origins:
+        return app
+    return CORSMiddleware(
+        app,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=_ALLOWED_HEADERS,
+        expose_headers=_EXPOSED_HEADERS,
+        max_age=600,
+    )
 
 
 def _blocking_redis(settings: Settings) -> Redis:

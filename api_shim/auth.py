@@ -6,16 +6,23 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api_shim.errors import APIError
 from api_shim.state import state_of
 from runrelay.server.store import Principal
 
+# Declares the bearer scheme in the OpenAPI document (and the Authorize button of /docs); the
+# header is read below, so that a missing or malformed one gets our own error messages.
+bearer = HTTPBearer(
+    auto_error=False, bearerFormat="rr_sk_...", description="an API key: `Bearer rr_sk_...`"
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
-async def principal(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Principal:
+
+async def principal(request: Request, _declared: Credentials = None) -> Principal:
+    authorization = request.headers.get("authorization")
     if not authorization:
         raise APIError(401, "missing_api_key", "no API key: send `Authorization: Bearer rr_sk_...`")
     scheme, _, key = authorization.partition(" ")

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-def agent_info(agent: AgentSpec) -> AgentInfo:
+def agent_info(agent: AgentSpec, tags: dict[str, tuple[str, int]] | None = None) -> AgentInfo:
     return AgentInfo(
         id=agent.id,
         name=agent.name,
@@ -37,11 +37,14 @@ def agent_info(agent: AgentSpec) -> AgentInfo:
         capabilities=agent.capabilities,
         task_template=agent.task_template,
         shortcuts=[f"{agent.module_key} {s}" for s in agent.shortcuts],
+        tags={tag: rev for tag, (agent_id, rev) in (tags or {}).items() if agent_id == agent.id},
     )
 
 
-def _newest(catalog: AgentCatalog, refs: list[str]) -> list[AgentSpec]:
-    return [catalog.by_ref(ref) for ref in refs]
+def _newest(
+    catalog: AgentCatalog, refs: list[str]
+) -> tuple[list[AgentSpec], dict[str, tuple[str, int]]]:
+    return [catalog.by_ref(ref) for ref in refs], catalog.tags()
 
 
 @router.get("/v1/agents", tags=["agents"], summary="List agents (their newest revisions)")
@@ -49,8 +52,8 @@ async def list_agents(request: Request, _: Caller) -> dict[str, object]:
     state = state_of(request)
     catalog = AgentCatalog(state.store.engine, state.registry)
     refs = [agent.id for agent in state.registry.agents]
-    agents = await asyncio.to_thread(_newest, catalog, refs)
-    return {"object": "list", "data": [agent_info(a) for a in agents]}
+    agents, tags = await asyncio.to_thread(_newest, catalog, refs)
+    return {"object": "list", "data": [agent_info(a, tags) for a in agents]}
 
 
 @router.get(
@@ -63,7 +66,8 @@ async def get_agent(request: Request, _: Caller, agent_ref: str) -> AgentInfo:
     state = state_of(request)
     catalog = AgentCatalog(state.store.engine, state.registry)
     try:
-        return agent_info(await asyncio.to_thread(catalog.by_ref, agent_ref))
+        agent = await asyncio.to_thread(catalog.by_ref, agent_ref)
+        return agent_info(agent, await asyncio.to_thread(catalog.tags))
     except AgentNotFound as exc:
         raise APIError(404, "agent_not_found", str(exc), param="agent_id") from exc
 

@@ -159,3 +159,35 @@ class BodyLimitMiddleware:
         await _send_json(
             send, 413, _error_body(413, "body_too_large", message, request_id), request_id
         )
+
+
+class JsonBodyMiddleware:
+    """The API takes JSON bodies. One sent without `Content-Type` is read as JSON; one declared
+    as something else (curl's `-d` says `application/x-www-form-urlencoded`) is a 415 that
+    names the header, rather than a 422 about a dictionary the caller never saw."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+        if not declared:
+            scope = {
+                **scope,
+                "headers": [*scope["headers"], (b"content-type", b"application/json")],
+            }
+        elif has_body and declared != b"application/json" and not declared.endswith(b"+json"):
+            request_id = scope.get("state", {}).get("request_id", "")
+            message = (
+                f"the body must be JSON: send `Content-Type: application/json` "
+                f"(got {declared.decode('latin-1')!r})"
+            )
+            body = _error_body(415, "unsupported_media_type", message, request_id)
+            await _send_json(send, 415, body, request_id)
+            return
+        await self.app(scope, receive, send)

@@ -17,6 +17,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api_shim.state import ShimState
 from runrelay.server.eventlog import LoggedEvent
+from runrelay.server.tables import Run
 
 _ARCHIVE_CHECK_S = 5.0
 
@@ -65,6 +66,13 @@ async def run_events(state: ShimState, run_id: str, after: int) -> AsyncIterator
                 return
     finally:
         state.hub.unsubscribe(sub)
+
+
+async def nothing_after(state: ShimState, run: Run, after: int) -> bool:
+    """Whether the run ended and its log has no event above `after` (a reconnect after `done`)."""
+    if not run.status.is_terminal:
+        return False
+    return not await _archived(state, run.id, after)
 
 
 def sse_response(

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
 from api_shim import idempotency, threads
@@ -16,8 +16,9 @@ from api_shim.auth import Caller, acting_tenant
 from api_shim.cancel import CANCEL_WAIT_S, request_cancel, wait_finished
 from api_shim.errors import APIError, request_id_of
 from api_shim.quotas import Admission, rate_headers, reserve_tokens
-from api_shim.replay import run_events, sse_response
+from api_shim.replay import nothing_after, run_events, sse_response
 from api_shim.state import ShimState, state_of
+from api_shim.stream_tokens import readable_run, stream_token_for
 from runrelay.agent._driver import Outcome
 from runrelay.agent.config import AgentNotFound, AgentSpec
 from runrelay.server.approvals import PausedCalls
@@ -219,7 +220,9 @@ async def create(
     response.headers["Location"] = f"/v1/runs/{created.run.id}"
     if created.admission is not None:
         response.headers.update(rate_headers(created.admission.decision))
-    return run_object(created.run)
+    obj = run_object(created.run)
+    obj.stream_url = (await stream_token_for(request, created.run, caller)).stream_url  # browsers
+    return obj
 
 
 @router.post(
@@ -319,7 +322,7 @@ async def list_runs(
         str | None,
         Query(max_length=64, pattern=_NO_NUL, description="next_cursor of the previous page"),
     ] = None,
-    status: RunStatus | None = None,
+    status: Annotated[RunStatus | None, Query(description="only runs in this status")] = None,
     agent: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
     thread_id: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
     tenant_id: Annotated[str | None, Query(max_length=100, pattern=_NO_NUL)] = None,
@@ -415,15 +418,19 @@ def _cursor(value: str, source: str) -> int:
 )
 async def events(
     request: Request,
-    caller: Caller,
-    run_id: str,
+    run: Annotated[Run, Depends(readable_run)],
     after: Annotated[str | None, Query(description="resume after this seq")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> Response:
+    """Events with seq above the cursor, then the live tail, closed after `done`. The cursor is
+    `Last-Event-ID` when sent (a reconnecting `EventSource` sends it; it beats a stale `?after`
+    in the URL), else `?after`. Nothing left after `done`: 204, which stops `EventSource`."""
     cursor = 0
-    if after is not None:
-        cursor = _cursor(after, "after")
-    elif last_event_id is not None:
+    if last_event_id is not None:
         cursor = _cursor(last_event_id.strip(), "Last-Event-ID")
-    run = await own_run(request, caller, run_id)
-    return sse_response(state_of(request), run.id, cursor)
+    elif after is not None:
+        cursor = _cursor(after, "after")
+    state = state_of(request)
+    if await nothing_after(state, run, cursor):
+        return Response(status_code=204)
+    return sse_response(state, run.id, cursor)

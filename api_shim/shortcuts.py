@@ -20,7 +20,10 @@ router = APIRouter(prefix="/v1/shortcuts", tags=["shortcuts"])
 
 
 def _agent_shortcuts(module: ModuleSpec, agent: AgentSpec) -> list[ShortcutDefinition]:
-    patterns = [f"{module.key} {name}" for name in (*agent.shortcuts, agent.name)]
+    # An agent whose shortcut is its own name is listed once.
+    patterns = list(
+        dict.fromkeys(f"{module.key} {name}" for name in (*agent.shortcuts, agent.name))
+    )
     return [
         ShortcutDefinition(
             pattern=pattern,

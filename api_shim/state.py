@@ -21,6 +21,7 @@ from runrelay.server.keys import EXECUTE_RUN_TASK, RedisKeys
 from runrelay.server.lifecycle import Lifecycle, RunListener
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, make_engine
+from runrelay.server.stream_tokens import StreamTokens
 from runrelay.server.thread_gate import ThreadGate
 
 
@@ -55,6 +56,7 @@ class ShimState:
     threads: ThreadGate
     lifecycle: Lifecycle
     batches: BatchStore
+    stream_tokens: StreamTokens
 
     @classmethod
     def build(cls, settings: Settings, listeners: Sequence[RunListener] = ()) -> ShimState:
@@ -113,6 +115,7 @@ class ShimState:
                 (BatchListener(redis, keys), *listeners),
             ),
             batches=BatchStore(store.engine),
+            stream_tokens=StreamTokens(settings, redis, keys),
         )
 
     async def close(self) -> None:

@@ -102,9 +102,12 @@ class APIConnectionError(APIError):
         *,
         request: httpx.Request | None = None,
         last_event_id: str | None = None,
+        connect_failed: bool = False,
     ) -> None:
         super().__init__(message, request=request)
         self.last_event_id = last_event_id
+        # No connection could be opened at all (refused, unknown host): nothing was sent.
+        self.connect_failed = connect_failed
 
 
 class APITimeoutError(APIConnectionError):
@@ -214,6 +217,17 @@ def transport_error(exc: httpx.TransportError) -> APIConnectionError:
         request = exc.request
     except RuntimeError:  # httpx raises when the error carries no request
         request = None
+    where = f" ({request.method} {request.url})" if request is not None else ""
     if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(f"request timed out ({type(exc).__name__})", request=request)
-    return APIConnectionError(f"connection error: {type(exc).__name__}: {exc}", request=request)
+        return APITimeoutError(f"request timed out{where}: {type(exc).__name__}", request=request)
+    if isinstance(exc, httpx.ConnectError) and request is not None:
+        origin = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        return APIConnectionError(
+            f"could not connect to {origin} ({exc}); is the runrelay API running there? "
+            "Point the client elsewhere with base_url / --base-url / RUNRELAY_BASE_URL",
+            request=request,
+            connect_failed=True,
+        )
+    return APIConnectionError(
+        f"connection error{where}: {type(exc).__name__}: {exc}", request=request
+    )

@@ -268,6 +268,9 @@ class RunObject(BaseModel):
     required_action: RequiredAction | None = None
     attempts: int = 0
     events_url: str
+    # On the create response only: the events URL with a short-lived read-only token, for
+    # browsers (`EventSource` cannot send the API key). See POST /v1/runs/{id}/stream_token.
+    stream_url: str | None = None
 
 
 class RunList(BaseModel):
@@ -329,6 +332,8 @@ class AgentInfo(BaseModel):
     capabilities: list[str]
     task_template: str | None = None
     shortcuts: list[str]
+    # Tags pointing at this agent → the revision each points at (`tag` in a run request).
+    tags: dict[str, int] = Field(default_factory=dict)
 
 
 class ShortcutDefinition(BaseModel):

@@ -14,7 +14,7 @@ import click
 from pydantic import BaseModel
 
 from runrelay.batch_types import BatchObject
-from runrelay.cli._client_commands import _client, _object, client_options
+from runrelay.cli._client_commands import EXIT_RUN_NOT_COMPLETED, _client, _object, client_options
 from runrelay.client._resources.batches import ProgressLine
 
 
@@ -76,7 +76,7 @@ def submit(
     """Submit FILE (JSONL: one run request with a `custom_id` per line) as a batch.
 
     Prints the batch id. With --wait, draws the progress (done/total, rate, ETA, failures),
-    then the summary; exits 1 unless every line completed."""
+    then the summary; exits 3 unless every line completed."""
     options: dict[str, Any] = {
         "agent": agent,
         "completion_window": completion_window,
@@ -99,7 +99,7 @@ def submit(
                 click.echo(f"errors: {errors_path}", err=True)
         click.echo(_summary(final), err=True)
     if final.request_counts.completed != final.request_counts.total:
-        sys.exit(1)
+        sys.exit(EXIT_RUN_NOT_COMPLETED)
 
 
 @batch.command()

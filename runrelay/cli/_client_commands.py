@@ -1,8 +1,14 @@
-"""The client commands of `runrelay`: `run`, `runs`, `shortcuts`, and `agents publish`.
+"""The client commands of `runrelay`: `run`, `runs`, `shortcuts`, `agents list` and
+`agents publish`.
 
 They talk to the API through the SDK (`--api-key` / `RUNRELAY_API_KEY`, `--base-url` /
 `RUNRELAY_BASE_URL`), except `agents publish`, which writes revisions to the database
 (`DATABASE_URL`) and needs the server extra.
+
+Exit statuses, the same for every command (the README's table):
+0 done (for `run` and `runs events`: the run completed); 1 the command failed (the API refused
+or could not be reached, no API key, nothing found); 2 bad usage; 3 the run ended without
+completing (failed, cancelled or expired).
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ from runrelay.client._client import Client
 from runrelay.errors import APIError, ValidationError
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXIT_RUN_NOT_COMPLETED = 3
+
+
+def _exit_for(done: dict[str, Any] | None) -> None:
+    """`run` and `runs events` exit 0 only when the run completed (see the module docstring)."""
+    if done is None or done.get("status") != "completed":
+        raise SystemExit(EXIT_RUN_NOT_COMPLETED)
 
 
 def client_options(command: F) -> F:
@@ -76,8 +89,8 @@ def run(
 ) -> None:
     """Run AGENT (a name or a shortcut such as "bank credit-analyst") on MESSAGE and stream it.
 
-    Prints the text as it arrives and each tool call, then the status, the token usage and the
-    run id. Exits 1 unless the run completed.
+    Prints the run and thread ids, the text as it arrives and each tool call, then the status,
+    the token usage and the run id. Exits 3 if the run ended without completing.
     """
     input_value = _object(input_json, "--input")
     if message is None and input_value is None:
@@ -85,8 +98,7 @@ def run(
     with _client(api_key, base_url) as client:
         stream = client.runs.stream(agent, message=message, input=input_value, thread_id=thread_id)
         done = print_events(stream, json_lines=json_lines)
-    if done is None or done.get("status") != "completed":
-        raise SystemExit(1)
+    _exit_for(done)
 
 
 @click.group()
@@ -98,19 +110,25 @@ def runs() -> None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100))
 @click.option("--status", default=None, help="queued, running, completed, failed, ...")
 @click.option("--agent", default=None, help="agent name")
+@click.option("--thread", "thread_id", default=None, help="only this thread's runs")
+@click.option("--cursor", default=None, help="the next page: the cursor the last page printed")
 @click.option("--json", "as_json", is_flag=True)
 @client_options
 def runs_list(
     limit: int,
     status: str | None,
     agent: str | None,
+    thread_id: str | None,
+    cursor: str | None,
     as_json: bool,
     api_key: str | None,
     base_url: str | None,
 ) -> None:
-    """The newest runs of your tenant."""
+    """The newest runs of your tenant, a page at a time (newest first)."""
     with _client(api_key, base_url) as client:
-        page = client.runs.list(limit=limit, status=status, agent=agent)
+        page = client.runs.list(
+            limit=limit, status=status, agent=agent, thread_id=thread_id, cursor=cursor
+        )
     if as_json:
         click.echo(_json(page.model_dump(mode="json")))
         return
@@ -118,7 +136,13 @@ def runs_list(
         tokens = item.usage.total_tokens if item.usage else 0
         click.echo(
             f"{item.id}  {item.status:<10} {item.agent.name:<24} "
-            f"{item.created_at:%Y-%m-%d %H:%M:%S}  {tokens} tokens"
+            f"{item.created_at:%Y-%m-%d %H:%M:%S}  {tokens} tokens  {item.thread_id or ''}"
+        )
+    if page.has_more and page.next_cursor:
+        click.secho(
+            f"more: runrelay runs list --cursor {page.next_cursor} (same filters)",
+            dim=True,
+            err=True,
         )
 
 
@@ -139,9 +163,12 @@ def runs_get(run_id: str, api_key: str | None, base_url: str | None) -> None:
 def runs_events(
     run_id: str, after: str | None, json_lines: bool, api_key: str | None, base_url: str | None
 ) -> None:
-    """Replay a run's events, and follow it until it ends."""
+    """Replay a run's events, and follow it until it ends. Exits 3 if the run ended without
+    completing, as `runrelay run` does."""
     with _client(api_key, base_url) as client:
-        print_events(client.runs.events(run_id, last_event_id=after), json_lines=json_lines)
+        done = print_events(client.runs.events(run_id, last_event_id=after), json_lines=json_lines)
+    if after is None or done is not None:
+        _exit_for(done)
 
 
 @runs.command("cancel")
@@ -214,6 +241,23 @@ def shortcuts_resolve(command: tuple[str, ...], api_key: str | None, base_url: s
 @click.group()
 def agents() -> None:
     """Agent revisions and tags."""
+
+
+@agents.command("list")
+@client_options
+def agents_list(api_key: str | None, base_url: str | None) -> None:
+    """The agents you can run: name, shortcuts, tags (tag → revision) and description."""
+    with _client(api_key, base_url) as client:
+        found = client.agents.list()
+    width = max((len(a.name) for a in found), default=0)
+    for agent in found:
+        tags = ", ".join(f"{tag}→r{rev}" for tag, rev in sorted(agent.tags.items()))
+        click.echo(f"{agent.name:<{width}}  r{agent.revision}  {agent.description}")
+        click.secho(
+            f"{'':<{width}}  shortcuts: {', '.join(agent.shortcuts) or '-'}"
+            f"  tags: {tags or '-'}",
+            dim=True,
+        )
 
 
 @agents.command("publish")

@@ -28,7 +28,8 @@ def print_events(
 def _print_event(event: dict[str, Any]) -> None:
     kind = event.get("type")
     if kind == "run_queued":
-        click.secho(f"  run {event['run_id']} queued", dim=True, err=True)
+        thread = f" · thread {event['thread_id']}" if event.get("thread_id") else ""
+        click.secho(f"  run {event['run_id']} queued{thread}", dim=True, err=True)
     elif kind == "output_text_delta":
         click.echo(event["delta"], nl=False)
     elif kind == "tool_call_result":

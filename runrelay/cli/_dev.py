@@ -23,6 +23,7 @@ import httpx
 import uvicorn
 
 from runrelay.cli._console import print_events
+from runrelay.cli._dev_data import DEMO_TENANT, demo_key, dev_database_url
 from runrelay.client._client import Client
 from runrelay.errors import APIError
 from runrelay.server.embedded_redis import EmbeddedRedis
@@ -30,7 +31,6 @@ from runrelay.server.migrate import upgrade
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, make_engine
 
-DEMO_TENANT = "demo"
 DEMO_AGENT = "bank credit-analyst"
 _WORKER_STOP_S = 10
 
@@ -97,6 +97,11 @@ def _demo(base_url: str, key: str) -> None:
     click.echo("\nServing until Ctrl-C.")
 
 
+def _own_origins(host: str, port: int) -> list[str]:
+    hosts = {host, "127.0.0.1", "localhost"} if host in ("127.0.0.1", "localhost") else {host}
+    return sorted(f"http://{name}:{port}" for name in hosts)
+
+
 def run_dev(*, host: str, port: int, data_dir: Path, demo: bool) -> None:
     for noisy in ("alembic", "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -111,12 +116,15 @@ def run_dev(*, host: str, port: int, data_dir: Path, demo: bool) -> None:
                 "redis_url": redis.url if redis else given.redis_url,
                 "database_url": given.database_url
                 if "database_url" in given.model_fields_set
-                else f"sqlite:///{(data_dir / 'runrelay.db').resolve()}",
+                else dev_database_url(data_dir),
+                # The console is same-origin; this lets a page on localhost reach 127.0.0.1.
+                "cors_origins": given.cors_origins or _own_origins(host, port),
             }
         )
         upgrade(settings)
         store = Store(make_engine(settings))
-        key = store.create_api_key(store.ensure_tenant(DEMO_TENANT).id)
+        key = demo_key(store, data_dir)
+        store.engine.dispose()
         worker = _start_worker(settings, data_dir / "worker.log")
         try:
             _serve(settings, host, port, key, data_dir, redis is not None, demo)
@@ -137,10 +145,12 @@ def _serve(
 
     base_url = f"http://{host}:{port}"
     click.secho(f"runrelay dev on {base_url}  (docs: {base_url}/docs)", bold=True)
+    click.echo(f"  console:  {base_url}/console/  (sign in with the demo key below)")
     click.echo(f"  redis:    {'embedded ' if embedded else ''}{settings.redis_url}")
     click.echo(f"  database: {settings.database_url}")
     click.echo(f"  worker log: {data_dir / 'worker.log'}")
     click.echo(f"  demo API key (tenant {DEMO_TENANT!r}): {key}")
+    click.echo(f"    (kept in {data_dir}: the next `runrelay dev` there prints the same key)")
     click.echo(
         f"  try: curl -N -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
         f'-d \'{{"agent": "{DEMO_AGENT}", "message": "hello"}}\' {base_url}/v1/runs/stream'

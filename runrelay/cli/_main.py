@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from runrelay import __version__
 from runrelay.cli import _client_commands as cli_client
 from runrelay.cli._batches import batch
 
@@ -32,6 +33,7 @@ def _settings() -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="runrelay")
 @click.option(
     "--log-level",
     default="INFO",
@@ -200,11 +202,23 @@ def _show(store: Store, name: str) -> None:
 
 @contextlib.contextmanager
 def _store() -> Iterator[Store]:
+    """The database of the admin commands (see `runrelay.cli._dev_data.admin_settings`)."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from runrelay.cli._dev_data import admin_settings
     from runrelay.server.store import Store, make_engine
 
-    store = Store(make_engine(_settings()))
+    settings = admin_settings(_settings())
+    store = Store(make_engine(settings))
     try:
         yield store
+    except (OperationalError, ProgrammingError) as exc:
+        if "no such table" not in str(exc) and "does not exist" not in str(exc):
+            raise
+        raise click.ClickException(
+            f"the database {_redact(settings.database_url)} has no runrelay tables: run "
+            "`runrelay migrate` with the same DATABASE_URL first"
+        ) from exc
     finally:
         store.engine.dispose()
 

@@ -111,6 +111,8 @@ class _Cursor:
         self._failures += 1
         if not is_retryable(error):
             raise error
+        if self.run_id is None and isinstance(error, APIConnectionError) and error.connect_failed:
+            raise error  # nothing was created and the server is not there: say so at once
         if self._failures > self.max_reconnects and isinstance(error, APIStatusError):
             raise error  # the server answered, and kept refusing: say what it said
         if self._failures > self.max_reconnects:
@@ -182,6 +184,9 @@ class EventStream(Generic[T]):
                 with http.stream(
                     request.method, request.path, **request.kwargs(self._options.timeout)
                 ) as response:
+                    if response.status_code == 204:  # the run ended before the cursor: all seen
+                        cursor.finished = True
+                        return
                     if not response.is_success:
                         response.read()
                         error: APIError = status_error(response)
@@ -223,6 +228,9 @@ class EventStream(Generic[T]):
                 async with http.stream(
                     request.method, request.path, **request.kwargs(self._options.timeout)
                 ) as response:
+                    if response.status_code == 204:  # the run ended before the cursor: all seen
+                        cursor.finished = True
+                        return
                     if not response.is_success:
                         await response.aread()
                         error: APIError = status_error(response)

@@ -21,7 +21,13 @@ import httpx
 
 from runrelay import __version__
 from runrelay._backoff import backoff_s
-from runrelay.errors import APIError, APIStatusError, status_error, transport_error
+from runrelay.errors import (
+    APIError,
+    APIStatusError,
+    ValidationError,
+    status_error,
+    transport_error,
+)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 60.0
@@ -57,11 +63,19 @@ class ClientOptions:
         """Arguments first, then `RUNRELAY_API_KEY` / `RUNRELAY_BASE_URL`, then the defaults."""
         if max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more (got {max_retries})")
+        api_key = api_key or os.environ.get("RUNRELAY_API_KEY") or None
+        if api_key is None:
+            raise ValidationError(
+                "no API key: pass api_key=... (the CLI's --api-key) or set RUNRELAY_API_KEY; "
+                "`runrelay dev` prints a demo key and `runrelay keys create` makes one",
+                param="api_key",
+            )
+        url = (base_url or os.environ.get("RUNRELAY_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if "://" not in url:  # `127.0.0.1:8000` means what it says
+            url = f"http://{url}"
         return cls(
-            api_key=api_key or os.environ.get("RUNRELAY_API_KEY") or None,
-            base_url=(base_url or os.environ.get("RUNRELAY_BASE_URL") or DEFAULT_BASE_URL).rstrip(
-                "/"
-            ),
+            api_key=api_key,
+            base_url=url,
             timeout=timeout,
             max_retries=max_retries,
             default_headers=dict(default_headers or {}),

@@ -120,6 +120,13 @@ class RedisKeys:
         """A tiny stream the SSE hub also reads, so a new subscription wakes its blocking XREAD."""
         return f"{self.prefix}hub:{hub_id}:wakeup"
 
+    # Browsers (api_shim/stream_tokens.py)
+
+    def stream_token_secret(self) -> str:
+        """The HMAC key of stream tokens when `RUNRELAY_STREAM_TOKEN_SECRET` is unset: set once
+        (SET NX) by the first shim, so every shim, and a restarted one, accepts the same tokens."""
+        return f"{self.prefix}stream_token:secret"
+
 
 def seq_of(entry_id: str | bytes) -> int:
     """`0-17` → 17."""

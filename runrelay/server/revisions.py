@@ -123,6 +123,18 @@ class AgentCatalog:
             return _spec(row)
         return self.by_ref(self.registry.by_tag(tag).id)
 
+    def tags(self) -> dict[str, tuple[str, int]]:
+        """Every tag → the (agent id, revision) it points at: the database's tags, and the
+        config file's where the database has none of that name (as `by_tag` resolves them)."""
+        found: dict[str, tuple[str, int]] = {}
+        for agent in self.registry.agents:
+            for tag in agent.tags:
+                found[tag] = (agent.id, agent.revision)
+        with Session(self.engine) as session:
+            for pointer in session.exec(select(AgentTag)).all():
+                found[pointer.tag] = (pointer.agent_id, pointer.revision)
+        return found
+
     # Publishing -------------------------------------------------------------------------------
 
     def publish(

@@ -8,10 +8,10 @@ prefix (the convention of Heroku-style platforms and docker-compose); everything
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_AGENTS_CONFIG = Path(__file__).parent.parent / "demo" / "agents.yaml"
 
@@ -101,6 +101,19 @@ class Settings(BaseSettings):
     batch_feed_interval_s: float = Field(0.2, gt=0)
     # How often `GET /v1/batches/{id}/events` looks at the batch for progress.
     batch_progress_poll_s: float = Field(0.5, gt=0)
+    # Browsers (issue 14): CORS and the read-only stream tokens of `api_shim/stream_tokens.py`.
+    # Origins allowed to call the API from a page (comma-separated, or `*`); none by default.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # HMAC key of stream tokens. Unset: one random key kept in Redis, shared by every shim.
+    stream_token_secret: SecretStr | None = None
+    stream_token_ttl_s: int = Field(600, ge=10, le=24 * 3600)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("default_requests_per_minute", "default_token_budget", mode="before")
     @classmethod

@@ -23,10 +23,12 @@ from runrelay.client._responses import (
     to_chunk,
 )
 from runrelay.client._streaming import EventStream
+from runrelay.client._transport import Request
 from runrelay.errors import ValidationError
-from runrelay.types import MultitaskStrategy
+from runrelay.types import AgentInfo, MultitaskStrategy
 
 _MENTIORA_STOP = frozenset({"done", "error"})
+AgentInfoList = list[AgentInfo]
 
 
 class ThreadArgs(TypedDict):
@@ -145,6 +147,11 @@ class _AgentsResource(Resource):
 
 class Agents(_AgentsResource):
     """`client.agents` of the sync `Client`."""
+
+    def list(self) -> AgentInfoList:
+        """The agents the API can run (their newest revisions), with shortcuts and tags."""
+        response = self._transport.send(Request("GET", "/v1/agents"))
+        return [AgentInfo.model_validate(item) for item in response.json()["data"]]
 
     def invoke(
         self,
