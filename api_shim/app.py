@@ -69,7 +69,8 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
     app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
     # A JSONL batch upload is streamed to the database by its route, which enforces its limit.
     streamed = {("/v1/batches", batches.JSONL_TYPES): settings.batch_max_bytes}
-    body_limit = BodyLimitMiddleware(JsonBodyMiddleware(app), settings.max_body_bytes, streamed)
+    json_bodies = JsonBodyMiddleware(app, {"/v1/batches": batches.JSONL_TYPES})
+    body_limit = BodyLimitMiddleware(json_bodies, settings.max_body_bytes, streamed)
     return _cors(settings, RequestIdMiddleware(body_limit))
 
 

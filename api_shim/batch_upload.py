@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from api_shim.errors import APIError
+from api_shim.errors import APIError, describe
 from api_shim.quotas import reserve_tokens
 from api_shim.state import ShimState
 from runrelay.agent.config import AgentNotFound, AgentSpec
@@ -67,17 +67,6 @@ class BatchOptions(BaseModel):
 
 class JsonBatch(BatchOptions):
     requests: list[Any] = Field(min_length=1)
-
-
-def _format(error: Any) -> tuple[str | None, str]:
-    loc = [str(part) for part in error.get("loc", ())]
-    param = ".".join(loc) or None
-    message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
-    if error.get("type") == "missing":
-        return param, f"{param} is required"
-    if error.get("type") == "extra_forbidden":
-        return param, f"{param} is not a known field"
-    return param, f"{param}: {message}" if param else message
 
 
 @dataclass
@@ -165,7 +154,7 @@ class LineValidator:
         try:
             body = RunCreate.model_validate(merged)
         except ValidationError as exc:
-            param, message = _format(exc.errors()[0])
+            param, message = describe(exc.errors()[0])
             raise _LineRefused(number, custom_id, param, message) from None
         limit = self.state.settings.max_run_timeout_s
         if body.timeout_s is not None and body.timeout_s > limit:

@@ -23,7 +23,7 @@ from api_shim.batch_upload import (
     jsonl_lines,
     store_lines,
 )
-from api_shim.errors import APIError, request_id_of
+from api_shim.errors import APIError, describe, request_id_of
 from api_shim.state import ShimState, state_of
 from runrelay.batch_types import (
     BatchError,
@@ -124,12 +124,8 @@ def _validated(model: type[M], given: Any) -> M:
     try:
         return model.model_validate(given)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        param = ".".join(str(p) for p in error["loc"]) or None
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "is not a known field"
-        raise APIError(422, "validation_error", f"{param}: {message}", param=param) from exc
+        param, message = describe(exc.errors()[0])
+        raise APIError(422, "validation_error", message, param=param) from exc
 
 
 @router.post(

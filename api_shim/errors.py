@@ -96,7 +96,8 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
-def _describe(error: Mapping[str, Any]) -> tuple[str | None, str]:
+def describe(error: Mapping[str, Any]) -> tuple[str | None, str]:
+    """`(param, message)` for one pydantic error: the field it names and the rule, readable."""
     loc = [
         str(part)
         for part in error.get("loc", ())
@@ -136,7 +137,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        described = [_describe(error) for error in exc.errors()]
+        described = [describe(error) for error in exc.errors()]
         param = described[0][0] if described else None
         message = "; ".join(text for _, text in described) or "invalid request"
         code = (

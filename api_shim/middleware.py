@@ -166,8 +166,15 @@ class JsonBodyMiddleware:
     as something else (curl's `-d` says `application/x-www-form-urlencoded`) is a 415 that
     names the header, rather than a 422 about a dictionary the caller never saw."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, other_types: Mapping[str, tuple[str, ...]] | None = None
+    ) -> None:
+        """`other_types` maps a path to the other content types its route reads itself (e.g.
+        a JSONL batch upload)."""
         self.app = app
+        self.other_types = {
+            path: tuple(t.encode() for t in types) for path, types in (other_types or {}).items()
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -181,7 +188,12 @@ class JsonBodyMiddleware:
                 **scope,
                 "headers": [*scope["headers"], (b"content-type", b"application/json")],
             }
-        elif has_body and declared != b"application/json" and not declared.endswith(b"+json"):
+        elif (
+            has_body
+            and declared != b"application/json"
+            and not declared.endswith(b"+json")
+            and declared not in self.other_types.get(scope["path"].rstrip("/"), ())
+        ):
             request_id = scope.get("state", {}).get("request_id", "")
             message = (
                 f"the body must be JSON: send `Content-Type: application/json` "

@@ -46,13 +46,6 @@ from worker.writer import RunWriter
 log = logging.getLogger(__name__)
 
 
-class HandBack(Exception):
-    """Control flow: the run was handed back (graceful shutdown) to be resumed elsewhere."""
-
-    def __repr__(self) -> str:
-        return f"HandBack({self.args[0]!r})"
-
-
 class AttemptEnd(Enum):
     """How one attempt on a run came out, for `execute` to act on."""
 
@@ -214,10 +207,8 @@ class RunExecutor:
     async def _attempt(self, run_id: str, lease: Lease, slot: Slot, control: RunControl) -> Attempt:
         try:
             return await self._attempt_leased(run_id, lease, slot, control)
-        except LeaseLost:
+        except LeaseLost:  # an append or checkpoint refused: a newer holder runs it now
             return Attempt(AttemptEnd.LEASE_LOST)
-        except HandBack:
-            return Attempt(AttemptEnd.HANDED_BACK)
 
     async def _attempt_leased(
         self, run_id: str, lease: Lease, slot: Slot, control: RunControl
@@ -237,6 +228,8 @@ class RunExecutor:
         await writer.emit("run_started", {"attempt": run.attempts, "worker": self.worker_id})
         checkpoint = await self._resume_point(run, writer, last)
         outcome = await self._outcome(run, writer, checkpoint, control)
+        if isinstance(outcome, AttemptEnd):  # stopped: handed back, or the lease was lost
+            return Attempt(outcome)
         if outcome.status is RunStatus.REQUIRES_ACTION:
             assert outcome.result is not None and outcome.result.required_action
             saved = await self.checkpoints.load(run.id)
@@ -300,7 +293,7 @@ class RunExecutor:
 
     async def _outcome(
         self, run: Run, writer: RunWriter, checkpoint: Checkpoint | None, control: RunControl
-    ) -> Outcome:
+    ) -> Outcome | AttemptEnd:
         if run.cancel_requested_at is not None or await self.controls.cancel_requested(run.id):
             return Outcome.cancelled()
         if run.attempts - run.resumes > self.settings.max_run_attempts:
@@ -357,9 +350,9 @@ class RunExecutor:
         writer: RunWriter,
         checkpoint: Checkpoint | None,
         control: RunControl,
-    ) -> Outcome:
+    ) -> Outcome | AttemptEnd:
         """The agent through the driver, with this worker's log, checkpoints and token metering;
-        a cancel, a hand-back or a lost lease stops it (`control`)."""
+        a cancel (an outcome), a hand-back or a lost lease (how the attempt ends) stops it."""
         history: list[ChatMessage] = []
         if checkpoint is None:  # a first attempt starts with its thread's history
             threads = Threads(self.store.engine)
@@ -389,11 +382,11 @@ class RunExecutor:
             if task is not None:
                 task.uncancel()
             if control.reason is StopReason.LEASE_LOST:
-                raise LeaseLost(run.id) from None
+                return AttemptEnd.LEASE_LOST
             await writer.resync()
             if control.reason is StopReason.CANCEL:
                 return Outcome.cancelled()
-            raise HandBack(run.id) from None
+            return AttemptEnd.HANDED_BACK
         finally:
             control.task = None
 

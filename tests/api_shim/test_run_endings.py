@@ -223,7 +223,10 @@ def shim_with_dead_broker(
     asgi: Any = create_app(settings, [lifecycle_listener])
     server = ServerThread(asgi)
     server.start()
-    state = asgi.app.app.state.runrelay  # RequestIdMiddleware(BodyLimitMiddleware(FastAPI))
+    inner = asgi  # the FastAPI app inside the ASGI middleware
+    while not hasattr(inner, "state"):
+        inner = inner.app
+    state = inner.state.runrelay
     dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     state.sender.close()
     state.sender = TaskSender(dead)
