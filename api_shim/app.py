@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from api_shim import approvals, errors, meta, runs, shortcuts, threads, usage
+from api_shim import approvals, errors, meta, runs, schedules, shortcuts, threads, usage, webhooks
 from api_shim.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
 from runrelay.server.settings import Settings
@@ -40,4 +40,6 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(shortcuts.router)
     app.include_router(threads.router)
     app.include_router(usage.router)
+    app.include_router(schedules.router)  # issue 12
+    app.include_router(webhooks.router)  # issue 12
     return RequestIdMiddleware(BodyLimitMiddleware(app, settings.max_body_bytes))

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from api_shim import run_listeners
 from api_shim.state import ShimState
 from runrelay.agent.events import CANCELLED_ERROR, encode, is_terminal, make_event
 from runrelay.server.tables import Run
+from runrelay.types import RunStatus
 
 # How long a cancel request waits for a running run to stop (it does within a second).
 CANCEL_WAIT_S = 3.0
@@ -54,6 +56,8 @@ async def _cancel_unstarted(state: ShimState, run: Run) -> bool:
         await state.events.append(
             run.id, seq, "done", encode(done), ttl_s=state.settings.events_ttl_after_done_s
         )
+        # TEMPORARY (issue 12): webhooks and schedule bookkeeping, until the lifecycle does it.
+        await run_listeners.transitioned(state, run.id, RunStatus(run.status))
     return finished
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
-from api_shim import idempotency, threads
+from api_shim import idempotency, run_listeners, threads
 from api_shim.auth import Caller, acting_tenant
 from api_shim.cancel import CANCEL_WAIT_S, request_cancel, wait_finished
 from api_shim.errors import APIError, request_id_of
@@ -22,7 +22,7 @@ from runrelay.agent.events import encode, is_terminal, make_event
 from runrelay.server import approvals
 from runrelay.server.revisions import AgentCatalog, RevisionNotFound
 from runrelay.server.store import new_id
-from runrelay.server.tables import Run
+from runrelay.server.tables import Run, as_utc
 from runrelay.types import (
     AgentRef,
     RequiredAction,
@@ -30,8 +30,10 @@ from runrelay.types import (
     RunError,
     RunList,
     RunObject,
+    RunStatus,
     Usage,
     WaitResponse,
+    WebhookSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ def run_object(run: Run) -> RunObject:
         ),
         attempts=run.attempts,
         events_url=f"/v1/runs/{run.id}/events",
+        schedule_id=run.schedule_id,  # schedules (issue 12)
+        scheduled_for=as_utc(run.scheduled_for) if run.scheduled_for else None,
+        webhook=WebhookSpec.model_validate(run.webhook) if run.webhook else None,
     )
 
 
@@ -159,6 +164,7 @@ async def _admit(
         run_metadata=body.metadata,
         request_id=request_id_of(request),
         timeout_s=body.timeout_s,
+        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,  # issue 12
     )
     try:
         interrupted = await threads.insert_run(state, run, body)  # 409 for `reject`
@@ -188,6 +194,8 @@ async def _admit(
             error={"code": "enqueue_failed", "message": str(exc)},
             events=[],
         )
+        # TEMPORARY (issue 12): webhooks and schedule bookkeeping, until the lifecycle does it.
+        await run_listeners.transitioned(state, run.id, RunStatus.QUEUED)
         raise APIError(
             503, "enqueue_failed", "the run could not be queued (broker unavailable); retry later"
         ) from exc
@@ -315,6 +323,7 @@ async def list_runs(
     agent: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
     thread_id: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
     tenant_id: Annotated[str | None, Query(max_length=100, pattern=_NO_NUL)] = None,
+    schedule_id: Annotated[str | None, Query(max_length=40, pattern=_NO_NUL)] = None,
 ) -> RunList:
     state = state_of(request)
     tenant = await acting_tenant(request, caller, tenant_id)
@@ -326,6 +335,7 @@ async def list_runs(
         status=status,
         agent=agent,
         thread_id=thread_id,
+        schedule_id=schedule_id,
     )
     page = runs[:limit]
     has_more = len(runs) > limit

@@ -21,6 +21,7 @@ from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
 from runrelay.server.keys import EXECUTE_RUN_TASK
 from runrelay.server.settings import Settings
+from worker import beat
 from worker.runtime import AsyncRuntime
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
         with self._runtime_lock:
             if self._runtime is None:
                 self._runtime = AsyncRuntime(self.settings, self.send_run)
+                # TEMPORARY (issue 12): the run listeners of schedules and webhooks, until the
+                # lifecycle (issue 10) holds the listener list.
+                executor = self._runtime.executor
+                executor.listeners = beat.listeners(self, executor.store)
             return self._runtime
 
     def send_run(self, run_id: str) -> None:
@@ -93,6 +98,7 @@ def _thread_stacks() -> str:
 
 def create_app(settings: Settings) -> WorkerApp:
     app = WorkerApp(settings)
+    beat.register(app)  # schedules and webhooks: the control queue and its tasks
 
     @app.task(name=EXECUTE_RUN_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
     def execute_run(run_id: str) -> None:

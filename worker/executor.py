@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ from runrelay.server.store import Store
 from runrelay.server.tables import Run, as_utc, utcnow
 from runrelay.server.thread_gate import ThreadGate
 from runrelay.server.threads import Threads
+from runrelay.server.webhooks import transitioned
+from runrelay.types import RunStatus
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.control import RunControl, RunControls, StopReason
 from worker.lease import Lease, Leases
@@ -105,6 +108,9 @@ class RunExecutor:
         self.http = http
         self.worker_id = worker_id
         self.threads = ThreadGate(slots.quotas, store)
+        # TEMPORARY (issue 12): run listeners (webhooks, schedules) until the lifecycle calls
+        # them; set by worker/app.py.
+        self.listeners: Sequence[Any] = ()
 
     async def execute(self, run_id: str) -> None:
         if self.controls.draining:
@@ -208,9 +214,7 @@ class RunExecutor:
                 control.stop(StopReason.LEASE_LOST)
                 return
 
-    async def _execute_leased(
-        self, run_id: str, lease: Lease, control: RunControl
-    ) -> Run | None:
+    async def _execute_leased(self, run_id: str, lease: Lease, control: RunControl) -> Run | None:
         """Run the run under `lease`; the run when this attempt finished it."""
         last = await self.events.last_seq(run_id)
         run = await asyncio.to_thread(self.store.mark_running, run_id, lease_token=lease.token)
@@ -266,6 +270,8 @@ class RunExecutor:
             if current is not None and current.cancel_requested_at is not None:
                 return Outcome("cancelled", error=CANCELLED_ERROR)
             raise LeaseLost(run.id)
+        # TEMPORARY (issue 12): `run.requires_action` webhooks, until the lifecycle does it.
+        await transitioned(self.store.engine, run.id, RunStatus.RUNNING, self.listeners)
         await self.checkpoints.keep(run.id)
         raise Paused(run.id)
 
@@ -482,6 +488,8 @@ class RunExecutor:
         )
         await self.checkpoints.delete(run.id)
         await self.controls.forget(run.id)
+        # TEMPORARY (issue 12): webhooks and schedule bookkeeping, until the lifecycle does it.
+        await transitioned(self.store.engine, run.id, RunStatus.RUNNING, self.listeners)
 
 
 def _user_message(run: Run) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import runrelay.server.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import runrelay.server.schedules
+import runrelay.server.tables
+import runrelay.server.webhooks  # noqa: F401  (issue 12: webhook deliveries, secrets)
 
 connection = context.config.attributes["connection"]
 context.configure(
