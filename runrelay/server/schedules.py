@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Column, Engine, Index, Text, delete, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from runrelay.server import cron
@@ -173,15 +174,26 @@ class Schedules:
         )
         fires: list[Fire] = []
         with Session(self.engine, expire_on_commit=False) as session:
-            for schedule in session.exec(query).all():
-                tick = _tick_to_fire(schedule, now, misfire_grace_s)
-                first_fire(schedule, now)
-                if tick is not None:
-                    fire = self._claim(session, schedule, tick, new_run_id("run"))
-                    if fire is not None:
-                        fires.append(fire)
-                session.add(schedule)
-            session.commit()
+            try:
+                for schedule in session.exec(query).all():
+                    ticks = _ticks_to_fire(schedule, now, misfire_grace_s)
+                    if schedule.overlap != "enqueue":
+                        ticks = ticks[-1:]  # a late pass: one run, for the latest tick
+                    for tick in ticks:
+                        if schedule.overlap == "skip" and _busy(session, schedule):
+                            _skip(session, schedule, tick)
+                            continue
+                        fire = self._claim(session, schedule, tick, new_run_id("run"))
+                        if fire is not None:
+                            fires.append(fire)
+                            schedule.last_run_id = fire.run_id  # busy from now on
+                    session.add(schedule)
+                session.commit()
+            except IntegrityError:
+                # A concurrent pass claimed one of these ticks first (SQLite has no SKIP
+                # LOCKED): this pass fires nothing; the next one sees them moved on.
+                session.rollback()
+                return []
         return fires
 
     def _claim(
@@ -245,6 +257,15 @@ class Schedules:
             session.exec(
                 update(Schedule).where(col(Schedule.id) == fire.schedule_id).values(**values)
             )
+            if status != "fired":  # the claim named a run that was not made
+                session.exec(
+                    update(Schedule)
+                    .where(
+                        col(Schedule.id) == fire.schedule_id,
+                        col(Schedule.last_run_id) == fire.run_id,
+                    )
+                    .values(last_run_id=fire.last_run_id)
+                )
             session.commit()
 
     def active_run(self, run_id: str | None) -> Run | None:
@@ -256,19 +277,57 @@ class Schedules:
         return run if run is not None and not RunStatus(run.status).is_terminal else None
 
 
-def _tick_to_fire(schedule: Schedule, now: datetime, misfire_grace_s: float) -> datetime | None:
+def _ticks_to_fire(schedule: Schedule, now: datetime, misfire_grace_s: float) -> list[datetime]:
+    """The due ticks to fire, moving `next_run_at` past them: every tick within the grace (a
+    late pass fires each one, in order), and of older (missed) ones, none or, with `catch_up`
+    `latest`, the latest."""
     assert schedule.next_run_at is not None  # due schedules have one
-    due = as_utc(schedule.next_run_at)
-    if now - due <= timedelta(seconds=misfire_grace_s):
-        return due
-    if schedule.catch_up != "latest":
-        return None
-    latest = due
-    while True:  # the last tick at or before now (bounded: `now` only moves forward)
-        following = cron.next_fire(schedule.cron, schedule.timezone, latest)
-        if following > now:
-            return latest
-        latest = following
+    grace = timedelta(seconds=misfire_grace_s)
+    ticks: list[datetime] = []
+    missed: datetime | None = None
+    tick = as_utc(schedule.next_run_at)
+    while tick <= now:
+        if now - tick <= grace:
+            ticks.append(tick)
+        else:
+            missed = tick
+        first_fire(schedule, tick)
+        if schedule.next_run_at is None:
+            break
+        tick = as_utc(schedule.next_run_at)
+    if missed is not None and schedule.catch_up == "latest" and not ticks:
+        ticks.append(missed)
+    return ticks
+
+
+def _busy(session: Session, schedule: Schedule) -> bool:
+    """Whether the schedule's last run is active, or claimed and about to be written."""
+    if schedule.last_run_id is None:
+        return False
+    run = session.get(Run, schedule.last_run_id)
+    if run is not None:
+        return not RunStatus(run.status).is_terminal
+    claimed = session.exec(
+        select(ScheduleFire.run_id).where(
+            col(ScheduleFire.run_id) == schedule.last_run_id, col(ScheduleFire.status) == "claimed"
+        )
+    ).first()
+    return claimed is not None
+
+
+def _skip(session: Session, schedule: Schedule, tick: datetime) -> None:
+    detail = f"run {schedule.last_run_id} is still active (overlap: skip)"
+    session.add(
+        ScheduleFire(
+            schedule_id=schedule.id,
+            scheduled_for=tick,
+            tenant_id=schedule.tenant_id,
+            run_id="",
+            status="skipped",
+            detail=detail,
+        )
+    )
+    schedule.last_status, schedule.last_detail = "skipped", detail
 
 
 def _fire_of(schedule: Schedule, tick: datetime, run_id: str) -> Fire:
