@@ -240,20 +240,13 @@ class Schedules:
         return [_fire_of(schedule, as_utc(row.scheduled_for), row.run_id) for row, schedule in rows]
 
     def record(self, fire: Fire, status: str, detail: str | None = None) -> None:
-        """What came of a fire, on the fire and on its schedule (if the schedule still exists)."""
+        """What came of a fire, on its schedule (if it still exists) and on the fire. Rows are
+        locked schedule first, then fire, as everywhere (claims, deletes): no deadlock."""
         now = utcnow()
+        values: dict[str, Any] = {"last_status": status, "last_detail": detail}
+        if status == "fired":
+            values.update(last_run_id=fire.run_id, last_run_at=now)
         with Session(self.engine) as session:
-            session.exec(
-                update(ScheduleFire)
-                .where(
-                    col(ScheduleFire.schedule_id) == fire.schedule_id,
-                    col(ScheduleFire.scheduled_for) == fire.scheduled_for,
-                )
-                .values(status=status, detail=detail)
-            )
-            values: dict[str, Any] = {"last_status": status, "last_detail": detail}
-            if status == "fired":
-                values.update(last_run_id=fire.run_id, last_run_at=now)
             session.exec(
                 update(Schedule).where(col(Schedule.id) == fire.schedule_id).values(**values)
             )
@@ -266,6 +259,14 @@ class Schedules:
                     )
                     .values(last_run_id=fire.last_run_id)
                 )
+            session.exec(
+                update(ScheduleFire)
+                .where(
+                    col(ScheduleFire.schedule_id) == fire.schedule_id,
+                    col(ScheduleFire.scheduled_for) == fire.scheduled_for,
+                )
+                .values(status=status, detail=detail)
+            )
             session.commit()
 
     def active_run(self, run_id: str | None) -> Run | None:

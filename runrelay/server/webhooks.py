@@ -28,7 +28,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy import JSON, Column, Engine, Index, Text, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 from standardwebhooks.webhooks import Webhook
 
@@ -109,8 +109,14 @@ def signing_secrets(engine: Engine, tenant_id: str, *, grace_s: int) -> list[str
     none yet), then the previous one while its grace lasts."""
     with Session(engine, expire_on_commit=False) as session:
         row = session.get(WebhookSecret, tenant_id)
-    if row is None:
-        row = rotate_secret(engine, tenant_id, grace_s=grace_s)
+        if row is None:  # the tenant's first delivery: create its secret, once
+            session.add(WebhookSecret(tenant_id=tenant_id, secret=new_secret()))
+            try:
+                session.commit()
+            except IntegrityError:  # a concurrent delivery created it first
+                session.rollback()
+            row = session.get(WebhookSecret, tenant_id)
+            assert row is not None  # just written, by us or the other delivery
     found = [row.secret]
     if row.previous and row.previous_until and as_utc(row.previous_until) > utcnow():
         found.append(row.previous)
