@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 # Fires made at once in one pass (each is a few database writes and one Lua call).
 _FIRE_CONCURRENCY = 32
 # A claimed tick whose run is not recorded this long after is fired again (same run id).
-_STALE_FIRE_S = 30.0
+_STALE_FIRE_S = 120.0
 
 
 def beat_config(settings: Settings) -> dict[str, Any]:

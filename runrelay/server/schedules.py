@@ -226,18 +226,28 @@ class Schedules:
             return fire
 
     def stale_fires(self, older_than: datetime, *, limit: int = 100) -> list[Fire]:
-        """Claimed ticks whose run was never recorded (the firing process died in between)."""
+        """Claimed ticks whose run was never recorded (the firing process died in between).
+        Each one is taken by one pass: its `created_at` moves to now, so the next pass leaves
+        it alone until it is stale again."""
         with Session(self.engine, expire_on_commit=False) as session:
             rows = session.exec(
-                select(ScheduleFire, Schedule)
-                .join(Schedule, col(Schedule.id) == col(ScheduleFire.schedule_id))
+                select(ScheduleFire)
                 .where(
                     col(ScheduleFire.status) == "claimed",
                     col(ScheduleFire.created_at) < older_than,
                 )
                 .limit(limit)
+                .with_for_update(skip_locked=True)
             ).all()
-        return [_fire_of(schedule, as_utc(row.scheduled_for), row.run_id) for row, schedule in rows]
+            fires = []
+            for row in rows:
+                schedule = session.get(Schedule, row.schedule_id)
+                row.created_at = utcnow()
+                session.add(row)
+                if schedule is not None:
+                    fires.append(_fire_of(schedule, as_utc(row.scheduled_for), row.run_id))
+            session.commit()
+        return fires
 
     def record(self, fire: Fire, status: str, detail: str | None = None) -> None:
         """What came of a fire, on its schedule (if it still exists) and on the fire. Rows are
