@@ -56,11 +56,15 @@ from runrelay.errors import (
 from runrelay.types import (
     RunList,
     RunObject,
+    ScheduleList,
+    ScheduleObject,
     ShortcutDefinition,
     ShortcutResolution,
     ThreadMessageObject,
     ThreadObject,
     Usage,
+    WebhookDeliveryList,
+    WebhookDeliveryObject,
 )
 
 __all__ = [
@@ -101,6 +105,8 @@ __all__ = [
     "RunTimeoutError",
     "Runrelay",
     "RunrelayError",
+    "ScheduleList",
+    "ScheduleObject",
     "SessionError",
     "ShortcutDefinition",
     "ShortcutResolution",
@@ -116,5 +122,7 @@ __all__ = [
     "Usage",
     "UsageInfo",
     "ValidationError",
+    "WebhookDeliveryList",
+    "WebhookDeliveryObject",
     "__version__",
 ]

@@ -18,9 +18,11 @@ from runrelay.client._resources import (
     Agents,
     AsyncAgents,
     AsyncRuns,
+    AsyncSchedules,
     AsyncShortcuts,
     AsyncThreads,
     Runs,
+    Schedules,
     Shortcuts,
     Threads,
     shortcut_request,
@@ -55,6 +57,7 @@ class Client:
         self._transport = SyncTransport(self._options, self._options.sync_http())
         self.agents = Agents(self._options, self._transport, None)
         self.runs = Runs(self._options, self._transport, None)
+        self.schedules = Schedules(self._options, self._transport, None)
         self.shortcuts = Shortcuts(self._options, self._transport, None)
         self.threads = Threads(self._options, self._transport, None)
 
@@ -111,6 +114,7 @@ class AsyncClient:
         self._transport = AsyncTransport(self._options, self._options.async_http())
         self.agents = AsyncAgents(self._options, None, self._transport)
         self.runs = AsyncRuns(self._options, None, self._transport)
+        self.schedules = AsyncSchedules(self._options, None, self._transport)
         self.shortcuts = AsyncShortcuts(self._options, None, self._transport)
         self.threads = AsyncThreads(self._options, None, self._transport)
 

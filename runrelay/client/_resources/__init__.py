@@ -1,8 +1,9 @@
-"""The SDK's resources (`client.agents`, `client.runs`, `client.shortcuts`, `client.threads`),
-each in a sync flavour (on `Client`) and an async one (on `AsyncClient`)."""
+"""The SDK's resources (`client.agents`, `client.runs`, `client.schedules`, `client.shortcuts`,
+`client.threads`), each in a sync flavour (on `Client`) and an async one (on `AsyncClient`)."""
 
 from runrelay.client._resources.agents import Agents, AsyncAgents
 from runrelay.client._resources.runs import AsyncRuns, Runs
+from runrelay.client._resources.schedules import AsyncSchedules, Schedules
 from runrelay.client._resources.shortcuts import (
     AsyncShortcuts,
     Shortcuts,
@@ -15,9 +16,11 @@ __all__ = [
     "Agents",
     "AsyncAgents",
     "AsyncRuns",
+    "AsyncSchedules",
     "AsyncShortcuts",
     "AsyncThreads",
     "Runs",
+    "Schedules",
     "Shortcuts",
     "Threads",
     "shortcut_request",
