@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
@@ -46,7 +47,8 @@ _SCHEDULE_ID = re.compile(r"sch_[0-9a-z]{26}")
 
 def schedule_object(row: Schedule) -> ScheduleObject:
     def when(moment: Any) -> Any:
-        return as_utc(moment) if moment is not None else None
+        # In UTC whatever offset the request gave, as a later GET shows it.
+        return as_utc(moment).astimezone(UTC) if moment is not None else None
 
     return ScheduleObject(
         id=row.id,
