@@ -1,5 +1,6 @@
 """The `runrelay` command: run the service's processes and administer tenants and keys; the
-client commands (`run`, `runs`, `shortcuts`, `agents`) are in `runrelay.cli._client_commands`.
+client commands (`run`, `runs`, `shortcuts`, `agents`) are in `runrelay.cli._client_commands`,
+`schedules` in `runrelay.cli._schedules`.
 
 Server commands import the server side lazily, so the command exists with the SDK alone.
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import click
 
 from runrelay.cli import _client_commands as cli_client
+from runrelay.cli._schedules import schedules
 
 if TYPE_CHECKING:
     from runrelay.server.settings import Settings
@@ -319,6 +321,7 @@ def dev(host: str, port: int, data_dir: Path, no_demo: bool) -> None:
 
 
 cli_client.register(main)
+main.add_command(schedules)
 
 
 def _redact(url: str) -> str:
