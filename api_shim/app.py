@@ -20,10 +20,12 @@ from api_shim import (
     errors,
     meta,
     runs,
+    schedules,
     shortcuts,
     stream_tokens,
     threads,
     usage,
+    webhooks,
 )
 from api_shim.batch_feeder import BatchFeeder
 from api_shim.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestIdMiddleware
@@ -66,6 +68,8 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
     app.include_router(usage.router)
     app.include_router(batches.router)
     app.include_router(stream_tokens.router)
+    app.include_router(schedules.router)
+    app.include_router(webhooks.router)
     app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
     # A JSONL batch upload is streamed to the database by its route, which enforces its limit.
     streamed = {("/v1/batches", batches.JSONL_TYPES): settings.batch_max_bytes}

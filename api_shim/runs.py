@@ -25,7 +25,7 @@ from runrelay.server.approvals import PausedCalls
 from runrelay.server.lifecycle import Ending
 from runrelay.server.revisions import AgentCatalog, RevisionNotFound
 from runrelay.server.store import new_id
-from runrelay.server.tables import Run
+from runrelay.server.tables import Run, as_utc
 from runrelay.types import (
     AgentRef,
     RequiredAction,
@@ -36,6 +36,7 @@ from runrelay.types import (
     RunStatus,
     Usage,
     WaitResponse,
+    WebhookSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ def run_object(run: Run) -> RunObject:
         required_action=_public_action(run),
         attempts=run.attempts,
         events_url=f"/v1/runs/{run.id}/events",
+        schedule_id=run.schedule_id,  # schedules (issue 12)
+        scheduled_for=as_utc(run.scheduled_for) if run.scheduled_for else None,
+        webhook=WebhookSpec.model_validate(run.webhook) if run.webhook else None,
     )
 
 
@@ -171,6 +175,7 @@ async def _admit(
         run_metadata=body.metadata,
         request_id=request_id_of(request),
         timeout_s=body.timeout_s,
+        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,  # issue 12
     )
     queued = {"agent": agent.name, "agent_id": agent.id, "thread_id": run.thread_id}
     try:
@@ -326,6 +331,7 @@ async def list_runs(
     agent: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
     thread_id: Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)] = None,
     tenant_id: Annotated[str | None, Query(max_length=100, pattern=_NO_NUL)] = None,
+    schedule_id: Annotated[str | None, Query(max_length=40, pattern=_NO_NUL)] = None,
 ) -> RunList:
     state = state_of(request)
     tenant = await acting_tenant(request, caller, tenant_id)
@@ -337,6 +343,7 @@ async def list_runs(
         status=status,
         agent=agent,
         thread_id=thread_id,
+        schedule_id=schedule_id,
     )
     page = runs[:limit]
     has_more = len(runs) > limit

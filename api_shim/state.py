@@ -15,10 +15,11 @@ from api_shim.dispatcher import Dispatcher
 from api_shim.hub import StreamHub
 from api_shim.quotas import Quotas
 from runrelay.agent.config import Registry
-from runrelay.server.batches import BatchListener, BatchStore
+from runrelay.server.batches import BatchStore
 from runrelay.server.eventlog import EventLog
-from runrelay.server.keys import EXECUTE_RUN_TASK, RedisKeys
+from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK, RedisKeys
 from runrelay.server.lifecycle import Lifecycle, RunListener
+from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, make_engine
 from runrelay.server.stream_tokens import StreamTokens
@@ -32,9 +33,14 @@ class TaskSender:
         self._celery = Celery("runrelay-shim", set_as_current=False)
         self._celery.conf.update(settings.celery_config())
         self._queue = settings.task_queue
+        self._control_queue = settings.control_queue
 
     def send(self, run_id: str) -> None:
         self._celery.send_task(EXECUTE_RUN_TASK, args=[run_id], queue=self._queue)
+
+    def send_delivery(self, delivery_id: str) -> None:
+        """Webhooks (issue 12): a delivery attempt, on the workers' control queue."""
+        self._celery.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=self._control_queue)
 
     def close(self) -> None:
         self._celery.close()
@@ -111,8 +117,7 @@ class ShimState:
                 events,
                 quotas.backend,
                 threads,
-                # What attaches to a run's transitions: batches' lines, then the caller's.
-                (BatchListener(redis, keys), *listeners),
+                (*standard_listeners(redis, keys, sender.send_delivery), *listeners),
             ),
             batches=BatchStore(store.engine),
             stream_tokens=StreamTokens(settings, redis, keys),

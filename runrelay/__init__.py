@@ -57,11 +57,15 @@ from runrelay.types import (
     ModelParams,
     RunList,
     RunObject,
+    ScheduleList,
+    ScheduleObject,
     ShortcutDefinition,
     ShortcutResolution,
     ThreadMessageObject,
     ThreadObject,
     Usage,
+    WebhookDeliveryList,
+    WebhookDeliveryObject,
 )
 
 __all__ = [
@@ -102,6 +106,8 @@ __all__ = [
     "RunTimeoutError",
     "Runrelay",
     "RunrelayError",
+    "ScheduleList",
+    "ScheduleObject",
     "SessionError",
     "ShortcutDefinition",
     "ShortcutResolution",
@@ -117,5 +123,7 @@ __all__ = [
     "Usage",
     "UsageInfo",
     "ValidationError",
+    "WebhookDeliveryList",
+    "WebhookDeliveryObject",
     "__version__",
 ]

@@ -100,6 +100,27 @@ class A2ATask(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict)
 
 
+WebhookEvent = Literal[
+    "run.completed", "run.failed", "run.cancelled", "run.expired", "run.requires_action"
+]
+WEBHOOK_EVENTS: tuple[str, ...] = (
+    "run.completed",
+    "run.failed",
+    "run.cancelled",
+    "run.expired",
+    "run.requires_action",
+)
+
+
+class WebhookSpec(BaseModel):
+    """Where a run's lifecycle events go; `events` None means all of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://[^\s/?#]+", max_length=2000)
+    events: list[WebhookEvent] | None = Field(None, min_length=1)
+
+
 class RunCreate(BaseModel):
     """The body of `POST /v1/runs`, `/v1/runs/wait` and `/v1/runs/stream`."""
 
@@ -124,7 +145,11 @@ class RunCreate(BaseModel):
     metadata: dict[str, Any] | None = None
     tenant_id: str | None = Field(None, min_length=1, max_length=100)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
-    webhook: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+    webhook: WebhookSpec | None = Field(
+        None,
+        description="where the run's lifecycle events are POSTed, signed (Standard Webhooks): "
+        "a URL, or {url, events}",
+    )
     timeout_s: float | None = Field(
         None, gt=0, description="the run's deadline in seconds (at most the server's maximum)"
     )
@@ -158,6 +183,12 @@ class RunCreate(BaseModel):
             context = {"message": message, "param": param}
             raise PydanticCustomError("value_error", "{message}", context)
         return params
+
+    @field_validator("webhook", mode="before")
+    @classmethod
+    def _webhook_url(cls, webhook: Any) -> Any:
+        """A bare URL is `{url}` (every event)."""
+        return {"url": webhook} if isinstance(webhook, str) else webhook
 
     @field_validator("message")
     @classmethod
@@ -271,6 +302,9 @@ class RunObject(BaseModel):
     # On the create response only: the events URL with a short-lived read-only token, for
     # browsers (`EventSource` cannot send the API key). See POST /v1/runs/{id}/stream_token.
     stream_url: str | None = None
+    schedule_id: str | None = None
+    scheduled_for: datetime | None = None
+    webhook: WebhookSpec | None = None
 
 
 class RunList(BaseModel):
@@ -364,3 +398,100 @@ class ShortcutResolution(BaseModel):
     task_template: str | None = None
     capabilities: list[str] = Field(default_factory=list)
     suggestions: list[str] = Field(default_factory=list)
+
+
+# Schedules and webhooks (issue 12) --------------------------------------------------------------
+
+
+class ScheduleTiming(BaseModel):
+    """When a schedule fires; shared by create and the fields PATCH may change."""
+
+    cron: str = Field(
+        min_length=1,
+        max_length=200,
+        description="5 fields (minute hour day-of-month month day-of-week) or @hourly, "
+        "@daily, @weekly, @monthly, @yearly",
+    )
+    timezone: str = Field("UTC", min_length=1, max_length=64, description="IANA time zone")
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    overlap: Literal["skip", "enqueue", "cancel_previous"] = Field(
+        "skip",
+        description="while the last run is active: skip the tick, enqueue a run anyway, or "
+        "cancel the last run and start a new one",
+    )
+    catch_up: Literal["none", "latest"] = Field(
+        "none", description="after downtime: fire nothing for missed ticks, or the latest once"
+    )
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _window(self) -> ScheduleTiming:
+        for name in ("start_at", "end_at"):
+            moment = getattr(self, name)
+            if moment is not None and moment.tzinfo is None:
+                raise ValueError(f"{name} must carry a UTC offset (e.g. 2026-01-01T00:00:00Z)")
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            raise ValueError("end_at must be after start_at")
+        return self
+
+
+class ScheduleCreate(RunCreate, ScheduleTiming):
+    """`POST /v1/schedules`: a run request (as `POST /v1/runs` takes it) plus when to make it."""
+
+
+class ScheduleObject(BaseModel):
+    object: Literal["schedule"] = "schedule"
+    id: str
+    tenant_id: str
+    cron: str
+    timezone: str
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    overlap: str
+    catch_up: str
+    paused: bool
+    run: dict[str, Any] = Field(description="the run request each tick makes")
+    next_run_at: datetime | None = None
+    last_run_at: datetime | None = None
+    last_run_id: str | None = None
+    last_status: str | None = Field(
+        None,
+        description="fired | skipped | refused | error, then the last run's status once it ends",
+    )
+    last_detail: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ScheduleList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ScheduleObject]
+    has_more: bool
+    next_cursor: str | None = None
+
+
+class WebhookAttempt(BaseModel):
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: int
+    response: str | None = Field(None, description="the start of the receiver's answer")
+
+
+class WebhookDeliveryObject(BaseModel):
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    id: str = Field(description="the webhook-id header, the same on every attempt")
+    run_id: str
+    event_type: str
+    url: str
+    status: Literal["pending", "delivered", "failed", "disabled"]
+    attempts: list[WebhookAttempt]
+    next_attempt_at: datetime | None = None
+    created_at: datetime
+    delivered_at: datetime | None = None
+
+
+class WebhookDeliveryList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[WebhookDeliveryObject]

@@ -89,6 +89,13 @@ def settings(
         # The session's tests make runs straight in the database; a sweeper would pick them up.
         # Recovery is tested in tests/recovery/ with a deployment of its own.
         sweeper_enabled=False,
+        # Schedules and webhooks (issue 12): seconds-level cron, a receiver on 127.0.0.1, and
+        # retries a test can wait for.
+        schedule_allow_seconds=True,
+        schedule_tick_s=0.5,
+        webhook_allow_private_targets=True,
+        webhook_retry_delays_s=[0.3, 0.3, 0.3],
+        webhook_lost_after_s=1.0,
     )
     upgrade(settings)
     yield settings

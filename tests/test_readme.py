@@ -37,6 +37,8 @@ def test_the_readme_has_an_example_per_sdk_surface() -> None:
         "Runrelay.from_config(",
         "hooks=[",
         "approve=",
+        "schedules.create(",
+        "schedules.trigger(",
     ):
         assert call in text, call
 

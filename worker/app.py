@@ -20,9 +20,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
-from runrelay.server.keys import EXECUTE_RUN_TASK
+from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK
 from runrelay.server.lifecycle import RunListener
 from runrelay.server.settings import Settings
+from worker import beat
 from worker.runtime import AsyncRuntime
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,17 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
     def runtime(self) -> AsyncRuntime:
         with self._runtime_lock:
             if self._runtime is None:
-                self._runtime = AsyncRuntime(self.settings, self.send_run, self.listeners)
+                self._runtime = AsyncRuntime(
+                    self.settings, self.send_run, self.listeners, self.send_delivery
+                )
             return self._runtime
 
     def send_run(self, run_id: str) -> None:
         self.send_task(EXECUTE_RUN_TASK, args=[run_id], queue=self.settings.task_queue)
+
+    def send_delivery(self, delivery_id: str) -> None:
+        """A webhook delivery attempt, on the control queue (worker/beat.py)."""
+        self.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=self.settings.control_queue)
 
     def hand_back_after_grace(self) -> None:
         """From a signal handler: stop taking runs and sweeping now; wait `shutdown_grace_s` in
@@ -97,6 +104,7 @@ def _thread_stacks() -> str:
 def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> WorkerApp:
     """The worker's Celery app; `listeners` attach to the run lifecycle of its runtime."""
     app = WorkerApp(settings, listeners)
+    beat.register(app)  # schedules and webhooks: the control queue and its tasks
 
     @app.task(name=EXECUTE_RUN_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
     def execute_run(run_id: str) -> None:

@@ -24,10 +24,10 @@ import httpx
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from runrelay.agent.config import Registry
-from runrelay.server.batches import BatchListener
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle, RunListener
+from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, make_engine
 from runrelay.server.thread_gate import ThreadGate
@@ -49,12 +49,14 @@ class AsyncRuntime:
         settings: Settings,
         send: Callable[[str], None],
         listeners: Sequence[RunListener] = (),
+        send_delivery: Callable[[str], None] | None = None,
     ) -> None:
         """`send` enqueues a run's task (the Celery app's `send_task`, by name); `listeners`
         attach to the run lifecycle (`runrelay.server.lifecycle`)."""
         self.settings = settings
         self._listeners = tuple(listeners)
         self._send = send
+        self._send_delivery = send_delivery or (lambda _delivery_id: None)
         self._background: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
@@ -85,7 +87,7 @@ class AsyncRuntime:
             events,
             slots.quotas,
             ThreadGate(slots.quotas, self._store),
-            (BatchListener(self._redis, keys), *self._listeners),
+            (*standard_listeners(self._redis, keys, self._send_delivery), *self._listeners),
         )
         self._background.append(asyncio.create_task(self.controls.watch_cancels()))
         if settings.sweeper_enabled:

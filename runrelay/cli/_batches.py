@@ -14,7 +14,12 @@ import click
 from pydantic import BaseModel
 
 from runrelay.batch_types import BatchObject
-from runrelay.cli._client_commands import EXIT_RUN_NOT_COMPLETED, _client, _object, client_options
+from runrelay.cli._client_commands import (
+    EXIT_RUN_NOT_COMPLETED,
+    client_options,
+    json_object,
+    sdk_client,
+)
 from runrelay.client._resources.batches import ProgressLine
 
 
@@ -81,10 +86,10 @@ def submit(
         "agent": agent,
         "completion_window": completion_window,
         "on_invalid": "skip" if skip_invalid else None,
-        "metadata": _object(metadata_json, "--metadata"),
-        "model_params": _object(params_json, "--model-params"),
+        "metadata": json_object(metadata_json, "--metadata"),
+        "model_params": json_object(params_json, "--model-params"),
     }
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         created = client.batches.create(file, **options)
         click.echo(created.id)
         for error in created.validation_errors:
@@ -108,7 +113,7 @@ def submit(
 @client_options
 def status(batch_id: str, as_json: bool, api_key: str | None, base_url: str | None) -> None:
     """Show where batch BATCH_ID stands."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         found = client.batches.get(batch_id)
     if as_json:
         click.echo(json.dumps(found.model_dump(mode="json"), indent=2))
@@ -122,7 +127,7 @@ def status(batch_id: str, as_json: bool, api_key: str | None, base_url: str | No
 @client_options
 def results(batch_id: str, output: Path | None, api_key: str | None, base_url: str | None) -> None:
     """Write the completed lines of BATCH_ID (so far) as JSONL, to stdout or --output."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         _write_rows(client.batches.results(batch_id), output)
 
 
@@ -132,7 +137,7 @@ def results(batch_id: str, output: Path | None, api_key: str | None, base_url: s
 @client_options
 def errors(batch_id: str, output: Path | None, api_key: str | None, base_url: str | None) -> None:
     """Write the failed, cancelled and expired lines of BATCH_ID as JSONL."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         _write_rows(client.batches.errors(batch_id), output)
 
 
@@ -141,5 +146,5 @@ def errors(batch_id: str, output: Path | None, api_key: str | None, base_url: st
 @client_options
 def cancel(batch_id: str, api_key: str | None, base_url: str | None) -> None:
     """Cancel BATCH_ID: lines not started never start, running ones are cancelled."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         click.echo(_summary(client.batches.cancel(batch_id)))

@@ -44,7 +44,7 @@ def client_options(command: F) -> F:
 
 
 @contextmanager
-def _client(api_key: str | None, base_url: str | None) -> Iterator[Client]:
+def sdk_client(api_key: str | None, base_url: str | None) -> Iterator[Client]:
     """The SDK client; SDK errors become one-line CLI errors (exit status 1)."""
     try:
         with Client(api_key, base_url=base_url) as client:
@@ -53,11 +53,11 @@ def _client(api_key: str | None, base_url: str | None) -> Iterator[Client]:
         raise click.ClickException(str(exc)) from exc
 
 
-def _json(value: Any) -> str:
+def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
-def _object(text: str | None, name: str) -> dict[str, Any] | None:
+def json_object(text: str | None, name: str) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
@@ -92,10 +92,10 @@ def run(
     Prints the run and thread ids, the text as it arrives and each tool call, then the status,
     the token usage and the run id. Exits 3 if the run ended without completing.
     """
-    input_value = _object(input_json, "--input")
+    input_value = json_object(input_json, "--input")
     if message is None and input_value is None:
         raise click.UsageError("give a MESSAGE or --input")
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         stream = client.runs.stream(agent, message=message, input=input_value, thread_id=thread_id)
         done = print_events(stream, json_lines=json_lines)
     _exit_for(done)
@@ -125,12 +125,12 @@ def runs_list(
     base_url: str | None,
 ) -> None:
     """The newest runs of your tenant, a page at a time (newest first)."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         page = client.runs.list(
             limit=limit, status=status, agent=agent, thread_id=thread_id, cursor=cursor
         )
     if as_json:
-        click.echo(_json(page.model_dump(mode="json")))
+        click.echo(to_json(page.model_dump(mode="json")))
         return
     for item in page.data:
         tokens = item.usage.total_tokens if item.usage else 0
@@ -151,8 +151,8 @@ def runs_list(
 @client_options
 def runs_get(run_id: str, api_key: str | None, base_url: str | None) -> None:
     """One run, as JSON."""
-    with _client(api_key, base_url) as client:
-        click.echo(_json(client.runs.get(run_id).model_dump(mode="json")))
+    with sdk_client(api_key, base_url) as client:
+        click.echo(to_json(client.runs.get(run_id).model_dump(mode="json")))
 
 
 @runs.command("events")
@@ -165,7 +165,7 @@ def runs_events(
 ) -> None:
     """Replay a run's events, and follow it until it ends. Exits 3 if the run ended without
     completing, as `runrelay run` does."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         done = print_events(client.runs.events(run_id, last_event_id=after), json_lines=json_lines)
     if after is None or done is not None:
         _exit_for(done)
@@ -176,7 +176,7 @@ def runs_events(
 @client_options
 def runs_cancel(run_id: str, api_key: str | None, base_url: str | None) -> None:
     """Cancel a queued or running run."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         cancelled = client.runs.cancel(run_id)
     click.echo(f"{cancelled.id}  {cancelled.status}")
 
@@ -196,7 +196,7 @@ def runs_approve(
     base_url: str | None,
 ) -> None:
     """Approve (or --reject) a tool call a run paused for (`requires_action`)."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         run = client.runs.decide(run_id, call_id, approved=not reject, reason=reason)
     click.echo(f"{run.id}  {run.status}")
 
@@ -211,7 +211,7 @@ def shortcuts() -> None:
 @client_options
 def shortcuts_list(module: str | None, api_key: str | None, base_url: str | None) -> None:
     """The shortcuts the registry offers."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         found = client.shortcuts.list(module=module)
     width = max((len(s.pattern) for s in found), default=0)
     for item in found:
@@ -223,7 +223,7 @@ def shortcuts_list(module: str | None, api_key: str | None, base_url: str | None
 @client_options
 def shortcuts_resolve(command: tuple[str, ...], api_key: str | None, base_url: str | None) -> None:
     """What COMMAND (e.g. bank credit-analyst) leads to; exits 1 if nothing, with suggestions."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         resolution = client.shortcuts.resolve(" ".join(command))
     if resolution.resolved:
         click.echo(f"{' '.join(command)} → {resolution.agent_id} ({resolution.agent_name})")
@@ -247,7 +247,7 @@ def agents() -> None:
 @client_options
 def agents_list(api_key: str | None, base_url: str | None) -> None:
     """The agents you can run: name, shortcuts, tags (tag → revision) and description."""
-    with _client(api_key, base_url) as client:
+    with sdk_client(api_key, base_url) as client:
         found = client.agents.list()
     width = max((len(a.name) for a in found), default=0)
     for agent in found:

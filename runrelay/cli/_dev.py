@@ -44,22 +44,25 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url}
+def _start_worker(settings: Settings, log_path: Path, *command: str) -> subprocess.Popen[bytes]:
+    """`runrelay worker` (or the `command` given, e.g. `beat`) as a child process."""
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "DATABASE_URL": settings.database_url,
+        # Webhooks to a receiver on this machine are the point of trying them here.
+        "RUNRELAY_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+    }
+    command = command or (
+        "worker",
+        "--concurrency",
+        "50",
+        "--hostname",
+        f"dev-worker-{os.getpid()}@%h",
+    )
     with log_path.open("ab") as log_file:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
-            [
-                sys.executable,
-                "-m",
-                "runrelay",
-                "--log-level",
-                "WARNING",
-                "worker",
-                "--concurrency",
-                "50",
-                "--hostname",
-                f"dev-worker-{os.getpid()}@%h",
-            ],
+            [sys.executable, "-m", "runrelay", "--log-level", "WARNING", *command],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -126,11 +129,13 @@ def run_dev(*, host: str, port: int, data_dir: Path, demo: bool) -> None:
         key = demo_key(store, data_dir)
         store.engine.dispose()
         worker = _start_worker(settings, data_dir / "worker.log")
+        beat = _start_worker(settings, data_dir / "beat.log", "beat")  # schedules, webhooks
         try:
             _serve(settings, host, port, key, data_dir, redis is not None, demo)
         except KeyboardInterrupt:
             pass  # uvicorn re-raises the Ctrl-C it handled; stopping is what the user asked for
         finally:
+            _stop_worker(beat)
             _stop_worker(worker)
     finally:
         if redis is not None:

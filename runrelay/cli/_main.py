@@ -1,5 +1,6 @@
 """The `runrelay` command: run the service's processes and administer tenants and keys; the
-client commands (`run`, `runs`, `shortcuts`, `agents`) are in `runrelay.cli._client_commands`.
+client commands (`run`, `runs`, `shortcuts`, `agents`) are in `runrelay.cli._client_commands`,
+`schedules` in `runrelay.cli._schedules`.
 
 Server commands import the server side lazily, so the command exists with the SDK alone.
 """
@@ -20,6 +21,7 @@ import click
 from runrelay import __version__
 from runrelay.cli import _client_commands as cli_client
 from runrelay.cli._batches import batch
+from runrelay.cli._schedules import schedules
 
 if TYPE_CHECKING:
     from runrelay.server.settings import Settings
@@ -263,7 +265,7 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
         "worker",
         "--pool=threads",
         f"--concurrency={concurrency or settings.worker_concurrency}",
-        f"--queues={settings.task_queue}",
+        f"--queues={settings.task_queue},{settings.control_queue}",
         "--loglevel=INFO",
         "--without-gossip",
         "--without-mingle",
@@ -271,6 +273,37 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.worker_main(argv)
+
+
+@main.command()
+def beat() -> None:
+    """Run the clock of schedules and webhook retries (Celery beat with celery-redbeat). Run
+    two for failover: the second waits on a Redis lock and takes over when the first stops."""
+    from worker.beat import run_beat
+
+    run_beat(_settings())
+
+
+@tenants.command("webhook-secret")
+@click.argument("name")
+def tenants_webhook_secret(name: str) -> None:
+    """Create the tenant's webhook signing secret, or rotate it (the previous one keeps signing
+    too for RUNRELAY_WEBHOOK_SECRET_ROTATION_GRACE_S); prints the new `whsec_...` secret."""
+    from runrelay.server.webhooks import rotate_secret
+
+    settings = _settings()
+    with _store() as store:
+        tenant = store.get_tenant(name)
+        if tenant is None:
+            raise click.ClickException(f"no tenant {name!r}")
+        row = rotate_secret(
+            store.engine, tenant.id, grace_s=settings.webhook_secret_rotation_grace_s
+        )
+    click.echo(row.secret)
+    if row.previous:
+        click.echo(
+            f"rotated: the previous secret also signs until {_when(row.previous_until)}", err=True
+        )
 
 
 @main.command()
@@ -304,6 +337,7 @@ def dev(host: str, port: int, data_dir: Path, no_demo: bool) -> None:
 
 cli_client.register(main)
 main.add_command(batch)
+main.add_command(schedules)
 
 
 def _redact(url: str) -> str:

@@ -19,10 +19,12 @@ from runrelay.client._resources import (
     AsyncAgents,
     AsyncBatches,
     AsyncRuns,
+    AsyncSchedules,
     AsyncShortcuts,
     AsyncThreads,
     Batches,
     Runs,
+    Schedules,
     Shortcuts,
     Threads,
     shortcut_request,
@@ -57,6 +59,7 @@ class Client:
         self._transport = SyncTransport(self._options, self._options.sync_http())
         self.agents = Agents(self._options, self._transport, None)
         self.runs = Runs(self._options, self._transport, None)
+        self.schedules = Schedules(self._options, self._transport, None)
         self.shortcuts = Shortcuts(self._options, self._transport, None)
         self.threads = Threads(self._options, self._transport, None)
         self.batches = Batches(self._options, self._transport, None)
@@ -114,6 +117,7 @@ class AsyncClient:
         self._transport = AsyncTransport(self._options, self._options.async_http())
         self.agents = AsyncAgents(self._options, None, self._transport)
         self.runs = AsyncRuns(self._options, None, self._transport)
+        self.schedules = AsyncSchedules(self._options, None, self._transport)
         self.shortcuts = AsyncShortcuts(self._options, None, self._transport)
         self.threads = AsyncThreads(self._options, None, self._transport)
         self.batches = AsyncBatches(self._options, None, self._transport)

@@ -4,7 +4,8 @@
 A request is retried on 408, 409, 429 and 5xx answers and on connection errors, at most
 `max_retries` times, after a jittered exponential backoff or the server's `Retry-After`. Creates
 carry an `Idempotency-Key` that stays the same across those retries, so a retry never makes a
-second run.
+second run. A request the server cannot recognise when repeated (`retry_refusals_only`: a
+schedule's create, a trigger) is retried only after a 429, which made nothing.
 """
 
 from __future__ import annotations
@@ -126,6 +127,14 @@ class Request:
     params: Mapping[str, Any] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     timeout: httpx.Timeout | float | None = None
+    retry_refusals_only: bool = False
+
+    def retryable(self, error: APIError) -> bool:
+        if self.retry_refusals_only and not (
+            isinstance(error, APIStatusError) and error.status_code == 429
+        ):
+            return False  # the first attempt may have made something a retry would make again
+        return is_retryable(error)
 
     def kwargs(self, default_timeout: float) -> dict[str, Any]:
         params = {k: v for k, v in (self.params or {}).items() if v is not None}
@@ -155,7 +164,7 @@ class SyncTransport:
                 if response.is_success:
                     return response
                 error = status_error(response)
-            if attempt >= self.options.max_retries or not is_retryable(error):
+            if attempt >= self.options.max_retries or not request.retryable(error):
                 raise error
             time.sleep(retry_delay(attempt, error))
             attempt += 1
@@ -182,7 +191,7 @@ class AsyncTransport:
                 if response.is_success:
                     return response
                 error = status_error(response)
-            if attempt >= self.options.max_retries or not is_retryable(error):
+            if attempt >= self.options.max_retries or not request.retryable(error):
                 raise error
             await asyncio.sleep(retry_delay(attempt, error))
             attempt += 1

@@ -6,6 +6,10 @@ import hashlib
 from dataclasses import dataclass
 
 EXECUTE_RUN_TASK = "runrelay.execute_run"
+# Schedules and webhooks (issue 12): tasks on the control queue, by name.
+FIRE_SCHEDULES_TASK = "runrelay.schedules.fire_due"
+DELIVER_WEBHOOK_TASK = "runrelay.webhooks.deliver"
+SWEEP_WEBHOOKS_TASK = "runrelay.webhooks.sweep"
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,13 @@ class RedisKeys:
     def batch_wakeup(self) -> str:
         """List pushed when a batch's run ends, so the feeder's blocking pop wakes at once."""
         return f"{self.prefix}batch:wakeup"
+
+    # Schedules (worker/beat.py): celery-redbeat keeps its entries and its lock under this.
+
+    def beat_prefix(self) -> str:
+        """Prefix of celery-redbeat's keys (its schedule, statics and `<prefix>:lock`, the
+        lock a second beat waits on)."""
+        return f"{self.prefix}beat:"
 
     def hub_wakeup(self, hub_id: str) -> str:
         """A tiny stream the SSE hub also reads, so a new subscription wakes its blocking XREAD."""

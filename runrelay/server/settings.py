@@ -115,6 +115,37 @@ class Settings(BaseSettings):
             return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
         return value
 
+    # Schedules (issue 12): `runrelay beat` sends the firing tick, workers fire what is due.
+    # How often the beat asks the workers to fire due schedules (the firing resolution).
+    schedule_tick_s: float = Field(1.0, gt=0)
+    # A tick fired later than this after its time was missed (downtime): `catch_up` decides.
+    schedule_misfire_grace_s: float = Field(60.0, gt=0)
+    # Allow a sixth, leading seconds field in cron expressions (tests and benchmarks).
+    schedule_allow_seconds: bool = False
+    # Due schedules one firing pass claims at most (the next tick takes the rest).
+    schedule_fire_batch: int = Field(1000, ge=1)
+    # The beat's Redis lock (celery-redbeat): a second beat takes over this long after the
+    # first stopped renewing it.
+    beat_lock_timeout_s: int = Field(30, ge=2)
+
+    # Webhooks (issue 12): Standard Webhooks, delivered by Celery tasks on the control queue.
+    # Seconds to wait before each retry (the spec's schedule: 5 s, 5 min, 30 min, 2 h, 5 h,
+    # 10 h, 10 h); its length is the number of retries. Each wait is jittered by +-20 %.
+    webhook_retry_delays_s: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    # A receiver's answer is read up to this many bytes (kept in the delivery log).
+    webhook_max_response_bytes: int = Field(4096, ge=0)
+    # Private, loopback and link-local targets are refused unless this is set (dev, tests).
+    webhook_allow_private_targets: bool = False
+    # How often the beat looks for deliveries whose task was lost (a worker died holding it).
+    webhook_sweep_interval_s: float = Field(15.0, gt=0)
+    # A delivery due for longer than this without being attempted is sent again by the sweep.
+    webhook_lost_after_s: float = Field(30.0, gt=0)
+    # After a rotation the previous secret signs too (a second signature) for this long.
+    webhook_secret_rotation_grace_s: int = Field(24 * 3600, ge=0)
+
     @field_validator("default_requests_per_minute", "default_token_budget", mode="before")
     @classmethod
     def _no_limit(cls, value: Any) -> Any:
@@ -152,6 +183,11 @@ class Settings(BaseSettings):
     @property
     def task_queue(self) -> str:
         return "runrelay.runs"
+
+    @property
+    def control_queue(self) -> str:
+        """Schedule firing and webhook deliveries: short tasks, apart from the runs."""
+        return "runrelay.control"
 
     def celery_config(self) -> dict[str, Any]:
         """Celery settings the worker and the shim (which only sends tasks) must agree on."""

@@ -193,6 +193,7 @@ class Store:
         status: RunStatus | None = None,
         agent: str | None = None,
         thread_id: str | None = None,
+        schedule_id: str | None = None,
     ) -> list[Run]:
         """The tenant's runs, newest first; `before` is the last run id of the previous page."""
         query = select(Run).where(Run.tenant_id == tenant_id)
@@ -204,6 +205,8 @@ class Store:
             query = query.where(Run.agent_name == agent)
         if thread_id is not None:
             query = query.where(Run.thread_id == thread_id)
+        if schedule_id is not None:  # schedules (issue 12)
+            query = query.where(Run.schedule_id == schedule_id)
         query = query.order_by(col(Run.id).desc()).limit(limit)
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(query).all())

@@ -67,6 +67,7 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         Index("ix_runs_tenant_id_id", "tenant_id", "id"),
         Index("ix_runs_tenant_thread", "tenant_id", "thread_id"),
+        Index("ux_runs_schedule_tick", "schedule_id", "scheduled_for", unique=True),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -103,6 +104,11 @@ class Run(SQLModel, table=True):
     required_action: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     waited_s: float = 0.0
     resumes: int = 0
+    # Schedules and webhooks (issue 12): the schedule and tick that made the run (unique
+    # together: one run per tick), and where its lifecycle events are POSTed ({url, events}).
+    schedule_id: str | None = Field(default=None, max_length=40)
+    scheduled_for: datetime | None = None
+    webhook: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class Thread(SQLModel, table=True):

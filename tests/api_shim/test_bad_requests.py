@@ -36,7 +36,7 @@ OK = {"agent": "bank credit-analyst", "message": "hi"}
         ({**OK, "tag": "Prod!"}, 422, "tag", "^[a-z0-9]"),
         ({**OK, "input": "not an object"}, 422, "input", "dictionary"),
         ({**OK, "colour": "blue"}, 422, "colour", "not a known field"),
-        ({**OK, "webhook": "ftp://x"}, 422, "webhook", "pattern"),
+        ({**OK, "webhook": "ftp://x"}, 422, "webhook.url", "pattern"),
     ],
 )
 def test_bad_body_is_4xx_naming_the_field(

@@ -33,8 +33,9 @@ def test_cancelling_another_tenants_run_is_404_and_leaves_it_running(
 ) -> None:
     run = client.post("/v1/runs", json=SLOW).json()
     other = store.create_tenant(f"other-{run['id'][-8:]}")
-    with httpx.Client(base_url=api, headers={
-            "Authorization": f"Bearer {store.create_api_key(other.id)}"}) as intruder:
+    with httpx.Client(
+        base_url=api, headers={"Authorization": f"Bearer {store.create_api_key(other.id)}"}
+    ) as intruder:
         response = intruder.post(f"/v1/runs/{run['id']}/cancel")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "run_not_found"

@@ -24,8 +24,9 @@ TIMEOUT_S = 0.3
 
 @pytest.fixture
 def own(settings: Settings) -> Iterator[Settings]:
-    own = settings.model_copy(update={"redis_prefix": f"rrdisp:{secrets.token_hex(4)}:",
-                                      "dispatch_timeout_s": TIMEOUT_S})
+    own = settings.model_copy(
+        update={"redis_prefix": f"rrdisp:{secrets.token_hex(4)}:", "dispatch_timeout_s": TIMEOUT_S}
+    )
     yield own
     client = redis.Redis.from_url(settings.redis_url)
     for key in client.scan_iter(match=f"{own.redis_prefix}*"):
@@ -34,13 +35,23 @@ def own(settings: Settings) -> Iterator[Settings]:
 
 
 def _limits(cap: int) -> TenantLimits:
-    return TenantLimits(max_concurrent_runs=cap, max_queued_runs=100, requests_per_minute=None,
-                        token_budget=None, budget_period="month")
+    return TenantLimits(
+        max_concurrent_runs=cap,
+        max_queued_runs=100,
+        requests_per_minute=None,
+        token_budget=None,
+        budget_period="month",
+    )
 
 
 def _queued_run(store: Store, tenant_id: str) -> str:
-    run = Run(id=new_id("run"), tenant_id=tenant_id, status="queued", agent_name="slow-analyst",
-              agent_id="bank.slow-analyst")
+    run = Run(
+        id=new_id("run"),
+        tenant_id=tenant_id,
+        status="queued",
+        agent_name="slow-analyst",
+        agent_id="bank.slow-analyst",
+    )
     return store.create_run(run).id
 
 
@@ -58,12 +69,16 @@ def test_round_robin_across_tenants_and_a_lost_send_is_sent_again(
         try:
             # Tenant 0: cap 1. Its first run takes the slot, but the shim dies before sending it.
             lost = _queued_run(store, tenants[0])
-            assert (await quotas.admit(tenants[0], lost, _limits(1), reserve_tokens=1,
-                                       retry_after_s=5)).outcome == "dispatch"
+            assert (
+                await quotas.admit(tenants[0], lost, _limits(1), reserve_tokens=1, retry_after_s=5)
+            ).outcome == "dispatch"
             waiting = [_queued_run(store, tenants[0]) for _ in range(2)]
             for run_id in waiting:
-                assert (await quotas.admit(tenants[0], run_id, _limits(1), reserve_tokens=1,
-                                           retry_after_s=5)).outcome == "queue"
+                assert (
+                    await quotas.admit(
+                        tenants[0], run_id, _limits(1), reserve_tokens=1, retry_after_s=5
+                    )
+                ).outcome == "queue"
             assert await dispatcher.dispatch_pass() == 0, "the cap of 1 is taken"
             await asyncio.sleep(TIMEOUT_S + 0.1)
             await dispatcher.recheck_overdue()
@@ -76,8 +91,9 @@ def test_round_robin_across_tenants_and_a_lost_send_is_sent_again(
             # Tenant 1 bursts 4 runs over a cap of 1 then gets cap 10; tenant 0 frees its slot.
             burst = [_queued_run(store, tenants[1]) for _ in range(4)]
             for run_id in burst:
-                await quotas.admit(tenants[1], run_id, _limits(1), reserve_tokens=1,
-                                   retry_after_s=5)
+                await quotas.admit(
+                    tenants[1], run_id, _limits(1), reserve_tokens=1, retry_after_s=5
+                )
             await client.hset(keys.tenant_limits(tenants[1]), "max_concurrent_runs", 10)
             await client.hset(keys.tenant_limits(tenants[0]), "max_concurrent_runs", 10)
             sent.clear()

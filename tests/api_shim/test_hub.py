@@ -30,6 +30,7 @@ def test_redis_connections_do_not_grow_with_sse_clients(
     api: str, tenant: TenantKey, settings: Settings, store: Store
 ) -> None:
     update_limits(store, tenant.tenant_id, max_concurrent_runs=CLIENTS)  # all tails live at once
+
     async def scenario() -> tuple[list[list[dict]], list[int]]:
         limits = httpx.Limits(max_connections=CLIENTS * 2)
         async with httpx.AsyncClient(

@@ -14,9 +14,12 @@ from runrelay.server.settings import Settings
 
 
 def _env(settings: Settings) -> dict[str, str | None]:
-    return {"REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url,
-            "RUNRELAY_DATABASE_SCHEMA": settings.database_schema,
-            "RUNRELAY_REDIS_PREFIX": settings.redis_prefix}
+    return {
+        "REDIS_URL": settings.redis_url,
+        "DATABASE_URL": settings.database_url,
+        "RUNRELAY_DATABASE_SCHEMA": settings.database_schema,
+        "RUNRELAY_REDIS_PREFIX": settings.redis_prefix,
+    }
 
 
 def test_tenant_limits_from_the_cli_apply_at_admission(settings: Settings, api: str) -> None:
@@ -29,13 +32,27 @@ def test_tenant_limits_from_the_cli_apply_at_admission(settings: Settings, api: 
         assert result.exit_code == 0, result.output
         return result.stdout
 
-    shown = json.loads(run("tenants", "create", name, "--max-concurrent-runs", "1",
-                           "--token-budget", "50000", "--budget-period", "day"))
+    shown = json.loads(
+        run(
+            "tenants",
+            "create",
+            name,
+            "--max-concurrent-runs",
+            "1",
+            "--token-budget",
+            "50000",
+            "--budget-period",
+            "day",
+        )
+    )
     assert shown["limits"]["max_concurrent_runs"] == 1
     assert shown["limits"]["token_budget"] == 50000 and shown["limits"]["budget_period"] == "day"
     assert shown["limits"]["max_queued_runs"] == settings.default_max_queued_runs, "a default"
-    assert shown["own_limits"] == {"max_concurrent_runs": 1, "token_budget": 50000,
-                                   "budget_period": "day"}
+    assert shown["own_limits"] == {
+        "max_concurrent_runs": 1,
+        "token_budget": 50000,
+        "budget_period": "day",
+    }
     shown = json.loads(run("tenants", "update", name, "--max-queued-runs", "0"))
     assert shown["limits"]["max_queued_runs"] == 0 and shown["limits"]["max_concurrent_runs"] == 1
     assert json.loads(run("tenants", "show", name)) == shown

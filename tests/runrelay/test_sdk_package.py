@@ -59,6 +59,8 @@ PUBLIC_API = [
     "RunTimeoutError",
     "Runrelay",
     "RunrelayError",
+    "ScheduleList",
+    "ScheduleObject",
     "SessionError",
     "ShortcutDefinition",
     "ShortcutResolution",
@@ -74,6 +76,8 @@ PUBLIC_API = [
     "Usage",
     "UsageInfo",
     "ValidationError",
+    "WebhookDeliveryList",
+    "WebhookDeliveryObject",
     "__version__",
 ]
 

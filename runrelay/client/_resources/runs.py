@@ -1,14 +1,15 @@
-"""`client.runs`: background runs, their state and their event logs."""
+"""`client.runs`: background runs, their state, their event logs and their webhook deliveries."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from runrelay.client._resources.base import Event, Resource, create_request, raw
 from runrelay.client._streaming import EventStream
 from runrelay.client._transport import Request
 from runrelay.errors import ValidationError
-from runrelay.types import RunList, RunObject
+from runrelay.types import RunList, RunObject, WebhookDeliveryList, WebhookDeliveryObject
 
 
 def _run_create_body(agent: str | None, fields: dict[str, Any]) -> Event:
@@ -62,8 +63,10 @@ class Runs(_RunsResource):
         status: str | None = None,
         agent: str | None = None,
         thread_id: str | None = None,
+        schedule_id: str | None = None,
     ) -> RunList:
-        response = self._transport.send(_list_request(limit, cursor, status, agent, thread_id))
+        request = _list_request(limit, cursor, status, agent, thread_id, schedule_id)
+        response = self._transport.send(request)
         return RunList.model_validate(response.json())
 
     def cancel(self, run_id: str) -> RunObject:
@@ -86,6 +89,17 @@ class Runs(_RunsResource):
         """`POST /v1/runs/{id}/approvals`."""
         response = self._transport.send(_decision_request(run_id, call_id, approved, reason))
         return RunObject.model_validate(response.json())
+
+    def webhooks(self, run_id: str) -> WebhookDeliveryList:
+        """`GET /v1/runs/{id}/webhooks`: the run's webhook deliveries with every attempt (status
+        code or error) and, while one is pending, its next retry."""
+        response = self._transport.send(Request("GET", _webhooks_path(run_id)))
+        return WebhookDeliveryList.model_validate(response.json())
+
+    def redeliver_webhook(self, run_id: str, delivery_id: str) -> WebhookDeliveryObject:
+        """Send a delivery again now, with the same `webhook-id` (receivers can deduplicate)."""
+        response = self._transport.send(Request("POST", _webhooks_path(run_id, delivery_id)))
+        return WebhookDeliveryObject.model_validate(response.json())
 
 
 class AsyncRuns(_RunsResource):
@@ -114,9 +128,11 @@ class AsyncRuns(_RunsResource):
         status: str | None = None,
         agent: str | None = None,
         thread_id: str | None = None,
+        schedule_id: str | None = None,
     ) -> RunList:
+        request = _list_request(limit, cursor, status, agent, thread_id, schedule_id)
         async with self._atransport() as transport:
-            response = await transport.send(_list_request(limit, cursor, status, agent, thread_id))
+            response = await transport.send(request)
         return RunList.model_validate(response.json())
 
     async def cancel(self, run_id: str) -> RunObject:
@@ -137,6 +153,16 @@ class AsyncRuns(_RunsResource):
             response = await transport.send(_decision_request(run_id, call_id, approved, reason))
         return RunObject.model_validate(response.json())
 
+    async def webhooks(self, run_id: str) -> WebhookDeliveryList:
+        async with self._atransport() as transport:
+            response = await transport.send(Request("GET", _webhooks_path(run_id)))
+        return WebhookDeliveryList.model_validate(response.json())
+
+    async def redeliver_webhook(self, run_id: str, delivery_id: str) -> WebhookDeliveryObject:
+        async with self._atransport() as transport:
+            response = await transport.send(Request("POST", _webhooks_path(run_id, delivery_id)))
+        return WebhookDeliveryObject.model_validate(response.json())
+
 
 def _decision_request(run_id: str, call_id: str, approved: bool, reason: str | None) -> Request:
     body = {"call_id": call_id, "approved": approved, "reason": reason}
@@ -144,7 +170,12 @@ def _decision_request(run_id: str, call_id: str, approved: bool, reason: str | N
 
 
 def _list_request(
-    limit: int, cursor: str | None, status: str | None, agent: str | None, thread_id: str | None
+    limit: int,
+    cursor: str | None,
+    status: str | None,
+    agent: str | None,
+    thread_id: str | None,
+    schedule_id: str | None,
 ) -> Request:
     params = {
         "limit": limit,
@@ -152,8 +183,17 @@ def _list_request(
         "status": status,
         "agent": agent,
         "thread_id": thread_id,
+        "schedule_id": schedule_id,
     }
     return Request("GET", "/v1/runs", params=params)
+
+
+def _webhooks_path(run_id: str, delivery_id: str | None = None) -> str:
+    for name, value in (("run_id", run_id), ("delivery_id", delivery_id)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValidationError(f"{name} must be a non-empty string", param=name)
+    path = f"/v1/runs/{quote(run_id, safe='')}/webhooks"
+    return path if delivery_id is None else f"{path}/{quote(delivery_id, safe='')}/redeliver"
 
 
 def _cursor(last_event_id: str | None) -> int:

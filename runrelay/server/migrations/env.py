@@ -5,8 +5,10 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import runrelay.server.batch_tables  # registers the batch tables too
-import runrelay.server.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import runrelay.server.batch_tables
+import runrelay.server.schedules
+import runrelay.server.tables
+import runrelay.server.webhooks  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_batches"
-down_revision: str | Sequence[str] | None = "0005"  # TEMPORARY: "0006_schedules_webhooks"
+down_revision: str | Sequence[str] | None = "0006_schedules_webhooks"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
