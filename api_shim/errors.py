@@ -1,7 +1,8 @@
 """Error responses: every failure is `{"error": {type, code, message, param, request_id}}`.
 
 APIError                    raised by routes; carries the HTTP status and the body fields
-LifecycleError              the run lifecycle's domain errors; their statuses are in `_LIFECYCLE`
+ServerError                 the server side's domain errors (runrelay/server/errors.py); their
+                            kind gives the status, here and only here (`_STATUS_OF_KIND`)
 RequestValidationError      FastAPI's; answered 422 naming the field and the rule
 HTTPException               Starlette's (404 route, 405 …); answered in the same shape
 anything else               a bug: 500, logged with the request id
@@ -18,14 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from runrelay.server.lifecycle import (
-    AlreadyDecided,
-    LifecycleError,
-    RunNotAwaitingApproval,
-    RunNotFound,
-    TransitionRefused,
-    UnknownCall,
-)
+from runrelay.server.errors import Conflict, Invalid, NotFound, ServerError, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +37,12 @@ _TYPES = {
 }
 
 
-# The one place the lifecycle's domain errors get HTTP statuses.
-_LIFECYCLE: dict[type[LifecycleError], int] = {
-    RunNotFound: 404,
-    RunNotAwaitingApproval: 409,
-    AlreadyDecided: 409,
-    TransitionRefused: 409,
-    UnknownCall: 422,
+# The one place the server side's domain errors get HTTP statuses.
+_STATUS_OF_KIND: dict[type[ServerError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    Unauthorized: 401,
 }
 
 
@@ -130,9 +123,11 @@ def install(app: FastAPI) -> None:
             request, exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers
         )
 
-    @app.exception_handler(LifecycleError)
-    async def _lifecycle(request: Request, exc: LifecycleError) -> JSONResponse:
-        status = next((s for t, s in _LIFECYCLE.items() if isinstance(exc, t)), 409)
+    @app.exception_handler(ServerError)
+    async def _domain(request: Request, exc: ServerError) -> JSONResponse:
+        status = next((s for kind, s in _STATUS_OF_KIND.items() if isinstance(exc, kind)), None)
+        if status is None:  # a worker-side signal (`Fenced`) reaching a route is a bug
+            return await _bug(request, exc)
         return error_response(request, status, exc.code, str(exc), param=exc.param)
 
     @app.exception_handler(RequestValidationError)

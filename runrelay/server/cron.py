@@ -19,12 +19,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
+from runrelay.server.errors import Invalid
+
 ALIASES = ("@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually")
 # A cron that cannot fire within this many candidates (e.g. `0 0 30 2 *`) is refused.
 _MAX_SKIPS = 1000
 
 
-class CronError(ValueError):
+class CronError(Invalid):
     """A bad cron expression or time zone; `field` names the request field."""
 
     def __init__(self, field: str, message: str) -> None:

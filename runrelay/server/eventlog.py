@@ -13,14 +13,15 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from runrelay.server import lua
+from runrelay.server.errors import Fenced
 from runrelay.server.keys import RedisKeys, entry_id, seq_of
 
 
-class LeaseLost(Exception):
+class LeaseLost(Fenced):
     """The writer no longer holds the run's lease: another worker owns the run now."""
 
 
-class SeqConflict(Exception):
+class SeqConflict(Fenced):
     """The seq is not above the log's last one (a duplicate or out-of-order append)."""
 
 

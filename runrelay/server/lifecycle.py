@@ -47,6 +47,7 @@ from runrelay.agent._driver import Outcome
 from runrelay.agent.events import encode, make_event
 from runrelay.agent.messages import ApprovalRequest
 from runrelay.server.approvals import Decision, PausedCalls, SavedCheckpoint
+from runrelay.server.errors import Conflict, Invalid, NotFound, ServerError
 from runrelay.server.eventlog import EventLog, LeaseLost
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore
@@ -96,18 +97,17 @@ class RunListener(Protocol):
 # Errors --------------------------------------------------------------------------------------
 
 
-class LifecycleError(Exception):
-    """Root of the lifecycle's errors; `code` and `param` name what was refused."""
+class LifecycleError(ServerError):
+    """The lifecycle's errors (each also of a kind in `runrelay.server.errors`)."""
 
-    code = "lifecycle_error"
     param: str | None = "run_id"
 
 
-class RunNotFound(LifecycleError):
+class RunNotFound(LifecycleError, NotFound):
     code = "run_not_found"
 
 
-class TransitionRefused(LifecycleError):
+class TransitionRefused(LifecycleError, Conflict):
     code = "transition_refused"
 
     def __init__(self, run_id: str, target: RunStatus, current: RunStatus | None) -> None:
@@ -118,16 +118,16 @@ class TransitionRefused(LifecycleError):
         self.run_id, self.target, self.current = run_id, target, current
 
 
-class RunNotAwaitingApproval(LifecycleError):
+class RunNotAwaitingApproval(LifecycleError, Conflict):
     code = "run_not_awaiting_approval"
 
 
-class UnknownCall(LifecycleError):
+class UnknownCall(LifecycleError, Invalid):
     code = "unknown_call_id"
     param = "call_id"
 
 
-class AlreadyDecided(LifecycleError):
+class AlreadyDecided(LifecycleError, Conflict):
     code = "already_decided"
     param = "call_id"
 

@@ -25,15 +25,19 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from runrelay.agent.config import TAG_PATTERN, AgentNotFound, AgentsConfig, AgentSpec, Registry
+from runrelay.server.errors import Invalid, NotFound
 from runrelay.server.tables import AgentRevision, AgentTag, utcnow
 
 
-class RevisionNotFound(LookupError):
+class RevisionNotFound(NotFound):
+    code = "revision_not_found"
+    param = "revision"
+
     def __init__(self, agent_id: str, revision: int) -> None:
         super().__init__(f"agent {agent_id!r} has no revision {revision}")
 
 
-class PublishError(ValueError):
+class PublishError(Invalid):
     """The publish request cannot be carried out; the message says why and what to pass."""
 
 

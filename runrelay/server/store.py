@@ -22,6 +22,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
 
+from runrelay.server.errors import Conflict
 from runrelay.server.settings import Settings
 from runrelay.server.tables import ApiKey, Run, RunEvent, Tenant, as_utc, utcnow
 from runrelay.types import RunStatus
@@ -32,12 +33,8 @@ KEY_PREFIX = "rr_sk_"
 _KEY_TOUCH_INTERVAL = timedelta(seconds=60)
 
 
-class StoreError(Exception):
-    """Base of the store's errors."""
-
-
-class AlreadyExists(StoreError):
-    pass
+class AlreadyExists(Conflict):
+    code = "already_exists"
 
 
 _last_id_value = 0

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from runrelay.server.errors import Unauthorized
 from runrelay.server.keys import RedisKeys
 from runrelay.server.settings import Settings
 from runrelay.server.tables import ApiKey
@@ -36,8 +37,10 @@ from runrelay.server.tables import ApiKey
 _VERSION = "v1"
 
 
-class StreamTokenError(Exception):
+class StreamTokenError(Unauthorized):
     """Base of the stream token errors."""
+
+    code = "invalid_stream_token"
 
 
 class TokenInvalid(StreamTokenError):

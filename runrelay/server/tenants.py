@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
+from runrelay.server.errors import NotFound
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, StoreError
+from runrelay.server.store import Store
 from runrelay.server.tables import ApiKey, Tenant, utcnow
 
 BudgetPeriod = Literal["day", "month"]
@@ -24,12 +25,12 @@ LIMIT_FIELDS = (
 )
 
 
-class TenantNotFound(StoreError):
-    pass
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
 
 
-class KeyNotFound(StoreError):
-    pass
+class KeyNotFound(NotFound):
+    code = "key_not_found"
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from runrelay.agent._history import HistoryPolicy, fit_history
+from runrelay.server.errors import Conflict
 from runrelay.server.tables import Run, Thread, ThreadMessage, utcnow
 from runrelay.types import RunStatus
 
 Message = dict[str, Any]
 
 
-class ThreadBusy(Exception):
+class ThreadBusy(Conflict):
     """A run asked for `reject` on a thread that has an active run; nothing was created."""
+
+    code = "thread_busy"
+    param = "thread_id"
 
     def __init__(self, thread_id: str, active: Run) -> None:
         super().__init__(

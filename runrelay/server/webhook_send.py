@@ -27,11 +27,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from runrelay.server.errors import Invalid
 from runrelay.server.settings import Settings
 from runrelay.server.tables import utcnow
 
 
-class TargetRefused(Exception):
+class TargetRefused(Invalid):
     """The URL may not be called (scheme, or an address that is not public)."""
 
 
