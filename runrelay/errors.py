@@ -11,6 +11,10 @@ RunrelayError
 ├── RunBlocked                   a middleware stopped the run (runrelay.agent.middleware)
 ├── McpServerError               an MCP server cannot be started or reached (runrelay.agent._mcp)
 ├── McpToolConflict              two tools of an agent share a name (runrelay.agent._mcp)
+├── AgentNotFound                no agent by that name or shortcut (runrelay.agent.config; a
+│                                LookupError)
+├── ToolError                    a tool reports a failure; the model sees the message
+│                                (runrelay.agent.tools)
 └── APIError (= NetworkError)    the request failed
     ├── APIConnectionError       no usable response (refused, reset, a stream that gave up)
     │   └── APITimeoutError      connect, read or write timed out
@@ -23,6 +27,8 @@ RunrelayError
         ├── UnprocessableEntityError   422
         ├── RateLimitError             429 (.retry_after)
         └── InternalServerError        5xx
+
+The server side (worker, API) has a tree of its own: `runrelay/server/errors.py`.
 
 `NetworkError` is the Mentiora SDK's name for "the call failed"; it is `APIError` itself, so
 `except NetworkError` catches every failure of a request.

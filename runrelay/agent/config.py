@@ -20,13 +20,14 @@ from runrelay.agent._history import HistoryPolicy
 from runrelay.agent._mcp import McpServerSpec
 from runrelay.agent.run_context import Suggestion
 from runrelay.errors import ConfigError as ConfigError
+from runrelay.errors import RunrelayError
 
 TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9\-_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9\-_]*$"
 
 
-class AgentNotFound(LookupError):
+class AgentNotFound(RunrelayError, LookupError):
     def __init__(self, ref: str, suggestions: list[str]) -> None:
         hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
         super().__init__(f"no agent named {ref!r}{hint}")

@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from runrelay.errors import RunrelayError
+
 ApprovalMode = Literal["always_require", "never_require"]
 
 # The id of the tool call being executed, readable inside a tool (sync tools too: their thread
@@ -34,7 +36,7 @@ current_tool_call_id: ContextVar[str | None] = ContextVar("current_tool_call_id"
 current_run_id: ContextVar[str | None] = ContextVar("current_run_id", default=None)
 
 
-class ToolError(Exception):
+class ToolError(RunrelayError):
     """A tool call failed; the message goes back to the model as the tool's result."""
 
 
