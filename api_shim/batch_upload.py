@@ -176,14 +176,7 @@ class LineValidator:
     def _resolve(self, body: RunCreate) -> AgentSpec | str:
         catalog = AgentCatalog(self.state.store.engine, self.state.registry)
         try:
-            if body.tag is not None:
-                return catalog.by_tag(body.tag)
-            if body.agent_id is not None:
-                if body.revision is not None:
-                    return catalog.pinned(body.agent_id, body.revision)
-                return catalog.by_ref(body.agent_id)
-            assert body.agent is not None  # RunCreate guarantees exactly one way
-            return catalog.by_ref(body.agent)
+            return catalog.for_request(body)
         except (AgentNotFound, RevisionNotFound) as exc:
             return str(exc)
 

@@ -22,7 +22,7 @@ from api_shim.stream_tokens import readable_run, stream_token_for
 from runrelay.agent._driver import Outcome
 from runrelay.agent.config import AgentNotFound, AgentSpec
 from runrelay.server.approvals import PausedCalls
-from runrelay.server.lifecycle import Ending
+from runrelay.server.lifecycle import Ending, queued_run
 from runrelay.server.revisions import AgentCatalog, RevisionNotFound
 from runrelay.server.store import new_id
 from runrelay.server.tables import Run, as_utc
@@ -91,16 +91,8 @@ def _by_model(usage: dict[str, Any] | None) -> dict[str, Usage] | None:
 
 def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
     """The agent revision the run will run (see `runrelay.server.revisions`). Reads the database."""
-    catalog = AgentCatalog(state.store.engine, state.registry)
     try:
-        if body.tag is not None:
-            return catalog.by_tag(body.tag)
-        if body.agent_id is not None:
-            if body.revision is not None:
-                return catalog.pinned(body.agent_id, body.revision)
-            return catalog.by_ref(body.agent_id)
-        assert body.agent is not None  # RunCreate guarantees exactly one way
-        return catalog.by_ref(body.agent)
+        return AgentCatalog(state.store.engine, state.registry).for_request(body)
     except RevisionNotFound as exc:
         raise APIError(404, "revision_not_found", str(exc), param="revision") from exc
     except AgentNotFound as exc:
@@ -158,25 +150,7 @@ async def _admit(
     admission = await state.quotas.admit(
         tenant_id, run_id, reserve=reserve_tokens(body, agent, state.settings)
     )
-    run = Run(
-        id=run_id,
-        tenant_id=tenant_id,
-        status=RunStatus.QUEUED,
-        agent_name=agent.name,
-        agent_id=agent.id,
-        agent_revision=agent.revision,
-        agent_tag=body.tag,
-        thread_id=body.thread_id or new_id("thr"),
-        input=body.input,
-        message=body.message,
-        model_id=body.model_id,
-        model_params=body.model_params.model_dump(exclude_none=True) if body.model_params else None,
-        end_user_id=body.end_user_id,
-        run_metadata=body.metadata,
-        request_id=request_id_of(request),
-        timeout_s=body.timeout_s,
-        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,  # issue 12
-    )
+    run = queued_run(run_id, tenant_id, body, agent, request_id=request_id_of(request))
     queued = {"agent": agent.name, "agent_id": agent.id, "thread_id": run.thread_id}
     try:
         interrupted = await threads.insert_run(state, run, body, queued)  # 409 for `reject`

@@ -19,15 +19,15 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
 from runrelay.agent.config import AgentSpec, Registry
-from runrelay.server.lifecycle import Lifecycle
+from runrelay.server.lifecycle import Lifecycle, queued_run
 from runrelay.server.quota import QuotaStore
 from runrelay.server.revisions import AgentCatalog
 from runrelay.server.schedules import Fire, Schedules
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, new_id
+from runrelay.server.store import Store
 from runrelay.server.tables import Run
 from runrelay.server.tenants import TenantLimits
-from runrelay.types import RunCreate, RunStatus
+from runrelay.types import RunCreate
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +104,7 @@ class Firer:
         return "fired", None
 
     def _agent(self, body: RunCreate) -> AgentSpec:
-        catalog = AgentCatalog(self.store.engine, self.registry)
-        if body.tag is not None:
-            return catalog.by_tag(body.tag)
-        if body.agent_id is not None:
-            if body.revision is not None:
-                return catalog.pinned(body.agent_id, body.revision)
-            return catalog.by_ref(body.agent_id)
-        assert body.agent is not None  # RunCreate guarantees exactly one way
-        return catalog.by_ref(body.agent)
+        return AgentCatalog(self.store.engine, self.registry).for_request(body)
 
     async def _cancel(self, run: Run) -> None:
         """`cancel_previous`: the last run is cancelled as the cancel endpoint does it (a
@@ -126,23 +118,11 @@ def _reserve(body: RunCreate, agent: AgentSpec, settings: Settings) -> int:
 
 
 def _run(fire: Fire, body: RunCreate, agent: AgentSpec) -> Run:
-    return Run(
-        id=fire.run_id,
-        tenant_id=fire.tenant_id,
-        status=RunStatus.QUEUED,
-        agent_name=agent.name,
-        agent_id=agent.id,
-        agent_revision=agent.revision,
-        agent_tag=body.tag,
-        thread_id=body.thread_id or new_id("thr"),
-        input=body.input,
-        message=body.message,
-        model_id=body.model_id,
-        model_params=body.model_params.model_dump(exclude_none=True) if body.model_params else None,
-        end_user_id=body.end_user_id,
-        run_metadata=body.metadata,
-        timeout_s=body.timeout_s,
+    return queued_run(
+        fire.run_id,
+        fire.tenant_id,
+        body,
+        agent,
         schedule_id=fire.schedule_id,
         scheduled_for=fire.scheduled_for,
-        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
     )

@@ -44,6 +44,7 @@ from sqlalchemy import ColumnElement, Engine, func, insert, update
 from sqlmodel import Session, col, select
 
 from runrelay.agent._driver import Outcome
+from runrelay.agent.config import AgentSpec
 from runrelay.agent.events import encode, make_event
 from runrelay.agent.messages import ApprovalRequest
 from runrelay.server.approvals import Decision, PausedCalls, SavedCheckpoint
@@ -52,11 +53,11 @@ from runrelay.server.eventlog import EventLog, LeaseLost
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store
+from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run, RunEvent, utcnow
 from runrelay.server.thread_gate import ThreadGate
 from runrelay.server.threads import Threads, append_messages
-from runrelay.types import RunStatus, ToolApproval
+from runrelay.types import RunCreate, RunStatus, ToolApproval
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,32 @@ UNFINISHED: Final[frozenset[RunStatus]] = frozenset(s for s in RunStatus if not 
 def sources(target: RunStatus) -> frozenset[RunStatus]:
     """The statuses a run may move to `target` from."""
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+def queued_run(
+    run_id: str, tenant_id: str, body: RunCreate, agent: AgentSpec, **extra: Any
+) -> Run:
+    """The row of a new run asked for by `body` (the API, a schedule's tick), `queued`; `extra`
+    sets the columns the request does not give (request id, schedule)."""
+    return Run(
+        id=run_id,
+        tenant_id=tenant_id,
+        status=QUEUED,
+        agent_name=agent.name,
+        agent_id=agent.id,
+        agent_revision=agent.revision,
+        agent_tag=body.tag,
+        thread_id=body.thread_id or new_id("thr"),
+        input=body.input,
+        message=body.message,
+        model_id=body.model_id,
+        model_params=body.model_params.model_dump(exclude_none=True) if body.model_params else None,
+        end_user_id=body.end_user_id,
+        run_metadata=body.metadata,
+        timeout_s=body.timeout_s,
+        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
+        **extra,
+    )
 
 
 class RunListener(Protocol):

@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 from runrelay.agent.config import TAG_PATTERN, AgentNotFound, AgentsConfig, AgentSpec, Registry
 from runrelay.server.errors import Invalid, NotFound
 from runrelay.server.tables import AgentRevision, AgentTag, utcnow
+from runrelay.types import RunCreate
 
 
 class RevisionNotFound(NotFound):
@@ -73,6 +74,18 @@ class AgentCatalog:
         self.registry = registry
 
     # Reading ----------------------------------------------------------------------------------
+
+    def for_request(self, body: RunCreate) -> AgentSpec:
+        """The agent revision a run request names: by `tag`, by `agent_id` (+ `revision`), or
+        by name or shortcut (`agent`); `AgentNotFound` / `RevisionNotFound` otherwise."""
+        if body.tag is not None:
+            return self.by_tag(body.tag)
+        if body.agent_id is not None:
+            if body.revision is not None:
+                return self.pinned(body.agent_id, body.revision)
+            return self.by_ref(body.agent_id)
+        assert body.agent is not None  # RunCreate guarantees exactly one way
+        return self.by_ref(body.agent)
 
     def _newest(self, session: Session, agent_id: str) -> AgentRevision | None:
         query = (
