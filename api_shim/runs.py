@@ -35,6 +35,7 @@ from runrelay.types import (
     RunObject,
     RunStatus,
     Usage,
+    WaitingFor,
     WaitResponse,
     WebhookSpec,
 )
@@ -201,6 +202,7 @@ async def create(
         response.headers.update(rate_headers(created.admission.decision))
     obj = run_object(created.run)
     obj.stream_url = (await stream_token_for(request, created.run, caller)).stream_url  # browsers
+    obj.waiting_for = await waiting_for(state_of(request), created.run)
     return obj
 
 
@@ -344,7 +346,27 @@ async def own_run(request: Request, caller: Caller, run_id: str) -> Run:
 
 @router.get("/{run_id}", response_model=RunObject, responses=_ERRORS, summary="Get a run")
 async def get_run(request: Request, caller: Caller, run_id: str) -> RunObject:
-    return run_object(await own_run(request, caller, run_id))
+    run = await own_run(request, caller, run_id)
+    obj = run_object(run)
+    obj.waiting_for = await waiting_for(state_of(request), run)
+    return obj
+
+
+async def waiting_for(state: ShimState, run: Run) -> WaitingFor | None:
+    """Why a queued run has not started, read from where it waits (one Redis round trip)."""
+    if run.status is not RunStatus.QUEUED:
+        return None
+    keys = state.events.keys
+    async with state.redis.pipeline(transaction=False) as pipe:
+        pipe.lpos(keys.tenant_pending(run.tenant_id), run.id)
+        if run.thread_id is not None:
+            pipe.zrank(keys.thread_waiting(run.tenant_id, run.thread_id), run.id)
+        found = await pipe.execute()
+    if found[0] is not None:
+        return WaitingFor(reason="concurrency_limit", position=int(found[0]) + 1)
+    if len(found) > 1 and found[1] is not None:
+        return WaitingFor(reason="thread", position=int(found[1]) + 1)
+    return WaitingFor(reason="dispatch")
 
 
 @router.post(

@@ -277,6 +277,16 @@ class ApprovalDecision(BaseModel):
     )
 
 
+class WaitingFor(BaseModel):
+    """Why a `queued` run has not started: `concurrency_limit` (in its tenant's queue, behind
+    `position - 1` others, until a slot frees), `thread` (its thread's active run must end
+    first; `position` among the thread's waiting runs) or `dispatch` (admitted; waiting for a
+    worker to take it)."""
+
+    reason: Literal["concurrency_limit", "thread", "dispatch"]
+    position: int | None = None
+
+
 class RunObject(BaseModel):
     object: Literal["run"] = "run"
     id: str
@@ -302,6 +312,8 @@ class RunObject(BaseModel):
     # On the create response only: the events URL with a short-lived read-only token, for
     # browsers (`EventSource` cannot send the API key). See POST /v1/runs/{id}/stream_token.
     stream_url: str | None = None
+    # On a single queued run (create, GET /v1/runs/{id}): why it has not started yet.
+    waiting_for: WaitingFor | None = None
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
     webhook: WebhookSpec | None = None

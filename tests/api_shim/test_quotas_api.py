@@ -327,3 +327,22 @@ def test_a_revoked_key_is_refused_at_once(
     refused = httpx.get(f"{api}/v1/usage", headers=headers)
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{api}/v1/usage", headers=tenant.headers).status_code == 200
+
+
+def test_a_queued_run_says_what_it_waits_for_and_its_place_in_line(
+    client: httpx.Client, tenant: TenantKey, store: Store
+) -> None:
+    """Behind the tenant's cap a run says `concurrency_limit` and its position; once it is
+    running it says nothing; a finished run says nothing."""
+    update_limits(store, tenant.tenant_id, max_concurrent_runs=1, max_queued_runs=10)
+    first = client.post("/v1/runs", json=SLOW).json()
+    second = client.post("/v1/runs", json=SLOW).json()
+    third = client.post("/v1/runs", json=SLOW).json()
+    assert second["waiting_for"] == {"reason": "concurrency_limit", "position": 1}
+    assert third["waiting_for"] == {"reason": "concurrency_limit", "position": 2}
+    got = client.get(f"/v1/runs/{third['id']}").json()
+    assert got["waiting_for"] == {"reason": "concurrency_limit", "position": 2}
+    for run in (first, second, third):
+        client.post(f"/v1/runs/{run['id']}/cancel")
+    ended = _wait_done(client, third["id"])
+    assert ended["waiting_for"] is None
