@@ -23,7 +23,7 @@ from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK
 from runrelay.server.lifecycle import RunListener
 from runrelay.server.settings import Settings
-from worker import beat
+from worker import beat, logs
 from worker.runtime import AsyncRuntime
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def _thread_stacks() -> str:
 def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> WorkerApp:
     """The worker's Celery app; `listeners` attach to the run lifecycle of its runtime."""
     app = WorkerApp(settings, listeners)
+    logs.install()  # log lines about a run name it (worker/logs.py)
     beat.register(app)  # schedules and webhooks: the control queue and its tasks
 
     @app.task(name=EXECUTE_RUN_TASK, ignore_result=True)  # type: ignore[untyped-decorator]

@@ -36,6 +36,7 @@ from runrelay.server.store import Store
 from runrelay.server.tables import Run, as_utc, utcnow
 from runrelay.server.threads import Threads
 from runrelay.types import ModelParams, RunStatus
+from worker import logs
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.control import RunControl, RunControls, StopReason
 from worker.lease import Lease, Leases
@@ -96,6 +97,7 @@ class RunExecutor:
         self.threads = lifecycle.threads
 
     async def execute(self, run_id: str) -> None:
+        logs.about_run(run_id)  # every log line of this run names it
         if self.controls.draining:
             log.info("run %s: this worker is shutting down; handed back", run_id)
             await self.requeuer.requeue(run_id, force=True)
@@ -175,6 +177,8 @@ class RunExecutor:
         """The run if it is to start now; else None, with the lease given back: it is finished,
         paused for approval, or waiting for its thread."""
         run = await asyncio.to_thread(self.store.get_run, run_id)
+        if run is not None:
+            logs.about_run(run_id, run.tenant_id)
         if run is not None and run.status is RunStatus.REQUIRES_ACTION:
             log.info("run %s waits for approval; a decision will enqueue it", run_id)
         elif run is None or run.status.is_terminal:

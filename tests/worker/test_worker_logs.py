@@ -1,0 +1,36 @@
+"""Worker log lines name the run they are about (run id and tenant), not only Celery's task id."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import TenantKey
+from worker.app import WorkerApp
+
+ANALYST = {"agent": "bank credit-analyst", "input": {"company": "ACME Corp"}}
+
+
+def _finished(client: httpx.Client, run_id: str) -> None:
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/runs/{run_id}").json()["status"] != "completed":
+        assert time.monotonic() < deadline, "the run did not complete"
+        time.sleep(0.1)
+
+
+def test_a_line_the_worker_logs_about_a_run_names_the_run_and_its_tenant(
+    client: httpx.Client, tenant: TenantKey, worker: WorkerApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_id = client.post("/v1/runs", json=ANALYST).json()["id"]
+    _finished(client, run_id)
+    with caplog.at_level(logging.INFO, logger="worker.executor"):
+        # A duplicate task for the finished run: the worker says it has nothing to do.
+        worker.runtime.call(worker.runtime.executor.execute(run_id))
+        logging.getLogger("worker.executor").info("not about a run")
+    *about_run, last = [r.getMessage() for r in caplog.records if r.name == "worker.executor"]
+    assert about_run, "the worker logged nothing about the duplicate task"
+    assert all(line.startswith(f"run={run_id} tenant={tenant.tenant_id} ") for line in about_run)
+    assert last == "not about a run"
