@@ -31,6 +31,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
 
 from api_shim.cancel import request_cancel
 from api_shim.errors import APIError
@@ -39,10 +40,11 @@ from runrelay.agent.events import encode, make_event
 from runrelay.batch_types import BatchStatus
 from runrelay.server import lua
 from runrelay.server.batch_tables import Batch, BatchItem
-from runrelay.server.batches import STALE_UPLOAD
+from runrelay.server.batches import STALE_UPLOAD, Snapshot, batch_object
 from runrelay.server.quota import Decision
 from runrelay.server.store import new_id
 from runrelay.server.tables import Run, as_utc, utcnow
+from runrelay.server.webhooks import record_delivery
 from runrelay.types import RunStatus
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,20 @@ def _run_of(batch: Batch, item: BatchItem, run_id: str) -> Run:
     )
 
 
+def _record_webhook(session: Session, batch: Batch) -> str | None:
+    if not batch.webhook:
+        return None
+    snapshot = batch_object(Snapshot(batch=batch, running=0)).model_dump(mode="json")
+    return record_delivery(
+        session,
+        subject_id=batch.id,
+        tenant_id=batch.tenant_id,
+        event=f"batch.{batch.status}",
+        url=batch.webhook,
+        data={"batch": snapshot},
+    )
+
+
 class BatchFeeder:
     def __init__(self, state: ShimState, wakeup_redis: Redis) -> None:
         self.state = state
@@ -127,6 +143,13 @@ class BatchFeeder:
                 log.exception("batch feeder pass failed")
                 await asyncio.sleep(max(self.interval_s, 1.0))
 
+    async def _finalize(self, batch_id: str) -> None:
+        """The batch's final status, with its `batch.completed` (`.cancelled`, `.expired`)
+        webhook recorded in the same transaction, then sent (a lost send is swept again)."""
+        final = await asyncio.to_thread(self.state.batches.finalize, batch_id, _record_webhook)
+        if final is not None and final[1] is not None:
+            await asyncio.to_thread(self.state.sender.send_delivery, final[1])
+
     async def _hold_lock(self) -> bool:
         lock = self.keys.batch_feeder_lock()
         if await self._renew(keys=[lock], args=[self.token, self.lock_ttl_ms]):
@@ -155,7 +178,7 @@ class BatchFeeder:
             elif status is BatchStatus.CANCELLING and slow:
                 await cancel_runs(state, batch.id)
             elif status is BatchStatus.FINALIZING:
-                await asyncio.to_thread(state.batches.finalize, batch.id)
+                await self._finalize(batch.id)
         created = 0
         for tenant_id, batches in feeding.items():
             created += await self._feed_tenant(tenant_id, batches)

@@ -32,12 +32,11 @@ from runrelay.batch_types import (
     BatchResult,
     BatchStatus,
     LineError,
-    RequestCounts,
 )
 from runrelay.server.batch_tables import Batch
-from runrelay.server.batches import ResultRow, Snapshot, parse_window
+from runrelay.server.batches import ResultRow, batch_object, parse_window
 from runrelay.server.store import new_id
-from runrelay.server.tables import as_utc, utcnow
+from runrelay.server.tables import utcnow
 from runrelay.types import RunError, Usage
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -54,56 +53,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such batch for this tenant"},
 }
 _BATCH_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
-
-
-def batch_object(snapshot: Snapshot) -> BatchObject:
-    b, running = snapshot.batch, snapshot.running
-    ended = b.completed + b.failed + b.cancelled + b.expired
-    counts = RequestCounts(
-        total=b.total,
-        queued=max(0, b.total - ended - running),
-        running=running,
-        completed=b.completed,
-        failed=b.failed,
-        cancelled=b.cancelled,
-        expired=b.expired,
-    )
-    when = {
-        name: as_utc(getattr(b, name)) if getattr(b, name) else None
-        for name in (
-            "in_progress_at",
-            "finalizing_at",
-            "completed_at",
-            "cancelling_at",
-            "cancelled_at",
-            "expired_at",
-            "failed_at",
-        )
-    }
-    return BatchObject(
-        id=b.id,
-        tenant_id=b.tenant_id,
-        status=BatchStatus(b.status),
-        completion_window=b.completion_window,
-        request_counts=counts,
-        usage=Usage(
-            prompt_tokens=b.prompt_tokens,
-            completion_tokens=b.completion_tokens,
-            total_tokens=b.total_tokens,
-        ),
-        metadata=b.batch_metadata or {},
-        defaults=b.defaults or {},
-        webhook=b.webhook,
-        on_invalid=b.on_invalid,
-        validation_errors=[LineError(**e) for e in b.validation_errors or []],
-        invalid_lines=b.invalid_lines,
-        created_at=as_utc(b.created_at),
-        expires_at=as_utc(b.expires_at),
-        **when,
-        results_url=f"/v1/batches/{b.id}/results",
-        errors_url=f"/v1/batches/{b.id}/errors",
-        events_url=f"/v1/batches/{b.id}/events",
-    )
 
 
 def _options(request: Request) -> BatchOptions:

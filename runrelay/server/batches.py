@@ -17,7 +17,7 @@ ended on a path that did not call the listener, which is idempotent: a line move
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,11 +26,11 @@ from sqlalchemy import Engine, delete, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from runrelay.batch_types import BatchStatus
+from runrelay.batch_types import BatchObject, BatchStatus, LineError, RequestCounts
 from runrelay.server.batch_tables import Batch, BatchItem
 from runrelay.server.keys import RedisKeys
-from runrelay.server.tables import Run, utcnow
-from runrelay.types import RunStatus
+from runrelay.server.tables import Run, as_utc, utcnow
+from runrelay.types import RunStatus, Usage
 
 PENDING, QUEUED = "pending", "queued"
 ENDED_ITEM_STATUSES = ("completed", "failed", "cancelled", "expired")
@@ -407,9 +407,12 @@ class BatchStore:
             session.refresh(batch)
         return batch
 
-    def finalize(self, batch_id: str) -> Batch | None:
+    def finalize(
+        self, batch_id: str, record_webhook: Callable[[Session, Batch], str | None]
+    ) -> tuple[Batch, str | None] | None:
         """A `finalizing` batch takes its final status: completed, or cancelled / expired when
-        it was stopped."""
+        it was stopped; `record_webhook` records its `batch.<status>` delivery in the same
+        transaction (the delivery id, or None without a webhook)."""
         with Session(self.engine, expire_on_commit=False) as session:
             batch = session.exec(
                 select(Batch).where(Batch.id == batch_id).with_for_update()
@@ -425,8 +428,9 @@ class BatchStore:
                 batch.status, batch.completed_at = BatchStatus.COMPLETED.value, now
             batch.version += 1
             session.add(batch)
+            delivery_id = record_webhook(session, batch) if batch.webhook else None
             session.commit()
-        return batch
+        return batch, delivery_id
 
 
 async def wake_feeder(redis: Any, keys: RedisKeys) -> None:
@@ -435,3 +439,53 @@ async def wake_feeder(redis: Any, keys: RedisKeys) -> None:
         pipe.rpush(keys.batch_wakeup(), "1")
         pipe.ltrim(keys.batch_wakeup(), -100, -1)
         await pipe.execute()
+
+
+def batch_object(snapshot: Snapshot) -> BatchObject:
+    b, running = snapshot.batch, snapshot.running
+    ended = b.completed + b.failed + b.cancelled + b.expired
+    counts = RequestCounts(
+        total=b.total,
+        queued=max(0, b.total - ended - running),
+        running=running,
+        completed=b.completed,
+        failed=b.failed,
+        cancelled=b.cancelled,
+        expired=b.expired,
+    )
+    when = {
+        name: as_utc(getattr(b, name)) if getattr(b, name) else None
+        for name in (
+            "in_progress_at",
+            "finalizing_at",
+            "completed_at",
+            "cancelling_at",
+            "cancelled_at",
+            "expired_at",
+            "failed_at",
+        )
+    }
+    return BatchObject(
+        id=b.id,
+        tenant_id=b.tenant_id,
+        status=BatchStatus(b.status),
+        completion_window=b.completion_window,
+        request_counts=counts,
+        usage=Usage(
+            prompt_tokens=b.prompt_tokens,
+            completion_tokens=b.completion_tokens,
+            total_tokens=b.total_tokens,
+        ),
+        metadata=b.batch_metadata or {},
+        defaults=b.defaults or {},
+        webhook=b.webhook,
+        on_invalid=b.on_invalid,
+        validation_errors=[LineError(**e) for e in b.validation_errors or []],
+        invalid_lines=b.invalid_lines,
+        created_at=as_utc(b.created_at),
+        expires_at=as_utc(b.expires_at),
+        **when,
+        results_url=f"/v1/batches/{b.id}/results",
+        errors_url=f"/v1/batches/{b.id}/errors",
+        events_url=f"/v1/batches/{b.id}/events",
+    )

@@ -164,6 +164,28 @@ def wants(run: Run) -> str | None:
     return event if events is None or event in events else None
 
 
+def record_delivery(
+    session: Session, *, subject_id: str, tenant_id: str, event: str, url: str, data: Any
+) -> str:
+    """Add a delivery of `{type, timestamp, data}` to `url` in `session`'s transaction (so it
+    is as durable as what it reports); its id, for the task that sends it once committed.
+    `subject_id` is the run (or batch) the event is about."""
+    now = utcnow()
+    body = {"type": event, "timestamp": now.isoformat(), "data": data}
+    delivery = WebhookDelivery(
+        id=new_id("msg"),
+        run_id=subject_id,
+        tenant_id=tenant_id,
+        event_type=event,
+        url=url,
+        body=json.dumps(body, separators=(",", ":"), default=str),
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(delivery)
+    return delivery.id
+
+
 class WebhookListener:
     """`RunListener`: records a delivery in the transaction of the run's new status (so it is
     as durable as the outcome), then sends its task once that committed. A task that is lost
@@ -178,22 +200,16 @@ class WebhookListener:
     def in_transaction(self, session: Session, run: Run, previous: RunStatus) -> None:
         del previous
         event = wants(run)
-        if event is None:
+        if event is None or not run.webhook:
             return
-        now = utcnow()
-        body = {"type": event, "timestamp": now.isoformat(), "data": {"run": run_payload(run)}}
-        delivery = WebhookDelivery(
-            id=new_id("msg"),
-            run_id=run.id,
+        self._recorded[(run.id, str(run.status))] = record_delivery(
+            session,
+            subject_id=run.id,
             tenant_id=run.tenant_id,
-            event_type=event,
-            url=str(run.webhook["url"]) if run.webhook else "",
-            body=json.dumps(body, separators=(",", ":"), default=str),
-            next_attempt_at=now,
-            created_at=now,
+            event=event,
+            url=str(run.webhook["url"]),
+            data={"run": run_payload(run)},
         )
-        session.add(delivery)
-        self._recorded[(run.id, str(run.status))] = delivery.id
 
     async def after_commit(self, run: Run, previous: RunStatus) -> None:
         del previous

@@ -225,3 +225,28 @@ def test_a_delivery_whose_task_was_lost_is_sent_by_the_sweep(
     worker.send_task(SWEEP_WEBHOOKS_TASK, queue=settings.control_queue)
     _, body = wait_until(lambda: receiver.received)[0]
     assert json.loads(body)["type"] == "run.failed"
+
+
+def test_a_finished_batch_posts_one_signed_batch_completed_event(
+    client: httpx.Client, tenant: TenantKey, store: Store, receiver: Receiver, worker: WorkerApp
+) -> None:
+    secret = webhooks.rotate_secret(store.engine, tenant.tenant_id, grace_s=60).secret
+    lines = [
+        {"custom_id": f"c-{n}", "agent": "credit-risk-analyst", "message": "hi"} for n in range(3)
+    ]
+    response = client.post(
+        "/v1/batches",
+        content="".join(json.dumps(line) + "\n" for line in lines).encode(),
+        params={"webhook": receiver.url},
+        headers={"Content-Type": "application/jsonl"},
+    )
+    assert response.status_code in (200, 201, 202), response.text
+    batch_id = response.json()["id"]
+    wait_until(lambda: client.get(f"/v1/batches/{batch_id}").json()["status"] == "completed", 120)
+    headers, body = wait_until(lambda: receiver.received, 60)[0]
+    event = Webhook(secret).verify(body, headers)
+    assert event["type"] == "batch.completed"
+    assert event["data"]["batch"]["id"] == batch_id
+    assert event["data"]["batch"]["request_counts"]["completed"] == 3
+    time.sleep(1)
+    assert len(receiver.received) == 1, "one event for the batch, none for its runs"
