@@ -12,6 +12,8 @@ import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api_shim.errors import STORE_RETRY_AFTER_S, is_store_outage
+
 log = logging.getLogger(__name__)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
@@ -31,18 +33,17 @@ def _error_body(status: int, code: str, message: str, request_id: str) -> bytes:
     ).encode()
 
 
-async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
-    )
+async def _send_json(
+    send: Send, status: int, body: bytes, request_id: str, *, retry_after: int | None = None
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -75,10 +76,15 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
             log.exception("unhandled error (request %s)", request_id)
             if started:
                 raise
+            if is_store_outage(exc):
+                message = "Redis or the database is unavailable; try again shortly"
+                body = _error_body(503, "store_unavailable", message, request_id)
+                await _send_json(send, 503, body, request_id, retry_after=STORE_RETRY_AFTER_S)
+                return
             body = _error_body(
                 500, "internal_error", "internal error; report it with the request id", request_id
             )

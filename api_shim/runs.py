@@ -398,7 +398,12 @@ _MAX_SEQ = 2**62  # far past any log; Redis stream ids stop at 2**64 - 1
 
 
 def _cursor(value: str, source: str) -> int:
-    if not (value.isascii() and value.isdigit()) or int(value) > _MAX_SEQ:
+    # The length first: `int()` of a string past 4,300 digits raises (Python's int limit).
+    if (
+        not (value.isascii() and value.isdigit())
+        or len(value) > len(str(_MAX_SEQ))
+        or int(value) > _MAX_SEQ
+    ):
         raise APIError(
             400,
             "invalid_cursor",
@@ -426,4 +431,9 @@ async def events(
     elif last_event_id is not None:
         cursor = _cursor(last_event_id.strip(), "Last-Event-ID")
     run = await own_run(request, caller, run_id)
-    return sse_response(state_of(request), run.id, cursor)
+    state = state_of(request)
+    if not run.status.is_terminal:
+        # A live run is read from Redis: if it is down, say so now (503) rather than after
+        # the stream's headers, where the client sees only a dropped connection.
+        await state.redis.ping()
+    return sse_response(state, run.id, cursor)

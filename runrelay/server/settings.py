@@ -132,6 +132,9 @@ class Settings(BaseSettings):
         """Celery settings the worker and the shim (which only sends tasks) must agree on."""
         return {
             "broker_url": self.broker_url,
+            # kombu's Redis transport with a guard that keeps a worker alive when Redis drops
+            # (see runrelay/server/broker.py).
+            "broker_transport": "runrelay.server.broker:Transport",
             "broker_transport_options": {
                 # Every broker key lives under our prefix, so several deployments (or test
                 # sessions) can share one Redis without seeing each other's tasks.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
 
@@ -237,6 +237,17 @@ class Store:
         )
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(query).all())
+
+    def reserve_seqs(self, run_id: str, upto: int) -> None:
+        """Raise the run's `seq_reserved` to `upto` (never lowers it)."""
+        stmt = (
+            update(Run)
+            .where(col(Run.id) == run_id, col(Run.seq_reserved) < upto)
+            .values(seq_reserved=upto)
+        )
+        with Session(self.engine) as session:
+            session.exec(stmt)
+            session.commit()
 
     def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
         query = (

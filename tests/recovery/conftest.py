@@ -133,8 +133,17 @@ class Deployment:
 
 @pytest.fixture(scope="session")
 def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    tmp = tmp_path_factory.mktemp("deployment")
-    database_url = os.environ.get("DATABASE_URL", "")
+    with deployed(redis_url, tmp_path_factory.mktemp("deployment")) as deployment:
+        yield deployment
+
+
+@contextlib.contextmanager
+def deployed(
+    redis_url: str, tmp: Path, database_url: str | None = None, **env_extra: str
+) -> Iterator[Deployment]:
+    """A deployment (its API started, no workers yet) on `redis_url`; `database_url` defaults to
+    $DATABASE_URL's server (a schema of its own) or a SQLite file in `tmp`."""
+    database_url = database_url or os.environ.get("DATABASE_URL", "")
     schema = None
     if not database_url.startswith("postgres"):
         database_url = f"sqlite:///{tmp / 'runrelay.db'}"
@@ -153,6 +162,7 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "RUNRELAY_MAX_RUN_TIMEOUT_S": str(MAX_RUN_TIMEOUT_S),
         "RUNRELAY_HUB_BLOCK_MS": "1000",
         LOG_ENV: str(tmp / "tool-executions.log"),
+        **env_extra,
     }
     env.pop("RUNRELAY_DATABASE_SCHEMA", None)
     if schema:
@@ -177,10 +187,11 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=20)
         store.engine.dispose()
-        client = redis.Redis.from_url(redis_url)
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
-        client.close()
+        with contextlib.suppress(redis.RedisError):
+            client = redis.Redis.from_url(redis_url)
+            for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                client.delete(key)
+            client.close()
         if schema:
             engine = create_engine(settings.database_url)
             with engine.begin() as conn:

@@ -1,0 +1,79 @@
+"""Outages of the stores, against a deployment of the test's own: Redis killed (SIGKILL) and
+started again empty mid-run, twice. The worker rides it out, every accepted run completes, no
+request gets a 500 (a 503 with Retry-After while Redis is away), and every log stays one
+sequence, for a client reading from the start and for one that held a seq across the outage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.recovery.conftest import Deployment, deployed
+from tests.recovery.outage import RedisServer, assert_one_sequence, follow, redis_server
+from tests.recovery.test_worker_crash import visible_output
+
+TOOLED = {"agent": "tooled-slow", "message": "go"}
+SLOW = {"agent": "slow-analyst", "message": "go"}
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, Deployment]]:
+    with redis_server(tmp_path) as server, deployed(server.url, tmp_path) as deployment:
+        yield server, deployment
+
+
+def test_redis_killed_and_restarted_empty_twice_mid_run_loses_nothing(
+    own_redis: tuple[RedisServer, Deployment],
+) -> None:
+    server, deployment = own_redis
+    worker = deployment.start_worker()
+    tenant = deployment.new_tenant()
+    statuses: list[int] = []
+    accepted: list[str] = []
+    with httpx.Client(base_url=deployment.base_url, headers=tenant.headers, timeout=30) as http:
+
+        def create(body: dict[str, str]) -> None:
+            try:
+                response = http.post("/v1/runs", json=body)
+            except httpx.HTTPError:
+                return
+            statuses.append(response.status_code)
+            if response.status_code == 503:
+                assert "retry-after" in response.headers
+            if response.status_code in (200, 201, 202):
+                accepted.append(response.json()["id"])
+
+        for n in range(6):
+            create(TOOLED if n % 2 else SLOW)
+        held = accepted[0]
+        with ThreadPoolExecutor(1) as pool:
+            follower = pool.submit(follow, http, held)
+            time.sleep(1.5)  # mid-run: streaming text, tool calls done or under way
+            for _ in range(2):
+                server.kill()
+                create(SLOW)  # while Redis is away
+                time.sleep(2)
+                server.start()
+                time.sleep(1)
+                create(TOOLED)  # just after it came back, empty
+                time.sleep(3)
+            held_events = follower.result()
+
+        assert worker.poll() is None, "the worker exited"
+        assert 500 not in statuses and all(s < 500 or s == 503 for s in statuses), statuses
+        assert len(accepted) >= 6
+        # The client that held a seq across both outages shows the run's text exactly once:
+        # no other attempt's events were spliced onto what it had.
+        assert_one_sequence(held_events)
+        assert visible_output(held_events) == http.get(f"/v1/runs/{held}").json()["output"]
+        for run_id in accepted:
+            events = follow(http, run_id)
+            assert_one_sequence(events)
+            assert events[-1]["status"] == "completed", events[-1]
+            assert visible_output(events) == http.get(f"/v1/runs/{run_id}").json()["output"]
+        assert worker.poll() is None, "the worker exited"
