@@ -62,6 +62,9 @@ _TYPES = {
 }
 
 
+# FastAPI's HTTPException detail when parsing the body raised something other than a JSON error.
+_UNPARSABLE_BODY = "There was an error parsing the body"
+
 # The one place the lifecycle's domain errors get HTTP statuses.
 _LIFECYCLE: dict[type[LifecycleError], int] = {
     RunNotFound: 404,
@@ -179,13 +182,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return error_response(
-            request,
-            exc.status_code,
-            codes.get(exc.status_code, "http_error"),
-            str(exc.detail),
-            headers=exc.headers,
-        )
+        code = codes.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == _UNPARSABLE_BODY:
+            # FastAPI's answer when the JSON parser itself fails (e.g. RecursionError on JSON
+            # nested 100,000 deep): the same error as any other unparsable body.
+            code, message = "invalid_json", "the request body is not valid JSON (nested too deep)"
+        return error_response(request, exc.status_code, code, message, headers=exc.headers)
 
     async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
         if not is_store_outage(exc):  # an IntegrityError, say: a bug

@@ -304,6 +304,7 @@ async def create_and_stream(
         run.id,
         0,
         headers={"Content-Location": f"/v1/runs/{run.id}/events", "X-Run-ID": run.id},
+        key_id=caller.key_id,
     )
 
 
@@ -436,4 +437,4 @@ async def events(
         # A live run is read from Redis: if it is down, say so now (503) rather than after
         # the stream's headers, where the client sees only a dropped connection.
         await state.redis.ping()
-    return sse_response(state, run.id, cursor)
+    return sse_response(state, run.id, cursor, key_id=caller.key_id)

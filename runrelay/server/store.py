@@ -152,12 +152,12 @@ class Store:
         return key
 
     def authenticate(self, key: str) -> Principal | None:
-        if not key.startswith(KEY_PREFIX):
-            return None
+        # Every key takes the same path (hash, look-up), whatever its prefix: how long the
+        # answer takes tells nothing about which keys look real.
         digest = hash_key(key)
         with Session(self.engine, expire_on_commit=False) as session:
             row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
-            if row is None or row.revoked_at is not None:
+            if row is None or row.revoked_at is not None or not key.startswith(KEY_PREFIX):
                 return None
             if not hmac.compare_digest(row.key_hash, digest):
                 return None
@@ -168,6 +168,12 @@ class Store:
                 session.add(row)
                 session.commit()
             return Principal(tenant_id=row.tenant_id, key_id=row.id, is_platform=row.is_platform)
+
+    def key_active(self, key_id: str) -> bool:
+        """Whether the key exists and is not revoked (open SSE streams check it now and then)."""
+        with Session(self.engine) as session:
+            row = session.get(ApiKey, key_id)
+            return row is not None and row.revoked_at is None
 
     # Runs ---------------------------------------------------------------------------------------
 
