@@ -43,4 +43,6 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
     app.include_router(shortcuts.router)
     app.include_router(threads.router)
     app.include_router(usage.router)
-    return RequestIdMiddleware(BodyLimitMiddleware(app, settings.max_body_bytes))
+    return RequestIdMiddleware(
+        BodyLimitMiddleware(app, settings.max_body_bytes, settings.body_read_timeout_s)
+    )

@@ -5,6 +5,7 @@ Both are plain ASGI (not BaseHTTPMiddleware) so that SSE responses stream throug
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -19,7 +20,9 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
 
 def _error_body(status: int, code: str, message: str, request_id: str) -> bytes:
-    kind = "invalid_request_error" if status < 500 else "api_error"
+    kind = {503: "service_unavailable"}.get(
+        status, "invalid_request_error" if status < 500 else "api_error"
+    )
     return json.dumps(
         {
             "error": {
@@ -92,11 +95,14 @@ class RequestIdMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Answers 413 to bodies over `max_bytes`, declared by Content-Length or streamed."""
+    """Answers 413 to bodies over `max_bytes`, declared by Content-Length or streamed, and 408
+    to bodies not received in full within `read_timeout_s` (a client trickling its body must
+    not hold a connection and a request slot indefinitely; uvicorn has no body read timeout)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -109,18 +115,25 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(send, request_id)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await self._too_large(send, request_id)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            message_text = f"the request body did not arrive within {self.read_timeout_s:g} s"
+            body_408 = _error_body(408, "request_timeout", message_text, request_id)
+            await _send_json(send, 408, body_408, request_id)
+            return
         body = b"".join(chunks)
         replayed = False
 

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
 
     # HTTP shim
     max_body_bytes: int = 10 * 1024 * 1024
+    # A request body not received in full within this is answered 408 (slow or stalled client).
+    body_read_timeout_s: float = Field(30.0, gt=0)
     sse_ping_s: float = 15.0
     sse_retry_ms: int = 2000
     wait_timeout_s: float = 600.0

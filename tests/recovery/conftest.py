@@ -37,6 +37,7 @@ SWEEP_INTERVAL_S = 0.5
 GRACE_S = 1.5
 MAX_RUN_TIMEOUT_S = 600
 START_TIMEOUT_S = 60.0
+BODY_READ_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -161,6 +162,7 @@ def deployed(
         "RUNRELAY_SHUTDOWN_GRACE_S": str(GRACE_S),
         "RUNRELAY_MAX_RUN_TIMEOUT_S": str(MAX_RUN_TIMEOUT_S),
         "RUNRELAY_HUB_BLOCK_MS": "1000",
+        "RUNRELAY_BODY_READ_TIMEOUT_S": str(BODY_READ_TIMEOUT_S),
         LOG_ENV: str(tmp / "tool-executions.log"),
         **env_extra,
     }

@@ -5,6 +5,7 @@ sequence, for a client reading from the start and for one that held a seq across
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -77,3 +78,20 @@ def test_redis_killed_and_restarted_empty_twice_mid_run_loses_nothing(
             assert events[-1]["status"] == "completed", events[-1]
             assert visible_output(events) == http.get(f"/v1/runs/{run_id}").json()["output"]
         assert worker.poll() is None, "the worker exited"
+
+
+def test_a_body_trickled_slower_than_the_read_timeout_is_408(deployment: Deployment) -> None:
+    tenant = deployment.new_tenant()
+    with socket.create_connection(("127.0.0.1", deployment.port), timeout=60) as sock:
+        sock.sendall(
+            b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: {tenant.headers['Authorization']}\r\n".encode()
+            + b"Content-Length: 100\r\n\r\n"
+            + b'{"agent": '
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:  # the client sends nothing more
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed without an answer"
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
