@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,3 +119,59 @@ def assert_one_sequence(events: list[dict[str, Any]]) -> None:
         previous = seq
     assert [e["type"] for e in events].count("done") == 1
     assert events[-1]["type"] == "done"
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of the test's own (initdb in a temp dir), stopped and started at
+    will. PostgreSQL refuses to run as root, so as root it runs as the `postgres` user."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        # Not under pytest's tmp dirs: those are private to root, and the server may not be.
+        self.data = Path(tempfile.mkdtemp(prefix="runrelay-pg-")) / "pgdata"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=120)
+
+    def init(self) -> None:
+        self.data.mkdir(parents=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.data, "postgres")
+            shutil.chown(self.data.parent, "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c fsync=off"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-w",
+            "-l",
+            str(self.data / "server.log"),
+            "start",
+        )
+
+    def stop(self) -> None:
+        """As if the server went away: `immediate` drops every connection at once."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()
+        shutil.rmtree(server.data.parent, ignore_errors=True)

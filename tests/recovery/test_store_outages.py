@@ -5,6 +5,7 @@ sequence, for a client reading from the start and for one that held a seq across
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -15,7 +16,13 @@ import httpx
 import pytest
 
 from tests.recovery.conftest import Deployment, deployed
-from tests.recovery.outage import RedisServer, assert_one_sequence, follow, redis_server
+from tests.recovery.outage import (
+    RedisServer,
+    assert_one_sequence,
+    follow,
+    postgres_server,
+    redis_server,
+)
 from tests.recovery.test_worker_crash import visible_output
 
 TOOLED = {"agent": "tooled-slow", "message": "go"}
@@ -95,3 +102,34 @@ def test_a_body_trickled_slower_than_the_read_timeout_is_408(deployment: Deploym
             assert chunk, "connection closed without an answer"
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+@pytest.mark.skipif(shutil.which("initdb") is None, reason="needs PostgreSQL's initdb")
+def test_database_stopped_mid_run_answers_503_then_recovers_and_loses_no_run(
+    redis_url: str, tmp_path: Path
+) -> None:
+    with postgres_server() as pg, deployed(redis_url, tmp_path, pg.url) as deployment:
+        worker = deployment.start_worker()
+        tenant = deployment.new_tenant()
+        with httpx.Client(base_url=deployment.base_url, headers=tenant.headers, timeout=30) as http:
+            accepted = [http.post("/v1/runs", json=TOOLED if n % 2 else SLOW) for n in range(6)]
+            assert all(r.status_code in (200, 201, 202) for r in accepted)
+            run_ids = [r.json()["id"] for r in accepted]
+            time.sleep(1.5)  # mid-run
+            pg.stop()
+            during = [
+                http.post("/v1/runs", json=SLOW),
+                http.get(f"/v1/runs/{run_ids[0]}"),
+                http.get(f"/v1/runs/{run_ids[1]}/events", headers={"Last-Event-ID": "3"}),
+            ]
+            time.sleep(8)
+            during.append(http.get(f"/v1/runs/{run_ids[2]}"))
+            pg.start()
+
+            assert [r.status_code for r in during] == [503] * 4, [r.text for r in during]
+            assert all(r.headers.get("retry-after") for r in during)
+            for run_id in run_ids:
+                events = follow(http, run_id)
+                assert_one_sequence(events)
+                assert events[-1]["status"] == "completed", events[-1]
+            assert worker.poll() is None, "the worker exited"
