@@ -74,7 +74,9 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
     # A JSONL batch upload is streamed to the database by its route, which enforces its limit.
     streamed = {("/v1/batches", batches.JSONL_TYPES): settings.batch_max_bytes}
     json_bodies = JsonBodyMiddleware(app, {"/v1/batches": batches.JSONL_TYPES})
-    body_limit = BodyLimitMiddleware(json_bodies, settings.max_body_bytes, streamed)
+    body_limit = BodyLimitMiddleware(
+        json_bodies, settings.max_body_bytes, streamed, settings.body_read_timeout_s
+    )
     return _cors(settings, RequestIdMiddleware(body_limit))
 
 

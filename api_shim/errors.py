@@ -5,6 +5,11 @@ ServerError                 the server side's domain errors (runrelay/server/err
                             kind gives the status, here and only here (`_STATUS_OF_KIND`)
 RequestValidationError      FastAPI's; answered 422 naming the field and the rule
 HTTPException               Starlette's (404 route, 405 …); answered in the same shape
+store unavailable           Redis or the database cannot be reached (connection refused or
+                            dropped, timeout, Redis still loading), or the broker refuses a task:
+                            503 `store_unavailable` with Retry-After; the pools reconnect by
+                            themselves once the store is back (redis-py's retry on a dropped
+                            connection, SQLAlchemy's pre-ping), so the next try succeeds
 anything else               a bug: 500, logged with the request id
 """
 
@@ -17,11 +22,25 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from runrelay.server.errors import Conflict, Invalid, NotFound, ServerError, Unauthorized
+from runrelay.server.outages import TRANSIENT, is_transient
 
 log = logging.getLogger(__name__)
+# How long a client should wait before trying again while a store is down: reconnecting takes
+# about that long once the store is back.
+STORE_RETRY_AFTER_S = 2
+# kombu's OperationalError: the broker (Redis) refused the task.
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (*TRANSIENT, BrokerError)
+
+
+def is_store_outage(exc: BaseException) -> bool:
+    """Whether `exc` says a store is unreachable (not a bug, not a bad request)."""
+    return is_transient(exc) or isinstance(exc, BrokerError)
+
 
 _TYPES = {
     400: "invalid_request_error",
@@ -36,6 +55,9 @@ _TYPES = {
     504: "timeout_error",
 }
 
+
+# FastAPI's HTTPException detail when parsing the body raised something other than a JSON error.
+_UNPARSABLE_BODY = "There was an error parsing the body"
 
 # The one place the server side's domain errors get HTTP statuses.
 _STATUS_OF_KIND: dict[type[ServerError], int] = {
@@ -87,6 +109,16 @@ def error_response(
         }
     }
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def store_unavailable(request: Request) -> JSONResponse:
+    return error_response(
+        request,
+        503,
+        "store_unavailable",
+        "Redis or the database is unavailable; try again shortly",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
 
 
 def describe(error: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -146,13 +178,25 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return error_response(
-            request,
-            exc.status_code,
-            codes.get(exc.status_code, "http_error"),
-            str(exc.detail),
-            headers=exc.headers,
+        code = codes.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == _UNPARSABLE_BODY:
+            # FastAPI's answer when the JSON parser itself fails (e.g. RecursionError on JSON
+            # nested 100,000 deep): the same error as any other unparsable body.
+            code, message = "invalid_json", "the request body is not valid JSON (nested too deep)"
+        return error_response(request, exc.status_code, code, message, headers=exc.headers)
+
+    async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if not is_store_outage(exc):  # an IntegrityError, say: a bug
+            return await _bug(request, exc)
+        log.warning(
+            "%s %s: a store is unavailable (%s: %s); answered 503",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            exc,
         )
+        return store_unavailable(request)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
@@ -165,3 +209,6 @@ def install(app: FastAPI) -> None:
         return error_response(
             request, 500, "internal_error", "internal error; report it with the request id"
         )
+
+    for kind in (*STORE_UNAVAILABLE, DBAPIError):
+        app.add_exception_handler(kind, _store_unavailable)

@@ -5,6 +5,7 @@ Both are plain ASGI (not BaseHTTPMiddleware) so that SSE responses stream throug
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -13,12 +14,16 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api_shim.errors import STORE_RETRY_AFTER_S, is_store_outage
+
 log = logging.getLogger(__name__)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
 
 def _error_body(status: int, code: str, message: str, request_id: str) -> bytes:
-    kind = "invalid_request_error" if status < 500 else "api_error"
+    kind = {503: "service_unavailable"}.get(
+        status, "invalid_request_error" if status < 500 else "api_error"
+    )
     return json.dumps(
         {
             "error": {
@@ -32,18 +37,17 @@ def _error_body(status: int, code: str, message: str, request_id: str) -> bytes:
     ).encode()
 
 
-async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
-    )
+async def _send_json(
+    send: Send, status: int, body: bytes, request_id: str, *, retry_after: int | None = None
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -76,10 +80,15 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
             log.exception("unhandled error (request %s)", request_id)
             if started:
                 raise
+            if is_store_outage(exc):
+                message = "Redis or the database is unavailable; try again shortly"
+                body = _error_body(503, "store_unavailable", message, request_id)
+                await _send_json(send, 503, body, request_id, retry_after=STORE_RETRY_AFTER_S)
+                return
             body = _error_body(
                 500, "internal_error", "internal error; report it with the request id", request_id
             )
@@ -87,7 +96,9 @@ class RequestIdMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Answers 413 to bodies over `max_bytes`, declared by Content-Length or streamed.
+    """Answers 413 to bodies over `max_bytes`, declared by Content-Length or streamed, and 408
+    to bodies not received in full within `read_timeout_s` (a client trickling its body must
+    not hold a connection and a request slot indefinitely; uvicorn has no body read timeout).
 
     `streamed` maps (path, content types) to a larger limit for uploads their route reads as a
     stream (batches): those are passed through unbuffered, 413 only when the declared length
@@ -98,10 +109,12 @@ class BodyLimitMiddleware:
         app: ASGIApp,
         max_bytes: int,
         streamed: Mapping[tuple[str, tuple[str, ...]], int] | None = None,
+        read_timeout_s: float | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.streamed = dict(streamed or {})
+        self.read_timeout_s = read_timeout_s
 
     def _streamed_limit(self, scope: Scope) -> int | None:
         headers = dict(scope["headers"])
@@ -130,18 +143,25 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(send, request_id)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await self._too_large(send, request_id)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            message_text = f"the request body did not arrive within {self.read_timeout_s:g} s"
+            body_408 = _error_body(408, "request_timeout", message_text, request_id)
+            await _send_json(send, 408, body_408, request_id)
+            return
         body = b"".join(chunks)
         replayed = False
 

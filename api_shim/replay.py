@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -20,6 +21,8 @@ from runrelay.server.eventlog import LoggedEvent
 from runrelay.server.tables import Run
 
 _ARCHIVE_CHECK_S = 5.0
+# How often an open stream checks that its API key was not revoked meanwhile.
+_KEY_CHECK_S = 1.0
 
 
 async def _archived(state: ShimState, run_id: str, after: int) -> list[LoggedEvent]:
@@ -31,8 +34,20 @@ async def _archived(state: ShimState, run_id: str, after: int) -> list[LoggedEve
     return events
 
 
-async def run_events(state: ShimState, run_id: str, after: int) -> AsyncIterator[LoggedEvent]:
-    """Every event of the run with seq > `after`, in order, ending with `done`."""
+async def run_events(
+    state: ShimState, run_id: str, after: int, key_id: str | None = None
+) -> AsyncIterator[LoggedEvent]:
+    """Every event of the run with seq > `after`, in order, ending with `done`; it stops early
+    (within `_KEY_CHECK_S`) once the API key `key_id` is revoked."""
+    key_checked = time.monotonic()
+
+    async def key_revoked() -> bool:
+        nonlocal key_checked
+        if key_id is None or time.monotonic() - key_checked < _KEY_CHECK_S:
+            return False
+        key_checked = time.monotonic()
+        return not await asyncio.to_thread(state.store.key_active, key_id)
+
     run = await asyncio.to_thread(state.store.get_run, run_id)
     if run is not None and run.status.is_terminal:
         for event in await _archived(state, run_id, after):
@@ -44,12 +59,28 @@ async def run_events(state: ShimState, run_id: str, after: int) -> AsyncIterator
         last = event.seq
         if event.type == "done":
             return
+    async for event in _tail(state, run_id, last, key_revoked):
+        yield event
+
+
+async def _tail(
+    state: ShimState, run_id: str, last: int, key_revoked: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[LoggedEvent]:
+    """The live part: events above `last` through the hub, to `done` (or the archive's)."""
     sub = await state.hub.subscribe(run_id, last)
+    idle_s = 0.0
     try:
         while True:
+            if await key_revoked():
+                return
             try:
-                event = await asyncio.wait_for(sub.queue.get(), timeout=_ARCHIVE_CHECK_S)
+                event = await asyncio.wait_for(sub.queue.get(), timeout=_KEY_CHECK_S)
+                idle_s = 0.0
             except TimeoutError:
+                idle_s += _KEY_CHECK_S
+                if idle_s < _ARCHIVE_CHECK_S:
+                    continue
+                idle_s = 0.0
                 # Finished in the database (which is written before `done` reaches the
                 # stream) but no `done` came: the rest, `done` included, is in the archive.
                 run = await asyncio.to_thread(state.store.get_run, run_id)
@@ -76,11 +107,16 @@ async def nothing_after(state: ShimState, run: Run, after: int) -> bool:
 
 
 def sse_response(
-    state: ShimState, run_id: str, after: int, headers: dict[str, str] | None = None
+    state: ShimState,
+    run_id: str,
+    after: int,
+    headers: dict[str, str] | None = None,
+    *,
+    key_id: str | None = None,
 ) -> EventSourceResponse:
     async def frames() -> AsyncIterator[ServerSentEvent]:
         retry: int | None = state.settings.sse_retry_ms
-        async for event in run_events(state, run_id, after):
+        async for event in run_events(state, run_id, after, key_id):
             yield ServerSentEvent(data=event.data, event=event.type, id=str(event.seq), retry=retry)
             retry = None
 

@@ -18,7 +18,7 @@ from api_shim.errors import APIError, request_id_of
 from api_shim.quotas import Admission, rate_headers, reserve_tokens
 from api_shim.replay import nothing_after, run_events, sse_response
 from api_shim.state import ShimState, state_of
-from api_shim.stream_tokens import readable_run, stream_token_for
+from api_shim.stream_tokens import ReadableRun, readable_run, stream_token_for
 from runrelay.agent._driver import Outcome
 from runrelay.agent.config import AgentNotFound, AgentSpec
 from runrelay.server.approvals import PausedCalls
@@ -288,6 +288,7 @@ async def create_and_stream(
         run.id,
         0,
         headers={"Content-Location": f"/v1/runs/{run.id}/events", "X-Run-ID": run.id},
+        key_id=caller.key_id,
     )
 
 
@@ -404,7 +405,12 @@ _MAX_SEQ = 2**62  # far past any log; Redis stream ids stop at 2**64 - 1
 
 
 def _cursor(value: str, source: str) -> int:
-    if not (value.isascii() and value.isdigit()) or int(value) > _MAX_SEQ:
+    # The length first: `int()` of a string past 4,300 digits raises (Python's int limit).
+    if (
+        not (value.isascii() and value.isdigit())
+        or len(value) > len(str(_MAX_SEQ))
+        or int(value) > _MAX_SEQ
+    ):
         raise APIError(
             400,
             "invalid_cursor",
@@ -421,7 +427,7 @@ def _cursor(value: str, source: str) -> int:
 )
 async def events(
     request: Request,
-    run: Annotated[Run, Depends(readable_run)],
+    readable: Annotated[ReadableRun, Depends(readable_run)],
     after: Annotated[str | None, Query(description="resume after this seq")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
@@ -434,6 +440,10 @@ async def events(
     elif after is not None:
         cursor = _cursor(after, "after")
     state = state_of(request)
-    if await nothing_after(state, run, cursor):
+    if await nothing_after(state, readable.run, cursor):
         return Response(status_code=204)
-    return sse_response(state, run.id, cursor)
+    if not readable.run.status.is_terminal:
+        # A live run is read from Redis: if it is down, say so now (503) rather than after
+        # the stream's headers, where the client sees only a dropped connection.
+        await state.redis.ping()
+    return sse_response(state, readable.run.id, cursor, key_id=readable.key_id)

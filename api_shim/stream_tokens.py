@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -61,7 +62,7 @@ async def _tenant_run(request: Request, tenant_id: str, run_id: str) -> Run:
     return run
 
 
-async def _token_run(request: Request, token: str, run_id: str) -> Run:
+async def _token_run(request: Request, token: str, run_id: str) -> ReadableRun:
     state = state_of(request)
     try:
         claims = await state.stream_tokens.verify(token)
@@ -90,7 +91,16 @@ async def _token_run(request: Request, token: str, run_id: str) -> Run:
             "the API key that issued this stream token was revoked",
             param="token",
         )
-    return await _tenant_run(request, claims.ten, run_id)
+    return ReadableRun(await _tenant_run(request, claims.ten, run_id), claims.key)
+
+
+@dataclass(frozen=True)
+class ReadableRun:
+    """A run a request may read, and the API key it reads by (its own, or the one that issued
+    its stream token): the stream ends once that key is revoked."""
+
+    run: Run
+    key_id: str
 
 
 async def readable_run(
@@ -104,12 +114,13 @@ async def readable_run(
         ),
     ] = None,
     _declared: Credentials = None,
-) -> Run:
+) -> ReadableRun:
     """The run whose events this request may read: by API key, or by a stream token for it."""
     if token is not None:
         return await _token_run(request, token, run_id)
     caller = await principal(request)
-    return await _tenant_run(request, await acting_tenant(request, caller, None), run_id)
+    tenant_id = await acting_tenant(request, caller, None)
+    return ReadableRun(await _tenant_run(request, tenant_id, run_id), caller.key_id)
 
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])

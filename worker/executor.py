@@ -30,6 +30,7 @@ from runrelay.agent.messages import ApprovalRequest, ChatMessage
 from runrelay.server.approvals import PausedCalls, SavedCheckpoint, decisions
 from runrelay.server.eventlog import EventLog, LeaseLost
 from runrelay.server.lifecycle import Ending, Lifecycle
+from runrelay.server.outages import TRANSIENT, retrying
 from runrelay.server.revisions import AgentCatalog
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
@@ -45,6 +46,10 @@ from worker.sweeper import Requeuer
 from worker.writer import RunWriter
 
 log = logging.getLogger(__name__)
+# How long the last step of a finished run waits for the database to come back.
+_FINISH_RETRY_S = 60.0
+# How long a database write in the middle of a run waits before the run is handed back.
+_STORE_RETRY_S = 10.0
 
 
 class AttemptEnd(Enum):
@@ -213,6 +218,12 @@ class RunExecutor:
             return await self._attempt_leased(run_id, lease, slot, control)
         except LeaseLost:  # an append or checkpoint refused: a newer holder runs it now
             return Attempt(AttemptEnd.LEASE_LOST)
+        except TRANSIENT as exc:
+            # Redis or the database went away mid-run: not the run's failure. Hand it back; it
+            # resumes from its checkpoint (here or elsewhere) once the store is back; if the
+            # hand-back itself cannot reach Redis, the lease lapses and the sweeper does it.
+            log.warning("run %s: store unavailable (%s); handed back", run_id, exc)
+            return Attempt(AttemptEnd.HANDED_BACK)
 
     async def _attempt_leased(
         self, run_id: str, lease: Lease, slot: Slot, control: RunControl
@@ -222,7 +233,25 @@ class RunExecutor:
         run = await self.lifecycle.start(run_id, lease_token=lease.token)
         if run is None:
             return Attempt(AttemptEnd.NOT_STARTED)
-        writer = RunWriter(self.events, self.checkpoints, run_id, lease, last + 1)
+        # The log is gone if Redis lost it (emptied, restarted without persistence). It goes on
+        # above every seq it may have reached (the database's `seq_reserved`), and says what it
+        # lost: a client holding any seq reads on consistently, never another attempt's events
+        # under seqs it already has.
+        lost = last == 0 and run.seq_reserved > 0
+        next_seq = run.seq_reserved + 1 if lost else last + 1
+        writer = RunWriter(
+            self.events,
+            self.checkpoints,
+            run_id,
+            lease,
+            next_seq,
+            reserved=run.seq_reserved,
+            reserve=lambda upto: retrying(
+                lambda: asyncio.to_thread(self.store.reserve_seqs, run_id, upto),
+                what=f"run {run_id}: reserve seqs",
+                for_s=_STORE_RETRY_S,
+            ),
+        )
         started = time.monotonic()
         if last == 0:  # the log is gone (Redis was emptied): the database still has the run
             await writer.emit(
@@ -230,6 +259,15 @@ class RunExecutor:
                 {"agent": run.agent_name, "agent_id": run.agent_id, "thread_id": run.thread_id},
             )
         await writer.emit("run_started", {"attempt": run.attempts, "worker": self.worker_id})
+        if lost:
+            log.warning("run %s: its log was lost from Redis; going on at seq %d", run_id, next_seq)
+            await writer.emit(
+                "metadata",
+                {
+                    "superseded": {"from_seq": 1, "to_seq": run.seq_reserved},
+                    "attempt": run.attempts,
+                },
+            )
         checkpoint = await self._resume_point(run, writer, last)
         outcome = await self._outcome(run, writer, checkpoint, control)
         if isinstance(outcome, AttemptEnd):  # stopped: handed back, or the lease was lost
@@ -257,12 +295,19 @@ class RunExecutor:
                 },
             )
         await self.slots.stop_renewing(slot)  # a renewal must not take back a released slot
-        ended = await self.lifecycle.finish(
-            run,
-            outcome,
-            ending=Ending.by_worker(lease.token),
-            duration_ms=int((time.monotonic() - started) * 1000),
-            used_tokens=slot.used_tokens,
+        duration_ms = int((time.monotonic() - started) * 1000)
+        # The run's work is done: a database blip here is waited out (the heartbeat keeps the
+        # lease meanwhile) rather than handing the run back to do it again.
+        ended = await retrying(
+            lambda: self.lifecycle.finish(
+                run,
+                outcome,
+                ending=Ending.by_worker(lease.token),
+                duration_ms=duration_ms,
+                used_tokens=slot.used_tokens,
+            ),
+            what=f"run {run.id}: finish",
+            for_s=_FINISH_RETRY_S,
         )
         if not ended:
             return Attempt(AttemptEnd.LEASE_LOST)
@@ -368,7 +413,7 @@ class RunExecutor:
             checkpoint=writer.checkpoint,
             wrap_provider=lambda provider: self.slots.metered(run.id, provider),  # quotas
             after_interrupt=writer.resync,
-            propagate=(LeaseLost,),
+            propagate=(LeaseLost, *TRANSIENT),  # a store outage hands the run back
         )
         task = asyncio.current_task()
         control.task = task

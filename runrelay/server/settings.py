@@ -61,6 +61,8 @@ class Settings(BaseSettings):
 
     # HTTP shim
     max_body_bytes: int = 10 * 1024 * 1024
+    # A request body not received in full within this is answered 408 (slow or stalled client).
+    body_read_timeout_s: float = Field(30.0, gt=0)
     sse_ping_s: float = 15.0
     sse_retry_ms: int = 2000
     wait_timeout_s: float = 600.0
@@ -193,6 +195,9 @@ class Settings(BaseSettings):
         """Celery settings the worker and the shim (which only sends tasks) must agree on."""
         return {
             "broker_url": self.broker_url,
+            # kombu's Redis transport with a guard that keeps a worker alive when Redis drops
+            # (see runrelay/server/broker.py).
+            "broker_transport": "runrelay.server.broker:Transport",
             "broker_transport_options": {
                 # Every broker key lives under our prefix, so several deployments (or test
                 # sessions) can share one Redis without seeing each other's tasks.

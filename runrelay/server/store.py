@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
 
@@ -149,12 +149,12 @@ class Store:
         return key
 
     def authenticate(self, key: str) -> Principal | None:
-        if not key.startswith(KEY_PREFIX):
-            return None
+        # Every key takes the same path (hash, look-up), whatever its prefix: how long the
+        # answer takes tells nothing about which keys look real.
         digest = hash_key(key)
         with Session(self.engine, expire_on_commit=False) as session:
             row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
-            if row is None or row.revoked_at is not None:
+            if row is None or row.revoked_at is not None or not key.startswith(KEY_PREFIX):
                 return None
             if not hmac.compare_digest(row.key_hash, digest):
                 return None
@@ -165,6 +165,12 @@ class Store:
                 session.add(row)
                 session.commit()
             return Principal(tenant_id=row.tenant_id, key_id=row.id, is_platform=row.is_platform)
+
+    def key_active(self, key_id: str) -> bool:
+        """Whether the key exists and is not revoked (open SSE streams check it now and then)."""
+        with Session(self.engine) as session:
+            row = session.get(ApiKey, key_id)
+            return row is not None and row.revoked_at is None
 
     # Runs ---------------------------------------------------------------------------------------
 
@@ -237,6 +243,17 @@ class Store:
         )
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(query).all())
+
+    def reserve_seqs(self, run_id: str, upto: int) -> None:
+        """Raise the run's `seq_reserved` to `upto` (never lowers it)."""
+        stmt = (
+            update(Run)
+            .where(col(Run.id) == run_id, col(Run.seq_reserved) < upto)
+            .values(seq_reserved=upto)
+        )
+        with Session(self.engine) as session:
+            session.exec(stmt)
+            session.commit()
 
     def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
         query = (

@@ -109,6 +109,10 @@ class Run(SQLModel, table=True):
     schedule_id: str | None = Field(default=None, max_length=40)
     scheduled_for: datetime | None = None
     webhook: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # The highest event seq a worker may have appended to the run's Redis log: raised in blocks
+    # before the log reaches it. If Redis loses the log, the next attempt continues above it,
+    # so a client holding any seq never sees another attempt's events under seqs it knows.
+    seq_reserved: int = 0
 
 
 class Thread(SQLModel, table=True):

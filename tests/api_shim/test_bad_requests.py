@@ -60,6 +60,27 @@ def test_body_that_is_not_json_is_400(client: httpx.Client) -> None:
     assert response.json()["error"]["code"] == "invalid_json"
 
 
+def test_json_nested_100_000_deep_is_400_invalid_json(client: httpx.Client) -> None:
+    body = b'{"agent": "slow-analyst", "message": "hi", "input": ' + b"[" * 100_000 + b"]" * 100_000
+    response = client.post(
+        "/v1/runs", content=body + b"}", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("source", ["after", "Last-Event-ID"])
+def test_5000_digit_cursor_is_400(client: httpx.Client, source: str) -> None:
+    run = client.post("/v1/runs", json=OK).json()
+    cursor = "9" * 5000
+    params = {"after": cursor} if source == "after" else {}
+    headers = {"Last-Event-ID": cursor} if source != "after" else {}
+    response = client.get(f"/v1/runs/{run['id']}/events", params=params, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_cursor"
+    assert response.json()["error"]["param"] == source
+
+
 def test_20_mib_body_is_413(client: httpx.Client) -> None:
     big = {**OK, "metadata": {"blob": "x" * (20 * 1024 * 1024)}}
     response = client.post("/v1/runs", json=big)

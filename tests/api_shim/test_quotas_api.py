@@ -346,3 +346,31 @@ def test_a_queued_run_says_what_it_waits_for_and_its_place_in_line(
         client.post(f"/v1/runs/{run['id']}/cancel")
     ended = _wait_done(client, third["id"])
     assert ended["waiting_for"] is None
+
+
+def test_a_stream_opened_before_its_key_was_revoked_ends_within_seconds(
+    api: str, tenant: TenantKey, store: Store
+) -> None:
+    import json
+
+    from httpx_sse import connect_sse
+
+    from runrelay.server.tenants import list_keys, revoke_key
+
+    key = store.create_api_key(tenant.tenant_id)
+    body = {"agent": "slow-analyst", "message": "go"}
+    seen: list[str] = []
+    with (
+        httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http,
+        connect_sse(http, "POST", "/v1/runs/stream", json=body) as source,
+    ):
+        for sse in source.iter_sse():
+            if not sse.data:
+                continue
+            seen.append(json.loads(sse.data)["type"])
+            if len(seen) == 3:
+                row = next(
+                    k for k in list_keys(store, tenant.tenant_id) if key.startswith(k.prefix)
+                )
+                revoke_key(store, row.id)
+    assert "done" not in seen, "the stream went on to the end after its key was revoked"

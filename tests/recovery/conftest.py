@@ -37,6 +37,7 @@ SWEEP_INTERVAL_S = 0.5
 GRACE_S = 1.5
 MAX_RUN_TIMEOUT_S = 600
 START_TIMEOUT_S = 60.0
+BODY_READ_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -133,8 +134,17 @@ class Deployment:
 
 @pytest.fixture(scope="session")
 def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    tmp = tmp_path_factory.mktemp("deployment")
-    database_url = os.environ.get("DATABASE_URL", "")
+    with deployed(redis_url, tmp_path_factory.mktemp("deployment")) as deployment:
+        yield deployment
+
+
+@contextlib.contextmanager
+def deployed(
+    redis_url: str, tmp: Path, database_url: str | None = None, **env_extra: str
+) -> Iterator[Deployment]:
+    """A deployment (its API started, no workers yet) on `redis_url`; `database_url` defaults to
+    $DATABASE_URL's server (a schema of its own) or a SQLite file in `tmp`."""
+    database_url = database_url or os.environ.get("DATABASE_URL", "")
     schema = None
     if not database_url.startswith("postgres"):
         database_url = f"sqlite:///{tmp / 'runrelay.db'}"
@@ -152,7 +162,9 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "RUNRELAY_SHUTDOWN_GRACE_S": str(GRACE_S),
         "RUNRELAY_MAX_RUN_TIMEOUT_S": str(MAX_RUN_TIMEOUT_S),
         "RUNRELAY_HUB_BLOCK_MS": "1000",
+        "RUNRELAY_BODY_READ_TIMEOUT_S": str(BODY_READ_TIMEOUT_S),
         LOG_ENV: str(tmp / "tool-executions.log"),
+        **env_extra,
     }
     env.pop("RUNRELAY_DATABASE_SCHEMA", None)
     if schema:
@@ -177,10 +189,11 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=20)
         store.engine.dispose()
-        client = redis.Redis.from_url(redis_url)
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
-        client.close()
+        with contextlib.suppress(redis.RedisError):
+            client = redis.Redis.from_url(redis_url)
+            for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                client.delete(key)
+            client.close()
         if schema:
             engine = create_engine(settings.database_url)
             with engine.begin() as conn:
