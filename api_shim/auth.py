@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 from api_shim.state import state_of
 from runrelay.server.store import Principal
 
@@ -24,15 +24,17 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 async def principal(request: Request, _declared: Credentials = None) -> Principal:
     authorization = request.headers.get("authorization")
     if not authorization:
-        raise APIError(401, "missing_api_key", "no API key: send `Authorization: Bearer rr_sk_...`")
+        raise HTTPProblem(
+            401, "missing_api_key", "no API key: send `Authorization: Bearer rr_sk_...`"
+        )
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise APIError(
+        raise HTTPProblem(
             401, "invalid_api_key", "the Authorization header must be `Bearer <api key>`"
         )
     found = await asyncio.to_thread(state_of(request).store.authenticate, key.strip())
     if found is None:
-        raise APIError(401, "invalid_api_key", "the API key is not valid (unknown or revoked)")
+        raise HTTPProblem(401, "invalid_api_key", "the API key is not valid (unknown or revoked)")
     return found
 
 
@@ -48,11 +50,13 @@ async def acting_tenant(request: Request, caller: Principal, requested: str | No
     tenant = await asyncio.to_thread(store.get_tenant, requested)
     if caller.is_platform:
         if tenant is None:
-            raise APIError(404, "tenant_not_found", f"no tenant {requested!r}", param="tenant_id")
+            raise HTTPProblem(
+                404, "tenant_not_found", f"no tenant {requested!r}", param="tenant_id"
+            )
         return tenant.id
     if tenant is not None and tenant.id == caller.tenant_id:
         return caller.tenant_id
-    raise APIError(
+    raise HTTPProblem(
         403,
         "tenant_not_allowed",
         "this key belongs to one tenant and cannot act for another; "

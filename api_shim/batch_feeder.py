@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from api_shim.cancel import request_cancel
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 from api_shim.state import ShimState
 from runrelay.agent.events import encode, make_event
 from runrelay.batch_types import BatchStatus
@@ -188,7 +188,7 @@ class BatchFeeder:
         state = self.state
         try:
             limits = await state.quotas.limits(tenant_id)
-        except APIError:  # the tenant is gone
+        except HTTPProblem:  # the tenant is gone
             return 0, None
         cap = limits.max_concurrent_runs
         window = max(1, cap - state.settings.batch_headroom_slots)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from api_shim.errors import APIError, describe
+from api_shim.errors import HTTPProblem, describe
 from api_shim.quotas import reserve_tokens
 from api_shim.state import ShimState
 from runrelay.agent.config import AgentNotFound, AgentSpec
@@ -198,12 +198,12 @@ async def jsonl_lines(
     async for chunk in chunks:
         size += len(chunk)
         if size > max_bytes:
-            raise APIError(
+            raise HTTPProblem(
                 413, "body_too_large", f"the batch file is larger than {max_bytes} bytes"
             )
         *complete, rest = (rest + chunk).split(b"\n")
         if len(rest) > MAX_LINE_BYTES:
-            raise APIError(
+            raise HTTPProblem(
                 413,
                 "line_too_long",
                 f"line {number + len(complete) + 1} is longer than {MAX_LINE_BYTES} bytes",
@@ -213,7 +213,7 @@ async def jsonl_lines(
             if line.strip():
                 batch.append((number, line))
         if number > max_lines:
-            raise APIError(413, "too_many_lines", f"a batch has at most {max_lines} lines")
+            raise HTTPProblem(413, "too_many_lines", f"a batch has at most {max_lines} lines")
         if len(batch) >= CHUNK_LINES:
             yield batch
             batch = []
@@ -221,7 +221,7 @@ async def jsonl_lines(
         number += 1
         batch.append((number, rest))
     if number > max_lines:
-        raise APIError(413, "too_many_lines", f"a batch has at most {max_lines} lines")
+        raise HTTPProblem(413, "too_many_lines", f"a batch has at most {max_lines} lines")
     if batch:
         yield batch
 

@@ -23,7 +23,7 @@ from api_shim.batch_upload import (
     jsonl_lines,
     store_lines,
 )
-from api_shim.errors import APIError, describe, request_id_of
+from api_shim.errors import HTTPProblem, describe, request_id_of
 from api_shim.state import ShimState, state_of
 from runrelay.batch_types import (
     BatchError,
@@ -63,7 +63,7 @@ def _options(request: Request) -> BatchOptions:
             try:
                 given[name] = json.loads(given[name])
             except ValueError as exc:
-                raise APIError(
+                raise HTTPProblem(
                     422, "validation_error", f"{name} must be a JSON object ({exc})", param=name
                 ) from exc
     return _validated(BatchOptions, given)
@@ -74,7 +74,7 @@ def _validated(model: type[M], given: Any) -> M:
         return model.model_validate(given)
     except ValidationError as exc:
         param, message = describe(exc.errors()[0])
-        raise APIError(422, "validation_error", message, param=param) from exc
+        raise HTTPProblem(422, "validation_error", message, param=param) from exc
 
 
 @router.post(
@@ -105,16 +105,16 @@ async def create_batch(
         try:
             payload = await request.json()
         except ValueError as exc:
-            raise APIError(400, "invalid_json", f"the body is not valid JSON ({exc})") from exc
+            raise HTTPProblem(400, "invalid_json", f"the body is not valid JSON ({exc})") from exc
         options = _validated(JsonBatch, payload)
         requests = options.requests
         if len(requests) > settings.batch_max_lines:
-            raise APIError(
+            raise HTTPProblem(
                 413, "too_many_lines", f"a batch has at most {settings.batch_max_lines} lines"
             )
         lines = _chunks(list(enumerate(requests, start=1)))
     else:
-        raise APIError(
+        raise HTTPProblem(
             415,
             "unsupported_media_type",
             "send the batch as application/jsonl (one run request per line) or as "
@@ -176,7 +176,7 @@ async def _ingest(
 
 def _refuse(validator: LineValidator) -> None:
     if not validator.errors:
-        raise APIError(422, "empty_batch", "the batch has no lines", param="requests")
+        raise HTTPProblem(422, "empty_batch", "the batch has no lines", param="requests")
     shown = validator.errors[:20]
     more = validator.invalid - len(shown)
     message = "; ".join(e.message for e in shown) + (f"; and {more} more" if more > 0 else "")
@@ -189,7 +189,7 @@ def _refuse(validator: LineValidator) -> None:
     raise _LinesRefused(intro + message, validator.errors)
 
 
-class _LinesRefused(APIError):
+class _LinesRefused(HTTPProblem):
     def __init__(self, message: str, errors: list[LineError]) -> None:
         first = errors[0]
         super().__init__(422, "invalid_lines", message, param=first.param)
@@ -213,14 +213,14 @@ class _LinesRefused(APIError):
 async def _object_of(state: ShimState, batch_id: str, tenant_id: str | None) -> BatchObject:
     snapshot = await asyncio.to_thread(state.batches.snapshot, batch_id, tenant_id=tenant_id)
     if snapshot is None:
-        raise APIError(404, "batch_not_found", f"no batch {batch_id!r}", param="batch_id")
+        raise HTTPProblem(404, "batch_not_found", f"no batch {batch_id!r}", param="batch_id")
     return batch_object(snapshot)
 
 
 async def _own(request: Request, caller: Caller, batch_id: str) -> BatchObject:
     tenant = await acting_tenant(request, caller, None)
     if not _BATCH_ID.fullmatch(batch_id):
-        raise APIError(404, "batch_not_found", f"no batch {batch_id!r}", param="batch_id")
+        raise HTTPProblem(404, "batch_not_found", f"no batch {batch_id!r}", param="batch_id")
     return await _object_of(state_of(request), batch_id, tenant)
 
 
@@ -265,7 +265,7 @@ async def cancel_batch(request: Request, caller: Caller, batch_id: str) -> Batch
     if batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
         return batch
     if batch.status is BatchStatus.VALIDATING:
-        raise APIError(
+        raise HTTPProblem(
             409,
             "batch_not_cancellable",
             f"batch {batch.id} is still being uploaded; cancel it once the upload answered",
@@ -273,7 +273,7 @@ async def cancel_batch(request: Request, caller: Caller, batch_id: str) -> Batch
         )
     stopped = await stop_batch(state, batch.id, expire=False)
     if stopped is None:
-        raise APIError(
+        raise HTTPProblem(
             409,
             "batch_not_cancellable",
             f"batch {batch.id} is already {batch.status}; only a batch in progress can be "
@@ -355,7 +355,7 @@ async def errors(request: Request, caller: Caller, batch_id: str) -> StreamingRe
 
 def _version(value: str, source: str) -> int:
     if not (value.isascii() and value.isdigit()) or len(value) > 18:
-        raise APIError(
+        raise HTTPProblem(
             400,
             "invalid_cursor",
             f"{source} must be a non-negative integer event id (got {value!r})",

@@ -1,6 +1,7 @@
 """Error responses: every failure is `{"error": {type, code, message, param, request_id}}`.
 
-APIError                    raised by routes; carries the HTTP status and the body fields
+HTTPProblem                 raised by routes: an HTTP status and the body fields (the SDK's
+                            `runrelay.APIError` is what a client sees of it)
 ServerError                 the server side's domain errors (runrelay/server/errors.py); their
                             kind gives the status, here and only here (`_STATUS_OF_KIND`)
 RequestValidationError      FastAPI's; answered 422 naming the field and the rule
@@ -68,7 +69,7 @@ _STATUS_OF_KIND: dict[type[ServerError], int] = {
 }
 
 
-class APIError(Exception):
+class HTTPProblem(Exception):
     def __init__(
         self,
         status: int,
@@ -149,8 +150,8 @@ def describe(error: Mapping[str, Any]) -> tuple[str | None, str]:
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    @app.exception_handler(HTTPProblem)
+    async def _api_error(request: Request, exc: HTTPProblem) -> JSONResponse:
         return error_response(
             request, exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers
         )

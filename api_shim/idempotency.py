@@ -15,7 +15,7 @@ import time
 
 from fastapi import Request
 
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 from api_shim.state import ShimState
 from runrelay.server import lua
 from runrelay.server.keys import RedisKeys
@@ -30,7 +30,7 @@ _EARLIER_RUN_WAIT_S = 10.0
 def idempotency_key(request: Request, body: RunCreate) -> str | None:
     header = request.headers.get("idempotency-key")
     if header is not None and body.idempotency_key is not None and header != body.idempotency_key:
-        raise APIError(
+        raise HTTPProblem(
             422,
             "validation_error",
             "the Idempotency-Key header and the idempotency_key field differ; send one",
@@ -38,7 +38,7 @@ def idempotency_key(request: Request, body: RunCreate) -> str | None:
         )
     key = header if header is not None else body.idempotency_key
     if key is not None and not 1 <= len(key) <= _MAX_KEY_CHARS:
-        raise APIError(
+        raise HTTPProblem(
             422,
             "validation_error",
             f"Idempotency-Key must be 1 to {_MAX_KEY_CHARS} characters (got {len(key)})",
@@ -70,7 +70,7 @@ async def claim(
             continue
         earlier = json.loads(existing)
         if earlier["fingerprint"] != body_fingerprint:
-            raise APIError(
+            raise HTTPProblem(
                 422,
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used with a different request body; "
@@ -78,7 +78,7 @@ async def claim(
                 param="idempotency_key",
             )
         return str(earlier["run_id"])
-    raise APIError(
+    raise HTTPProblem(
         409, "idempotency_key_in_progress", "retry shortly", headers={"Retry-After": "1"}
     )
 
@@ -95,7 +95,7 @@ async def earlier_run(state: ShimState, run_id: str) -> Run:
         if run is not None:
             return run
         if time.monotonic() > deadline:
-            raise APIError(
+            raise HTTPProblem(
                 409,
                 "idempotency_key_in_progress",
                 "a request with this Idempotency-Key is still being processed; retry shortly",

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from api_shim.auth import Caller
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 from api_shim.state import state_of
 from runrelay.agent.config import AgentNotFound, AgentSpec
 from runrelay.server.revisions import AgentCatalog
@@ -69,7 +69,7 @@ async def get_agent(request: Request, _: Caller, agent_ref: str) -> AgentInfo:
         agent = await asyncio.to_thread(catalog.by_ref, agent_ref)
         return agent_info(agent, await asyncio.to_thread(catalog.tags))
     except AgentNotFound as exc:
-        raise APIError(404, "agent_not_found", str(exc), param="agent_id") from exc
+        raise HTTPProblem(404, "agent_not_found", str(exc), param="agent_id") from exc
 
 
 @router.get("/healthz", tags=["health"], summary="Liveness")

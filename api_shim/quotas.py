@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.asyncio import Redis
 
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 from runrelay.agent.config import AgentSpec
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import Decision, QuotaStore, as_text
@@ -104,7 +104,9 @@ class Quotas:
     async def limits(self, tenant_id: str) -> TenantLimits:
         tenant = await asyncio.to_thread(self.store.get_tenant, tenant_id)
         if tenant is None:
-            raise APIError(404, "tenant_not_found", f"no tenant {tenant_id!r}", param="tenant_id")
+            raise HTTPProblem(
+                404, "tenant_not_found", f"no tenant {tenant_id!r}", param="tenant_id"
+            )
         return TenantLimits.of(tenant, self.settings)
 
     async def admit(self, tenant_id: str, run_id: str, *, reserve: int) -> Admission:
@@ -122,7 +124,7 @@ class Quotas:
         if not decision.admitted:
             self.metrics.rejections.labels(decision.code).inc()
             retry_after = max(1, decision.reset_s)
-            raise APIError(
+            raise HTTPProblem(
                 429,
                 decision.code,
                 _MESSAGES[decision.code].format(limit=decision.limit)

@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse
 from api_shim import idempotency, threads
 from api_shim.auth import Caller, acting_tenant
 from api_shim.cancel import CANCEL_WAIT_S, request_cancel, wait_finished
-from api_shim.errors import APIError, request_id_of
+from api_shim.errors import HTTPProblem, request_id_of
 from api_shim.quotas import Admission, rate_headers, reserve_tokens
 from api_shim.replay import nothing_after, run_events, sse_response
 from api_shim.state import ShimState, state_of
@@ -95,10 +95,10 @@ def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
     try:
         return AgentCatalog(state.store.engine, state.registry).for_request(body)
     except RevisionNotFound as exc:
-        raise APIError(404, "revision_not_found", str(exc), param="revision") from exc
+        raise HTTPProblem(404, "revision_not_found", str(exc), param="revision") from exc
     except AgentNotFound as exc:
         param = "tag" if body.tag else "agent_id" if body.agent_id else "agent"
-        raise APIError(404, "agent_not_found", str(exc), param=param) from exc
+        raise HTTPProblem(404, "agent_not_found", str(exc), param=param) from exc
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ async def create_run(request: Request, caller: Caller, body: RunCreate) -> Creat
     state = state_of(request)
     limit = state.settings.max_run_timeout_s
     if body.timeout_s is not None and body.timeout_s > limit:
-        raise APIError(
+        raise HTTPProblem(
             422,
             "validation_error",
             f"timeout_s must be at most {limit:g} s, the server's maximum "
@@ -167,7 +167,7 @@ async def _admit(
     except Exception as exc:
         log.exception("run %s could not be enqueued", run.id)
         await _enqueue_failed(state, run, f"the run could not be queued: {exc}")
-        raise APIError(
+        raise HTTPProblem(
             503, "enqueue_failed", "the run could not be queued (broker unavailable); retry later"
         ) from exc
     for active in interrupted:  # threads: `interrupt`; the new run starts once they stop
@@ -221,7 +221,7 @@ async def create_and_wait(request: Request, caller: Caller, body: RunCreate) -> 
                 if event.type == "approval_required" and await paused(state, run.id):
                     break  # answered now: the run waits for a person, not for the worker
     except TimeoutError as exc:
-        raise APIError(
+        raise HTTPProblem(
             504,
             "wait_timeout",
             f"run {run.id} is still running after {state.settings.wait_timeout_s:g} s; "
@@ -338,10 +338,10 @@ async def own_run(request: Request, caller: Caller, run_id: str) -> Run:
     state = state_of(request)
     tenant = await acting_tenant(request, caller, None)
     if not _RUN_ID.fullmatch(run_id):  # a NUL or other junk would reach the database
-        raise APIError(404, "run_not_found", f"no run {run_id!r}", param="run_id")
+        raise HTTPProblem(404, "run_not_found", f"no run {run_id!r}", param="run_id")
     run = await asyncio.to_thread(state.store.get_run, run_id, tenant_id=tenant)
     if run is None:
-        raise APIError(404, "run_not_found", f"no run {run_id!r}", param="run_id")
+        raise HTTPProblem(404, "run_not_found", f"no run {run_id!r}", param="run_id")
     return run
 
 
@@ -389,7 +389,7 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
     if requested is None:
         current = await asyncio.to_thread(state.store.get_run, run.id)
         status = current.status if current else run.status
-        raise APIError(
+        raise HTTPProblem(
             409,
             "run_not_cancellable",
             f"run {run.id} is already {status}; only a queued, running or requires_action run "
@@ -411,7 +411,7 @@ def _cursor(value: str, source: str) -> int:
         or len(value) > len(str(_MAX_SEQ))
         or int(value) > _MAX_SEQ
     ):
-        raise APIError(
+        raise HTTPProblem(
             400,
             "invalid_cursor",
             f"{source} must be a non-negative integer event seq (got {value!r})",

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import ValidationError
 
 from api_shim.auth import Caller, acting_tenant
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 from api_shim.runs import _resolve_agent, own_run, run_object
 from api_shim.state import ShimState, state_of
 from runrelay.server import cron
@@ -75,7 +75,7 @@ def _check_timing(state: ShimState, body: ScheduleCreate) -> None:
     try:
         cron.validate(body.cron, body.timezone, allow_seconds=state.settings.schedule_allow_seconds)
     except cron.CronError as exc:
-        raise APIError(422, "validation_error", str(exc), param=exc.field) from exc
+        raise HTTPProblem(422, "validation_error", str(exc), param=exc.field) from exc
 
 
 def _template(body: ScheduleCreate) -> dict[str, Any]:
@@ -90,7 +90,7 @@ async def _own(request: Request, caller: Caller, schedule_id: str) -> tuple[str,
         schedules = Schedules(state.store.engine)
         found = await asyncio.to_thread(schedules.get, schedule_id, tenant_id=tenant)
     if found is None:
-        raise APIError(
+        raise HTTPProblem(
             404, "schedule_not_found", f"no schedule {schedule_id!r}", param="schedule_id"
         )
     return tenant, found
@@ -171,7 +171,7 @@ async def update(
     except ValidationError as exc:
         error = exc.errors()[0]
         param = ".".join(str(part) for part in error["loc"]) or None
-        raise APIError(422, "validation_error", error["msg"], param=param) from exc
+        raise HTTPProblem(422, "validation_error", error["msg"], param=param) from exc
     _check_timing(state, body)
     await asyncio.to_thread(_resolve_agent, state, body)
     values = {name: getattr(body, name) for name in _TIMING}
@@ -183,7 +183,7 @@ async def update(
         **values,
     )
     if updated is None:
-        raise APIError(404, "schedule_not_found", f"no schedule {schedule_id!r}")
+        raise HTTPProblem(404, "schedule_not_found", f"no schedule {schedule_id!r}")
     return schedule_object(updated)
 
 
@@ -236,7 +236,7 @@ async def trigger(request: Request, caller: Caller, schedule_id: str) -> RunObje
         schedules.claim_now, found.id, tenant_id=tenant, run_id=new_id("run")
     )
     if fire is None:
-        raise APIError(404, "schedule_not_found", f"no schedule {schedule_id!r}")
+        raise HTTPProblem(404, "schedule_not_found", f"no schedule {schedule_id!r}")
     firer = Firer(
         settings=state.settings,
         store=state.store,
@@ -250,5 +250,5 @@ async def trigger(request: Request, caller: Caller, schedule_id: str) -> RunObje
         current = await asyncio.to_thread(schedules.get, found.id, tenant_id=tenant)
         detail = current.last_detail if current else status
         code = {"skipped": 409, "refused": 429}.get(status, 503)
-        raise APIError(code, f"trigger_{status}", f"no run made: {detail}")
+        raise HTTPProblem(code, f"trigger_{status}", f"no run made: {detail}")
     return run_object(await own_run(request, caller, fire.run_id))

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from api_shim.auth import Caller
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 from api_shim.state import state_of
 from runrelay.agent.config import AgentNotFound, AgentSpec, ModuleSpec, Registry
 from runrelay.types import ShortcutDefinition, ShortcutResolution, ShortcutResolveRequest
@@ -96,7 +96,7 @@ async def list_shortcuts(
     registry = state_of(request).registry
     if module is not None and module not in {m.key for m in registry.config.modules}:
         known = ", ".join(m.key for m in registry.config.modules)
-        raise APIError(
+        raise HTTPProblem(
             404, "module_not_found", f"no module {module!r} (have: {known})", param="module"
         )
     return {"object": "list", "data": definitions(registry, module)}

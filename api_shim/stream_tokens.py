@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from api_shim.auth import Caller, Credentials, acting_tenant, principal
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 from api_shim.state import state_of
 from runrelay.server.store import Principal
 from runrelay.server.stream_tokens import StreamTokenError, TokenExpired, TokenInvalid, key_active
@@ -43,7 +43,7 @@ async def stream_token_for(request: Request, run: Run, caller: Principal) -> Str
             run_id=run.id, tenant_id=run.tenant_id, key_id=caller.key_id
         )
     except StreamTokenError as exc:
-        raise APIError(503, "not_ready", f"{exc}") from exc
+        raise HTTPProblem(503, "not_ready", f"{exc}") from exc
     return StreamToken(
         run_id=run.id,
         token=token,
@@ -54,11 +54,11 @@ async def stream_token_for(request: Request, run: Run, caller: Principal) -> Str
 
 async def _tenant_run(request: Request, tenant_id: str, run_id: str) -> Run:
     if not _RUN_ID.fullmatch(run_id):  # a NUL or other junk would reach the database
-        raise APIError(404, "run_not_found", f"no run {run_id!r}", param="run_id")
+        raise HTTPProblem(404, "run_not_found", f"no run {run_id!r}", param="run_id")
     store = state_of(request).store
     run = await asyncio.to_thread(store.get_run, run_id, tenant_id=tenant_id)
     if run is None:
-        raise APIError(404, "run_not_found", f"no run {run_id!r}", param="run_id")
+        raise HTTPProblem(404, "run_not_found", f"no run {run_id!r}", param="run_id")
     return run
 
 
@@ -67,25 +67,25 @@ async def _token_run(request: Request, token: str, run_id: str) -> ReadableRun:
     try:
         claims = await state.stream_tokens.verify(token)
     except TokenExpired as exc:
-        raise APIError(
+        raise HTTPProblem(
             401,
             "stream_token_expired",
             f"{exc}; get a new one with POST /v1/runs/{exc.claims.run}/stream_token",
             param="token",
         ) from exc
     except TokenInvalid as exc:
-        raise APIError(401, "invalid_stream_token", str(exc), param="token") from exc
+        raise HTTPProblem(401, "invalid_stream_token", str(exc), param="token") from exc
     except StreamTokenError as exc:
-        raise APIError(503, "not_ready", str(exc)) from exc
+        raise HTTPProblem(503, "not_ready", str(exc)) from exc
     if claims.run != run_id:
-        raise APIError(
+        raise HTTPProblem(
             404,
             "run_not_found",
             f"this stream token is for run {claims.run!r}, not {run_id!r}",
             param="token",
         )
     if not await asyncio.to_thread(key_active, state.store.engine, claims.key):
-        raise APIError(
+        raise HTTPProblem(
             401,
             "stream_token_revoked",
             "the API key that issued this stream token was revoked",

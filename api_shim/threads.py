@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from api_shim.auth import Caller, acting_tenant
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 from api_shim.state import ShimState, state_of
 from runrelay.server.tables import Run, ThreadMessage, as_utc
 from runrelay.server.threads import ThreadBusy, Threads
@@ -32,7 +32,7 @@ _MAX_SEQ = 2**31 - 1
 def check_strategy(body: RunCreate) -> None:
     """A strategy says what to do when the thread is busy: it needs a thread to be busy."""
     if body.multitask_strategy is not None and body.thread_id is None:
-        raise APIError(
+        raise HTTPProblem(
             422,
             "validation_error",
             f"multitask_strategy ({body.multitask_strategy!r}) applies to a run on an existing "
@@ -51,7 +51,7 @@ async def insert_run(
     try:
         active = await state.lifecycle.create(run, queued, reject_if_busy=strategy == "reject")
     except ThreadBusy as exc:
-        raise APIError(409, "thread_busy", str(exc), param="thread_id") from exc
+        raise HTTPProblem(409, "thread_busy", str(exc), param="thread_id") from exc
     return active if strategy == "interrupt" else []
 
 
@@ -88,7 +88,7 @@ async def get_thread(
     follow; pass `next_after_seq` as `after_seq` for them."""
     state = state_of(request)
     tenant = await acting_tenant(request, caller, tenant_id)
-    missing = APIError(404, "thread_not_found", f"no thread {thread_id!r}", param="thread_id")
+    missing = HTTPProblem(404, "thread_not_found", f"no thread {thread_id!r}", param="thread_id")
     if not 1 <= len(thread_id) <= 200 or "\x00" in thread_id:
         raise missing
     threads = Threads(state.store.engine)

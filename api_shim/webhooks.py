@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from api_shim.auth import Caller
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 from api_shim.runs import own_run
 from api_shim.state import state_of
 from runrelay.server import webhooks
@@ -65,7 +65,7 @@ async def redeliver(
     run = await own_run(request, caller, run_id)
     found = await asyncio.to_thread(webhooks.get_delivery, state.store.engine, delivery_id)
     if found is None or found.run_id != run.id:
-        raise APIError(
+        raise HTTPProblem(
             404,
             "delivery_not_found",
             f"run {run.id} has no webhook delivery {delivery_id!r}",

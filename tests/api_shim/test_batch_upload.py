@@ -10,7 +10,7 @@ import pytest
 
 from api_shim import batch_upload
 from api_shim.batch_upload import jsonl_lines
-from api_shim.errors import APIError
+from api_shim.errors import HTTPProblem
 
 
 async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -39,14 +39,14 @@ def test_lines_are_numbered_across_chunks_and_blank_lines_are_skipped() -> None:
     [((b"{}\n" * 11,), "too_many_lines"), ((b"{}\n" * 5, b"x" * 990), "body_too_large")],
 )
 def test_past_a_limit_the_upload_is_a_413(parts: tuple[bytes, ...], code: str) -> None:
-    with pytest.raises(APIError) as refused:
+    with pytest.raises(HTTPProblem) as refused:
         _read(*parts)
     assert (refused.value.status, refused.value.code) == (413, code)
 
 
 def test_a_line_longer_than_its_bound_is_a_413_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batch_upload, "MAX_LINE_BYTES", 100)
-    with pytest.raises(APIError) as refused:
+    with pytest.raises(HTTPProblem) as refused:
         _read(b"{}\n{}\n", b"x" * 60, b"y" * 60)
     assert (refused.value.code, str(refused.value)) == (
         "line_too_long",
