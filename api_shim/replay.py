@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api_shim.state import ShimState
+from api_shim.state import KEY_CHECK_S, ShimState
 from runrelay.server.eventlog import LoggedEvent
 from runrelay.server.tables import Run
 
 _ARCHIVE_CHECK_S = 5.0
 # How often an open stream checks that its API key was not revoked meanwhile.
-_KEY_CHECK_S = 1.0
 
 
 async def _archived(state: ShimState, run_id: str, after: int) -> list[LoggedEvent]:
@@ -38,15 +36,9 @@ async def run_events(
     state: ShimState, run_id: str, after: int, key_id: str | None = None
 ) -> AsyncIterator[LoggedEvent]:
     """Every event of the run with seq > `after`, in order, ending with `done`; it stops early
-    (within `_KEY_CHECK_S`) once the API key `key_id` is revoked."""
-    key_checked = time.monotonic()
-
+    (within `KEY_CHECK_S`) once the API key `key_id` is revoked."""
     async def key_revoked() -> bool:
-        nonlocal key_checked
-        if key_id is None or time.monotonic() - key_checked < _KEY_CHECK_S:
-            return False
-        key_checked = time.monotonic()
-        return not await asyncio.to_thread(state.store.key_active, key_id)
+        return key_id is not None and not await state.live_keys.active(key_id)
 
     run = await asyncio.to_thread(state.store.get_run, run_id)
     if run is not None and run.status.is_terminal:
@@ -74,10 +66,10 @@ async def _tail(
             if await key_revoked():
                 return
             try:
-                event = await asyncio.wait_for(sub.queue.get(), timeout=_KEY_CHECK_S)
+                event = await asyncio.wait_for(sub.queue.get(), timeout=KEY_CHECK_S)
                 idle_s = 0.0
             except TimeoutError:
-                idle_s += _KEY_CHECK_S
+                idle_s += KEY_CHECK_S
                 if idle_s < _ARCHIVE_CHECK_S:
                     continue
                 idle_s = 0.0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,32 @@ class TaskSender:
         self._celery.close()
 
 
+# An open SSE stream ends within about this long once the API key it reads by is revoked.
+KEY_CHECK_S = 1.0
+
+
+class LiveKeys:
+    """Whether API keys are still valid, for the streams that read by them: read from the
+    database at most once per `KEY_CHECK_S` per key and process, however many streams share
+    the key, so a revoked key ends its streams within about that long."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._checked: dict[str, tuple[float, bool]] = {}
+
+    async def active(self, key_id: str) -> bool:
+        now = time.monotonic()
+        checked = self._checked.get(key_id)
+        if checked is not None and now - checked[0] < KEY_CHECK_S:
+            return checked[1]
+        if len(self._checked) > 10_000:  # bounded: forget the old answers
+            self._checked = {k: v for k, v in self._checked.items() if now - v[0] < KEY_CHECK_S}
+        active = await asyncio.to_thread(self._store.key_active, key_id)
+        self._checked[key_id] = (time.monotonic(), active)
+        return active
+
+
+
 @dataclass
 class ShimState:
     settings: Settings
@@ -63,6 +91,7 @@ class ShimState:
     lifecycle: Lifecycle
     batches: BatchStore
     stream_tokens: StreamTokens
+    live_keys: LiveKeys
 
     @classmethod
     def build(cls, settings: Settings, listeners: Sequence[RunListener] = ()) -> ShimState:
@@ -121,6 +150,7 @@ class ShimState:
             ),
             batches=BatchStore(store.engine),
             stream_tokens=StreamTokens(settings, redis, keys),
+            live_keys=LiveKeys(store),
         )
 
     async def close(self) -> None:
