@@ -32,7 +32,7 @@ async def principal(request: Request, _declared: Credentials = None) -> Principa
         raise HTTPProblem(
             401, "invalid_api_key", "the Authorization header must be `Bearer <api key>`"
         )
-    found = await asyncio.to_thread(state_of(request).store.authenticate, key.strip())
+    found = await state_of(request).api_keys.principal(key.strip())
     if found is None:
         raise HTTPProblem(401, "invalid_api_key", "the API key is not valid (unknown or revoked)")
     return found

@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api_shim.state import KEY_CHECK_S, ShimState
+from api_shim.state import ShimState
 from runrelay.server.eventlog import LoggedEvent
+from runrelay.server.store import KEY_CACHE_S
 from runrelay.server.tables import Run
 
 _ARCHIVE_CHECK_S = 5.0
-# How often an open stream checks that its API key was not revoked meanwhile.
 
 
 async def _archived(state: ShimState, run_id: str, after: int) -> list[LoggedEvent]:
@@ -32,25 +33,50 @@ async def _archived(state: ShimState, run_id: str, after: int) -> list[LoggedEve
     return events
 
 
+@dataclass(frozen=True)
+class Opening:
+    """What a stream starts with: the archive of an ended run (`ended`: that is all there is),
+    or the Redis history of a live one, which the live tail then continues."""
+
+    events: list[LoggedEvent]
+    ended: bool
+
+
+async def opening(state: ShimState, run_id: str, after: int, run: Run | None) -> Opening:
+    """Read before a stream's headers are sent, so that a store outage is a 503, not a stream
+    that drops; `run` is the run's row as the request already read it (None: not in the
+    database)."""
+    if run is not None and run.status.is_terminal:
+        return Opening(await _archived(state, run_id, after), ended=True)
+    return Opening(await state.events.read(run_id, after=after), ended=False)
+
+
 async def run_events(
-    state: ShimState, run_id: str, after: int, key_id: str | None = None
+    state: ShimState,
+    run_id: str,
+    after: int,
+    key_id: str | None = None,
+    *,
+    start: Opening | None = None,
 ) -> AsyncIterator[LoggedEvent]:
     """Every event of the run with seq > `after`, in order, ending with `done`; it stops early
-    (within `KEY_CHECK_S`) once the API key `key_id` is revoked."""
-    async def key_revoked() -> bool:
-        return key_id is not None and not await state.live_keys.active(key_id)
+    (within `KEY_CACHE_S`) once the API key `key_id` is revoked. `start`: its `opening`, when
+    the caller read it already."""
 
-    run = await asyncio.to_thread(state.store.get_run, run_id)
-    if run is not None and run.status.is_terminal:
-        for event in await _archived(state, run_id, after):
-            yield event
-        return
+    async def key_revoked() -> bool:
+        return key_id is not None and not await state.api_keys.active(key_id)
+
+    if start is None:
+        run = await asyncio.to_thread(state.store.get_run, run_id)
+        start = await opening(state, run_id, after, run)
     last = after
-    for event in await state.events.read(run_id, after=after):
+    for event in start.events:
         yield event
         last = event.seq
         if event.type == "done":
             return
+    if start.ended:
+        return
     async for event in _tail(state, run_id, last, key_revoked):
         yield event
 
@@ -66,10 +92,13 @@ async def _tail(
             if await key_revoked():
                 return
             try:
-                event = await asyncio.wait_for(sub.queue.get(), timeout=KEY_CHECK_S)
+                # asyncio.timeout, not wait_for: no task per wait (Python 3.11's wait_for makes
+                # one), which counts at thousands of streams.
+                async with asyncio.timeout(KEY_CACHE_S):
+                    event = await sub.queue.get()
                 idle_s = 0.0
             except TimeoutError:
-                idle_s += KEY_CHECK_S
+                idle_s += KEY_CACHE_S
                 if idle_s < _ARCHIVE_CHECK_S:
                     continue
                 idle_s = 0.0
@@ -91,13 +120,6 @@ async def _tail(
         state.hub.unsubscribe(sub)
 
 
-async def nothing_after(state: ShimState, run: Run, after: int) -> bool:
-    """Whether the run ended and its log has no event above `after` (a reconnect after `done`)."""
-    if not run.status.is_terminal:
-        return False
-    return not await _archived(state, run.id, after)
-
-
 def sse_response(
     state: ShimState,
     run_id: str,
@@ -105,10 +127,11 @@ def sse_response(
     headers: dict[str, str] | None = None,
     *,
     key_id: str | None = None,
+    start: Opening | None = None,
 ) -> EventSourceResponse:
     async def frames() -> AsyncIterator[ServerSentEvent]:
         retry: int | None = state.settings.sse_retry_ms
-        async for event in run_events(state, run_id, after, key_id):
+        async for event in run_events(state, run_id, after, key_id, start=start):
             yield ServerSentEvent(data=event.data, event=event.type, id=str(event.seq), retry=retry)
             retry = None
 

@@ -16,7 +16,7 @@ from api_shim.auth import Caller, acting_tenant
 from api_shim.cancel import CANCEL_WAIT_S, request_cancel, wait_finished
 from api_shim.errors import HTTPProblem, request_id_of
 from api_shim.quotas import Admission, rate_headers, reserve_tokens
-from api_shim.replay import nothing_after, run_events, sse_response
+from api_shim.replay import opening, run_events, sse_response
 from api_shim.state import ShimState, state_of
 from api_shim.stream_tokens import ReadableRun, readable_run, stream_token_for
 from runrelay.agent._driver import Outcome
@@ -440,10 +440,10 @@ async def events(
     elif after is not None:
         cursor = _cursor(after, "after")
     state = state_of(request)
-    if await nothing_after(state, readable.run, cursor):
+    run = readable.run
+    # Before the headers: if Redis or the database is down, the client gets a 503 rather than
+    # a stream that drops.
+    start = await opening(state, run.id, cursor, run)
+    if start.ended and not start.events:
         return Response(status_code=204)
-    if not readable.run.status.is_terminal:
-        # A live run is read from Redis: if it is down, say so now (503) rather than after
-        # the stream's headers, where the client sees only a dropped connection.
-        await state.redis.ping()
-    return sse_response(state, readable.run.id, cursor, key_id=readable.key_id)
+    return sse_response(state, run.id, cursor, key_id=readable.key_id, start=start)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 from fastapi import Request
@@ -23,7 +22,7 @@ from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK, RedisKe
 from runrelay.server.lifecycle import Lifecycle, RunListener
 from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, make_engine
+from runrelay.server.store import Principal, Store, hash_key, make_engine
 from runrelay.server.stream_tokens import StreamTokens
 from runrelay.server.thread_gate import ThreadGate
 
@@ -48,30 +47,47 @@ class TaskSender:
         self._celery.close()
 
 
-# An open SSE stream ends within about this long once the API key it reads by is revoked.
-KEY_CHECK_S = 1.0
+T = TypeVar("T")
 
 
-class LiveKeys:
-    """Whether API keys are still valid, for the streams that read by them: read from the
-    database at most once per `KEY_CHECK_S` per key and process, however many streams share
-    the key, so a revoked key ends its streams within about that long."""
+class ApiKeys:
+    """API keys as the routes see them. Answers come from the store's per-process cache
+    (trusted for `store.KEY_CACHE_S`) without a thread hop; on a miss, one database read per
+    key answers every request that waits for it (a thousand streams opening with one key make
+    one query, not a thousand)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._checked: dict[str, tuple[float, bool]] = {}
+        self._reading: dict[str, asyncio.Future[Any]] = {}
+
+    async def principal(self, key: str) -> Principal | None:
+        """The key's principal; None for an unknown or revoked key."""
+        cached = self._store.cached_principal(key)
+        if cached is not None:
+            return cached.principal
+        return await self._once(f"k:{hash_key(key)}", self._store.authenticate, key)
 
     async def active(self, key_id: str) -> bool:
-        now = time.monotonic()
-        checked = self._checked.get(key_id)
-        if checked is not None and now - checked[0] < KEY_CHECK_S:
-            return checked[1]
-        if len(self._checked) > 10_000:  # bounded: forget the old answers
-            self._checked = {k: v for k, v in self._checked.items() if now - v[0] < KEY_CHECK_S}
-        active = await asyncio.to_thread(self._store.key_active, key_id)
-        self._checked[key_id] = (time.monotonic(), active)
-        return active
+        """Whether the key (by id) exists and is not revoked."""
+        cached = self._store.cached_key_active(key_id)
+        if cached is not None:
+            return cached
+        return await self._once(f"i:{key_id}", self._store.key_active, key_id)
 
+    async def _once(self, name: str, read: Callable[[str], T], arg: str) -> T:
+        reading = self._reading.get(name)
+        if reading is None:
+            reading = asyncio.ensure_future(asyncio.to_thread(read, arg))
+            self._reading[name] = reading
+            reading.add_done_callback(lambda done: self._done(name, done))
+        # Shielded: a waiter that gives up (a client gone) does not cancel the others' read.
+        result: T = await asyncio.shield(reading)
+        return result
+
+    def _done(self, name: str, reading: asyncio.Future[Any]) -> None:
+        self._reading.pop(name, None)
+        if not reading.cancelled():
+            reading.exception()  # retrieved here too: every waiter may have gone
 
 
 @dataclass
@@ -91,7 +107,7 @@ class ShimState:
     lifecycle: Lifecycle
     batches: BatchStore
     stream_tokens: StreamTokens
-    live_keys: LiveKeys
+    api_keys: ApiKeys
 
     @classmethod
     def build(cls, settings: Settings, listeners: Sequence[RunListener] = ()) -> ShimState:
@@ -150,7 +166,7 @@ class ShimState:
             ),
             batches=BatchStore(store.engine),
             stream_tokens=StreamTokens(settings, redis, keys),
-            live_keys=LiveKeys(store),
+            api_keys=ApiKeys(store),
         )
 
     async def close(self) -> None:

@@ -20,7 +20,7 @@ from api_shim.auth import Caller, Credentials, acting_tenant, principal
 from api_shim.errors import HTTPProblem
 from api_shim.state import state_of
 from runrelay.server.store import Principal
-from runrelay.server.stream_tokens import StreamTokenError, TokenExpired, TokenInvalid, key_active
+from runrelay.server.stream_tokens import StreamTokenError, TokenExpired, TokenInvalid
 from runrelay.server.tables import Run
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
@@ -84,7 +84,7 @@ async def _token_run(request: Request, token: str, run_id: str) -> ReadableRun:
             f"this stream token is for run {claims.run!r}, not {run_id!r}",
             param="token",
         )
-    if not await asyncio.to_thread(key_active, state.store.engine, claims.key):
+    if not await state.api_keys.active(claims.key):
         raise HTTPProblem(
             401,
             "stream_token_revoked",

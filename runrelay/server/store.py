@@ -31,6 +31,11 @@ CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 KEY_PREFIX = "rr_sk_"
 # last_used_at is written at most this often per key, so auth stays a read.
 _KEY_TOUCH_INTERVAL = timedelta(seconds=60)
+# How long a process trusts what the database said about an API key: a key revoked by another
+# process is refused (and the streams reading by it end) within this long; the process that
+# revoked it (`forget_key`) refuses it at once.
+KEY_CACHE_S = 1.0
+_KEY_CACHE_MAX = 10_000
 
 
 class AlreadyExists(Conflict):
@@ -97,9 +102,78 @@ class Principal:
     is_platform: bool
 
 
+@dataclass(frozen=True)
+class KeyAnswer:
+    """A cached answer about a key: its principal, or None for an unknown or revoked key."""
+
+    principal: Principal | None
+
+
+class _KeyCache:
+    """Answers about API keys by key hash (unknown keys too: every key takes the same path)
+    and by key id, each trusted for `KEY_CACHE_S`. `forget` drops a key's answers and makes
+    any database read that started before it unable to store its (stale) answer."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self.generation = 0
+        self._lock = threading.Lock()
+        self._principals: dict[str, tuple[float, Principal | None]] = {}
+        self._active: dict[str, tuple[float, bool]] = {}
+
+    def principal(self, digest: str) -> KeyAnswer | None:
+        cached = self._principals.get(digest)
+        if cached is None or time.monotonic() - cached[0] >= self.ttl_s:
+            return None
+        return KeyAnswer(cached[1])
+
+    def active(self, key_id: str) -> bool | None:
+        cached = self._active.get(key_id)
+        if cached is None or time.monotonic() - cached[0] >= self.ttl_s:
+            return None
+        return cached[1]
+
+    def remember_principal(self, generation: int, digest: str, found: Principal | None) -> None:
+        """Store what the database said at `generation` (see `forget`) about a key hash."""
+        with self._lock:
+            if generation == self.generation:
+                now = self._room()
+                self._principals[digest] = (now, found)
+                if found is not None:
+                    self._active[found.key_id] = (now, True)
+
+    def remember_active(self, generation: int, key_id: str, active: bool) -> None:
+        with self._lock:
+            if generation == self.generation:
+                self._active[key_id] = (self._room(), active)
+
+    def _room(self) -> float:
+        """Now; bounded size: past the limit, expired answers are dropped first."""
+        now = time.monotonic()
+        if len(self._principals) + len(self._active) >= _KEY_CACHE_MAX:
+            self._principals = {
+                k: v for k, v in self._principals.items() if now - v[0] < self.ttl_s
+            }
+            self._active = {k: v for k, v in self._active.items() if now - v[0] < self.ttl_s}
+            if len(self._principals) + len(self._active) >= _KEY_CACHE_MAX:
+                self._principals, self._active = {}, {}
+        return now
+
+    def forget(self, key_id: str) -> None:
+        with self._lock:
+            self.generation += 1
+            self._active.pop(key_id, None)
+            self._principals = {
+                k: v
+                for k, v in self._principals.items()
+                if v[1] is None or v[1].key_id != key_id
+            }
+
+
 class Store:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, key_cache_s: float = KEY_CACHE_S) -> None:
         self.engine = engine
+        self._keys = _KeyCache(key_cache_s)
 
     # Tenants and keys ---------------------------------------------------------------------------
 
@@ -148,29 +222,60 @@ class Store:
             session.commit()
         return key
 
+    def cached_principal(self, key: str) -> KeyAnswer | None:
+        """The answer `authenticate` gave for this key less than `KEY_CACHE_S` ago, if any
+        (no database access: async callers try this before a thread hop)."""
+        return self._keys.principal(hash_key(key))
+
     def authenticate(self, key: str) -> Principal | None:
-        # Every key takes the same path (hash, look-up), whatever its prefix: how long the
-        # answer takes tells nothing about which keys look real.
+        # Every key takes the same path (hash, cache, look-up), whatever its prefix: how long
+        # the answer takes tells nothing about which keys look real.
         digest = hash_key(key)
+        cached = self._keys.principal(digest)
+        if cached is not None:
+            return cached.principal
+        generation = self._keys.generation
         with Session(self.engine, expire_on_commit=False) as session:
             row = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
-            if row is None or row.revoked_at is not None or not key.startswith(KEY_PREFIX):
-                return None
-            if not hmac.compare_digest(row.key_hash, digest):
-                return None
-            now = utcnow()
-            last = row.last_used_at
-            if last is None or now - as_utc(last) > _KEY_TOUCH_INTERVAL:
-                row.last_used_at = now
-                session.add(row)
-                session.commit()
-            return Principal(tenant_id=row.tenant_id, key_id=row.id, is_platform=row.is_platform)
+            found = None
+            if (
+                row is not None
+                and row.revoked_at is None
+                and key.startswith(KEY_PREFIX)
+                and hmac.compare_digest(row.key_hash, digest)
+            ):
+                found = Principal(
+                    tenant_id=row.tenant_id, key_id=row.id, is_platform=row.is_platform
+                )
+                now = utcnow()
+                last = row.last_used_at
+                if last is None or now - as_utc(last) > _KEY_TOUCH_INTERVAL:
+                    row.last_used_at = now
+                    session.add(row)
+                    session.commit()
+        self._keys.remember_principal(generation, digest, found)
+        return found
+
+    def cached_key_active(self, key_id: str) -> bool | None:
+        """`key_active`'s answer of less than `KEY_CACHE_S` ago, if any (no database access)."""
+        return self._keys.active(key_id)
 
     def key_active(self, key_id: str) -> bool:
-        """Whether the key exists and is not revoked (open SSE streams check it now and then)."""
+        """Whether the key exists and is not revoked (open SSE streams and stream tokens check
+        it now and then)."""
+        cached = self._keys.active(key_id)
+        if cached is not None:
+            return cached
+        generation = self._keys.generation
         with Session(self.engine) as session:
             row = session.get(ApiKey, key_id)
-            return row is not None and row.revoked_at is None
+            active = row is not None and row.revoked_at is None
+        self._keys.remember_active(generation, key_id, active)
+        return active
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop what this process cached about a key (it was just revoked here)."""
+        self._keys.forget(key_id)
 
     # Runs ---------------------------------------------------------------------------------------
 

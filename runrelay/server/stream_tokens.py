@@ -26,13 +26,10 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
-from sqlalchemy import Engine
-from sqlmodel import Session
 
 from runrelay.server.errors import Unauthorized
 from runrelay.server.keys import RedisKeys
 from runrelay.server.settings import Settings
-from runrelay.server.tables import ApiKey
 
 _VERSION = "v1"
 
@@ -118,10 +115,3 @@ class StreamTokens:
         if claims.exp <= (now if now is not None else time.time()):
             raise TokenExpired(claims)
         return claims
-
-
-def key_active(engine: Engine, key_id: str) -> bool:
-    """Whether the API key still works: a revoked key's tokens stop working with it."""
-    with Session(engine) as session:
-        row = session.get(ApiKey, key_id)
-        return row is not None and row.revoked_at is None

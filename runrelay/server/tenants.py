@@ -110,7 +110,8 @@ def list_keys(store: Store, tenant_id: str) -> list[ApiKey]:
 
 
 def revoke_key(store: Store, key_id_or_prefix: str) -> ApiKey:
-    """Revoke a key given its id or its printed prefix; refuses an ambiguous prefix."""
+    """Revoke a key given its id or its printed prefix; refuses an ambiguous prefix. This
+    `store` refuses the key at once; other processes within `store.KEY_CACHE_S`."""
     with Session(store.engine, expire_on_commit=False) as session:
         row = session.get(ApiKey, key_id_or_prefix)
         if row is None:
@@ -126,4 +127,5 @@ def revoke_key(store: Store, key_id_or_prefix: str) -> ApiKey:
             row.revoked_at = utcnow()
             session.add(row)
             session.commit()
-        return row
+    store.forget_key(row.id)
+    return row

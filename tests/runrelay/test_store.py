@@ -15,8 +15,9 @@ import pytest
 from sqlmodel import Session, select
 
 from runrelay.server.lifecycle import Ending, RunTable
-from runrelay.server.store import KEY_PREFIX, AlreadyExists, Store, hash_key, new_id
+from runrelay.server.store import KEY_CACHE_S, KEY_PREFIX, AlreadyExists, Store, hash_key, new_id
 from runrelay.server.tables import ApiKey, Run, Tenant, utcnow
+from runrelay.server.tenants import revoke_key
 from runrelay.types import RunStatus
 
 
@@ -132,16 +133,49 @@ def test_a_wrong_key_authenticates_nobody(
     assert store.authenticate(make_bad_key(key)) is None
 
 
-def test_a_revoked_key_authenticates_nobody(store: Store, fresh_tenant: Tenant) -> None:
+def test_a_revoked_key_is_refused_at_once_by_the_store_that_revoked_it(
+    store: Store, fresh_tenant: Tenant
+) -> None:
     key = store.create_api_key(fresh_tenant.id)
-    assert store.authenticate(key) is not None
-    with Session(store.engine) as session:
-        row = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one()
+    found = store.authenticate(key)
+    assert found is not None and store.key_active(found.key_id)
+
+    revoke_key(store, found.key_id)
+
+    assert store.authenticate(key) is None
+    assert not store.key_active(found.key_id)
+
+
+def test_a_key_revoked_elsewhere_is_refused_once_the_cache_expires(
+    store: Store, fresh_tenant: Tenant
+) -> None:
+    """Another process (here another Store) keeps its answer at most KEY_CACHE_S."""
+    other = Store(store.engine)
+    key = store.create_api_key(fresh_tenant.id)
+    found = other.authenticate(key)
+    assert found is not None and other.key_active(found.key_id)
+    with Session(store.engine) as session:  # behind every cache's back, like another process
+        row = session.get(ApiKey, found.key_id)
+        assert row is not None
         row.revoked_at = utcnow()
         session.add(row)
         session.commit()
 
+    deadline = time.monotonic() + 10 * KEY_CACHE_S
+    while other.authenticate(key) is not None or other.key_active(found.key_id):
+        assert time.monotonic() < deadline, "the revoked key still authenticates"
+        time.sleep(0.05)
+
+
+def test_an_unknown_key_is_cached_as_unknown(store: Store) -> None:
+    """Unknown keys take the path known ones take: looked up once, then answered from the
+    cache (as unknown) until it expires."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    assert store.cached_principal(key) is None
+
     assert store.authenticate(key) is None
+    cached = store.cached_principal(key)
+    assert cached is not None and cached.principal is None
 
 
 def test_list_runs_is_newest_first(store: Store, fresh_tenant: Tenant, make_run: MakeRun) -> None:
