@@ -4,8 +4,13 @@ over one dedicated Redis connection and fans new entries out to the subscribed c
 The number of Redis connections therefore does not grow with the number of SSE clients. A
 subscriber registers at the last seq it has seen; the hub reads each stream from the lowest
 cursor among its subscribers and hands each subscriber only entries above its own cursor, so
-nothing is lost or delivered twice. A new subscription wakes the blocking read through a small
-per-hub wake-up stream, so it does not wait for the block timeout.
+nothing is lost or delivered twice; a subscriber below the cursor a read started from (it came
+while that read was in flight) gets nothing from it, and the next read starts from its cursor.
+The per-stream cursor is kept as subscribers come and reads return, not recomputed over every
+subscriber for every read. A new subscription that the read in flight does not cover
+(a stream it does not read, or from below its cursor) wakes that blocking read through a small
+per-hub wake-up stream, so it does not wait for the block timeout; one wake-up at a time, so
+a thousand clients opening at once cost one, not a thousand.
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ class StreamHub:
         self._wakeup_key = keys.hub_wakeup(secrets.token_hex(8))
         self._wakeup_id = "0-0"
         self._changed = asyncio.Event()
+        # Per stream key: the cursor the next XREAD starts from (at most every subscriber's),
+        # and the cursors of the XREAD in flight; whether a wake-up was sent since it started.
+        self._cursors: dict[str, int] = {}
+        self._reading: dict[str, int] = {}
+        self._woken = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -66,8 +76,14 @@ class StreamHub:
     async def subscribe(self, run_id: str, after: int) -> Subscription:
         sub = Subscription(run_id=run_id, key=self.keys.events(run_id), cursor=after)
         self._subs.setdefault(sub.key, set()).add(sub)
+        self._cursors[sub.key] = min(self._cursors.get(sub.key, after), after)
+        reading = self._reading.get(sub.key)
+        if reading is not None and after >= reading:
+            return sub  # the read in flight returns what this subscriber waits for
         self._changed.set()
-        await self._wake()
+        if not self._woken:
+            self._woken = True
+            await self._wake()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -76,6 +92,7 @@ class StreamHub:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.key]
+                self._cursors.pop(sub.key, None)
 
     async def _wake(self) -> None:
         async with self.writer.pipeline(transaction=False) as pipe:
@@ -86,19 +103,21 @@ class StreamHub:
     async def _run(self) -> None:
         while True:
             if not self._subs:
+                self._reading = {}
                 self._changed.clear()
                 await self._changed.wait()
                 continue
             self._changed.clear()
-            streams: dict[Any, Any] = {
-                key: entry_id(min(sub.cursor for sub in subs)) for key, subs in self._subs.items()
-            }
+            self._woken = False
+            self._reading = dict(self._cursors)
+            streams: dict[Any, Any] = {key: entry_id(seq) for key, seq in self._reading.items()}
             streams[self._wakeup_key] = self._wakeup_id
             try:
                 response: Any = await self.reader.xread(
                     streams, count=_XREAD_COUNT, block=self.block_ms
                 )
             except RedisError as exc:
+                self._reading = {}
                 # Subscribers keep their cursors, so nothing is lost while Redis is away.
                 log.warning("SSE hub cannot read Redis (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1)
@@ -112,8 +131,16 @@ class StreamHub:
                 self._dispatch(key, [decode_entry(raw_id, fields) for raw_id, fields in entries])
 
     def _dispatch(self, key: str, events: list[LoggedEvent]) -> None:
-        for sub in self._subs.get(key, ()):
-            for event in events:
-                if event.seq > sub.cursor:
-                    sub.cursor = event.seq
-                    sub.queue.put_nowait(event)
+        subs = self._subs.get(key)
+        read_from = self._reading.get(key)
+        if not subs or read_from is None:
+            return
+        lowest = events[-1].seq
+        for sub in subs:
+            if sub.cursor >= read_from:  # else it came during the read: the next one is its
+                for event in events:
+                    if event.seq > sub.cursor:
+                        sub.cursor = event.seq
+                        sub.queue.put_nowait(event)
+            lowest = min(lowest, sub.cursor)
+        self._cursors[key] = lowest
