@@ -233,7 +233,23 @@ def _when(moment: datetime | None) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="uvicorn processes")
-def api(host: str, port: int, workers: int) -> None:
+@click.option(
+    "--backlog",
+    default=2048,
+    show_default=True,
+    type=int,
+    help="connections waiting to be accepted (capped by the kernel's net.core.somaxconn)",
+)
+@click.option(
+    "--limit-concurrency",
+    default=None,
+    type=int,
+    help="connections (open SSE streams included) past which new requests get a 503; keep it "
+    "below the file-descriptor limit (ulimit -n)",
+)
+def api(
+    host: str, port: int, workers: int, backlog: int, limit_concurrency: int | None
+) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
@@ -242,6 +258,8 @@ def api(host: str, port: int, workers: int) -> None:
         host=host,
         port=port,
         workers=workers,
+        backlog=backlog,
+        limit_concurrency=limit_concurrency,
         proxy_headers=True,
         log_level="info",
     )
