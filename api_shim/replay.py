@@ -4,18 +4,27 @@ A finished run is replayed from the database archive. A live one is read from Re
 above the client's cursor, then followed through the hub from the last seq seen (never from
 `$`), so there is no gap and no duplicate between history and tail. While waiting, the run's row
 is re-read now and then: if it ended and its stream is gone, the rest comes from the archive.
+
+`EventStream` is the SSE response: one task per stream that writes the events (several in one
+write when they came together), a `: ping` after `sse_ping_s` without one, and stops when the
+client goes, the key is revoked or the server shuts down. (sse-starlette's response runs four
+tasks and a cancel scope per message for each stream, which counts at thousands of streams.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import AppStatus
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
+from api_shim.hub import Subscription
 from api_shim.state import ShimState
 from runrelay.server.eventlog import LoggedEvent
 from runrelay.server.store import KEY_CACHE_S
@@ -62,10 +71,6 @@ async def run_events(
     """Every event of the run with seq > `after`, in order, ending with `done`; it stops early
     (within `KEY_CACHE_S`) once the API key `key_id` is revoked. `start`: its `opening`, when
     the caller read it already."""
-
-    async def key_revoked() -> bool:
-        return key_id is not None and not await state.api_keys.active(key_id)
-
     if start is None:
         run = await asyncio.to_thread(state.store.get_run, run_id)
         start = await opening(state, run_id, after, run)
@@ -77,47 +82,172 @@ async def run_events(
             return
     if start.ended:
         return
-    async for event in _tail(state, run_id, last, key_revoked):
-        yield event
-
-
-async def _tail(
-    state: ShimState, run_id: str, last: int, key_revoked: Callable[[], Awaitable[bool]]
-) -> AsyncIterator[LoggedEvent]:
-    """The live part: events above `last` through the hub, to `done` (or the archive's)."""
-    sub = await state.hub.subscribe(run_id, last)
-    idle_s = 0.0
-    try:
-        while True:
-            if await key_revoked():
-                return
-            try:
-                # asyncio.timeout, not wait_for: no task per wait (Python 3.11's wait_for makes
-                # one), which counts at thousands of streams.
-                async with asyncio.timeout(KEY_CACHE_S):
-                    event = await sub.queue.get()
-                idle_s = 0.0
-            except TimeoutError:
-                idle_s += KEY_CACHE_S
-                if idle_s < _ARCHIVE_CHECK_S:
-                    continue
-                idle_s = 0.0
-                # Finished in the database (which is written before `done` reaches the
-                # stream) but no `done` came: the rest, `done` included, is in the archive.
-                run = await asyncio.to_thread(state.store.get_run, run_id)
-                if run is not None and run.status.is_terminal:
-                    for archived in await _archived(state, run_id, last):
-                        yield archived
+    async with _Tail(state, run_id, last, key_id) as tail:
+        while (events := await tail.next()) is not None:
+            for event in events:
+                yield event
+                if event.type == "done":
                     return
-                continue
-            if event.seq <= last:
-                continue
-            yield event
-            last = event.seq
-            if event.type == "done":
-                return
-    finally:
-        state.hub.unsubscribe(sub)
+
+
+class _Tail:
+    """The live part of one reader's log: events above `last` through the hub, to `done` or,
+    when the run ended without its `done` reaching Redis, the archive's rest."""
+
+    def __init__(self, state: ShimState, run_id: str, last: int, key_id: str | None) -> None:
+        self._state = state
+        self._run_id = run_id
+        self._key_id = key_id
+        self.last = last
+        self._idle_s = 0.0
+        self._over = False
+        self._sub: Subscription | None = None
+
+    async def __aenter__(self) -> _Tail:
+        self._sub = await self._state.hub.subscribe(self._run_id, self.last)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._sub is not None:
+            self._state.hub.unsubscribe(self._sub)
+
+    async def next(self) -> list[LoggedEvent] | None:
+        """The next events above the cursor, in order (all that came together); [] when none
+        came within `KEY_CACHE_S`; None once the reader must stop (the key was revoked, or the
+        archive's rest was given)."""
+        assert self._sub is not None, "used outside `async with`"
+        if self._over:
+            return None
+        if self._key_id is not None and not await self._state.api_keys.active(self._key_id):
+            return None
+        queue = self._sub.queue
+        came = []
+        if queue.empty():
+            try:
+                # asyncio.timeout, not wait_for: no task per wait (Python 3.11's wait_for
+                # makes one), which counts at thousands of streams.
+                async with asyncio.timeout(KEY_CACHE_S):
+                    came.append(await queue.get())
+            except TimeoutError:
+                return await self._idle()
+        self._idle_s = 0.0
+        while not queue.empty():
+            came.append(queue.get_nowait())
+        events = []
+        for event in came:
+            if event.seq > self.last:
+                events.append(event)
+                self.last = event.seq
+        return events
+
+    async def _idle(self) -> list[LoggedEvent]:
+        self._idle_s += KEY_CACHE_S
+        if self._idle_s < _ARCHIVE_CHECK_S:
+            return []
+        self._idle_s = 0.0
+        # Finished in the database (which is written before `done` reaches the stream) but no
+        # `done` came: the rest, `done` included, is in the archive.
+        run = await asyncio.to_thread(self._state.store.get_run, self._run_id)
+        if run is None or not run.status.is_terminal:
+            return []
+        self._over = True
+        rest = await _archived(self._state, self._run_id, self.last)
+        if rest:
+            self.last = rest[-1].seq
+        return rest
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def sse_frame(event: LoggedEvent, retry_ms: int | None = None) -> bytes:
+    """One event as SSE: `id`, `event`, `data` lines (and `retry` the first time), blank line."""
+    data = event.data
+    if "\n" in data or "\r" in data:
+        lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    else:
+        lines = f"data: {data}\n"
+    retry = "" if retry_ms is None else f"retry: {retry_ms}\n"
+    return f"id: {event.seq}\nevent: {event.type}\n{lines}{retry}\n".encode()
+
+
+_PING = b": ping\n\n"
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStream(Response):
+    """A run's events as Server-Sent Events (see the module docstring)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        state: ShimState,
+        run_id: str,
+        after: int,
+        headers: dict[str, str],
+        key_id: str | None,
+        start: Opening | None,
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+        self._state = state
+        self._run_id = run_id
+        self._after = after
+        self._key_id = key_id
+        self._start = start
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        if scope.get("method") != "HEAD":
+            gone = asyncio.ensure_future(_until_disconnect(receive))
+            try:
+                await self._stream(send, gone)
+            finally:
+                gone.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stream(self, send: Send, gone: asyncio.Future[None]) -> None:
+        state = self._state
+        retry: int | None = state.settings.sse_retry_ms
+        ping_s = state.settings.sse_ping_s
+        wrote = time.monotonic()
+
+        async def write(events: list[LoggedEvent]) -> bool:
+            """Send the events (up to `done`); whether `done` was among them."""
+            nonlocal retry, wrote
+            frames = []
+            for event in events:
+                frames.append(sse_frame(event, retry))
+                retry = None
+                if event.type == "done":
+                    break
+            if frames:
+                body = b"".join(frames)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                wrote = time.monotonic()
+            return any(event.type == "done" for event in events)
+
+        start = self._start
+        if start is None:
+            run = await asyncio.to_thread(state.store.get_run, self._run_id)
+            start = await opening(state, self._run_id, self._after, run)
+        if await write(start.events) or start.ended:
+            return
+        last = start.events[-1].seq if start.events else self._after
+        async with _Tail(state, self._run_id, last, self._key_id) as tail:
+            while not gone.done() and not AppStatus.should_exit:
+                events = await tail.next()
+                if events is None or await write(events):
+                    return
+                if not events and ping_s and time.monotonic() - wrote >= ping_s:
+                    await send({"type": "http.response.body", "body": _PING, "more_body": True})
+                    wrote = time.monotonic()
 
 
 def sse_response(
@@ -128,22 +258,5 @@ def sse_response(
     *,
     key_id: str | None = None,
     start: Opening | None = None,
-) -> EventSourceResponse:
-    async def frames() -> AsyncIterator[ServerSentEvent]:
-        retry: int | None = state.settings.sse_retry_ms
-        async for event in run_events(state, run_id, after, key_id, start=start):
-            yield ServerSentEvent(data=event.data, event=event.type, id=str(event.seq), retry=retry)
-            retry = None
-
-    all_headers: dict[str, Any] = {
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-        **(headers or {}),
-    }
-    return EventSourceResponse(
-        frames(),
-        headers=all_headers,
-        ping=state.settings.sse_ping_s,
-        sep="\n",
-        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
-    )
+) -> EventStream:
+    return EventStream(state, run_id, after, headers or {}, key_id, start)

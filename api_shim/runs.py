@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from sse_starlette import EventSourceResponse
 
 from api_shim import idempotency, threads
 from api_shim.auth import Caller, acting_tenant
@@ -281,7 +280,7 @@ async def _model_of(state: ShimState, run: Run) -> str | None:
 )
 async def create_and_stream(
     request: Request, caller: Caller, body: RunCreate
-) -> EventSourceResponse:
+) -> Response:
     run = (await create_run(request, caller, body)).run
     return sse_response(
         state_of(request),
