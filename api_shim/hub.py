@@ -11,6 +11,14 @@ subscriber for every read. A new subscription that the read in flight does not c
 (a stream it does not read, or from below its cursor) wakes that blocking read through a small
 per-hub wake-up stream, so it does not wait for the block timeout; one wake-up at a time, so
 a thousand clients opening at once cost one, not a thousand.
+
+`history` reads a run's entries above a cursor for a stream that opens (XRANGE); the opens of one
+run that come while such a read is in flight from at or below their cursor share it (the tail
+then goes on from the last seq each got, so sharing loses nothing): a burst of clients opening
+a run's stream costs one read, and holds one Redis connection, not one per client.
+
+A subscriber waits on `Subscription.wait`: it returns what came, or nothing once it has waited
+`idle_wake_s` (one ticker task per hub wakes those, rather than a timer per subscriber).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +50,34 @@ class Subscription:
     run_id: str
     key: str
     cursor: int
-    queue: asyncio.Queue[LoggedEvent] = field(default_factory=asyncio.Queue)
+    pending: list[LoggedEvent] = field(default_factory=list)
+    waiting_since: float | None = None
+    _waiter: asyncio.Future[None] | None = None
+
+    async def wait(self) -> list[LoggedEvent]:
+        """The entries that came since the last call, in order; [] when the hub's ticker woke
+        it with none (after about `idle_wake_s`)."""
+        if not self.pending:
+            self._waiter = asyncio.get_running_loop().create_future()
+            self.waiting_since = time.monotonic()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = self.waiting_since = None
+        came, self.pending = self.pending, []
+        return came
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class StreamHub:
-    def __init__(self, reader: Redis, writer: Redis, keys: RedisKeys, *, block_ms: int) -> None:
+    def __init__(
+        self, reader: Redis, writer: Redis, keys: RedisKeys, *, block_ms: int, idle_wake_s: float
+    ) -> None:
         """`reader` is used for the blocking XREAD only; `writer` for the wake-ups."""
+        self.idle_wake_s = idle_wake_s
         self.reader = reader
         self.writer = writer
         self.keys = keys
@@ -60,16 +91,20 @@ class StreamHub:
         self._cursors: dict[str, int] = {}
         self._reading: dict[str, int] = {}
         self._woken = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._histories: dict[str, tuple[int, asyncio.Future[list[LoggedEvent]]]] = {}
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="runrelay-sse-hub")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="runrelay-sse-hub"),
+            asyncio.create_task(self._tick(), name="runrelay-sse-hub-ticker"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
             await self.writer.delete(self._wakeup_key)
 
@@ -85,6 +120,29 @@ class StreamHub:
             self._woken = True
             await self._wake()
         return sub
+
+    async def history(self, run_id: str, after: int) -> list[LoggedEvent]:
+        """The run's entries above `after`, as of about now (see the module docstring)."""
+        shared = self._histories.get(run_id)
+        if shared is None or shared[0] > after:
+            read = asyncio.ensure_future(self._xrange(run_id, after))
+            if shared is None:
+                self._histories[run_id] = (after, read)
+                read.add_done_callback(lambda done: self._history_done(run_id, done))
+            shared = (after, read)
+        entries = await asyncio.shield(shared[1])
+        return [event for event in entries if event.seq > after]
+
+    def _history_done(self, run_id: str, read: asyncio.Future[list[LoggedEvent]]) -> None:
+        self._histories.pop(run_id, None)
+        if not read.cancelled():
+            read.exception()  # retrieved here too: every reader may have gone
+
+    async def _xrange(self, run_id: str, after: int) -> list[LoggedEvent]:
+        entries: Any = await self.writer.xrange(
+            self.keys.events(run_id), min=f"({entry_id(after)}", max="+"
+        )
+        return [decode_entry(raw_id, fields) for raw_id, fields in entries]
 
     def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.key)
@@ -130,6 +188,16 @@ class StreamHub:
                     continue
                 self._dispatch(key, [decode_entry(raw_id, fields) for raw_id, fields in entries])
 
+    async def _tick(self) -> None:
+        """Wakes the subscribers that waited `idle_wake_s` with nothing (a few times a second)."""
+        while True:
+            await asyncio.sleep(self.idle_wake_s / 4)
+            due = time.monotonic() - self.idle_wake_s
+            for subs in self._subs.values():
+                for sub in subs:
+                    if sub.waiting_since is not None and sub.waiting_since <= due:
+                        sub.wake()
+
     def _dispatch(self, key: str, events: list[LoggedEvent]) -> None:
         subs = self._subs.get(key)
         read_from = self._reading.get(key)
@@ -141,6 +209,7 @@ class StreamHub:
                 for event in events:
                     if event.seq > sub.cursor:
                         sub.cursor = event.seq
-                        sub.queue.put_nowait(event)
+                        sub.pending.append(event)
+                        sub.wake()
             lowest = min(lowest, sub.cursor)
         self._cursors[key] = lowest

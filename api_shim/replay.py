@@ -57,7 +57,7 @@ async def opening(state: ShimState, run_id: str, after: int, run: Run | None) ->
     database)."""
     if run is not None and run.status.is_terminal:
         return Opening(await _archived(state, run_id, after), ended=True)
-    return Opening(await state.events.read(run_id, after=after), ended=False)
+    return Opening(await state.hub.history(run_id, after), ended=False)
 
 
 async def run_events(
@@ -120,19 +120,10 @@ class _Tail:
             return None
         if self._key_id is not None and not await self._state.api_keys.active(self._key_id):
             return None
-        queue = self._sub.queue
-        came = []
-        if queue.empty():
-            try:
-                # asyncio.timeout, not wait_for: no task per wait (Python 3.11's wait_for
-                # makes one), which counts at thousands of streams.
-                async with asyncio.timeout(KEY_CACHE_S):
-                    came.append(await queue.get())
-            except TimeoutError:
-                return await self._idle()
+        came = await self._sub.wait()
+        if not came:
+            return await self._idle()
         self._idle_s = 0.0
-        while not queue.empty():
-            came.append(queue.get_nowait())
         events = []
         for event in came:
             if event.seq > self.last:

@@ -22,7 +22,7 @@ from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK, RedisKe
 from runrelay.server.lifecycle import Lifecycle, RunListener
 from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.settings import Settings
-from runrelay.server.store import Principal, Store, hash_key, make_engine
+from runrelay.server.store import KEY_CACHE_S, Principal, Store, hash_key, make_engine
 from runrelay.server.stream_tokens import StreamTokens
 from runrelay.server.thread_gate import ThreadGate
 
@@ -147,7 +147,9 @@ class ShimState:
             redis=redis,
             hub_redis=hub_redis,
             events=events,
-            hub=StreamHub(hub_redis, redis, keys, block_ms=settings.hub_block_ms),
+            hub=StreamHub(
+                hub_redis, redis, keys, block_ms=settings.hub_block_ms, idle_wake_s=KEY_CACHE_S
+            ),
             registry=Registry.from_file(settings.agents_config, os.environ),
             sender=sender,
             quotas=quotas,
