@@ -44,6 +44,7 @@ import platform
 import resource
 import statistics
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -193,6 +194,23 @@ def _redis_connections(stack: Stack, api: psutil.Process) -> dict[str, int]:
     return {"api_sockets_to_redis": len(sockets), "client_list_named_shim": named}
 
 
+def _redis_lags(stack: Stack, run_ids: list[str], window: Any, lags: list[float]) -> None:
+    """The same lag seen by a plain XREAD client (worker → Redis), to tell the API's share."""
+    client = redis.Redis.from_url(stack.redis_url)
+    keys = {f"{stack.prefix}run:{run_id}:events": "$" for run_id in run_ids}
+    try:
+        while not window[1]:
+            for key, entries in client.xread(keys, block=1000) or []:  # type: ignore[arg-type]
+                for entry_id, fields in entries:
+                    keys[key.decode()] = entry_id
+                    if window[0] and time.time() >= window[0]:
+                        ts = _ts_of(b'"ts":' + fields[b"d"].split(b'"ts":', 1)[-1])
+                        if ts is not None:
+                            lags.append(time.time() - ts)
+    finally:
+        client.close()
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -238,6 +256,9 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     # Streams opened last may still be receiving their history (the open cost is `ramp_s`).
     time.sleep(args.settle_s)
     cpu_before = cpu_snapshot(stack, None)
+    redis_lags: list[float] = []
+    probe = threading.Thread(target=_redis_lags, args=(stack, run_ids, window, redis_lags))
+    probe.start()
     window[0] = time.time()
     rss_samples, redis_samples, connected_samples = [], [], []
     deadline = time.monotonic() + args.measure_s
@@ -247,6 +268,7 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         connected_samples.append(sum(c.value for c in counters))
         time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
     window[1] = time.time()
+    probe.join(timeout=10)
     cpu = cpu_used(cpu_before, cpu_snapshot(stack, None))
     results = [out.get(timeout=120) for _ in procs]
     for proc in procs:
@@ -270,6 +292,10 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             "p99": _ms(_percentile(lags, 0.99)),
             "max": _ms(max(lags) if lags else None),
             "mean": _ms(statistics.fmean(lags) if lags else None),
+        },
+        "lag_ms_plain_xread_client": {
+            "p50": _ms(_percentile(redis_lags, 0.5)),
+            "p99": _ms(_percentile(redis_lags, 0.99)),
         },
         "errors": dict(errors),
         "api_rss_mb": {"before_clients": _mb(rss_before), "in_window_max": _mb(rss)},
