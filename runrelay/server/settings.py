@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     hub_block_ms: int = 5000
     # Redis connections of one shim process for commands (a request waits for a free one; each
     # is held one round trip). The hub, the dispatcher and the batch feeder add one each and
-    # Celery's producer one or two: about 8 in all, whatever the number of SSE clients.
-    shim_redis_connections: int = Field(4, ge=1)
+    # Celery's producer two: 8 in all, whatever the number of SSE clients.
+    shim_redis_connections: int = Field(3, ge=1)
 
     # Quotas: the defaults of tenants without limits of their own (`runrelay tenants update`).
     # Concurrency must be finite: a run above it waits in its tenant's pending queue, not in the
