@@ -24,7 +24,7 @@ from sqlmodel import Session, col, create_engine, select
 
 from runrelay.server.errors import Conflict
 from runrelay.server.settings import Settings
-from runrelay.server.tables import ApiKey, Run, RunEvent, Tenant, as_utc, utcnow
+from runrelay.server.tables import ApiKey, Run, RunLog, Tenant, as_utc, utcnow
 from runrelay.types import RunStatus
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -256,10 +256,6 @@ class Store:
             session.commit()
 
     def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
-        query = (
-            select(RunEvent.data)
-            .where(RunEvent.run_id == run_id, col(RunEvent.seq) > after)
-            .order_by(col(RunEvent.seq))
-        )
         with Session(self.engine) as session:
-            return list(session.exec(query).all())
+            archived = session.get(RunLog, run_id)
+        return archived.after(after) if archived is not None else []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -141,15 +142,29 @@ class ThreadMessage(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class RunEvent(SQLModel, table=True):
-    """The archived event log of a finished run, replayed once the Redis stream is gone."""
+class RunLog(SQLModel, table=True):
+    """The archived event log of a finished run, replayed once the Redis stream is gone: one
+    row per run, written in the transaction that ends it. `events` holds one line per event,
+    `<seq> <event JSON>`, in seq order (the JSON has no raw newline: `encode` escapes them)."""
 
-    __tablename__ = "run_events"
+    __tablename__ = "run_logs"
 
     run_id: str = Field(primary_key=True, foreign_key="runs.id", max_length=40)
-    seq: int = Field(primary_key=True)
-    type: str = Field(max_length=40)
-    data: str = Field(sa_column=Column(Text, nullable=False))
+    events: str = Field(sa_column=Column(Text, nullable=False))
+
+    @staticmethod
+    def join(events: Iterable[tuple[int, str]]) -> str:
+        """`events` (seq, JSON) as the `events` column holds them."""
+        return "\n".join(f"{seq} {data}" for seq, data in sorted(events))
+
+    def after(self, seq: int) -> list[str]:
+        """The JSON of the events after `seq`, in order."""
+        found = []
+        for line in self.events.split("\n"):
+            number, _, data = line.partition(" ")
+            if int(number) > seq:
+                found.append(data)
+        return found
 
 
 class AgentRevision(SQLModel, table=True):
