@@ -222,11 +222,26 @@ def _machine_busy() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def _postgres_cpu() -> float | None:
+    """CPU seconds of every `postgres` process of the machine so far (the server and all its
+    backends: on a shared machine, other users' queries too), None if there is none."""
+    total, found = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if stat.read_text().strip() == "postgres":
+                ticks = _cpu_ticks(int(stat.parent.name))
+                if ticks is not None:
+                    total, found = total + ticks, True
+    return total if found else None
+
+
 def cpu_snapshot(stack: Stack, redis_pid: int | None) -> dict[str, float | None]:
     pids = {name: proc.pid for name, proc in stack.procs.items()}
     if redis_pid:
         pids["redis"] = redis_pid
     snapshot = {name: _cpu_ticks(pid) for name, pid in pids.items()}
+    if not stack.database_url.startswith("sqlite"):
+        snapshot["postgres"] = _postgres_cpu()
     times = os.times()
     snapshot["client"] = times.user + times.system
     snapshot["machine"] = _machine_busy()

@@ -311,6 +311,7 @@ class RunExecutor:
                 ending=Ending.by_worker(lease.token),
                 duration_ms=duration_ms,
                 used_tokens=slot.used_tokens,
+                token_period=slot.period or "-",
             ),
             what=f"run {run.id}: finish",
             for_s=_FINISH_RETRY_S,

@@ -40,7 +40,7 @@ from typing import Any, Final, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, Engine, case, func, insert, update
+from sqlalchemy import ColumnElement, Engine, bindparam, case, func, insert, update
 from sqlmodel import Session, col, select
 
 from runrelay.agent._driver import Outcome
@@ -54,7 +54,7 @@ from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
-from runrelay.server.tables import Run, RunLog, utcnow
+from runrelay.server.tables import RUN_COLUMNS, Run, RunLog, run_of, utcnow
 from runrelay.server.thread_gate import ThreadGate
 from runrelay.server.threads import Threads, append_messages
 from runrelay.types import RunCreate, RunStatus, ToolApproval
@@ -216,6 +216,15 @@ def _locked(session: Session, run_id: str) -> Run | None:
     return session.exec(query.with_for_update()).first()
 
 
+# The row a PostgreSQL transition locks first, and the status it had.
+_LOCKED = (
+    select(col(Run.id).label("id"), col(Run.status).label("previous"))
+    .where(col(Run.id) == bindparam("locked_id"))
+    .with_for_update()
+    .cte("locked")
+)
+
+
 def _move_sqlite(
     session: Session,
     run_id: str,
@@ -262,22 +271,19 @@ class RunTable:
         if session.get_bind().dialect.name == "sqlite":
             moved = _move_sqlite(session, run_id, target, allowed, values)
         else:
-            # One statement: lock the row, remember its status, update it, return it as written.
-            locked = (
-                select(col(Run.id).label("id"), col(Run.status).label("previous"))
-                .where(col(Run.id) == run_id)
-                .with_for_update()
-                .cte("locked")
-            )
+            # One statement (Core: no ORM bookkeeping on the hot path): lock the row, remember
+            # its status, update it, return it as written.
             stmt = (
                 update(Run)
-                .where(col(Run.id) == locked.c.id, *allowed)
+                .where(col(Run.id) == _LOCKED.c.id, *allowed)
                 .values(status=target, **values)
-                .returning(Run, locked.c.previous)
-                .execution_options(populate_existing=True)
+                .returning(*RUN_COLUMNS, _LOCKED.c.previous)
             )
-            row = session.execute(stmt).first()
-            moved = Moved(row[0], RunStatus(row[1])) if row is not None else None
+            row = session.connection().execute(stmt, {"locked_id": run_id}).first()
+            moved = None
+            if row is not None:
+                *fields, previous = row
+                moved = Moved(run_of(fields), RunStatus(previous))
         if moved is None:
             if session.get(Run, run_id) is None:
                 raise RunNotFound(f"no run {run_id!r}")
@@ -484,13 +490,21 @@ class Lifecycle:
                 log.exception("run %s: listener %r failed after commit", moved.run.id, listener)
 
     async def create(
-        self, run: Run, queued: dict[str, Any], *, reject_if_busy: bool = False
+        self,
+        run: Run,
+        queued: dict[str, Any],
+        *,
+        reject_if_busy: bool = False,
+        new_thread: bool = False,
     ) -> list[Run]:
         """Insert the queued run (and its thread, if new) and append `run_queued` (seq 1);
         returns its thread's runs that were active before it (`ThreadBusy` with
-        `reject_if_busy` when there are some, and nothing is written)."""
+        `reject_if_busy` when there are some, and nothing is written). `new_thread`: its
+        thread id was made for this run."""
         threads = Threads(self.table.engine)
-        active = await asyncio.to_thread(threads.create_run, run, reject_if_busy=reject_if_busy)
+        active = await asyncio.to_thread(
+            threads.create_run, run, reject_if_busy=reject_if_busy, new_thread=new_thread
+        )
         event = make_event(run.id, 1, "run_queued", queued)
         await self.events.append(run.id, 1, "run_queued", encode(event))
         return active
@@ -574,8 +588,10 @@ class Lifecycle:
         duration_ms: int = 0,
         used_tokens: int = 0,
         usage: dict[str, Any] | None = None,
+        token_period: str | None = None,
     ) -> bool:
-        """End the run as `outcome` says, if `ending` holds; whether it did.
+        """End the run as `outcome` says, if `ending` holds; whether it did. `token_period`:
+        the budget period its tokens were reserved in ("-" for none), if the caller knows it.
 
         In this order, which is what clients and the other runs rely on: the outcome and the
         archived log (with `done`) in one transaction, so a client that sees `done` finds the
@@ -622,7 +638,9 @@ class Lifecycle:
         except (LeaseLost, RedisError) as exc:  # the archive has `done`; replay falls back to it
             log.warning("run %s: ended, but `done` did not reach its stream: %r", run.id, exc)
         if moved.previous == RUNNING:
-            await self.quotas.release(moved.run.tenant_id, run.id, used_tokens=used_tokens)
+            await self.quotas.release(
+                moved.run.tenant_id, run.id, used_tokens=used_tokens, period=token_period
+            )
         else:  # it may still sit in its tenant's pending queue
             await self.quotas.abandon(moved.run.tenant_id, run.id, used_tokens=used_tokens)
         await self.threads.release(moved.run)

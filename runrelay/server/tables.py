@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Dialect, Index, String, Text
+from sqlalchemy import JSON, BigInteger, Column, Dialect, Index, String, Text, inspect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -114,6 +114,17 @@ class Run(SQLModel, table=True):
     # before the log reaches it. If Redis loses the log, the next attempt continues above it,
     # so a client holding any seq never sees another attempt's events under seqs it knows.
     seq_reserved: int = 0
+
+
+# Reading and writing runs with Core statements on the hot path (no ORM unit of work): the
+# table's columns, and a `Run` built from the values a statement returned for them.
+RUN_COLUMNS = tuple(Run.__table__.c)  # type: ignore[attr-defined]  # SQLModel sets __table__
+_RUN_FIELDS = tuple(inspect(Run).get_property_by_column(c).key for c in RUN_COLUMNS)
+
+
+def run_of(values: Sequence[Any]) -> Run:
+    """A `Run` (detached) from the values of `RUN_COLUMNS`, in that order."""
+    return Run(**dict(zip(_RUN_FIELDS, values, strict=True)))
 
 
 class Thread(SQLModel, table=True):

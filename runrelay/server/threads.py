@@ -106,13 +106,21 @@ class Threads:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def create_run(self, run: Run, *, reject_if_busy: bool = False) -> list[Run]:
+    def create_run(
+        self, run: Run, *, reject_if_busy: bool = False, new_thread: bool = False
+    ) -> list[Run]:
         """Insert `run` (and its thread, if new); returns the thread's runs that were active
         before it, oldest first. With `reject_if_busy`, raise `ThreadBusy` instead of creating
-        anything when there is one."""
+        anything when there is one. `new_thread`: the run's thread id was just made for it
+        (nobody else can know it), so it is inserted with the run, with nothing to wait for."""
         with Session(self.engine, expire_on_commit=False) as session:
             active: list[Run] = []
-            if run.thread_id is not None:
+            if new_thread and run.thread_id is not None:
+                now = utcnow()
+                thread = Thread(tenant_id=run.tenant_id, id=run.thread_id, created_at=now)
+                thread.updated_at = now
+                session.add(thread)
+            elif run.thread_id is not None:
                 _lock_thread(session, run.tenant_id, run.thread_id, touch=False)
                 active = _active(session, run.tenant_id, run.thread_id)
                 if active and reject_if_busy:
