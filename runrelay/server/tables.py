@@ -127,6 +127,12 @@ def run_of(values: Sequence[Any]) -> Run:
     return Run(**dict(zip(_RUN_FIELDS, values, strict=True)))
 
 
+def run_row(run: Run) -> dict[str, Any]:
+    """`run`'s values by column name, for a Core INSERT."""
+    pairs = zip(RUN_COLUMNS, _RUN_FIELDS, strict=True)
+    return {column.name: getattr(run, name) for column, name in pairs}
+
+
 class Thread(SQLModel, table=True):
     """A conversation of one tenant: the runs created with its `thread_id` share its history."""
 

@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from runrelay.agent._history import HistoryPolicy, fit_history
 from runrelay.server.errors import Conflict
-from runrelay.server.tables import Run, Thread, ThreadMessage, utcnow
+from runrelay.server.tables import Run, Thread, ThreadMessage, run_row, utcnow
 from runrelay.types import RunStatus
 
 Message = dict[str, Any]
@@ -117,16 +117,18 @@ class Threads:
             active: list[Run] = []
             if new_thread and run.thread_id is not None:
                 now = utcnow()
-                thread = Thread(tenant_id=run.tenant_id, id=run.thread_id, created_at=now)
-                thread.updated_at = now
-                session.add(thread)
+                session.execute(
+                    insert(Thread).values(
+                        tenant_id=run.tenant_id, id=run.thread_id, created_at=now, updated_at=now
+                    )
+                )
             elif run.thread_id is not None:
                 _lock_thread(session, run.tenant_id, run.thread_id, touch=False)
                 active = _active(session, run.tenant_id, run.thread_id)
                 if active and reject_if_busy:
                     session.rollback()
                     raise ThreadBusy(run.thread_id, active[0])
-            session.add(run)
+            session.execute(insert(Run).values(run_row(run)))  # Core: no ORM unit of work
             session.commit()
         return active
 
