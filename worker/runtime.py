@@ -1,6 +1,6 @@
 """The process-wide asyncio runtime of a worker.
 
-Celery 5 cannot run `async def` tasks, so each worker process runs one (uvloop) event loop in a
+Celery 5 cannot run `async def` tasks, so each worker process runs one event loop in a
 background thread; task threads (threads pool) hand their run to it with
 `run_coroutine_threadsafe` and wait. Hundreds of runs share the loop, one Redis pool and one
 HTTP client pool.
@@ -39,16 +39,6 @@ from worker.slots import Slots
 from worker.sweeper import Requeuer, Sweeper
 
 T = TypeVar("T")
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (Linux, macOS), as uvicorn runs the shim's; else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:  # Windows
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
 _CLOSE_TIMEOUT_S = 10.0
 log = logging.getLogger(__name__)
 
@@ -69,7 +59,7 @@ class AsyncRuntime:
         self._send_delivery = send_delivery or (lambda _delivery_id: None)
         self._background: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
-        self._loop = _new_loop()
+        self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="runrelay-asyncio", daemon=True
         )
