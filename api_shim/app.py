@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis
 from starlette.middleware.cors import CORSMiddleware
@@ -33,6 +34,8 @@ from api_shim.middleware import BodyLimitMiddleware, JsonBodyMiddleware, Request
 from api_shim.state import ShimState
 from runrelay.server.lifecycle import RunListener
 from runrelay.server.settings import Settings
+
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASGIApp:
@@ -60,6 +63,7 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
         version="0.1.0",
         summary="Run LLM agents at scale: background runs, resumable event streams.",
         lifespan=lifespan,
+        telemetry=None if settings.otel_telemetry else _NO_TELEMETRY,
     )
     errors.install(app)
     app.include_router(runs.router)

@@ -49,7 +49,9 @@ async def insert_run(
     `interrupt`), to be cancelled once it is queued."""
     strategy = body.multitask_strategy or "enqueue"
     try:
-        active = await state.lifecycle.create(run, queued, reject_if_busy=strategy == "reject")
+        active = await state.lifecycle.create(
+            run, queued, reject_if_busy=strategy == "reject", new_thread=body.thread_id is None
+        )
     except ThreadBusy as exc:
         raise HTTPProblem(409, "thread_busy", str(exc), param="thread_id") from exc
     return active if strategy == "interrupt" else []

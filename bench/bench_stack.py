@@ -222,11 +222,28 @@ def _machine_busy() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def _postgres_ticks() -> dict[int, float]:
+    """CPU seconds so far of every `postgres` process of the machine (the server and all its
+    backends: on a shared machine, other users' queries too), by pid."""
+    found: dict[int, float] = {}
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError, ValueError):
+            if comm.read_text().strip() == "postgres":
+                pid = int(comm.parent.name)
+                ticks = _cpu_ticks(pid)
+                if ticks is not None:
+                    found[pid] = ticks
+    return found
+
+
 def cpu_snapshot(stack: Stack, redis_pid: int | None) -> dict[str, float | None]:
     pids = {name: proc.pid for name, proc in stack.procs.items()}
     if redis_pid:
         pids["redis"] = redis_pid
     snapshot = {name: _cpu_ticks(pid) for name, pid in pids.items()}
+    if not stack.database_url.startswith("sqlite"):
+        # Summed over pids in `cpu_used`: backends come and go between two snapshots.
+        snapshot.update({f"postgres:{pid}": t for pid, t in _postgres_ticks().items()})
     times = os.times()
     snapshot["client"] = times.user + times.system
     snapshot["machine"] = _machine_busy()
@@ -237,7 +254,11 @@ def cpu_used(before: dict[str, float | None], after: dict[str, float | None]) ->
     """CPU seconds per process between two snapshots; `other` is the rest of the machine (the
     database server, other users' processes)."""
     used = {k: v - b for k, v in after.items()
-            if v is not None and (b := before.get(k)) is not None}
+            if v is not None and (b := before.get(k)) is not None and ":" not in k}
+    postgres = [v - before.get(k, 0.0) for k, v in after.items()  # new backends count whole
+                if k.startswith("postgres:") and v is not None]
+    if postgres:
+        used["postgres"] = sum(postgres)
     if "machine" in used:
         used["other"] = used.pop("machine") - sum(used.values())
     return used

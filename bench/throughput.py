@@ -1,6 +1,7 @@
 """Throughput and latency of runrelay end to end: shim → Celery → one worker → Redis Stream → SSE.
 
     python bench/throughput.py --runs 500 --concurrency 50 [--worker-concurrency 100] [--stream]
+    python bench/throughput.py --floor 200 ...   # the floor first, back to back, then the ratio
 
 It starts its own stack as separate processes, like production: Redis from REDIS_URL (else an
 embedded redis-server), the database from DATABASE_URL (else a temporary SQLite file), then
@@ -11,6 +12,12 @@ both are deleted at the end, as are the processes (also on Ctrl-C or error).
 A closed-loop client keeps `--concurrency` runs in flight. Per run: t0, POST /v1/runs (202), then
 GET /v1/runs/{id}/events until `done`, checking the log is complete. `--stream` uses POST
 /v1/runs/stream instead. The table goes to stdout and the JSON to bench/results/.
+
+It reports CPU per completed run of each server part (API, worker, Redis, and PostgreSQL: every
+`postgres` process of the machine, so run it on a quiet one). `--floor N` first runs the stack's
+floor (../shared/bench/floor.py: a bare Celery task writing 22 events to a Redis Stream, no HTTP,
+no database) and prints runrelay's throughput and POST → done latency as ratios to it: on a shared
+machine only ratios taken back to back in one session hold.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import contextlib
 import json
 import os
 import platform
+import re
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -265,6 +274,46 @@ def print_table(report: dict[str, Any]) -> None:
         shares = ", ".join(f"{k} {v:.1f} s ({v / r['wall_s'] * 100:.0f}%)" for k, v in cpu.items()
                            if r["wall_s"])
         print(f"\nCPU during measurement (100% = one core of {m['nproc']}): {shares}")
+    per_run = report.get("cpu_ms_per_run", {})
+    if per_run:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in per_run.items())
+        print(f"CPU per completed run (ms): {parts}")
+    floor = report.get("floor")
+    if floor:
+        print(f"\nfloor (same session, just before): {floor['runs_per_s']:.0f} runs/s, sequential "
+              f"done p50 {floor['done_p50_ms']:.2f} ms")
+        print(f"ratio to the floor: throughput {floor['throughput_ratio']:.3f}x; "
+              f"POST → done p50 {floor['done_p50_ratio']:.1f}x the floor's sequential done p50")
+
+
+SERVER_PARTS = ("api", "worker", "redis", "postgres")
+
+
+def cpu_per_run(cpu: dict[str, float], completed: int) -> dict[str, float]:
+    """CPU milliseconds per completed run of each server part, and their sum (`server`)."""
+    if not completed:
+        return {}
+    per_run = {k: cpu[k] * 1000 / completed for k in SERVER_PARTS if k in cpu}
+    per_run["server"] = sum(per_run.values())
+    return per_run
+
+
+FLOOR_SCRIPT = BENCH_DIR.parent.parent / "shared" / "bench" / "floor.py"
+
+
+def measure_floor(script: Path, n: int) -> dict[str, Any]:
+    """Run the stack's floor (`floor.py both N`) and read its two lines back."""
+    if not script.exists():
+        raise BenchError(f"no floor script at {script}; pass --floor-script")
+    out = subprocess.run([sys.executable, str(script), "both", str(n)], capture_output=True,
+                         text=True, timeout=600, check=False)
+    seq = re.search(r"done p50 ([\d.]+) ms", out.stdout)
+    rate = re.search(r"= ([\d.]+) runs/s", out.stdout)
+    if out.returncode != 0 or not seq or not rate:
+        raise BenchError(f"floor.py failed ({out.returncode}): {out.stdout[-400:]}"
+                         f"{out.stderr[-400:]}")
+    return {"script": str(script), "n": n, "runs_per_s": float(rate.group(1)),
+            "done_p50_ms": float(seq.group(1)), "output": out.stdout.strip()}
 
 
 # ---------------------------------------------------------------------------- main
@@ -281,6 +330,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-timeout", type=float, default=60.0, help="seconds per run")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir and its logs")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--floor", type=int, metavar="N", default=0,
+                        help="first run the stack's floor (floor.py both N, back to back) and "
+                             "print runrelay's ratio to it")
+    parser.add_argument("--floor-script", type=Path, default=FLOOR_SCRIPT,
+                        help=f"the floor script (default {FLOOR_SCRIPT})")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.concurrency < 1 or args.worker_concurrency < 1 or args.warmup < 1:
         parser.error("--runs, --concurrency, --worker-concurrency and --warmup must be >= 1")
@@ -296,6 +350,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"started_at": started_at.isoformat(),
                               "mode": "stream" if args.stream else "background",
                               "machine": machine()}
+    if args.floor:
+        report["floor"] = measure_floor(args.floor_script, args.floor)
     with stack_up(worker_concurrency=args.worker_concurrency, keep_logs=args.keep_logs) as stack:
         report["backends"], redis_pid = backends(stack)
         asyncio.run(warm_up(stack, args))
@@ -320,6 +376,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                              "fastapi", "sse-starlette", "httpx", "sqlalchemy")},
     }
     report["results"] = summarize(samples)
+    report["cpu_ms_per_run"] = cpu_per_run(report["cpu_s_during_measurement"],
+                                           report["results"]["completed"])
+    floor = report.get("floor")
+    if floor:
+        done = report["results"]["latency"]["post_to_done"]
+        floor["throughput_ratio"] = report["results"]["runs_per_s"] / floor["runs_per_s"]
+        floor["done_p50_ratio"] = (done["p50_ms"] / floor["done_p50_ms"]) if done else 0.0
     report["failed_samples"] = [asdict(s) for s in samples if not s.ok][:20]
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"throughput-{started_at:%Y%m%dT%H%M%SZ}.json"

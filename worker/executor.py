@@ -29,7 +29,7 @@ from runrelay.agent.config import AgentSpec, Registry
 from runrelay.agent.messages import ApprovalRequest, ChatMessage
 from runrelay.server.approvals import PausedCalls, SavedCheckpoint, decisions
 from runrelay.server.eventlog import EventLog, LeaseLost
-from runrelay.server.lifecycle import Ending, Lifecycle
+from runrelay.server.lifecycle import Ending, Lifecycle, SeqBlock
 from runrelay.server.outages import TRANSIENT, retrying
 from runrelay.server.revisions import AgentCatalog
 from runrelay.server.settings import Settings
@@ -43,7 +43,7 @@ from worker.control import RunControl, RunControls, StopReason
 from worker.lease import Lease, Leases
 from worker.slots import Slot, Slots
 from worker.sweeper import Requeuer
-from worker.writer import RunWriter
+from worker.writer import SEQ_BLOCK, RunWriter
 
 log = logging.getLogger(__name__)
 # How long the last step of a finished run waits for the database to come back.
@@ -100,6 +100,7 @@ class RunExecutor:
         self.http = http
         self.worker_id = worker_id
         self.threads = lifecycle.threads
+        self.catalog = AgentCatalog(store.engine, registry)
 
     async def execute(self, run_id: str) -> None:
         logs.about_run(run_id)  # every log line of this run names it
@@ -230,15 +231,18 @@ class RunExecutor:
     ) -> Attempt:
         """Run the run under `lease` until it ends, pauses, or is handed back."""
         last = await self.events.last_seq(run_id)
-        run = await self.lifecycle.start(run_id, lease_token=lease.token)
+        run = await self.lifecycle.start(
+            run_id, lease_token=lease.token, seqs=SeqBlock(last, SEQ_BLOCK)
+        )
         if run is None:
             return Attempt(AttemptEnd.NOT_STARTED)
         # The log is gone if Redis lost it (emptied, restarted without persistence). It goes on
-        # above every seq it may have reached (the database's `seq_reserved`), and says what it
-        # lost: a client holding any seq reads on consistently, never another attempt's events
-        # under seqs it already has.
-        lost = last == 0 and run.seq_reserved > 0
-        next_seq = run.seq_reserved + 1 if lost else last + 1
+        # above every seq it may have reached (the database's `seq_reserved` before this start),
+        # and says what it lost: a client holding any seq reads on consistently, never another
+        # attempt's events under seqs it already has.
+        reached = run.seq_reserved - SEQ_BLOCK
+        lost = last == 0 and reached > 0
+        next_seq = reached + 1 if lost else last + 1
         writer = RunWriter(
             self.events,
             self.checkpoints,
@@ -264,7 +268,7 @@ class RunExecutor:
             await writer.emit(
                 "metadata",
                 {
-                    "superseded": {"from_seq": 1, "to_seq": run.seq_reserved},
+                    "superseded": {"from_seq": 1, "to_seq": reached},
                     "attempt": run.attempts,
                 },
             )
@@ -272,6 +276,7 @@ class RunExecutor:
         outcome = await self._outcome(run, writer, checkpoint, control)
         if isinstance(outcome, AttemptEnd):  # stopped: handed back, or the lease was lost
             return Attempt(outcome)
+        await writer.flush()  # every event of the attempt is in the log before it ends
         if outcome.status is RunStatus.REQUIRES_ACTION:
             assert outcome.result is not None and outcome.result.required_action
             saved = await self.checkpoints.load(run.id)
@@ -294,6 +299,7 @@ class RunExecutor:
                     "output": outcome.output,
                 },
             )
+        await writer.flush()
         await self.slots.stop_renewing(slot)  # a renewal must not take back a released slot
         duration_ms = int((time.monotonic() - started) * 1000)
         # The run's work is done: a database blip here is waited out (the heartbeat keeps the
@@ -305,6 +311,7 @@ class RunExecutor:
                 ending=Ending.by_worker(lease.token),
                 duration_ms=duration_ms,
                 used_tokens=slot.used_tokens,
+                token_period=slot.period or "-",
             ),
             what=f"run {run.id}: finish",
             for_s=_FINISH_RETRY_S,
@@ -353,8 +360,7 @@ class RunExecutor:
                 f"RUNRELAY_MAX_RUN_ATTEMPTS={self.settings.max_run_attempts}",
             )
         try:
-            catalog = AgentCatalog(self.store.engine, self.registry)
-            agent = await asyncio.to_thread(catalog.pinned, run.agent_id, run.agent_revision)
+            agent = await asyncio.to_thread(self.catalog.pinned, run.agent_id, run.agent_revision)
         except LookupError as exc:  # AgentNotFound, RevisionNotFound
             return Outcome.failed("agent_not_found", str(exc))
         return await self._run_agent(run, agent, writer, checkpoint, control)

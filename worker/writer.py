@@ -14,11 +14,20 @@ from worker.checkpoints import Checkpoint, Checkpoints
 from worker.lease import Lease
 
 SEQ_BLOCK = 100
+# Events an emitter may run ahead of Redis before it waits for the appends to catch up.
+MAX_PENDING = 256
 
 
 @dataclass
 class RunWriter:
     """Appends a run's events and checkpoints under its lease, numbering the events.
+
+    `emit` numbers the event and hands it to the run's one append task, which sends everything
+    emitted while its previous call was out in one round trip (one Lua call per batch, not per
+    event): a model streaming tokens costs a Redis call per batch, and the loop never waits on
+    Redis between two deltas. What an append raised (the lease was lost, Redis went away) is
+    raised by the next `emit`, `checkpoint` or `flush`. A checkpoint, and the end of the
+    attempt, wait until every event emitted before them is in Redis.
 
     Concurrent emitters (parallel tool calls) are serialised, so seqs stay gapless and ordered.
     Before the log passes `reserved`, `reserve(upto)` records a new block of seqs in the
@@ -34,6 +43,9 @@ class RunWriter:
     reserved: int
     reserve: Callable[[int], Awaitable[None]]
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _pending: list[tuple[int, str, str]] = field(default_factory=list)
+    _appender: asyncio.Task[None] | None = None
+    _failure: BaseException | None = None
 
     async def _cover(self, seq: int) -> None:
         if seq > self.reserved:
@@ -41,19 +53,45 @@ class RunWriter:
             await self.reserve(upto)
             self.reserved = upto
 
-    async def emit(
-        self, type: EventType, data: dict[str, Any], *, ttl_s: int | None = None
-    ) -> None:
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def emit(self, type: EventType, data: dict[str, Any]) -> None:
         async with self._lock:
+            self._raise_failure()
             await self._cover(self.next_seq)
             event = make_event(self.run_id, self.next_seq, type, data)
-            await self.events.append(
-                self.run_id, event["seq"], type, encode(event), token=self.lease.token, ttl_s=ttl_s
-            )
+            self._pending.append((self.next_seq, type, encode(event)))
             self.next_seq += 1
+            if self._appender is None or self._appender.done():
+                self._appender = asyncio.create_task(self._append_pending())
+            if len(self._pending) >= MAX_PENDING:
+                await self._drain()
+
+    async def _append_pending(self) -> None:
+        while self._pending and self._failure is None:
+            batch, self._pending = self._pending, []
+            try:
+                await self.events.append_many(self.run_id, batch, token=self.lease.token)
+            except Exception as exc:  # raised to the emitter by its next call
+                self._failure = exc
+                self._pending.clear()
+
+    async def _drain(self) -> None:
+        appender = self._appender
+        if appender is not None:
+            await asyncio.shield(appender)
+        self._raise_failure()
+
+    async def flush(self) -> None:
+        """Return once every event emitted so far is in Redis (or raise why one is not)."""
+        async with self._lock:
+            await self._drain()
 
     async def checkpoint(self, state: LoopState, event: PendingEvent | None = None) -> None:
         async with self._lock:
+            await self._drain()
             seq = self.next_seq
             appended = None
             if event is not None:
@@ -66,7 +104,12 @@ class RunWriter:
             self.next_seq = seq
 
     async def resync(self) -> None:
-        """After the loop was interrupted mid-append (cancel, deadline): Redis may have taken
-        the entry the interrupted call was writing, so the log's last seq is the truth."""
+        """After the loop was interrupted mid-append (cancel, deadline): Redis may or may not
+        have taken what was being written, so the log's last seq is the truth."""
         async with self._lock:
+            appender = self._appender
+            if appender is not None:
+                await asyncio.wait([appender])
+            self._pending.clear()
+            self._failure = None
             self.next_seq = await self.events.last_seq(self.run_id) + 1

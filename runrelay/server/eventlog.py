@@ -1,11 +1,13 @@
 """A run's event log in Redis: one Stream per run, entry ids `0-<seq>`, fields `d` (the event
-JSON) and `t` (its type). Appends go through a Lua script that checks the writer's lease.
+JSON) and `t` (its type). Appends go through one Lua script that checks the writer's lease
+and appends a whole batch of events in one round trip.
 
 Shared by the worker (which appends) and the shim (which appends `run_queued` and replays).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +39,7 @@ class EventLog:
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s
-        self._append = lua.script(redis, "append_event")
+        self._append = lua.script(redis, "append_events")
 
     async def append(
         self,
@@ -49,14 +51,30 @@ class EventLog:
         token: str = "",
         ttl_s: int | None = None,
     ) -> None:
+        await self.append_many(run_id, [(seq, type, data)], token=token, ttl_s=ttl_s)
+
+    async def append_many(
+        self,
+        run_id: str,
+        events: Sequence[tuple[int, str, str]],
+        *,
+        token: str = "",
+        ttl_s: int | None = None,
+    ) -> None:
+        """Append `events` (seq, type, JSON), in seq order, in one round trip; `token` is the
+        writer's lease ('' for the shim's `run_queued`)."""
+        args: list[str | int] = [token, ttl_s or self.ttl_s]
+        for seq, type_, data in events:
+            args += (seq, data, type_)
         keys = [self.keys.events(run_id), self.keys.lease(run_id)]
         try:
-            await self._append(keys=keys, args=[token, seq, data, type, ttl_s or self.ttl_s])
+            await self._append(keys=keys, args=args)
         except ResponseError as exc:
             if "LEASE_LOST" in str(exc):
                 raise LeaseLost(run_id) from exc
             if "equal or smaller" in str(exc):
-                raise SeqConflict(f"{run_id}: seq {seq} is not above the last event") from exc
+                first = events[0][0] if events else 0
+                raise SeqConflict(f"{run_id}: seq {first}.. is not above the last event") from exc
             raise
 
     async def read(

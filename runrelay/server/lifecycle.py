@@ -40,7 +40,7 @@ from typing import Any, Final, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, Engine, func, insert, update
+from sqlalchemy import ColumnElement, Engine, bindparam, case, func, insert, update
 from sqlmodel import Session, col, select
 
 from runrelay.agent._driver import Outcome
@@ -54,7 +54,7 @@ from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
-from runrelay.server.tables import Run, RunEvent, utcnow
+from runrelay.server.tables import RUN_COLUMNS, Run, RunLog, run_of, utcnow
 from runrelay.server.thread_gate import ThreadGate
 from runrelay.server.threads import Threads, append_messages
 from runrelay.types import RunCreate, RunStatus, ToolApproval
@@ -180,6 +180,16 @@ class Ending:
 
 
 @dataclass(frozen=True)
+class SeqBlock:
+    """Seqs a worker reserves as it starts a run: `size` above the higher of `last` (the
+    log's last seq in Redis) and what the database had reserved. When `last` is 0 (Redis lost
+    the log), the run's `seq_reserved` minus `size` is what earlier attempts may have reached."""
+
+    last: int
+    size: int
+
+
+@dataclass(frozen=True)
 class Moved:
     """A transition that was made: the run as written, and the status it left."""
 
@@ -206,6 +216,39 @@ def _locked(session: Session, run_id: str) -> Run | None:
     return session.exec(query.with_for_update()).first()
 
 
+# The row a PostgreSQL transition locks first, and the status it had.
+_LOCKED = (
+    select(col(Run.id).label("id"), col(Run.status).label("previous"))
+    .where(col(Run.id) == bindparam("locked_id"))
+    .with_for_update()
+    .cte("locked")
+)
+
+
+def _move_sqlite(
+    session: Session,
+    run_id: str,
+    target: RunStatus,
+    where: list[ColumnElement[bool]],
+    values: dict[str, Any],
+) -> Moved | None:
+    """`RunTable.move` on SQLite, whose RETURNING sees only the updated table: the status read
+    under the database's write lock, then the conditional UPDATE."""
+    locked = _locked(session, run_id)
+    if locked is None:
+        return None
+    previous = RunStatus(locked.status)
+    stmt = (
+        update(Run)
+        .where(col(Run.id) == run_id, *where)
+        .values(status=target, **values)
+        .returning(Run)
+        .execution_options(populate_existing=True)
+    )
+    run = session.execute(stmt).scalars().first()
+    return Moved(run, previous) if run is not None else None
+
+
 class RunTable:
     """Status changes in the database: each one a conditional UPDATE checked against
     `TRANSITIONS`, with the listeners called in its transaction."""
@@ -224,23 +267,29 @@ class RunTable:
     ) -> Moved | None:
         """Move the run to `target` in the caller's transaction, if the table allows it from
         its current status and `where` holds; None (nothing changed) otherwise."""
-        locked = _locked(session, run_id)
-        if locked is None:
-            raise RunNotFound(f"no run {run_id!r}")
-        current = locked.status
-        stmt = (
-            update(Run)
-            .where(col(Run.id) == run_id, col(Run.status).in_(sources(target)), *where)
-            .values(status=target, **values)
-        )
-        if session.exec(stmt).rowcount == 0:
+        allowed = [col(Run.status).in_(sources(target)), *where]
+        if session.get_bind().dialect.name == "sqlite":
+            moved = _move_sqlite(session, run_id, target, allowed, values)
+        else:
+            # One statement (Core: no ORM bookkeeping on the hot path): lock the row, remember
+            # its status, update it, return it as written.
+            stmt = (
+                update(Run)
+                .where(col(Run.id) == _LOCKED.c.id, *allowed)
+                .values(status=target, **values)
+                .returning(*RUN_COLUMNS, _LOCKED.c.previous)
+            )
+            row = session.connection().execute(stmt, {"locked_id": run_id}).first()
+            moved = None
+            if row is not None:
+                *fields, previous = row
+                moved = Moved(run_of(fields), RunStatus(previous))
+        if moved is None:
+            if session.get(Run, run_id) is None:
+                raise RunNotFound(f"no run {run_id!r}")
             return None
-        run = session.exec(
-            select(Run).where(col(Run.id) == run_id).execution_options(populate_existing=True)
-        ).one()
-        moved = Moved(run, RunStatus(current))
         for listener in self.listeners:
-            listener.in_transaction(session, run, moved.previous)
+            listener.in_transaction(session, moved.run, moved.previous)
         return moved
 
     def transition(self, run_id: str, target: RunStatus, **values: Any) -> Moved | None:
@@ -250,10 +299,13 @@ class RunTable:
             session.commit()
             return moved
 
-    def start(self, run_id: str, lease_token: str | None) -> Moved | None:
+    def start(
+        self, run_id: str, lease_token: str | None, seqs: SeqBlock = SeqBlock(0, 0)
+    ) -> Moved | None:
         """queued (or running: resumed after a crash or hand-back) → running under
-        `lease_token`, counting the attempt. None when it is finished or paused for approval
-        (a stray task must not resume it before the decisions)."""
+        `lease_token`, counting the attempt and reserving `seqs`. None when it is finished or
+        paused for approval (a stray task must not resume it before the decisions)."""
+        reserved = col(Run.seq_reserved)
         with Session(self.engine, expire_on_commit=False) as session:
             moved = self.move(
                 session,
@@ -262,6 +314,7 @@ class RunTable:
                 attempts=col(Run.attempts) + 1,
                 started_at=func.coalesce(col(Run.started_at), utcnow()),
                 lease_token=lease_token,
+                seq_reserved=case((reserved > seqs.last, reserved), else_=seqs.last) + seqs.size,
             )
             session.commit()
             return moved
@@ -382,16 +435,8 @@ class RunTable:
             if moved is None:
                 session.rollback()
                 return None
-            archived = set(
-                session.exec(select(RunEvent.seq).where(RunEvent.run_id == run_id)).all()
-            )
-            rows = [
-                {"run_id": run_id, "seq": seq, "type": type_, "data": data}
-                for seq, type_, data in events
-                if seq not in archived
-            ]
-            if rows:  # one executemany, not an ORM object per event
-                session.execute(insert(RunEvent), rows)
+            log_text = RunLog.join((seq, data) for seq, _type, data in events)
+            session.execute(insert(RunLog).values(run_id=run_id, events=log_text))
             run = moved.run
             if thread_messages and run.thread_id is not None:
                 append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)
@@ -445,19 +490,29 @@ class Lifecycle:
                 log.exception("run %s: listener %r failed after commit", moved.run.id, listener)
 
     async def create(
-        self, run: Run, queued: dict[str, Any], *, reject_if_busy: bool = False
+        self,
+        run: Run,
+        queued: dict[str, Any],
+        *,
+        reject_if_busy: bool = False,
+        new_thread: bool = False,
     ) -> list[Run]:
         """Insert the queued run (and its thread, if new) and append `run_queued` (seq 1);
         returns its thread's runs that were active before it (`ThreadBusy` with
-        `reject_if_busy` when there are some, and nothing is written)."""
+        `reject_if_busy` when there are some, and nothing is written). `new_thread`: its
+        thread id was made for this run."""
         threads = Threads(self.table.engine)
-        active = await asyncio.to_thread(threads.create_run, run, reject_if_busy=reject_if_busy)
+        active = await asyncio.to_thread(
+            threads.create_run, run, reject_if_busy=reject_if_busy, new_thread=new_thread
+        )
         event = make_event(run.id, 1, "run_queued", queued)
         await self.events.append(run.id, 1, "run_queued", encode(event))
         return active
 
-    async def start(self, run_id: str, *, lease_token: str) -> Run | None:
-        moved = await asyncio.to_thread(self.table.start, run_id, lease_token)
+    async def start(
+        self, run_id: str, *, lease_token: str, seqs: SeqBlock = SeqBlock(0, 0)
+    ) -> Run | None:
+        moved = await asyncio.to_thread(self.table.start, run_id, lease_token, seqs)
         await self._after_commit(moved)
         return moved.run if moved else None
 
@@ -533,8 +588,10 @@ class Lifecycle:
         duration_ms: int = 0,
         used_tokens: int = 0,
         usage: dict[str, Any] | None = None,
+        token_period: str | None = None,
     ) -> bool:
-        """End the run as `outcome` says, if `ending` holds; whether it did.
+        """End the run as `outcome` says, if `ending` holds; whether it did. `token_period`:
+        the budget period its tokens were reserved in ("-" for none), if the caller knows it.
 
         In this order, which is what clients and the other runs rely on: the outcome and the
         archived log (with `done`) in one transaction, so a client that sees `done` finds the
@@ -581,7 +638,9 @@ class Lifecycle:
         except (LeaseLost, RedisError) as exc:  # the archive has `done`; replay falls back to it
             log.warning("run %s: ended, but `done` did not reach its stream: %r", run.id, exc)
         if moved.previous == RUNNING:
-            await self.quotas.release(moved.run.tenant_id, run.id, used_tokens=used_tokens)
+            await self.quotas.release(
+                moved.run.tenant_id, run.id, used_tokens=used_tokens, period=token_period
+            )
         else:  # it may still sit in its tenant's pending queue
             await self.quotas.abandon(moved.run.tenant_id, run.id, used_tokens=used_tokens)
         await self.threads.release(moved.run)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ from runrelay.agent.config import TAG_PATTERN, AgentNotFound, AgentsConfig, Agen
 from runrelay.server.errors import Invalid, NotFound
 from runrelay.server.tables import AgentRevision, AgentTag, utcnow
 from runrelay.types import RunCreate
+
+_UNPUBLISHED_FOR_S = 5.0
 
 
 class RevisionNotFound(NotFound):
@@ -72,6 +75,11 @@ class AgentCatalog:
     def __init__(self, engine: Engine, registry: Registry) -> None:
         self.engine = engine
         self.registry = registry
+        # Stored revisions never change: each one is read from the database once per catalog.
+        # A config file agent with none stored is taken as such for a few seconds at a time
+        # (a publish then shows within that; it stores the same definition the file has).
+        self._stored: dict[tuple[str, int], AgentSpec] = {}
+        self._unpublished: dict[str, float] = {}  # agent id → until when (monotonic)
 
     # Reading ----------------------------------------------------------------------------------
 
@@ -117,12 +125,19 @@ class AgentCatalog:
     def pinned(self, agent_id: str, revision: int) -> AgentSpec:
         file_agent = self._file_agent(agent_id)
         canonical = file_agent.id if file_agent else agent_id
+        if (stored := self._stored.get((canonical, revision))) is not None:
+            return stored
+        unpublished = self._unpublished.get(canonical, 0.0) > time.monotonic()
+        if unpublished and file_agent is not None and revision == file_agent.revision:
+            return file_agent
         with Session(self.engine) as session:
             row = session.get(AgentRevision, (canonical, revision))
             newest = None if row else self._newest(session, canonical)
         if row is not None:
-            return _spec(row)
+            self._stored[canonical, revision] = spec = _spec(row)
+            return spec
         if file_agent is not None and newest is None and revision == file_agent.revision:
+            self._unpublished[canonical] = time.monotonic() + _UNPUBLISHED_FOR_S
             return file_agent
         if file_agent is None and newest is None:
             self.registry.resolve(agent_id)  # raises AgentNotFound with suggestions

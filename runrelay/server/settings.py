@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # A request body not received in full within this is answered 408 (slow or stalled client).
     body_read_timeout_s: float = Field(30.0, gt=0)
     sse_ping_s: float = 15.0
+    # FastAPI's OpenTelemetry spans and metrics per request, for a process with an OTel SDK
+    # configured. Off by default: even with no SDK, FastAPI asks three OTel providers on every
+    # request (~6% of the shim's CPU under load).
+    otel_telemetry: bool = False
     sse_retry_ms: int = 2000
     wait_timeout_s: float = 600.0
     # How long an Idempotency-Key keeps leading to the run it created.
@@ -213,6 +217,9 @@ class Settings(BaseSettings):
             "task_ignore_result": True,
             "worker_prefetch_multiplier": 1,
             "worker_hijack_root_logger": False,
-            "worker_send_task_events": True,
-            "task_send_sent_event": True,
+            # Task events (received, started, succeeded: a broker publish each) cost a run
+            # several Redis calls; Flower switches them on in the workers while it runs (its
+            # `enable_events`), so they are off otherwise. No `task-sent` events from the shim.
+            "worker_send_task_events": False,
+            "task_send_sent_event": False,
         }

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, event, text, update
+from sqlalchemy import Engine, bindparam, event, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
 
 from runrelay.server.errors import Conflict
 from runrelay.server.settings import Settings
-from runrelay.server.tables import ApiKey, Run, RunEvent, Tenant, as_utc, utcnow
+from runrelay.server.tables import RUN_COLUMNS, ApiKey, Run, RunLog, Tenant, as_utc, run_of, utcnow
 from runrelay.types import RunStatus
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -61,6 +61,8 @@ def new_id(prefix: str) -> str:
         chars.append(CROCKFORD[digit])
     return f"{prefix}_{''.join(reversed(chars))}"
 
+
+_GET_RUN = select(*RUN_COLUMNS).where(col(Run.id) == bindparam("run_id"))
 
 def make_engine(settings: Settings) -> Engine:
     url = settings.database_url
@@ -286,11 +288,11 @@ class Store:
         return run
 
     def get_run(self, run_id: str, *, tenant_id: str | None = None) -> Run | None:
-        with Session(self.engine, expire_on_commit=False) as session:
-            run = session.get(Run, run_id)
-        if run is None or (tenant_id is not None and run.tenant_id != tenant_id):
+        with self.engine.connect() as conn:
+            row = conn.execute(_GET_RUN, {"run_id": run_id}).first()
+        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
             return None
-        return run
+        return run_of(row)
 
     def list_runs(
         self,
@@ -361,10 +363,6 @@ class Store:
             session.commit()
 
     def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
-        query = (
-            select(RunEvent.data)
-            .where(RunEvent.run_id == run_id, col(RunEvent.seq) > after)
-            .order_by(col(RunEvent.seq))
-        )
         with Session(self.engine) as session:
-            return list(session.exec(query).all())
+            archived = session.get(RunLog, run_id)
+        return archived.after(after) if archived is not None else []

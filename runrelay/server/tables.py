@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Dialect, Index, String, Text
+from sqlalchemy import JSON, BigInteger, Column, Dialect, Index, String, Text, inspect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -115,6 +116,23 @@ class Run(SQLModel, table=True):
     seq_reserved: int = 0
 
 
+# Reading and writing runs with Core statements on the hot path (no ORM unit of work): the
+# table's columns, and a `Run` built from the values a statement returned for them.
+RUN_COLUMNS = tuple(Run.__table__.c)  # type: ignore[attr-defined]  # SQLModel sets __table__
+_RUN_FIELDS = tuple(inspect(Run).get_property_by_column(c).key for c in RUN_COLUMNS)
+
+
+def run_of(values: Sequence[Any]) -> Run:
+    """A `Run` (detached) from the values of `RUN_COLUMNS`, in that order."""
+    return Run(**dict(zip(_RUN_FIELDS, values, strict=True)))
+
+
+def run_row(run: Run) -> dict[str, Any]:
+    """`run`'s values by column name, for a Core INSERT."""
+    pairs = zip(RUN_COLUMNS, _RUN_FIELDS, strict=True)
+    return {column.name: getattr(run, name) for column, name in pairs}
+
+
 class Thread(SQLModel, table=True):
     """A conversation of one tenant: the runs created with its `thread_id` share its history."""
 
@@ -141,15 +159,29 @@ class ThreadMessage(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class RunEvent(SQLModel, table=True):
-    """The archived event log of a finished run, replayed once the Redis stream is gone."""
+class RunLog(SQLModel, table=True):
+    """The archived event log of a finished run, replayed once the Redis stream is gone: one
+    row per run, written in the transaction that ends it. `events` holds one line per event,
+    `<seq> <event JSON>`, in seq order (the JSON has no raw newline: `encode` escapes them)."""
 
-    __tablename__ = "run_events"
+    __tablename__ = "run_logs"
 
     run_id: str = Field(primary_key=True, foreign_key="runs.id", max_length=40)
-    seq: int = Field(primary_key=True)
-    type: str = Field(max_length=40)
-    data: str = Field(sa_column=Column(Text, nullable=False))
+    events: str = Field(sa_column=Column(Text, nullable=False))
+
+    @staticmethod
+    def join(events: Iterable[tuple[int, str]]) -> str:
+        """`events` (seq, JSON) as the `events` column holds them."""
+        return "\n".join(f"{seq} {data}" for seq, data in sorted(events))
+
+    def after(self, seq: int) -> list[str]:
+        """The JSON of the events after `seq`, in order."""
+        found = []
+        for line in self.events.split("\n"):
+            number, _, data = line.partition(" ")
+            if int(number) > seq:
+                found.append(data)
+        return found
 
 
 class AgentRevision(SQLModel, table=True):

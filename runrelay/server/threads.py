@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from runrelay.agent._history import HistoryPolicy, fit_history
 from runrelay.server.errors import Conflict
-from runrelay.server.tables import Run, Thread, ThreadMessage, utcnow
+from runrelay.server.tables import Run, Thread, ThreadMessage, run_row, utcnow
 from runrelay.types import RunStatus
 
 Message = dict[str, Any]
@@ -106,19 +106,29 @@ class Threads:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def create_run(self, run: Run, *, reject_if_busy: bool = False) -> list[Run]:
+    def create_run(
+        self, run: Run, *, reject_if_busy: bool = False, new_thread: bool = False
+    ) -> list[Run]:
         """Insert `run` (and its thread, if new); returns the thread's runs that were active
         before it, oldest first. With `reject_if_busy`, raise `ThreadBusy` instead of creating
-        anything when there is one."""
+        anything when there is one. `new_thread`: the run's thread id was just made for it
+        (nobody else can know it), so it is inserted with the run, with nothing to wait for."""
         with Session(self.engine, expire_on_commit=False) as session:
             active: list[Run] = []
-            if run.thread_id is not None:
+            if new_thread and run.thread_id is not None:
+                now = utcnow()
+                session.execute(
+                    insert(Thread).values(
+                        tenant_id=run.tenant_id, id=run.thread_id, created_at=now, updated_at=now
+                    )
+                )
+            elif run.thread_id is not None:
                 _lock_thread(session, run.tenant_id, run.thread_id, touch=False)
                 active = _active(session, run.tenant_id, run.thread_id)
                 if active and reject_if_busy:
                     session.rollback()
                     raise ThreadBusy(run.thread_id, active[0])
-            session.add(run)
+            session.execute(insert(Run).values(run_row(run)))  # Core: no ORM unit of work
             session.commit()
         return active
 
