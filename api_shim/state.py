@@ -75,6 +75,8 @@ class ApiKeys:
         return await self._once(f"i:{key_id}", self._store.key_active, key_id)
 
     async def _once(self, name: str, read: Callable[[str], T], arg: str) -> T:
+        # Never joins a read that began before a revocation in this process.
+        name = f"{self._store.key_generation}:{name}"
         reading = self._reading.get(name)
         if reading is None:
             reading = asyncio.ensure_future(asyncio.to_thread(read, arg))

@@ -275,6 +275,11 @@ class Store:
         self._keys.remember_active(generation, key_id, active)
         return active
 
+    @property
+    def key_generation(self) -> int:
+        """Moves on at every `forget_key`: a read that began before it is stale."""
+        return self._keys.generation
+
     def forget_key(self, key_id: str) -> None:
         """Drop what this process cached about a key (it was just revoked here)."""
         self._keys.forget(key_id)
