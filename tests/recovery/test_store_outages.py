@@ -87,6 +87,44 @@ def test_redis_killed_and_restarted_empty_twice_mid_run_loses_nothing(
         assert worker.poll() is None, "the worker exited"
 
 
+def steps_run(deployment: Deployment, run_id: str) -> list[str]:
+    """The steps `record_step` really executed for `run_id`, in order (one per execution)."""
+    if not deployment.tool_log.exists():
+        return []
+    lines = (line.split(" ") for line in deployment.tool_log.read_text().splitlines())
+    return [step for rid, _call_id, step in lines if rid == run_id]
+
+
+def test_runs_resumed_after_redis_lost_their_data_call_no_finished_tool_again(
+    own_redis: tuple[RedisServer, Deployment],
+) -> None:
+    server, deployment = own_redis
+    worker = deployment.start_worker()
+    tenant = deployment.new_tenant()
+    with httpx.Client(base_url=deployment.base_url, headers=tenant.headers, timeout=30) as http:
+        run_ids = [http.post("/v1/runs", json=TOOLED).json()["id"] for _ in range(3)]
+        deadline = time.monotonic() + 60
+        while any(len(steps_run(deployment, r)) < 3 for r in run_ids):  # all tools ran
+            assert time.monotonic() < deadline, [steps_run(deployment, r) for r in run_ids]
+            time.sleep(0.05)
+        with ThreadPoolExecutor(1) as pool:
+            follower = pool.submit(follow, http, run_ids[0])
+            time.sleep(0.3)  # the final text streams
+            server.kill()
+            server.start()  # empty: logs, checkpoints, leases and queued tasks are gone
+            held_events = follower.result()
+
+        assert_one_sequence(held_events)
+        assert visible_output(held_events) == http.get(f"/v1/runs/{run_ids[0]}").json()["output"]
+        for run_id in run_ids:
+            events = follow(http, run_id)
+            assert_one_sequence(events)
+            assert events[-1]["status"] == "completed", events[-1]
+            assert http.get(f"/v1/runs/{run_id}").json()["attempts"] >= 2, "it was resumed"
+            assert sorted(steps_run(deployment, run_id)) == ["one", "three", "two"]
+        assert worker.poll() is None, "the worker exited"
+
+
 def test_a_body_trickled_slower_than_the_read_timeout_is_408(deployment: Deployment) -> None:
     tenant = deployment.new_tenant()
     with socket.create_connection(("127.0.0.1", deployment.port), timeout=60) as sock:
