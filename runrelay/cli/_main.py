@@ -237,6 +237,8 @@ def api(host: str, port: int, workers: int) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
+    from api_shim.serving import http_protocol
+
     uvicorn.run(
         "api_shim.asgi:app",
         host=host,
@@ -244,6 +246,7 @@ def api(host: str, port: int, workers: int) -> None:
         workers=workers,
         proxy_headers=True,
         log_level="info",
+        http=http_protocol(_settings().header_read_timeout_s),
     )
 
 

@@ -5,6 +5,7 @@ sequence, for a client reading from the start and for one that held a seq across
 
 from __future__ import annotations
 
+import http.client
 import shutil
 import socket
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.recovery.conftest import Deployment, deployed
+from tests.recovery.conftest import HEADER_READ_TIMEOUT_S, Deployment, deployed
 from tests.recovery.outage import (
     RedisServer,
     assert_one_sequence,
@@ -140,6 +141,61 @@ def test_a_body_trickled_slower_than_the_read_timeout_is_408(deployment: Deploym
             assert chunk, "connection closed without an answer"
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+@pytest.mark.parametrize("trickle", [True, False], ids=["trickled", "silent"])
+def test_headers_not_in_within_the_read_timeout_are_408_and_the_connection_closes(
+    deployment: Deployment, trickle: bool
+) -> None:
+    """Headers trickled one byte every 0.3 s, or a connection that sends nothing at all; for up
+    to 30 s (15 times the 2 s timeout)."""
+    answer, closed = b"", False
+    with socket.create_connection(("127.0.0.1", deployment.port), timeout=60) as sock:
+        if trickle:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.settimeout(0.3)
+        deadline = time.monotonic() + 30
+        while not answer and time.monotonic() < deadline:
+            try:
+                if trickle:
+                    sock.sendall(b"a")
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:  # closed while we were sending: read what it answered
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            answer = chunk
+        assert answer or closed, "the connection was still open after 30 s"
+        sock.settimeout(10)
+        while chunk := sock.recv(4096):  # then it closes the connection
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"code": "request_timeout"' in answer
+    assert b"RUNRELAY_HEADER_READ_TIMEOUT_S" in answer
+
+
+def test_keep_alive_connection_serves_requests_after_idling_longer_than_the_header_timeout(
+    deployment: Deployment,
+) -> None:
+    """Idle between requests is uvicorn's keep-alive timeout (5 s), not the header timeout."""
+    conn = http.client.HTTPConnection("127.0.0.1", deployment.port, timeout=30)
+    try:
+        statuses, sockets = [], []
+        for pause_s in (HEADER_READ_TIMEOUT_S + 1, 0):
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+            sockets.append(conn.sock)
+            time.sleep(pause_s)
+        assert statuses == [200, 200]
+        assert sockets[0] is sockets[1], "the same connection served both"
+    finally:
+        conn.close()
 
 
 @pytest.mark.skipif(shutil.which("initdb") is None, reason="needs PostgreSQL's initdb")
