@@ -33,6 +33,10 @@ class Checkpoint:
     next_seq: int
     state: LoopState
 
+    @property
+    def has_tool_results(self) -> bool:
+        return bool(self.state.records or self.state.finished)
+
     @classmethod
     def from_json(cls, raw: str | bytes) -> Checkpoint:
         data = json.loads(raw)
@@ -59,9 +63,7 @@ class Checkpoints:
         """Save `checkpoint`; `event` (seq, type, JSON) is appended in the same step. A
         `durable` one is then kept in the database too (after Redis, which checks the lease
         first; if the database stays away, the run is handed back and resumes from Redis)."""
-        body = json.dumps(
-            {"next_seq": checkpoint.next_seq, "state": checkpoint.state.to_dict()}, default=str
-        )
+        body = _encode(checkpoint)
         seq, type_, data = event if event is not None else ("", "", "")
         keys = [self.keys.events(run_id), self.keys.lease(run_id), self.keys.checkpoint(run_id)]
         try:
@@ -71,13 +73,18 @@ class Checkpoints:
                 raise LeaseLost(run_id) from exc
             raise
         if durable:
-            await retrying(
-                lambda: asyncio.to_thread(
-                    self.store.save_checkpoint, run_id, token, checkpoint.next_seq, body
-                ),
-                what=f"run {run_id}: keep checkpoint",
-                for_s=_DATABASE_RETRY_S,
-            )
+            await self._to_database(run_id, token, checkpoint.next_seq, body)
+
+    async def to_database(self, run_id: str, token: str, checkpoint: Checkpoint) -> None:
+        """Keep `checkpoint` in the database (a resumed run whose database copy may lag)."""
+        await self._to_database(run_id, token, checkpoint.next_seq, _encode(checkpoint))
+
+    async def _to_database(self, run_id: str, token: str, next_seq: int, body: str) -> None:
+        await retrying(
+            lambda: asyncio.to_thread(self.store.save_checkpoint, run_id, token, next_seq, body),
+            what=f"run {run_id}: keep checkpoint",
+            for_s=_DATABASE_RETRY_S,
+        )
 
     async def load(self, run_id: str) -> Checkpoint | None:
         """The run's checkpoint in Redis."""
@@ -99,3 +106,9 @@ class Checkpoints:
 
     async def delete(self, run_id: str) -> None:
         await self.redis.delete(self.keys.checkpoint(run_id))
+
+
+def _encode(checkpoint: Checkpoint) -> str:
+    return json.dumps(
+        {"next_seq": checkpoint.next_seq, "state": checkpoint.state.to_dict()}, default=str
+    )

@@ -332,6 +332,7 @@ class RunExecutor:
         if run.attempts <= 1 or (last == 0 and not lost):
             return None
         checkpoint = await self.checkpoints.load(run.id)
+        from_redis = checkpoint is not None
         paused = PausedCalls.of(run.required_action)
         if checkpoint is None:
             kept = [await self.checkpoints.kept(run.id)]
@@ -356,6 +357,10 @@ class RunExecutor:
                 "metadata",
                 {"superseded": {"from_seq": from_seq, "to_seq": last}, "attempt": run.attempts},
             )
+        if from_redis and checkpoint is not None and checkpoint.has_tool_results:
+            # The database's copy lags if keeping it failed (the database was down): catch up
+            # before Redis may lose this one.
+            await self.checkpoints.to_database(run.id, writer.lease.token, checkpoint)
         return checkpoint
 
     async def _outcome(

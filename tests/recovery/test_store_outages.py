@@ -104,6 +104,7 @@ def test_runs_resumed_after_redis_lost_their_data_call_no_finished_tool_again(
     tenant = deployment.new_tenant()
     with httpx.Client(base_url=deployment.base_url, headers=tenant.headers, timeout=30) as http:
         run_ids = [http.post("/v1/runs", json=TOOLED).json()["id"] for _ in range(3)]
+        toolless = http.post("/v1/runs", json=SLOW).json()["id"]
         deadline = time.monotonic() + 60
         while any(len(steps_run(deployment, r)) < 3 for r in run_ids):  # all tools ran
             assert time.monotonic() < deadline, [steps_run(deployment, r) for r in run_ids]
@@ -123,6 +124,10 @@ def test_runs_resumed_after_redis_lost_their_data_call_no_finished_tool_again(
             assert events[-1]["status"] == "completed", events[-1]
             assert http.get(f"/v1/runs/{run_id}").json()["attempts"] >= 2, "it was resumed"
             assert sorted(steps_run(deployment, run_id)) == ["one", "three", "two"]
+        assert follow(http, toolless)[-1]["status"] == "completed"
+        # Only tool results are kept in the database: a run without tools never writes there.
+        assert deployment.store.checkpoint(toolless) is None
+        assert all(deployment.store.checkpoint(r) is not None for r in run_ids)
         assert worker.poll() is None, "the worker exited"
 
 
