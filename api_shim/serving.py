@@ -4,8 +4,10 @@ uvicorn times out idle keep-alive connections and nothing else: a client that tr
 request headers one byte every few seconds holds a connection (and a file descriptor) for as
 long as it likes. `HeaderTimeoutProtocol` gives every request `header_read_timeout_s` from its
 first byte (a new connection: from its opening) to its last header line, then answers 408 and
-closes. Idle keep-alive stays uvicorn's `timeout_keep_alive`; slow bodies are
-`BodyLimitMiddleware`'s (`RUNRELAY_BODY_READ_TIMEOUT_S`).
+closes; a new connection that sent nothing at all by then is closed without an answer (a
+client's idle pooled connection must not read a 408 as the answer to its next request). Idle
+keep-alive stays uvicorn's `timeout_keep_alive`; slow bodies are `BodyLimitMiddleware`'s
+(`RUNRELAY_BODY_READ_TIMEOUT_S`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.header_read_timeout_s = header_read_timeout_s
         self._header_timer: asyncio.TimerHandle | None = None
+        self._reading_headers = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # (uvicorn's own signature narrows asyncio's BaseTransport the same way)
@@ -38,9 +41,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._reading_headers = True
         self._start_header_timer()
 
     def on_headers_complete(self) -> None:
+        self._reading_headers = False
         self._stop_header_timer()
         super().on_headers_complete()
 
@@ -64,7 +69,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             # stream): that response goes on, and the connection closes after it.
             self.cycle.keep_alive = False
             return
-        self.transport.write(_answer_408(self.header_read_timeout_s))
+        if self._reading_headers:
+            self.transport.write(_answer_408(self.header_read_timeout_s))
         self.transport.close()
 
 

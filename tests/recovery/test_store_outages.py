@@ -149,11 +149,11 @@ def test_a_body_trickled_slower_than_the_read_timeout_is_408(deployment: Deploym
 
 
 @pytest.mark.parametrize("trickle", [True, False], ids=["trickled", "silent"])
-def test_headers_not_in_within_the_read_timeout_are_408_and_the_connection_closes(
+def test_a_connection_whose_headers_are_not_in_within_the_read_timeout_is_closed(
     deployment: Deployment, trickle: bool
 ) -> None:
-    """Headers trickled one byte every 0.3 s, or a connection that sends nothing at all; for up
-    to 30 s (15 times the 2 s timeout)."""
+    """Headers trickled one byte every 0.3 s (408, then closed), or a connection that sends
+    nothing at all (closed); for up to 30 s (15 times the 2 s timeout)."""
     answer, closed = b"", False
     with socket.create_connection(("127.0.0.1", deployment.port), timeout=60) as sock:
         if trickle:
@@ -178,6 +178,9 @@ def test_headers_not_in_within_the_read_timeout_are_408_and_the_connection_close
         sock.settimeout(10)
         while chunk := sock.recv(4096):  # then it closes the connection
             answer += chunk
+    if not trickle:  # nothing asked, nothing answered: an idle client reads no stray 408
+        assert answer == b""
+        return
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b'"code": "request_timeout"' in answer
     assert b"RUNRELAY_HEADER_READ_TIMEOUT_S" in answer
