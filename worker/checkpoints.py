@@ -1,10 +1,15 @@
-"""Run checkpoints in Redis: the loop's state and the seq the run continues at, saved under the
+"""Run checkpoints: the loop's state and the seq the run continues at, saved in Redis under the
 run's lease after each model response and each tool result (with that result's event, in one
 atomic step), and read back when a run is resumed on another worker.
+
+A checkpoint after a tool result is also kept in the database (one statement, under the same
+lease), so a run resumed after Redis lost its data calls no finished tool again. Runs that call
+no tool never write there. Reading prefers Redis; the database is the fallback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +21,11 @@ from runrelay.agent._loop import LoopState
 from runrelay.server import lua
 from runrelay.server.eventlog import LeaseLost
 from runrelay.server.keys import RedisKeys
+from runrelay.server.outages import retrying
+from runrelay.server.store import Store
+
+# How long keeping a checkpoint in the database waits for it before the run is handed back.
+_DATABASE_RETRY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -23,12 +33,22 @@ class Checkpoint:
     next_seq: int
     state: LoopState
 
+    @property
+    def has_tool_results(self) -> bool:
+        return bool(self.state.records or self.state.finished)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Checkpoint:
+        data = json.loads(raw)
+        return cls(next_seq=data["next_seq"], state=LoopState.from_dict(data["state"]))
+
 
 class Checkpoints:
-    def __init__(self, redis: Redis, keys: RedisKeys, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, ttl_s: int, store: Store) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s
+        self.store = store
         self._save = lua.script(redis, "save_checkpoint")
 
     async def save(
@@ -37,11 +57,13 @@ class Checkpoints:
         token: str,
         checkpoint: Checkpoint,
         event: tuple[int, str, str] | None = None,
+        *,
+        durable: bool = False,
     ) -> None:
-        """Save `checkpoint`; `event` (seq, type, JSON) is appended in the same step."""
-        body = json.dumps(
-            {"next_seq": checkpoint.next_seq, "state": checkpoint.state.to_dict()}, default=str
-        )
+        """Save `checkpoint`; `event` (seq, type, JSON) is appended in the same step. A
+        `durable` one is then kept in the database too (after Redis, which checks the lease
+        first; if the database stays away, the run is handed back and resumes from Redis)."""
+        body = _encode(checkpoint)
         seq, type_, data = event if event is not None else ("", "", "")
         keys = [self.keys.events(run_id), self.keys.lease(run_id), self.keys.checkpoint(run_id)]
         try:
@@ -50,13 +72,29 @@ class Checkpoints:
             if "LEASE_LOST" in str(exc):
                 raise LeaseLost(run_id) from exc
             raise
+        if durable:
+            await self._to_database(run_id, token, checkpoint.next_seq, body)
+
+    async def to_database(self, run_id: str, token: str, checkpoint: Checkpoint) -> None:
+        """Keep `checkpoint` in the database (a resumed run whose database copy may lag)."""
+        await self._to_database(run_id, token, checkpoint.next_seq, _encode(checkpoint))
+
+    async def _to_database(self, run_id: str, token: str, next_seq: int, body: str) -> None:
+        await retrying(
+            lambda: asyncio.to_thread(self.store.save_checkpoint, run_id, token, next_seq, body),
+            what=f"run {run_id}: keep checkpoint",
+            for_s=_DATABASE_RETRY_S,
+        )
 
     async def load(self, run_id: str) -> Checkpoint | None:
+        """The run's checkpoint in Redis."""
         raw: Any = await self.redis.get(self.keys.checkpoint(run_id))
-        if raw is None:
-            return None
-        data = json.loads(raw)
-        return Checkpoint(next_seq=data["next_seq"], state=LoopState.from_dict(data["state"]))
+        return None if raw is None else Checkpoint.from_json(raw)
+
+    async def kept(self, run_id: str) -> Checkpoint | None:
+        """The run's last checkpoint kept in the database (the last after a tool result)."""
+        raw = await asyncio.to_thread(self.store.checkpoint, run_id)
+        return None if raw is None else Checkpoint.from_json(raw)
 
     async def keep(self, run_id: str) -> None:
         """A run paused for approval may wait longer than the TTLs: its checkpoint and its event
@@ -68,3 +106,9 @@ class Checkpoints:
 
     async def delete(self, run_id: str) -> None:
         await self.redis.delete(self.keys.checkpoint(run_id))
+
+
+def _encode(checkpoint: Checkpoint) -> str:
+    return json.dumps(
+        {"next_seq": checkpoint.next_seq, "state": checkpoint.state.to_dict()}, default=str
+    )

@@ -272,7 +272,7 @@ class RunExecutor:
                     "attempt": run.attempts,
                 },
             )
-        checkpoint = await self._resume_point(run, writer, last)
+        checkpoint = await self._resume_point(run, writer, last, lost)
         outcome = await self._outcome(run, writer, checkpoint, control)
         if isinstance(outcome, AttemptEnd):  # stopped: handed back, or the lease was lost
             return Attempt(outcome)
@@ -322,20 +322,32 @@ class RunExecutor:
         await self.controls.forget(run.id)
         return Attempt(AttemptEnd.ENDED)
 
-    async def _resume_point(self, run: Run, writer: RunWriter, last: int) -> Checkpoint | None:
+    async def _resume_point(
+        self, run: Run, writer: RunWriter, last: int, lost: bool
+    ) -> Checkpoint | None:
         """The checkpoint to continue from, having marked what came after it superseded, with
-        the approval decisions taken while the run was paused."""
-        if run.attempts <= 1 or last == 0:
+        the approval decisions taken while the run was paused. Redis's if it has one, else the
+        newest the database kept (after a tool result, or at the pause): with Redis emptied,
+        (`lost`: the whole lost log is already marked superseded) no finished tool runs again."""
+        if run.attempts <= 1 or (last == 0 and not lost):
             return None
         checkpoint = await self.checkpoints.load(run.id)
+        from_redis = checkpoint is not None
         paused = PausedCalls.of(run.required_action)
-        if checkpoint is None and paused is not None:  # paused, and Redis lost it meanwhile
-            saved = paused.checkpoint
-            checkpoint = Checkpoint(saved.next_seq, LoopState.from_dict(saved.state))
+        if checkpoint is None:
+            kept = [await self.checkpoints.kept(run.id)]
+            if paused is not None:
+                saved = paused.checkpoint
+                kept.append(Checkpoint(saved.next_seq, LoopState.from_dict(saved.state)))
+            checkpoint = max(
+                (c for c in kept if c is not None), key=lambda c: c.next_seq, default=None
+            )
         if checkpoint is not None:
             checkpoint.state.approvals.update(decisions(paused))
             # The budget counts tokens of every attempt, not only this one's.
             self.slots.carry(run.id, checkpoint.state.usage.total_tokens)
+        if lost:
+            return checkpoint
         if checkpoint is not None and checkpoint.next_seq > last + 1:
             log.warning("run %s: checkpoint is ahead of the log; starting over", run.id)
             checkpoint = None
@@ -345,6 +357,10 @@ class RunExecutor:
                 "metadata",
                 {"superseded": {"from_seq": from_seq, "to_seq": last}, "attempt": run.attempts},
             )
+        if from_redis and checkpoint is not None and checkpoint.has_tool_results:
+            # The database's copy lags if keeping it failed (the database was down): catch up
+            # before Redis may lose this one.
+            await self.checkpoints.to_database(run.id, writer.lease.token, checkpoint)
         return checkpoint
 
     async def _outcome(

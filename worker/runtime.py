@@ -99,7 +99,7 @@ class AsyncRuntime:
             store=self._store,
             lifecycle=self.lifecycle,
             events=events,
-            checkpoints=Checkpoints(self._redis, keys, settings.events_ttl_s),
+            checkpoints=Checkpoints(self._redis, keys, settings.events_ttl_s, self._store),
             leases=Leases(self._redis, keys, settings.run_lease_ttl_s),
             controls=self.controls,
             requeuer=requeuer,

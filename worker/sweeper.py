@@ -29,6 +29,7 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from kombu.exceptions import OperationalError as BrokerError  # enqueueing while Redis is down
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
@@ -97,7 +98,7 @@ class Sweeper:
             while True:
                 try:
                     await self.sweep()
-                except (RedisError, SQLAlchemyError, OSError) as exc:
+                except (RedisError, SQLAlchemyError, OSError, BrokerError) as exc:
                     log.warning(
                         "sweep failed (%s: %s); next one in %g s",
                         type(exc).__name__,

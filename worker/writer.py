@@ -98,8 +98,10 @@ class RunWriter:
                 await self._cover(seq)
                 appended = (seq, event[0], encode(make_event(self.run_id, seq, *event)))
                 seq += 1
+            # A tool's result is the one thing a resumed run must not redo: it outlives Redis.
+            durable = event is not None and event[0] == "tool_call_result"
             await self.checkpoints.save(
-                self.run_id, self.lease.token, Checkpoint(seq, state), appended
+                self.run_id, self.lease.token, Checkpoint(seq, state), appended, durable=durable
             )
             self.next_seq = seq
 

@@ -147,6 +147,7 @@ def _serve(
     settings: Settings, host: str, port: int, key: str, data_dir: Path, embedded: bool, demo: bool
 ) -> None:
     from api_shim.app import create_app
+    from api_shim.serving import http_protocol
 
     base_url = f"http://{host}:{port}"
     click.secho(f"runrelay dev on {base_url}  (docs: {base_url}/docs)", bold=True)
@@ -161,7 +162,13 @@ def _serve(
         f'-d \'{{"agent": "{DEMO_AGENT}", "message": "hello"}}\' {base_url}/v1/runs/stream'
     )
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="warning",
+            http=http_protocol(settings.header_read_timeout_s),
+        )
     )
     if demo:
         threading.Thread(target=_demo, args=(base_url, key), daemon=True).start()

@@ -253,6 +253,8 @@ def api(
     """Serve the HTTP API."""
     import uvicorn
 
+    from api_shim.serving import http_protocol
+
     uvicorn.run(
         "api_shim.asgi:app",
         host=host,
@@ -262,6 +264,7 @@ def api(
         limit_concurrency=limit_concurrency,
         proxy_headers=True,
         log_level="info",
+        http=http_protocol(_settings().header_read_timeout_s),
     )
 
 

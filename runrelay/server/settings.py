@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 10 * 1024 * 1024
     # A request body not received in full within this is answered 408 (slow or stalled client).
     body_read_timeout_s: float = Field(30.0, gt=0)
+    # Request headers not received in full within this (from a request's first byte, or from
+    # the connection's opening) are answered 408 and the connection closed (api_shim/serving.py).
+    header_read_timeout_s: float = Field(10.0, gt=0)
     sse_ping_s: float = 15.0
     # FastAPI's OpenTelemetry spans and metrics per request, for a process with an OTel SDK
     # configured. Off by default: even with no SDK, FastAPI asks three OTel providers on every

@@ -18,13 +18,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, event, text, update
+from sqlalchemy import Engine, bindparam, event, literal, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
 
 from runrelay.server.errors import Conflict
 from runrelay.server.settings import Settings
-from runrelay.server.tables import RUN_COLUMNS, ApiKey, Run, RunLog, Tenant, as_utc, run_of, utcnow
+from runrelay.server.tables import (
+    RUN_COLUMNS,
+    ApiKey,
+    Run,
+    RunCheckpoint,
+    RunLog,
+    Tenant,
+    as_utc,
+    run_of,
+    utcnow,
+)
 from runrelay.types import RunStatus
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -366,6 +378,28 @@ class Store:
         with Session(self.engine) as session:
             session.exec(stmt)
             session.commit()
+
+    def save_checkpoint(self, run_id: str, lease_token: str, next_seq: int, data: str) -> None:
+        """Keep the run's checkpoint `data` (JSON), in one statement and only while the run is
+        still started under `lease_token` (a worker that lost the run writes nothing)."""
+        dialect = self.engine.dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        fenced = select(col(Run.id), literal(next_seq), literal(data)).where(
+            col(Run.id) == run_id, col(Run.lease_token) == lease_token
+        )
+        stmt = insert(RunCheckpoint).from_select(["run_id", "next_seq", "data"], fenced)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id"],
+            set_={"next_seq": stmt.excluded.next_seq, "data": stmt.excluded.data},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def checkpoint(self, run_id: str) -> str | None:
+        """The run's last checkpoint kept in the database (JSON), if any."""
+        query = select(RunCheckpoint.data).where(RunCheckpoint.run_id == run_id)
+        with Session(self.engine) as session:
+            return session.exec(query).first()
 
     def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
         with Session(self.engine) as session:

@@ -133,6 +133,18 @@ def run_row(run: Run) -> dict[str, Any]:
     return {column.name: getattr(run, name) for column, name in pairs}
 
 
+class RunCheckpoint(SQLModel, table=True):
+    """A running run's last checkpoint after a tool result, the same JSON the worker keeps in
+    Redis: a run resumed after Redis lost its data goes on from here and calls no finished tool
+    again. Written under the run's lease (one statement per tool result), read only on resume."""
+
+    __tablename__ = "run_checkpoints"
+
+    run_id: str = Field(primary_key=True, foreign_key="runs.id", max_length=40)
+    next_seq: int
+    data: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class Thread(SQLModel, table=True):
     """A conversation of one tenant: the runs created with its `thread_id` share its history."""
 

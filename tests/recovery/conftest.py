@@ -38,6 +38,7 @@ GRACE_S = 1.5
 MAX_RUN_TIMEOUT_S = 600
 START_TIMEOUT_S = 60.0
 BODY_READ_TIMEOUT_S = 2.0
+HEADER_READ_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -163,6 +164,7 @@ def deployed(
         "RUNRELAY_MAX_RUN_TIMEOUT_S": str(MAX_RUN_TIMEOUT_S),
         "RUNRELAY_HUB_BLOCK_MS": "1000",
         "RUNRELAY_BODY_READ_TIMEOUT_S": str(BODY_READ_TIMEOUT_S),
+        "RUNRELAY_HEADER_READ_TIMEOUT_S": str(HEADER_READ_TIMEOUT_S),
         LOG_ENV: str(tmp / "tool-executions.log"),
         **env_extra,
     }

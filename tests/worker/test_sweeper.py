@@ -4,9 +4,11 @@ and that only one sweeper (the lock holder) acts at a time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from datetime import timedelta
 
+from kombu.exceptions import OperationalError as BrokerError
 from redis.asyncio import Redis
 
 from runrelay.server.keys import RedisKeys
@@ -194,3 +196,53 @@ def test_sweep_leaves_parked_runs_alone_and_hands_on_a_thread_whose_holder_finis
     assert not set(requeued) & {orphaned.id, waiting.id}, "parked runs are not sent again"
     assert owners == [orphaned.id.encode(), live_holder.id.encode()]
     assert pending == [orphaned.id.encode()], "queued to start at the tenant's next free slot"
+
+
+def test_sweeper_survives_a_broker_that_refuses_a_requeue_and_sends_it_next_sweep(
+    settings: Settings, store: Store
+) -> None:
+    """Enqueueing while Redis is down raises kombu's OperationalError: the sweep fails, the
+    sweeper goes on (it used to end, leaving runs without a lease `running` for good)."""
+    local = settings.model_copy(
+        update={
+            "redis_prefix": f"{settings.redis_prefix}sw{secrets.token_hex(3)}:",
+            "sweep_interval_s": 0.1,
+        }
+    )
+    orphan = make_run(store, "running")
+    sent: list[str] = []
+
+    def send(run_id: str) -> None:
+        if not sent:
+            sent.append("refused")
+            raise BrokerError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        sent.append(run_id)
+
+    async def scenario() -> bool:
+        redis = Redis.from_url(local.redis_url)
+        keys = RedisKeys(local.redis_prefix)
+        sweeper = Sweeper(
+            local,
+            store,
+            redis,
+            keys,
+            Requeuer(redis, keys, 0.2, send),
+            Lifecycle.build(local, store, redis),
+        )
+        task = asyncio.create_task(sweeper.run_forever())
+        try:
+            for _ in range(300):  # up to ~30 s on a loaded machine
+                if orphan.id in sent or task.done():
+                    break
+                await asyncio.sleep(0.1)
+            return task.done()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await redis.aclose()
+
+    ended = asyncio.run(scenario())
+
+    assert not ended, "the sweeper ended"
+    assert sent[0] == "refused" and orphan.id in sent
