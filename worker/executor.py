@@ -312,6 +312,7 @@ class RunExecutor:
                 duration_ms=duration_ms,
                 used_tokens=slot.used_tokens,
                 token_period=slot.period or "-",
+                next_seq=writer.next_seq,
             ),
             what=f"run {run.id}: finish",
             for_s=_FINISH_RETRY_S,

@@ -589,16 +589,20 @@ class Lifecycle:
         used_tokens: int = 0,
         usage: dict[str, Any] | None = None,
         token_period: str | None = None,
+        next_seq: int = 0,
     ) -> bool:
         """End the run as `outcome` says, if `ending` holds; whether it did. `token_period`:
-        the budget period its tokens were reserved in ("-" for none), if the caller knows it.
+        the budget period its tokens were reserved in ("-" for none), if the caller knows it;
+        `next_seq`: the seq after the last one its writer appended (the worker's).
 
         In this order, which is what clients and the other runs rely on: the outcome and the
         archived log (with `done`) in one transaction, so a client that sees `done` finds the
         run ended in the database; then `done` in the stream; then the tenant's slot and token
         reservation (settled at `used_tokens`); then the thread (its next run may start)."""
         history = await self.events.read(run.id)
-        seq = (history[-1].seq if history else 0) + 1
+        # Above the writer's last seq too: if Redis lost the log meanwhile, `done` must still
+        # come after every seq a client may hold.
+        seq = max((history[-1].seq if history else 0) + 1, next_seq)
         done = make_event(
             run.id, seq, "done", outcome.done_data(duration_ms=duration_ms, usage=usage)
         )
@@ -632,7 +636,10 @@ class Lifecycle:
                 seq,
                 "done",
                 encode(done),
-                token=ending.lease_token or "",
+                # Not fenced by the Redis lease: the database's conditional UPDATE already was
+                # (a worker's lease token, or the expected status), and the lease key is gone if
+                # Redis lost its data, which must not keep `done` from live clients.
+                token="",
                 ttl_s=self.settings.events_ttl_after_done_s,
             )
         except (LeaseLost, RedisError) as exc:  # the archive has `done`; replay falls back to it
