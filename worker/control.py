@@ -10,6 +10,7 @@ running the agent loop, with the reason recorded on the run's `RunControl`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from enum import Enum
@@ -53,6 +54,7 @@ class RunControls:
         self._runs: dict[str, RunControl] = {}
         # Set on graceful shutdown: runs that arrive from now on are handed back at once.
         self.draining = False
+        self._stop_watching = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -84,10 +86,15 @@ class RunControls:
             control.stop(StopReason.HAND_BACK)
         return len(self._runs)
 
+    def stop_watching(self) -> None:
+        """End `watch_cancels` at its next tick (a flag, not a cancel around a Redis call)."""
+        self._stop_watching.set()
+
     async def watch_cancels(self) -> None:
-        """Forever: stop the held runs whose cancel flag is set."""
-        while True:
-            await asyncio.sleep(self.poll_s)
+        """Until `stop_watching`: stop the held runs whose cancel flag is set."""
+        while not self._stop_watching.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_watching.wait(), self.poll_s)
             controls = list(self._runs.values())
             if not controls:
                 continue

@@ -5,14 +5,14 @@ background thread; task threads (threads pool) hand their run to it with
 `run_coroutine_threadsafe` and wait. Hundreds of runs share the loop, one Redis pool and one
 HTTP client pool.
 
-The runtime also runs the process's background tasks: the cancel watch (worker/control.py) and
-the sweeper (worker/sweeper.py).
+The runtime also runs the process's background tasks: the renewer of every lease and slot the
+process holds (worker/renewals.py), the cancel watch (worker/control.py) and the sweeper
+(worker/sweeper.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -35,6 +35,7 @@ from worker.checkpoints import Checkpoints
 from worker.control import RunControls
 from worker.executor import RunExecutor
 from worker.lease import Leases
+from worker.renewals import Renewals
 from worker.slots import Slots
 from worker.sweeper import Requeuer, Sweeper
 
@@ -80,7 +81,13 @@ class AsyncRuntime:
         self.controls = RunControls(self._redis, keys, settings.cancel_poll_s)
         requeuer = Requeuer(self._redis, keys, settings.run_lease_ttl_s, self._send)
         events = EventLog(self._redis, keys, settings.events_ttl_s)
-        slots = Slots(self._redis, keys, settings)
+        self.renewals = Renewals(
+            self._redis,
+            keys,
+            lease_ttl_s=settings.run_lease_ttl_s,
+            slot_ttl_s=settings.quota_slot_ttl_s,
+        )
+        slots = Slots(self._redis, keys, settings, self.renewals)
         self.lifecycle = Lifecycle(
             settings,
             self._store.engine,
@@ -89,6 +96,7 @@ class AsyncRuntime:
             ThreadGate(slots.quotas, self._store),
             (*standard_listeners(self._redis, keys, self._send_delivery), *self._listeners),
         )
+        self._background.append(asyncio.create_task(self.renewals.run_forever()))
         self._background.append(asyncio.create_task(self.controls.watch_cancels()))
         if settings.sweeper_enabled:
             sweeper = Sweeper(settings, self._store, self._redis, keys, requeuer, self.lifecycle)
@@ -107,6 +115,7 @@ class AsyncRuntime:
             http=self._http,
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
             slots=slots,
+            renewals=self.renewals,
         )
 
     def begin_shutdown(self) -> None:
@@ -135,10 +144,14 @@ class AsyncRuntime:
 
     def close(self) -> None:
         async def _close() -> None:
-            for task in self._background:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # The renewer and the cancel watch end on a flag (a cancel around a Redis call can
+            # be swallowed); the sweeper was cancelled at `begin_shutdown`, or is now.
+            self.renewals.stop()
+            self.controls.stop_watching()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            if self._background:
+                await asyncio.wait(self._background, timeout=_CLOSE_TIMEOUT_S / 4)
             # Runs still on the loop (none after a graceful hand-back): cancel them, so that
             # the task threads waiting on them return instead of blocking the process's exit.
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
