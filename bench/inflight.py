@@ -14,11 +14,12 @@ that process). Then, from the database and the worker's log: median run duration
 finished_at), failures, redelivered runs (`attempts` > 1: a lease lapsed and the sweeper sent
 the run again, or its task was delivered twice), refused lease renewals.
 
-SIGTERM phase: `--sigterm-runs` more runs are queued; once they are all running the worker gets
-SIGTERM, with `RUNRELAY_SHUTDOWN_GRACE_S` = `--grace` (2 s: shorter than a run, so the hand-back
-path runs for every one of them). Reported: SIGTERM-to-exit time (it must stay within the grace
-period plus the hand-back, well under the 15 s exit watchdog), then a second worker finishes the
-handed-back runs, and all of them must complete.
+Then the (idle) worker gets SIGTERM. SIGTERM phase: with no worker up, `--sigterm-runs` more runs
+are queued; a second worker takes them all and, once they all run, gets SIGTERM, with
+`RUNRELAY_SHUTDOWN_GRACE_S` = `--grace` (2 s: shorter than a run, so every one of them takes the
+hand-back path). Reported: SIGTERM-to-exit time (grace + hand-back; the exit watchdog fires 15 s
+after the hand-back if the process is still up), then a third worker resumes the handed-back
+runs, and all of them must complete.
 
 Machine caveat: figures are from whatever machine runs it (the JSON records nproc, load average
 and the CPU model). On the 2-core development machine, shared with other engineers' benches, one
@@ -166,7 +167,7 @@ def log_counts(stack: Stack, name: str) -> dict[str, int]:
     text_ = stack.log(name).read_text(errors="replace")
     patterns = {"lease_renewals_refused": r"lease renewal refused",
                 "renewal_redis_errors": r"renewals: Redis error",
-                "sweeper_requeues": r"sweeper.*(enqueu|requeu)",
+                "sweeper_requeues": r"enqueued again",
                 "no_connection_available": r"No connection available",
                 "handed_back": r"handed back, to be resumed",
                 "exit_watchdog": r"still not stopped"}
@@ -178,29 +179,34 @@ def spawn_worker(stack: Stack, name: str, concurrency: int) -> None:
                 "--hostname", f"{name}-{stack.prefix.strip(':')}@%h")
 
 
-def sigterm_phase(stack: Stack, engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
-    """Queue more runs, SIGTERM the worker once they run, time its exit; a second worker then
-    finishes the runs it handed back."""
-    ids = asyncio.run(post_runs(stack, args.sigterm_runs))
-    watch = Watch(stack, engine)
-    watch.until("worker", ids, lambda c: c.get("running", 0) >= len(ids), args.timeout)
-    proc = stack.procs["worker"]
+def stop_worker(stack: Stack, name: str, timeout_s: float) -> float | None:
+    """SIGTERM the worker; seconds until it exited (None: still up after `timeout_s`, killed)."""
+    proc = stack.procs.pop(name)  # an exited worker is not a failure of the stack
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=args.grace + 60)
-        exit_s: float | None = time.monotonic() - sent
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        exit_s = None
-    del stack.procs["worker"]  # exited (or to be killed below); not a failure of the stack
-    if exit_s is None:
         proc.kill()
+        proc.wait()
+        return None
+    return time.monotonic() - sent
+
+
+def sigterm_phase(stack: Stack, engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
+    """With no worker up, queue more runs; a fresh worker takes them all; once they all run it
+    gets SIGTERM (time to exit measured); a third worker finishes the runs it handed back."""
+    ids = asyncio.run(post_runs(stack, args.sigterm_runs))
+    watch = Watch(stack, engine)
     spawn_worker(stack, "worker2", args.concurrency)
-    watch.until("worker2", ids, _ended(len(ids)), args.timeout)
+    watch.until("worker2", ids, lambda c: c.get("running", 0) >= len(ids), args.timeout)
+    exit_s = stop_worker(stack, "worker2", args.grace + 60)
+    spawn_worker(stack, "worker3", args.concurrency)
+    watch.until("worker3", ids, _ended(len(ids)), args.timeout)
     return {"runs": len(ids), "grace_s": args.grace, "sigterm_to_exit_s": exit_s,
             "outcomes": outcomes(stack, engine, ids),
-            "first_worker_log": log_counts(stack, "worker"),
-            "second_worker_log": log_counts(stack, "worker2")}
+            "stopped_worker_log": log_counts(stack, "worker2"),
+            "third_worker_log": log_counts(stack, "worker3")}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -221,11 +227,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             spawn_worker(stack, "worker", args.concurrency)
             watch.until("worker", ids, _ended(len(ids)), args.timeout)
             report["all_ended_s"] = round(time.monotonic() - t0, 1)
+            idle_exit_s = stop_worker(stack, "worker", args.grace + 60)
             report["in_flight"] = {
                 "max_in_flight": watch.max_in_flight, "peak_worker_rss_mb": round(
                     watch.peak_rss_mb, 1),
                 "peak_worker_redis_connections": watch.peak_redis_connections,
-                **outcomes(stack, engine, ids), "worker_log": log_counts(stack, "worker")}
+                **outcomes(stack, engine, ids), "worker_log": log_counts(stack, "worker"),
+                "idle_sigterm_to_exit_s": idle_exit_s}
             if args.sigterm_runs:
                 report["sigterm"] = sigterm_phase(stack, engine, args)
         finally:
@@ -252,18 +260,21 @@ def print_table(report: dict[str, Any]) -> None:
             ("p90 run duration s", flight["duration_s"]["p90"]),
             ("failures", f"{flight['failures']} {flight['failures_by_code'] or ''}"),
             ("redelivered runs (attempts > 1)", flight["redelivered_runs"]),
+            ("sweeper re-enqueues", flight["worker_log"]["sweeper_requeues"]),
             ("lease renewals refused", flight["worker_log"]["lease_renewals_refused"]),
             ("'No connection available'", flight["worker_log"]["no_connection_available"]),
             ("peak worker RSS MB", flight["peak_worker_rss_mb"]),
             ("peak worker Redis connections", flight["peak_worker_redis_connections"]),
-            ("queue → all ended s", report["all_ended_s"])]
+            ("worker start → all ended s", report["all_ended_s"]),
+            ("SIGTERM → exit s (idle worker)", flight["idle_sigterm_to_exit_s"])]
     if "sigterm" in report:
         term = report["sigterm"]
         rows += [(f"SIGTERM → exit s ({term['runs']} running, grace {term['grace_s']:g} s)",
                   term["sigterm_to_exit_s"]),
-                 ("handed back, then completed by worker2",
-                  f"{term['first_worker_log']['handed_back']}, "
-                  f"{term['outcomes']['completed']}/{term['runs']}")]
+                 ("handed back, then completed by another worker",
+                  f"{term['stopped_worker_log']['handed_back']}, "
+                  f"{term['outcomes']['completed']}/{term['runs']}"),
+                 ("exit watchdog fired", term["stopped_worker_log"]["exit_watchdog"])]
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
