@@ -199,11 +199,23 @@ def sigterm_phase(stack: Stack, engine: Engine, args: argparse.Namespace) -> dic
     ids = asyncio.run(post_runs(stack, args.sigterm_runs))
     watch = Watch(stack, engine)
     spawn_worker(stack, "worker2", args.concurrency)
-    watch.until("worker2", ids, lambda c: c.get("running", 0) >= len(ids), args.timeout)
+    peak = 0
+
+    def at_peak(counts: dict[str, int]) -> bool:
+        """All started, or fewer running than at the last sample: as many as it will hold."""
+        nonlocal peak
+        running = counts.get("running", 0)
+        started = len(ids) - counts.get("queued", 0)
+        past = running < peak
+        peak = max(peak, running)
+        return started >= len(ids) or (past and peak > 0)
+
+    at_sigterm = watch.until("worker2", ids, at_peak, args.timeout)
     exit_s = stop_worker(stack, "worker2", args.grace + 60)
     spawn_worker(stack, "worker3", args.concurrency)
     watch.until("worker3", ids, _ended(len(ids)), args.timeout)
-    return {"runs": len(ids), "grace_s": args.grace, "sigterm_to_exit_s": exit_s,
+    return {"runs": len(ids), "running_at_sigterm": at_sigterm.get("running", 0),
+            "grace_s": args.grace, "sigterm_to_exit_s": exit_s,
             "outcomes": outcomes(stack, engine, ids),
             "stopped_worker_log": log_counts(stack, "worker2"),
             "third_worker_log": log_counts(stack, "worker3")}
@@ -234,8 +246,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "peak_worker_redis_connections": watch.peak_redis_connections,
                 **outcomes(stack, engine, ids), "worker_log": log_counts(stack, "worker"),
                 "idle_sigterm_to_exit_s": idle_exit_s}
+            print_table(report)
             if args.sigterm_runs:
-                report["sigterm"] = sigterm_phase(stack, engine, args)
+                try:
+                    report["sigterm"] = sigterm_phase(stack, engine, args)
+                except BenchError as exc:
+                    report["sigterm_error"] = str(exc)
         finally:
             engine.dispose()
         stack.stop_processes()
@@ -247,6 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"inflight-{started_at:%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print()
     print_table(report)
     print(f"\nJSON: {path}")
     return report
@@ -254,7 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     flight = report["in_flight"]
-    rows = [("runs (one worker)", report["settings"]["runs"]),
+    rows = [("runs (one worker)", flight["runs"]),
             ("max in flight", flight["max_in_flight"]),
             ("median run duration s (5 s of work)", flight["duration_s"]["p50"]),
             ("p90 run duration s", flight["duration_s"]["p90"]),
@@ -267,9 +284,12 @@ def print_table(report: dict[str, Any]) -> None:
             ("peak worker Redis connections", flight["peak_worker_redis_connections"]),
             ("worker start → all ended s", report["all_ended_s"]),
             ("SIGTERM → exit s (idle worker)", flight["idle_sigterm_to_exit_s"])]
+    if "sigterm_error" in report:
+        rows.append(("SIGTERM phase failed", report["sigterm_error"]))
     if "sigterm" in report:
         term = report["sigterm"]
-        rows += [(f"SIGTERM → exit s ({term['runs']} running, grace {term['grace_s']:g} s)",
+        rows += [(f"SIGTERM → exit s ({term['running_at_sigterm']} running, "
+                  f"grace {term['grace_s']:g} s)",
                   term["sigterm_to_exit_s"]),
                  ("handed back, then completed by another worker",
                   f"{term['stopped_worker_log']['handed_back']}, "
