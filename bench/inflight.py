@@ -257,7 +257,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.stop_processes()
         report["logs"] = log_findings(stack)
         report["cleanup"] = stack.delete_data()
-        report["log_dir"] = str(stack.tmp) if args.keep_logs else None
+        flight = report["in_flight"]
+        stack.keep_tmp = bool(flight["failures"] or flight["redelivered_runs"]
+                              or flight["worker_log"]["lease_renewals_refused"])
+        report["log_dir"] = str(stack.tmp) if args.keep_logs or stack.keep_tmp else None
     report["settings"] = {"runs": args.runs, "concurrency": args.concurrency, "agent": AGENT,
                           "sigterm_runs": args.sigterm_runs, "grace_s": args.grace}
     args.results_dir.mkdir(parents=True, exist_ok=True)

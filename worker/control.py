@@ -2,9 +2,10 @@
 
 Both are cooperative. A cancel request is a Redis flag (set by the shim's cancel endpoint);
 one task per process checks the flags of all the runs it holds every `cancel_poll_s`, with one
-pipelined round trip, and stops the flagged ones. A hand-back (graceful shutdown) stops every
-run the process holds so that another worker resumes it. Stopping cancels the asyncio task
-running the agent loop, with the reason recorded on the run's `RunControl`.
+Lua call on the process's timer connection (`cancel_flags.lua`), and stops the flagged ones. A
+hand-back (graceful shutdown) stops every run the process holds so that another worker resumes
+it. Stopping cancels the asyncio task running the agent loop, with the reason recorded on the
+run's `RunControl`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from runrelay.server import lua
 from runrelay.server.keys import RedisKeys
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,12 @@ class RunControl:
 
 
 class RunControls:
-    def __init__(self, redis: Redis, keys: RedisKeys, poll_s: float) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, poll_s: float, timers: Redis) -> None:
+        """`timers`: the process's own connection for its per-tick calls (worker/runtime.py)."""
         self.redis = redis
         self.keys = keys
         self.poll_s = poll_s
+        self._flags = lua.script(timers, "cancel_flags")
         self._runs: dict[str, RunControl] = {}
         # Set on graceful shutdown: runs that arrive from now on are handed back at once.
         self.draining = False
@@ -98,14 +102,11 @@ class RunControls:
             controls = list(self._runs.values())
             if not controls:
                 continue
+            keys = [self.keys.cancel(control.run_id) for control in controls]
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for control in controls:
-                        pipe.exists(self.keys.cancel(control.run_id))
-                    flags = await pipe.execute()
+                flagged: list[int] = await self._flags(keys=keys)
             except RedisError as exc:
                 log.warning("cancel watch: Redis error (%s); retrying", exc)
                 continue
-            for control, flagged in zip(controls, flags, strict=True):
-                if flagged:
-                    control.stop(StopReason.CANCEL)
+            for position in flagged:
+                controls[int(position) - 1].stop(StopReason.CANCEL)

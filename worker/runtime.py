@@ -73,16 +73,21 @@ class AsyncRuntime:
         self._redis = Redis.from_pool(
             BlockingConnectionPool.from_url(settings.redis_url, max_connections=100, timeout=20)
         )
+        # The per-tick calls of the process (renewals, the cancel watch) have a connection of
+        # their own: runs that keep the pool busy can never starve them into lapsed leases.
+        self._timers_redis = Redis.from_url(settings.redis_url, single_connection_client=True)
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=500, max_keepalive_connections=100)
         )
         registry = Registry.from_file(settings.agents_config, os.environ)
         self._store = Store(make_engine(settings))
-        self.controls = RunControls(self._redis, keys, settings.cancel_poll_s)
+        self.controls = RunControls(
+            self._redis, keys, settings.cancel_poll_s, timers=self._timers_redis
+        )
         requeuer = Requeuer(self._redis, keys, settings.run_lease_ttl_s, self._send)
         events = EventLog(self._redis, keys, settings.events_ttl_s)
         self.renewals = Renewals(
-            self._redis,
+            self._timers_redis,
             keys,
             lease_ttl_s=settings.run_lease_ttl_s,
             slot_ttl_s=settings.quota_slot_ttl_s,
@@ -161,6 +166,7 @@ class AsyncRuntime:
                 await asyncio.wait(others, timeout=_CLOSE_TIMEOUT_S / 2)
             await self._http.aclose()
             await self._redis.aclose()
+            await self._timers_redis.aclose()
 
         try:
             self.call(_close(), timeout_s=_CLOSE_TIMEOUT_S)
