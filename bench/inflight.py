@@ -54,7 +54,8 @@ from throughput import machine
 
 from runrelay.server.settings import Settings
 
-AGENT = "inflight-analyst"
+# The agents (bench/agents.yaml) and the seconds of work in each of their runs.
+AGENTS = {"inflight-analyst": 5.0, "inflight-holder": 150.0}
 POST_CONCURRENCY = 32
 _IDS = bindparam("ids", expanding=True)
 
@@ -67,8 +68,8 @@ def _runs_table(stack: Stack) -> str:
     return f'"{stack.schema}".runs' if stack.schema else "runs"
 
 
-async def post_runs(stack: Stack, count: int) -> list[str]:
-    body = {"agent": AGENT, "message": "hold on"}
+async def post_runs(stack: Stack, count: int, agent: str) -> list[str]:
+    body = {"agent": agent, "message": "hold on"}
     ids: list[str] = []
     limits = httpx.Limits(max_connections=POST_CONCURRENCY)
     async with httpx.AsyncClient(base_url=stack.base_url, limits=limits, timeout=60,
@@ -96,6 +97,7 @@ class Watch:
         self.max_in_flight = 0
         self.peak_rss_mb = 0.0
         self.peak_redis_connections = 0
+        self.worker_cpu_s = 0.0
 
     def statuses(self, ids: list[str]) -> dict[str, int]:
         query = text(f"SELECT status, count(*) FROM {_runs_table(self.stack)} "
@@ -112,6 +114,8 @@ class Watch:
             try:
                 ps = psutil.Process(proc.pid)
                 self.peak_rss_mb = max(self.peak_rss_mb, ps.memory_info().rss / 2**20)
+                cpu = ps.cpu_times()
+                self.worker_cpu_s = cpu.user + cpu.system
                 redis_conns = [c for c in ps.net_connections("tcp")
                                if c.raddr and c.raddr.port == self.redis_port]
                 self.peak_redis_connections = max(self.peak_redis_connections, len(redis_conns))
@@ -196,7 +200,7 @@ def stop_worker(stack: Stack, name: str, timeout_s: float) -> float | None:
 def sigterm_phase(stack: Stack, engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
     """With no worker up, queue more runs; a fresh worker takes them all; once they all run it
     gets SIGTERM (time to exit measured); a third worker finishes the runs it handed back."""
-    ids = asyncio.run(post_runs(stack, args.sigterm_runs))
+    ids = asyncio.run(post_runs(stack, args.sigterm_runs, args.agent))
     watch = Watch(stack, engine)
     spawn_worker(stack, "worker2", args.concurrency)
     peak = 0
@@ -232,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         engine = _engine(stack)
         try:
             t0 = time.monotonic()
-            ids = asyncio.run(post_runs(stack, args.runs))
+            ids = asyncio.run(post_runs(stack, args.runs, args.agent))
             report["queue_s"] = round(time.monotonic() - t0, 1)
             watch = Watch(stack, engine)
             t0 = time.monotonic()
@@ -244,6 +248,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "max_in_flight": watch.max_in_flight, "peak_worker_rss_mb": round(
                     watch.peak_rss_mb, 1),
                 "peak_worker_redis_connections": watch.peak_redis_connections,
+                "worker_cpu_ms_per_run": round(watch.worker_cpu_s * 1000 / len(ids), 1),
+                "work_s": AGENTS[args.agent],
                 **outcomes(stack, engine, ids), "worker_log": log_counts(stack, "worker"),
                 "idle_sigterm_to_exit_s": idle_exit_s}
             print_table(report)
@@ -261,7 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.keep_tmp = bool(flight["failures"] or flight["redelivered_runs"]
                               or flight["worker_log"]["lease_renewals_refused"])
         report["log_dir"] = str(stack.tmp) if args.keep_logs or stack.keep_tmp else None
-    report["settings"] = {"runs": args.runs, "concurrency": args.concurrency, "agent": AGENT,
+    report["settings"] = {"runs": args.runs, "concurrency": args.concurrency, "agent": args.agent,
                           "sigterm_runs": args.sigterm_runs, "grace_s": args.grace}
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"inflight-{started_at:%Y%m%dT%H%M%SZ}.json"
@@ -276,7 +282,8 @@ def print_table(report: dict[str, Any]) -> None:
     flight = report["in_flight"]
     rows = [("runs (one worker)", flight["runs"]),
             ("max in flight", flight["max_in_flight"]),
-            ("median run duration s (5 s of work)", flight["duration_s"]["p50"]),
+            (f"median run duration s ({flight['work_s']:g} s of work)",
+             flight["duration_s"]["p50"]),
             ("p90 run duration s", flight["duration_s"]["p90"]),
             ("failures", f"{flight['failures']} {flight['failures_by_code'] or ''}"),
             ("redelivered runs (attempts > 1)", flight["redelivered_runs"]),
@@ -284,6 +291,7 @@ def print_table(report: dict[str, Any]) -> None:
             ("lease renewals refused", flight["worker_log"]["lease_renewals_refused"]),
             ("'No connection available'", flight["worker_log"]["no_connection_available"]),
             ("peak worker RSS MB", flight["peak_worker_rss_mb"]),
+            ("worker CPU ms per run (start-up included)", flight["worker_cpu_ms_per_run"]),
             ("peak worker Redis connections", flight["peak_worker_redis_connections"]),
             ("worker start → all ended s", report["all_ended_s"]),
             ("SIGTERM → exit s (idle worker)", flight["idle_sigterm_to_exit_s"])]
@@ -310,6 +318,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the worker's --concurrency (default: --runs)")
     parser.add_argument("--sigterm-runs", type=int, default=500,
                         help="runs in flight when the worker gets SIGTERM (0: skip the phase)")
+    parser.add_argument("--agent", choices=sorted(AGENTS), default="inflight-analyst",
+                        help="inflight-analyst: 5 s runs; inflight-holder: 150 s runs")
     parser.add_argument("--grace", type=float, default=2.0, help="RUNRELAY_SHUTDOWN_GRACE_S")
     parser.add_argument("--timeout", type=float, default=900.0, help="s to wait for each phase")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir and its logs")
