@@ -71,7 +71,9 @@ class AsyncRuntime:
         settings = self.settings
         keys = RedisKeys(settings.redis_prefix)
         self._redis = Redis.from_pool(
-            BlockingConnectionPool.from_url(settings.redis_url, max_connections=100, timeout=20)
+            BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=settings.worker_redis_connections, timeout=20
+            )
         )
         # The per-tick calls of the process (renewals, the cancel watch) have a connection of
         # their own: runs that keep the pool busy can never starve them into lapsed leases.
