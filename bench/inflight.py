@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -77,8 +78,16 @@ async def post_runs(stack: Stack, count: int, agent: str) -> list[str]:
         gate = asyncio.Semaphore(POST_CONCURRENCY)
 
         async def one() -> None:
+            # Idempotent, so a POST retried after a dropped keep-alive connection is one run.
+            headers = {"Idempotency-Key": secrets.token_hex(8)}
             async with gate:
-                created = await http.post("/v1/runs", json=body)
+                for attempt in range(3):
+                    try:
+                        created = await http.post("/v1/runs", json=body, headers=headers)
+                        break
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
             if created.status_code != 202:
                 raise BenchError(f"POST /v1/runs: {created.status_code} {created.text[:200]}")
             ids.append(created.json()["id"])
