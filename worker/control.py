@@ -2,14 +2,16 @@
 
 Both are cooperative. A cancel request is a Redis flag (set by the shim's cancel endpoint);
 one task per process checks the flags of all the runs it holds every `cancel_poll_s`, with one
-pipelined round trip, and stops the flagged ones. A hand-back (graceful shutdown) stops every
-run the process holds so that another worker resumes it. Stopping cancels the asyncio task
-running the agent loop, with the reason recorded on the run's `RunControl`.
+Lua call on the process's timer connection (`cancel_flags.lua`), and stops the flagged ones. A
+hand-back (graceful shutdown) stops every run the process holds so that another worker resumes
+it. Stopping cancels the asyncio task running the agent loop, with the reason recorded on the
+run's `RunControl`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from enum import Enum
@@ -18,6 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from runrelay.server import lua
 from runrelay.server.keys import RedisKeys
 
 log = logging.getLogger(__name__)
@@ -46,13 +49,16 @@ class RunControl:
 
 
 class RunControls:
-    def __init__(self, redis: Redis, keys: RedisKeys, poll_s: float) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, poll_s: float, timers: Redis) -> None:
+        """`timers`: the process's own connection for its per-tick calls (worker/runtime.py)."""
         self.redis = redis
         self.keys = keys
         self.poll_s = poll_s
+        self._flags = lua.script(timers, "cancel_flags")
         self._runs: dict[str, RunControl] = {}
         # Set on graceful shutdown: runs that arrive from now on are handed back at once.
         self.draining = False
+        self._stop_watching = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -84,21 +90,23 @@ class RunControls:
             control.stop(StopReason.HAND_BACK)
         return len(self._runs)
 
+    def stop_watching(self) -> None:
+        """End `watch_cancels` at its next tick (a flag, not a cancel around a Redis call)."""
+        self._stop_watching.set()
+
     async def watch_cancels(self) -> None:
-        """Forever: stop the held runs whose cancel flag is set."""
-        while True:
-            await asyncio.sleep(self.poll_s)
+        """Until `stop_watching`: stop the held runs whose cancel flag is set."""
+        while not self._stop_watching.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_watching.wait(), self.poll_s)
             controls = list(self._runs.values())
             if not controls:
                 continue
+            keys = [self.keys.cancel(control.run_id) for control in controls]
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for control in controls:
-                        pipe.exists(self.keys.cancel(control.run_id))
-                    flags = await pipe.execute()
+                flagged: list[int] = await self._flags(keys=keys)
             except RedisError as exc:
                 log.warning("cancel watch: Redis error (%s); retrying", exc)
                 continue
-            for control, flagged in zip(controls, flags, strict=True):
-                if flagged:
-                    control.stop(StopReason.CANCEL)
+            for position in flagged:
+                controls[int(position) - 1].stop(StopReason.CANCEL)

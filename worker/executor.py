@@ -12,7 +12,6 @@ with new seqs. Tool calls the checkpoint holds results for are not executed agai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -21,7 +20,6 @@ from enum import Enum
 from typing import cast
 
 import httpx
-from redis.exceptions import RedisError
 
 from runrelay.agent._driver import AgentRun, Outcome, RunHooks, RunRequest
 from runrelay.agent._loop import LoopState
@@ -41,6 +39,7 @@ from worker import logs
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.control import RunControl, RunControls, StopReason
 from worker.lease import Lease, Leases
+from worker.renewals import Renewals
 from worker.slots import Slot, Slots
 from worker.sweeper import Requeuer
 from worker.writer import SEQ_BLOCK, RunWriter
@@ -86,8 +85,10 @@ class RunExecutor:
         http: httpx.AsyncClient,
         worker_id: str,
         slots: Slots,
+        renewals: Renewals,
     ) -> None:
         self.slots = slots
+        self.renewals = renewals
         self.settings = settings
         self.store = store
         self.lifecycle = lifecycle
@@ -123,15 +124,13 @@ class RunExecutor:
             await self.leases.release(lease)
             raise
         control = self.controls.add(run_id)  # only the lease holder: one control per run
-        heartbeat = asyncio.create_task(self._heartbeat(lease, control))
+        self.renewals.hold_lease(lease, control)  # renewed with the process's other leases
         attempt: Attempt | None = None
         try:
             attempt = await self._attempt(run_id, lease, slot, control)
         finally:
             self.controls.remove(control)
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            self.renewals.drop_lease(lease)
             # The slot stays the run's unless the attempt ended it (the lifecycle released it)
             # or it will not start; an attempt that raised left it unfinished, to be resumed.
             await self.slots.stop_renewing(slot)
@@ -198,21 +197,6 @@ class RunExecutor:
             return run
         await self.leases.release(lease)
         return None
-
-    async def _heartbeat(self, lease: Lease, control: RunControl) -> None:
-        interval = self.settings.run_lease_ttl_s / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                renewed = await self.leases.renew(lease)
-            except RedisError as exc:  # a blip: try again next beat, the TTL has room for it
-                log.warning("run %s: lease renewal failed: %s", lease.run_id, exc)
-                continue
-            if not renewed:
-                # Someone else runs it now: stop before this worker calls more tools.
-                log.warning("run %s: lease renewal refused; stopping", lease.run_id)
-                control.stop(StopReason.LEASE_LOST)
-                return
 
     async def _attempt(self, run_id: str, lease: Lease, slot: Slot, control: RunControl) -> Attempt:
         try:
@@ -302,7 +286,7 @@ class RunExecutor:
         await writer.flush()
         await self.slots.stop_renewing(slot)  # a renewal must not take back a released slot
         duration_ms = int((time.monotonic() - started) * 1000)
-        # The run's work is done: a database blip here is waited out (the heartbeat keeps the
+        # The run's work is done: a database blip here is waited out (the renewer keeps the
         # lease meanwhile) rather than handing the run back to do it again.
         ended = await retrying(
             lambda: self.lifecycle.finish(

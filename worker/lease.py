@@ -2,8 +2,8 @@
 
 A lease is a Redis string holding a fencing token (a per-run counter, so a newer holder always has
 a larger token, plus a random part, so tokens stay unique even if Redis lost the counter) with a
-TTL the holder renews by heartbeat. Event appends check the token, so a
-worker that lost its lease can no longer write to the run's log.
+TTL the holder renews (worker/renewals.py renews all of a process's leases at once). Event
+appends check the token, so a worker that lost its lease can no longer write to the run's log.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ class Leases:
         self.redis = redis
         self.keys = keys
         self.ttl_ms = int(ttl_s * 1000)
-        self._renew = lua.script(redis, "renew_lease")
         self._release = lua.script(redis, "release_lease")
 
     async def acquire(self, run_id: str) -> Lease | None:
@@ -38,11 +37,6 @@ class Leases:
         await self.redis.expire(self.keys.fence(run_id), 30 * 24 * 3600)
         taken = await self.redis.set(self.keys.lease(run_id), token, nx=True, px=self.ttl_ms)
         return Lease(run_id, token) if taken else None
-
-    async def renew(self, lease: Lease) -> bool:
-        return bool(
-            await self._renew(keys=[self.keys.lease(lease.run_id)], args=[lease.token, self.ttl_ms])
-        )
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[self.keys.lease(lease.run_id)], args=[lease.token])

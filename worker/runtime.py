@@ -5,14 +5,14 @@ background thread; task threads (threads pool) hand their run to it with
 `run_coroutine_threadsafe` and wait. Hundreds of runs share the loop, one Redis pool and one
 HTTP client pool.
 
-The runtime also runs the process's background tasks: the cancel watch (worker/control.py) and
-the sweeper (worker/sweeper.py).
+The runtime also runs the process's background tasks: the renewer of every lease and slot the
+process holds (worker/renewals.py), the cancel watch (worker/control.py) and the sweeper
+(worker/sweeper.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -35,6 +35,7 @@ from worker.checkpoints import Checkpoints
 from worker.control import RunControls
 from worker.executor import RunExecutor
 from worker.lease import Leases
+from worker.renewals import Renewals
 from worker.slots import Slots
 from worker.sweeper import Requeuer, Sweeper
 
@@ -70,17 +71,30 @@ class AsyncRuntime:
         settings = self.settings
         keys = RedisKeys(settings.redis_prefix)
         self._redis = Redis.from_pool(
-            BlockingConnectionPool.from_url(settings.redis_url, max_connections=100, timeout=20)
+            BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=settings.worker_redis_connections, timeout=20
+            )
         )
+        # The per-tick calls of the process (renewals, the cancel watch) have a connection of
+        # their own: runs that keep the pool busy can never starve them into lapsed leases.
+        self._timers_redis = Redis.from_url(settings.redis_url, single_connection_client=True)
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=500, max_keepalive_connections=100)
         )
         registry = Registry.from_file(settings.agents_config, os.environ)
         self._store = Store(make_engine(settings))
-        self.controls = RunControls(self._redis, keys, settings.cancel_poll_s)
+        self.controls = RunControls(
+            self._redis, keys, settings.cancel_poll_s, timers=self._timers_redis
+        )
         requeuer = Requeuer(self._redis, keys, settings.run_lease_ttl_s, self._send)
         events = EventLog(self._redis, keys, settings.events_ttl_s)
-        slots = Slots(self._redis, keys, settings)
+        self.renewals = Renewals(
+            self._timers_redis,
+            keys,
+            lease_ttl_s=settings.run_lease_ttl_s,
+            slot_ttl_s=settings.quota_slot_ttl_s,
+        )
+        slots = Slots(self._redis, keys, settings, self.renewals)
         self.lifecycle = Lifecycle(
             settings,
             self._store.engine,
@@ -89,6 +103,7 @@ class AsyncRuntime:
             ThreadGate(slots.quotas, self._store),
             (*standard_listeners(self._redis, keys, self._send_delivery), *self._listeners),
         )
+        self._background.append(asyncio.create_task(self.renewals.run_forever()))
         self._background.append(asyncio.create_task(self.controls.watch_cancels()))
         if settings.sweeper_enabled:
             sweeper = Sweeper(settings, self._store, self._redis, keys, requeuer, self.lifecycle)
@@ -107,6 +122,7 @@ class AsyncRuntime:
             http=self._http,
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
             slots=slots,
+            renewals=self.renewals,
         )
 
     def begin_shutdown(self) -> None:
@@ -135,10 +151,14 @@ class AsyncRuntime:
 
     def close(self) -> None:
         async def _close() -> None:
-            for task in self._background:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # The renewer and the cancel watch end on a flag (a cancel around a Redis call can
+            # be swallowed); the sweeper was cancelled at `begin_shutdown`, or is now.
+            self.renewals.stop()
+            self.controls.stop_watching()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            if self._background:
+                await asyncio.wait(self._background, timeout=_CLOSE_TIMEOUT_S / 4)
             # Runs still on the loop (none after a graceful hand-back): cancel them, so that
             # the task threads waiting on them return instead of blocking the process's exit.
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -148,6 +168,7 @@ class AsyncRuntime:
                 await asyncio.wait(others, timeout=_CLOSE_TIMEOUT_S / 2)
             await self._http.aclose()
             await self._redis.aclose()
+            await self._timers_redis.aclose()
 
         try:
             self.call(_close(), timeout_s=_CLOSE_TIMEOUT_S)

@@ -1,7 +1,8 @@
 """The worker's side of tenant quotas: the run's concurrency slot and its token metering.
 
 A slot is a lease: a member of the tenant's slot set whose score is its expiry. The worker takes
-it when the run starts and renews it every third of `quota_slot_ttl_s`; when the run ends,
+it when the run starts and the process's renewer (worker/renewals.py) renews it, with every other
+lease and slot the process holds, every third of the TTL; when the run ends,
 whatever the ending, the lifecycle's `finish` releases it (settling the run's token reservation
 at what the run really used, and waking the dispatcher when the tenant has pending runs). A
 worker that dies simply stops renewing and the slot expires; a run handed back keeps it.
@@ -13,14 +14,10 @@ code `token_budget_exhausted`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from runrelay.agent.providers.base import (
     Chunk,
@@ -33,8 +30,7 @@ from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore
 from runrelay.server.settings import Settings
 from runrelay.server.tables import Run
-
-log = logging.getLogger(__name__)
+from worker.renewals import Renewals
 
 
 class TokenBudgetExhausted(ProviderError):
@@ -47,7 +43,6 @@ class Slot:
     run_id: str
     period: str | None
     used_tokens: int = 0
-    heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class MeteredProvider:
@@ -79,8 +74,11 @@ class MeteredProvider:
 
 
 class Slots:
-    def __init__(self, redis: Redis, keys: RedisKeys, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, keys: RedisKeys, settings: Settings, renewals: Renewals
+    ) -> None:
         self.quotas = QuotaStore(redis, keys, dispatch_timeout_s=settings.dispatch_timeout_s)
+        self.renewals = renewals
         self.ttl_ms = int(settings.quota_slot_ttl_s * 1000)
         self._held: dict[str, Slot] = {}
 
@@ -89,17 +87,9 @@ class Slots:
         period = await self.quotas.reservation_period(run.tenant_id, run.id)
         slot = Slot(run.tenant_id, run.id, period)
         await self.quotas.hold(run.tenant_id, run.id, self.ttl_ms)
-        slot.heartbeat = asyncio.create_task(self._renew(slot), name=f"slot-{run.id}")
+        self.renewals.hold_slot(slot)
         self._held[run.id] = slot
         return slot
-
-    async def _renew(self, slot: Slot) -> None:
-        while True:
-            await asyncio.sleep(self.ttl_ms / 3000)
-            try:
-                await self.quotas.hold(slot.tenant_id, slot.run_id, self.ttl_ms)
-            except RedisError as exc:
-                log.warning("run %s: slot renewal failed: %s", slot.run_id, exc)
 
     def metered(self, run_id: str, provider: ModelProvider) -> ModelProvider:
         slot = self._held.get(run_id)
@@ -109,7 +99,7 @@ class Slots:
         """Stop renewing the slot (idempotent); it stays the run's until released, or expires.
         Called before anything releases it: a renewal in flight must not take it back."""
         self._held.pop(slot.run_id, None)
-        await _stop_renewing(slot)
+        await self.renewals.drop_slot(slot)
 
     async def release(self, slot: Slot) -> None:
         """Free the slot and settle the tokens: a run that will not start after all. (A run
@@ -135,10 +125,3 @@ class Slots:
         """A run that will not start (already finished, e.g. cancelled while queued)."""
         used = int((run.usage or {}).get("total_tokens", 0))
         await self.quotas.release(run.tenant_id, run.id, used_tokens=used)
-
-
-async def _stop_renewing(slot: Slot) -> None:
-    if slot.heartbeat is not None:
-        slot.heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await slot.heartbeat

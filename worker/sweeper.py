@@ -163,6 +163,12 @@ class Sweeper:
                 return expired
             after = runs[-1].id
 
+    async def _ended_since(self, run: Run) -> bool:
+        """Whether a run the page read `running` has ended since: a run that finished between
+        the page's read and its lease check released its lease, and is not to be sent again."""
+        current = await asyncio.to_thread(self.store.get_run, run.id)
+        return current is None or current.status is not RunStatus.RUNNING
+
     async def _sweep_page(self, runs: list[Run], now: datetime) -> list[str]:
         if not runs:
             return []
@@ -182,7 +188,7 @@ class Sweeper:
         for n, run in enumerate(runs):
             has_lease, has_log, was_taken, pending_at, dispatching = found[5 * n : 5 * n + 5]
             if run.status is RunStatus.RUNNING:
-                why = None if has_lease else "its lease lapsed"
+                why = None if has_lease or await self._ended_since(run) else "its lease lapsed"
             elif not has_log:
                 why = "its event log is gone from Redis"
             elif pending_at is not None or dispatching is not None or run.id in parked:

@@ -17,6 +17,7 @@ from runrelay.server.quota import dispatching_member
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run, utcnow
+from runrelay.types import RunStatus
 from worker.sweeper import Requeuer, Sweeper
 
 
@@ -76,6 +77,29 @@ def test_only_one_of_several_sweepers_enqueues_a_run_whose_lease_lapsed(
     assert sum(1 for ids in first if ids) == 1, "only the lock holder swept"
     assert not any(orphan.id in ids for ids in again), "not enqueued twice within the lease TTL"
     assert sent.count(orphan.id) == 1
+
+
+def test_a_run_that_finished_after_the_sweep_read_it_is_not_enqueued_again(
+    settings: Settings, store: Store
+) -> None:
+    """The sweep reads `running` runs, then checks their leases: a run that finished in between
+    (its lease released after its row said `completed`) has not lapsed."""
+    local = settings.model_copy(
+        update={"redis_prefix": f"{settings.redis_prefix}sw{secrets.token_hex(3)}:"}
+    )
+    finished = make_run(store, "completed")
+    lapsed = make_run(store, "running")
+    read_while_running = finished.model_copy(update={"status": RunStatus.RUNNING})
+
+    async def scenario() -> list[str]:
+        redis = Redis.from_url(local.redis_url)
+        try:
+            sweeper = sweepers(local, store, redis, 1, [])[0]
+            return await sweeper._sweep_page([read_while_running, lapsed], utcnow())
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(scenario()) == [lapsed.id]
 
 
 def test_sweep_leaves_leased_and_fresh_runs_alone_and_requeues_lost_queued_ones(
