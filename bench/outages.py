@@ -137,6 +137,7 @@ def main() -> int:
     parser.add_argument("--db-down", type=float, default=10.0)
     parser.add_argument("--between", type=float, default=4.0)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--keep-logs", action="store_true", help="keep the stack's logs")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="runrelay-outages-"))
     tool_log = tmp / "tools.log"
@@ -155,7 +156,7 @@ def main() -> int:
         env = {"RUNRELAY_RUN_LEASE_TTL_S": "5", "RUNRELAY_SWEEP_INTERVAL_S": "1",
                "RUNRELAY_STUCK_QUEUED_S": "20", "PYTHONPATH": str(BENCH_DIR),
                LOG_ENV: str(tool_log)}
-        with stack_up(worker_concurrency=args.runs, keep_logs=False, env=env) as stack:
+        with stack_up(worker_concurrency=args.runs, keep_logs=args.keep_logs, env=env) as stack:
             result = asyncio.run(scenario(stack, redis, pg, args))
             stack.check_alive()
     except BenchError as exc:
@@ -177,6 +178,12 @@ def main() -> int:
     summary = {
         "runs": args.runs, "accepted": len(result["run_ids"]), "completed": completed,
         "lost": args.runs - completed,
+        # Runs whose log ends otherwise: `done` with another status (its error code), or no `done`.
+        "not_completed": dict(Counter(
+            (f"{e[-1].get('status')}: {(e[-1].get('error') or {}).get('code')}"
+             if e and e[-1]["type"] == "done" else "no done")
+            for e in logs if not (e and e[-1]["type"] == "done"
+                                  and e[-1].get("status") == "completed"))),
         "tool_calls": len(calls),
         "tool_calls_run_more_than_once": sum(c > 1 for c in calls.values()),
         "http_503": statuses[503],
