@@ -150,9 +150,23 @@ class RunExecutor:
             await self.threads.release_if_finished(run.id)
         elif attempt.end is AttemptEnd.HANDED_BACK:
             log.info("run %s: handed back, to be resumed by another worker", run.id)
+            await self._count_handback(run, lease)
             await self.requeuer.requeue(run.id, force=True)
         elif attempt.end is AttemptEnd.LEASE_LOST:
             log.warning("run %s: lease lost, leaving the run to its new holder", run.id)
+
+    async def _count_handback(self, run: Run, lease: Lease) -> None:
+        """A hand-back is not a crash: the next start must not count toward the attempts cap
+        (a run handed back at each of several store outages would end `too_many_attempts`).
+        Waits a little for a database that is down; if it stays down, the start counts."""
+        try:
+            await retrying(
+                lambda: self.lifecycle.handed_back(run.id, lease_token=lease.token),
+                what=f"run {run.id}: count the hand-back",
+                for_s=_STORE_RETRY_S,
+            )
+        except TRANSIENT as exc:
+            log.warning("run %s: hand-back not recorded (%s); it counts as an attempt", run.id, exc)
 
     async def _pause(self, run: Run, lease: Lease, slot: Slot, attempt: Attempt) -> None:
         """Park the run until its calls are decided. Everything this worker holds goes first
@@ -357,7 +371,7 @@ class RunExecutor:
             return Outcome.failed(
                 "too_many_attempts",
                 f"the run was started {run.attempts - run.resumes - 1} times without finishing "
-                f"(its worker died or handed it back each time); giving up after "
+                f"(its worker died or lost its lease each time); giving up after "
                 f"RUNRELAY_MAX_RUN_ATTEMPTS={self.settings.max_run_attempts}",
             )
         try:

@@ -335,6 +335,23 @@ class RunTable:
             session.commit()
             return moved
 
+    def count_handback(self, run_id: str, lease_token: str) -> bool:
+        """A worker holding `lease_token` handed the running run back (shutdown, a store
+        outage): its next start is not a crash, so it does not count toward the attempts cap."""
+        stmt = (
+            update(Run)
+            .where(
+                col(Run.id) == run_id,
+                col(Run.status) == RUNNING,
+                col(Run.lease_token) == lease_token,
+            )
+            .values(resumes=col(Run.resumes) + 1)
+        )
+        with Session(self.engine) as session:
+            counted = session.exec(stmt).rowcount > 0
+            session.commit()
+            return counted
+
     def flag_cancel(self, run_id: str) -> Run | None:
         """Record a cancel request (not a status change); None when the run already ended."""
         stmt = (
@@ -549,6 +566,9 @@ class Lifecycle:
             await self.quotas.resume(decided.run.tenant_id, run_id)
         await self._after_commit(decided.moved)
         return decided
+
+    async def handed_back(self, run_id: str, *, lease_token: str) -> bool:
+        return await asyncio.to_thread(self.table.count_handback, run_id, lease_token)
 
     async def request_cancel(self, run: Run) -> Run | None:
         """Ask `run` to stop: a queued or paused one (no worker holds it) ends here, a running

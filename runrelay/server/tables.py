@@ -101,7 +101,7 @@ class Run(SQLModel, table=True):
     cancel_requested_at: datetime | None = None
     # Approvals: the tool calls a paused (`requires_action`) run waits on, each with its decision
     # once made; seconds spent paused (not counted against the deadline); resumes after approval
-    # (not counted as crash attempts).
+    # or a hand-back (starts not counted as crash attempts).
     required_action: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     waited_s: float = 0.0
     resumes: int = 0

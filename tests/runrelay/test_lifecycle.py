@@ -108,3 +108,20 @@ def test_a_worker_ends_a_run_only_under_its_lease(store: Store, tenant_id: str) 
     assert row(store, run.id)["status"] is RunStatus.RUNNING
     assert table.end(run.id, RunStatus.COMPLETED, ending=Ending.by_worker("new"), events=[])
     assert row(store, run.id)["attempts"] == 2
+
+
+def test_a_hand_back_is_counted_only_for_the_lease_holder_of_a_running_run(
+    store: Store, tenant_id: str
+) -> None:
+    """A hand-back (shutdown, store outage) is not a crash: the attempts cap leaves it out."""
+    table = RunTable(store.engine)
+    run = run_in(store, tenant_id, RunStatus.QUEUED)
+    table.start(run.id, "mine")
+
+    assert not table.count_handback(run.id, "someone else's")
+    assert table.count_handback(run.id, "mine")
+    assert table.count_handback(run.id, "mine")
+    assert row(store, run.id)["resumes"] == 2
+    table.end(run.id, RunStatus.COMPLETED, ending=Ending.by_worker("mine"), events=[])
+    assert not table.count_handback(run.id, "mine")
+    assert row(store, run.id)["resumes"] == 2
