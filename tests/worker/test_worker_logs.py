@@ -7,25 +7,39 @@ import time
 
 import httpx
 import pytest
+import redis
 
+from runrelay.server.keys import RedisKeys
+from runrelay.server.settings import Settings
 from tests.conftest import TenantKey
 from worker.app import WorkerApp
 
 ANALYST = {"agent": "bank credit-analyst", "input": {"company": "ACME Corp"}}
 
 
-def _finished(client: httpx.Client, run_id: str) -> None:
+def _finished(client: httpx.Client, settings: Settings, run_id: str) -> None:
+    """The run completed and its worker let go of it (the lease goes a moment after the
+    database says `completed`: `done`, the slot and the thread come first)."""
     deadline = time.monotonic() + 60
     while client.get(f"/v1/runs/{run_id}").json()["status"] != "completed":
         assert time.monotonic() < deadline, "the run did not complete"
         time.sleep(0.1)
+    lease = RedisKeys(settings.redis_prefix).lease(run_id)
+    with redis.Redis.from_url(settings.redis_url) as r:
+        while r.exists(lease):
+            assert time.monotonic() < deadline, "the worker kept the run's lease"
+            time.sleep(0.05)
 
 
 def test_a_line_the_worker_logs_about_a_run_names_the_run_and_its_tenant(
-    client: httpx.Client, tenant: TenantKey, worker: WorkerApp, caplog: pytest.LogCaptureFixture
+    client: httpx.Client,
+    tenant: TenantKey,
+    worker: WorkerApp,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     run_id = client.post("/v1/runs", json=ANALYST).json()["id"]
-    _finished(client, run_id)
+    _finished(client, settings, run_id)
     with caplog.at_level(logging.INFO, logger="worker.executor"):
         # A duplicate task for the finished run: the worker says it has nothing to do.
         worker.runtime.call(worker.runtime.executor.execute(run_id))
