@@ -32,7 +32,7 @@ from api_shim import (
 from api_shim.batch_feeder import BatchFeeder
 from api_shim.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
-from runrelay.server.lifecycle import RunListener
+from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
 
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}

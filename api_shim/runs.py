@@ -21,8 +21,9 @@ from api_shim.stream_tokens import ReadableRun, readable_run, stream_token_for
 from runrelay.agent._driver import Outcome
 from runrelay.agent.config import AgentNotFound, AgentSpec
 from runrelay.server.approvals import PausedCalls
-from runrelay.server.lifecycle import Ending, queued_run
+from runrelay.server.lifecycle import queued_run
 from runrelay.server.revisions import AgentCatalog, RevisionNotFound
+from runrelay.server.run_table import Ending
 from runrelay.server.store import new_id
 from runrelay.server.tables import Run, as_utc
 from runrelay.types import (

@@ -21,7 +21,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
 from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK
-from runrelay.server.lifecycle import RunListener
+from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
 from worker import beat, logs
 from worker.runtime import AsyncRuntime

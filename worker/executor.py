@@ -27,9 +27,10 @@ from runrelay.agent.config import AgentSpec, Registry
 from runrelay.agent.messages import ApprovalRequest, ChatMessage
 from runrelay.server.approvals import PausedCalls, SavedCheckpoint, decisions
 from runrelay.server.eventlog import EventLog, LeaseLost
-from runrelay.server.lifecycle import Ending, Lifecycle, SeqBlock
+from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.outages import TRANSIENT, retrying
 from runrelay.server.revisions import AgentCatalog
+from runrelay.server.run_table import Ending, SeqBlock
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
 from runrelay.server.tables import Run, as_utc, utcnow

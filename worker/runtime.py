@@ -26,8 +26,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from runrelay.agent.config import Registry
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import RedisKeys
-from runrelay.server.lifecycle import Lifecycle, RunListener
+from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.run_listeners import standard_listeners
+from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, make_engine
 from runrelay.server.thread_gate import ThreadGate

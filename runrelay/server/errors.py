@@ -5,17 +5,17 @@ this module holds the kinds and draws the tree.
 
 ServerError
 ├── NotFound (LookupError)               404
-│   ├── RunNotFound                      lifecycle.py
+│   ├── RunNotFound                      run_table.py
 │   ├── TenantNotFound, KeyNotFound      tenants.py
 │   └── RevisionNotFound                 revisions.py
 ├── Conflict                             409
 │   ├── AlreadyExists                    store.py (a tenant name)
 │   ├── ThreadBusy                       threads.py (multitask_strategy `reject`)
-│   ├── TransitionRefused                lifecycle.py (the table, a lease or a cancel forbids it)
-│   ├── RunNotAwaitingApproval           lifecycle.py
-│   └── AlreadyDecided                   lifecycle.py
+│   ├── TransitionRefused                run_table.py (the table, a lease or a cancel forbids it)
+│   ├── RunNotAwaitingApproval           run_table.py
+│   └── AlreadyDecided                   run_table.py
 ├── Invalid (ValueError)                 422
-│   ├── UnknownCall                      lifecycle.py (a decision for a call nobody waits on)
+│   ├── UnknownCall                      run_table.py (a decision for a call nobody waits on)
 │   ├── PublishError                     revisions.py
 │   ├── CronError                        cron.py (cron expression, time zone)
 │   └── TargetRefused                    webhook_send.py (a webhook URL runrelay won't call)
@@ -27,7 +27,7 @@ ServerError
     ├── LeaseLost                        eventlog.py (another worker holds the run now)
     └── SeqConflict                      eventlog.py (an append not above the log's end)
 
-`LifecycleError` (lifecycle.py) groups the lifecycle's own across these kinds.
+`LifecycleError` (run_table.py) groups the lifecycle's own across these kinds.
 """
 
 from __future__ import annotations

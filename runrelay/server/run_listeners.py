@@ -10,7 +10,7 @@ from typing import Any
 
 from runrelay.server.batches import BatchListener
 from runrelay.server.keys import RedisKeys
-from runrelay.server.lifecycle import RunListener
+from runrelay.server.run_table import RunListener
 from runrelay.server.schedules import ScheduleListener
 from runrelay.server.webhooks import WebhookListener
 

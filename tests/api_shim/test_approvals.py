@@ -13,7 +13,7 @@ import redis
 
 from runrelay import AgentRunParams, AsyncClient, Client
 from runrelay.server.approvals import PausedCalls, SavedCheckpoint
-from runrelay.server.lifecycle import RunTable
+from runrelay.server.run_table import RunTable
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run, utcnow

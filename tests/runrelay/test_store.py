@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from runrelay.server.lifecycle import Ending, RunTable
+from runrelay.server.run_table import Ending, RunTable
 from runrelay.server.store import KEY_CACHE_S, KEY_PREFIX, AlreadyExists, Store, hash_key, new_id
 from runrelay.server.tables import ApiKey, Run, Tenant, utcnow
 from runrelay.server.tenants import revoke_key

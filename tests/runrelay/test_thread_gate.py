@@ -15,8 +15,8 @@ import redis
 from redis.asyncio import Redis
 
 from runrelay.server.keys import RedisKeys
-from runrelay.server.lifecycle import Ending, RunTable
 from runrelay.server.quota import QuotaStore, dispatching_member
+from runrelay.server.run_table import Ending, RunTable
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run
 from runrelay.server.thread_gate import ThreadGate

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from runrelay.server.lifecycle import Ending, RunTable
+from runrelay.server.run_table import Ending, RunTable
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run
 from runrelay.server.threads import ThreadBusy, Threads

@@ -1,0 +1,416 @@
+"""A run's statuses in the database: which status may follow which, each change made by one
+conditional UPDATE, and the errors a refused change raises.
+
+    queued ──start──▶ running ──finish──▶ completed | failed | cancelled | expired
+      │  ▲              │  ▲ resume (crash, hand back: attempts + 1)
+      │  └──decide──┐   ▼  │
+      │        requires_action ──cancel / expire──▶ cancelled | expired
+      └──cancel / enqueue failure / expire──▶ cancelled | failed | expired
+
+`TRANSITIONS` is that picture as a table (the README's "Run statuses" mirrors it). `RunTable`
+makes every status change by one conditional UPDATE (`WHERE status IN sources(target)`, plus
+the lease token for a worker), so a transition the table does not allow changes nothing, and
+calls the `RunListener`s inside the transaction that made it. It is synchronous; the async
+owner of the lifecycle (`runrelay.server.lifecycle.Lifecycle`) runs it in a thread.
+
+Errors (the HTTP layer maps them to statuses, in `api_shim/errors.py`)::
+
+    LifecycleError
+    ├── RunNotFound
+    ├── TransitionRefused          the table (or the lease, or a cancel) forbids the move
+    ├── RunNotAwaitingApproval     a decision for a run that is not `requires_action`
+    ├── UnknownCall                a decision for a call the run does not wait on
+    └── AlreadyDecided             a contrary decision on a call already decided
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from sqlalchemy import ColumnElement, Engine, bindparam, case, func, insert, update
+from sqlmodel import Session, col, select
+
+from runrelay.server.approvals import Decision, PausedCalls
+from runrelay.server.errors import Conflict, Invalid, NotFound, ServerError
+from runrelay.server.tables import RUN_COLUMNS, Run, RunLog, run_of, utcnow
+from runrelay.server.threads import append_messages
+from runrelay.types import RunStatus, ToolApproval
+
+QUEUED, RUNNING, REQUIRES_ACTION = RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.REQUIRES_ACTION
+COMPLETED, FAILED = RunStatus.COMPLETED, RunStatus.FAILED
+CANCELLED, EXPIRED = RunStatus.CANCELLED, RunStatus.EXPIRED
+
+TRANSITIONS: Final[dict[RunStatus, frozenset[RunStatus]]] = {
+    QUEUED: frozenset({RUNNING, CANCELLED, FAILED, EXPIRED}),
+    RUNNING: frozenset({RUNNING, REQUIRES_ACTION, COMPLETED, FAILED, CANCELLED, EXPIRED}),
+    REQUIRES_ACTION: frozenset({QUEUED, CANCELLED, EXPIRED}),
+    COMPLETED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+    EXPIRED: frozenset(),
+}
+TERMINAL: Final[frozenset[RunStatus]] = frozenset(s for s in RunStatus if s.is_terminal)
+UNFINISHED: Final[frozenset[RunStatus]] = frozenset(s for s in RunStatus if not s.is_terminal)
+
+
+def sources(target: RunStatus) -> frozenset[RunStatus]:
+    """The statuses a run may move to `target` from."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+
+class RunListener(Protocol):
+    """What attaches to the lifecycle (webhooks, batches, schedules)."""
+
+    def in_transaction(self, session: Session, run: Run, previous: RunStatus) -> None:
+        """`run` (as written, `run.status` the new status) just left `previous`; called inside
+        that transaction. Raising rolls the transition back: record, don't call out."""
+
+    async def after_commit(self, run: Run, previous: RunStatus) -> None:
+        """The same transition, once committed: a place to kick off work (best effort; what
+        must not be lost was recorded in `in_transaction`)."""
+
+
+# Errors --------------------------------------------------------------------------------------
+
+
+class LifecycleError(ServerError):
+    """The lifecycle's errors (each also of a kind in `runrelay.server.errors`)."""
+
+    param: str | None = "run_id"
+
+
+class RunNotFound(LifecycleError, NotFound):
+    code = "run_not_found"
+
+
+class TransitionRefused(LifecycleError, Conflict):
+    code = "transition_refused"
+
+    def __init__(self, run_id: str, target: RunStatus, current: RunStatus | None) -> None:
+        allowed = ", ".join(sorted(sources(target))) or "none"
+        super().__init__(
+            f"run {run_id} cannot become {target} from {current} (only from: {allowed})"
+        )
+        self.run_id, self.target, self.current = run_id, target, current
+
+
+class RunNotAwaitingApproval(LifecycleError, Conflict):
+    code = "run_not_awaiting_approval"
+
+
+class UnknownCall(LifecycleError, Invalid):
+    code = "unknown_call_id"
+    param = "call_id"
+
+
+class AlreadyDecided(LifecycleError, Conflict):
+    code = "already_decided"
+    param = "call_id"
+
+
+# The database side (synchronous; the async `Lifecycle` runs it in a thread) --------------------
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Whose write `finish` is: the worker holding `lease_token`, or (no worker holds the run)
+    whoever expects it in one of `from_statuses`."""
+
+    lease_token: str | None = None
+    from_statuses: frozenset[RunStatus] = UNFINISHED
+
+    @classmethod
+    def by_worker(cls, lease_token: str) -> Ending:
+        return cls(lease_token=lease_token)
+
+    @classmethod
+    def from_(cls, *statuses: RunStatus) -> Ending:
+        return cls(from_statuses=frozenset(statuses))
+
+
+@dataclass(frozen=True)
+class SeqBlock:
+    """Seqs a worker reserves as it starts a run: `size` above the higher of `last` (the
+    log's last seq in Redis) and what the database had reserved. When `last` is 0 (Redis lost
+    the log), the run's `seq_reserved` minus `size` is what earlier attempts may have reached."""
+
+    last: int
+    size: int
+
+
+NO_SEQS = SeqBlock(0, 0)  # a start that reserves nothing (tests, tools)
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A transition that was made: the run as written, and the status it left."""
+
+    run: Run
+    previous: RunStatus
+
+
+@dataclass(frozen=True)
+class Decided:
+    run: Run
+    # True when this was the last decision: the run is queued again and must be enqueued.
+    resumed: bool
+    moved: Moved | None = None
+
+
+def _locked(session: Session, run_id: str) -> Run | None:
+    """The run, its row locked until the transaction ends (PostgreSQL's row lock; SQLite has
+    none, so its write lock, taken by a no-op UPDATE): what is read is what the conditional
+    UPDATE next sees, and concurrent changes of one run take turns."""
+    query = select(Run).where(col(Run.id) == run_id).execution_options(populate_existing=True)
+    if session.get_bind().dialect.name == "sqlite":
+        session.exec(update(Run).where(col(Run.id) == run_id).values(status=col(Run.status)))
+        return session.exec(query).first()
+    return session.exec(query.with_for_update()).first()
+
+
+# The row a PostgreSQL transition locks first, and the status it had.
+_LOCKED = (
+    select(col(Run.id).label("id"), col(Run.status).label("previous"))
+    .where(col(Run.id) == bindparam("locked_id"))
+    .with_for_update()
+    .cte("locked")
+)
+
+
+def _move_sqlite(
+    session: Session,
+    run_id: str,
+    target: RunStatus,
+    where: list[ColumnElement[bool]],
+    values: dict[str, Any],
+) -> Moved | None:
+    """`RunTable.move` on SQLite, whose RETURNING sees only the updated table: the status read
+    under the database's write lock, then the conditional UPDATE."""
+    locked = _locked(session, run_id)
+    if locked is None:
+        return None
+    previous = RunStatus(locked.status)
+    stmt = (
+        update(Run)
+        .where(col(Run.id) == run_id, *where)
+        .values(status=target, **values)
+        .returning(Run)
+        .execution_options(populate_existing=True)
+    )
+    run = session.execute(stmt).scalars().first()
+    return Moved(run, previous) if run is not None else None
+
+
+class RunTable:
+    """Status changes in the database: each one a conditional UPDATE checked against
+    `TRANSITIONS`, with the listeners called in its transaction."""
+
+    def __init__(self, engine: Engine, listeners: Sequence[RunListener] = ()) -> None:
+        self.engine = engine
+        self.listeners = tuple(listeners)
+
+    def move(
+        self,
+        session: Session,
+        run_id: str,
+        target: RunStatus,
+        *where: ColumnElement[bool],
+        **values: Any,
+    ) -> Moved | None:
+        """Move the run to `target` in the caller's transaction, if the table allows it from
+        its current status and `where` holds; None (nothing changed) otherwise."""
+        allowed = [col(Run.status).in_(sources(target)), *where]
+        if session.get_bind().dialect.name == "sqlite":
+            moved = _move_sqlite(session, run_id, target, allowed, values)
+        else:
+            # One statement (Core: no ORM bookkeeping on the hot path): lock the row, remember
+            # its status, update it, return it as written.
+            stmt = (
+                update(Run)
+                .where(col(Run.id) == _LOCKED.c.id, *allowed)
+                .values(status=target, **values)
+                .returning(*RUN_COLUMNS, _LOCKED.c.previous)
+            )
+            row = session.connection().execute(stmt, {"locked_id": run_id}).first()
+            moved = None
+            if row is not None:
+                *fields, previous = row
+                moved = Moved(run_of(fields), RunStatus(previous))
+        if moved is None:
+            if session.get(Run, run_id) is None:
+                raise RunNotFound(f"no run {run_id!r}")
+            return None
+        for listener in self.listeners:
+            listener.in_transaction(session, moved.run, moved.previous)
+        return moved
+
+    def transition(self, run_id: str, target: RunStatus, **values: Any) -> Moved | None:
+        """One transition in its own transaction (what the table test exercises)."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            moved = self.move(session, run_id, target, **values)
+            session.commit()
+            return moved
+
+    def start(
+        self, run_id: str, lease_token: str | None, seqs: SeqBlock = NO_SEQS
+    ) -> Moved | None:
+        """queued (or running: resumed after a crash or hand-back) → running under
+        `lease_token`, counting the attempt and reserving `seqs`. None when it is finished or
+        paused for approval (a stray task must not resume it before the decisions)."""
+        reserved = col(Run.seq_reserved)
+        with Session(self.engine, expire_on_commit=False) as session:
+            moved = self.move(
+                session,
+                run_id,
+                RUNNING,
+                attempts=col(Run.attempts) + 1,
+                started_at=func.coalesce(col(Run.started_at), utcnow()),
+                lease_token=lease_token,
+                seq_reserved=case((reserved > seqs.last, reserved), else_=seqs.last) + seqs.size,
+            )
+            session.commit()
+            return moved
+
+    def pause(self, run_id: str, lease_token: str, paused: PausedCalls) -> Moved | None:
+        """running → requires_action, only for the holder of `lease_token` and not once a
+        cancel was requested (the cancel wins)."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            moved = self.move(
+                session,
+                run_id,
+                REQUIRES_ACTION,
+                col(Run.lease_token) == lease_token,
+                col(Run.cancel_requested_at).is_(None),
+                required_action=paused.stored(),
+                lease_token=None,
+            )
+            session.commit()
+            return moved
+
+    def count_handback(self, run_id: str, lease_token: str) -> bool:
+        """A worker holding `lease_token` handed the running run back (shutdown, a store
+        outage): its next start is not a crash, so it does not count toward the attempts cap."""
+        stmt = (
+            update(Run)
+            .where(
+                col(Run.id) == run_id,
+                col(Run.status) == RUNNING,
+                col(Run.lease_token) == lease_token,
+            )
+            .values(resumes=col(Run.resumes) + 1)
+        )
+        with Session(self.engine) as session:
+            counted = session.exec(stmt).rowcount > 0
+            session.commit()
+            return counted
+
+    def flag_cancel(self, run_id: str) -> Run | None:
+        """Record a cancel request (not a status change); None when the run already ended."""
+        stmt = (
+            update(Run)
+            .where(col(Run.id) == run_id, col(Run.status).in_(UNFINISHED))
+            .values(cancel_requested_at=func.coalesce(col(Run.cancel_requested_at), utcnow()))
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            if session.exec(stmt).rowcount == 0:
+                return None
+            session.commit()
+            return session.get(Run, run_id)
+
+    def decide(self, run_id: str, decision: Decision) -> Decided:
+        """Record one decision; the last one moves the run back to `queued` (counting a resume,
+        and the time spent waiting, which the run's deadline does not count).
+
+        Sending a decision already recorded again is harmless (a client retrying after a lost
+        answer): it returns the run as it is. Decisions on one run take turns on its row lock."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            run = _locked(session, run_id)
+            if run is None:
+                raise RunNotFound(f"no run {run_id!r}")
+            paused = PausedCalls.of(run.required_action)
+            call = paused.call(decision.call_id) if paused else None
+            repeated = call is not None and call.approved == decision.approved
+            if repeated and run.status != REQUIRES_ACTION:
+                return Decided(run=run, resumed=run.status == QUEUED)
+            if run.status != REQUIRES_ACTION or paused is None:
+                raise RunNotAwaitingApproval(
+                    f"run {run_id} is {run.status}; approvals are taken only while it is "
+                    "requires_action"
+                )
+            if call is None:
+                waiting = ", ".join(repr(c.tool_call_id) for c in paused.tool_calls)
+                raise UnknownCall(
+                    f"call_id {decision.call_id!r} is not awaiting approval in run {run_id} "
+                    f"(awaiting: {waiting})"
+                )
+            if call.approved is not None and call.approved != decision.approved:
+                verb = "approved" if call.approved else "rejected"
+                raise AlreadyDecided(f"call {decision.call_id} was already {verb}")
+            return self._record(session, run, paused, decision)
+
+    def _record(
+        self, session: Session, run: Run, paused: PausedCalls, decision: Decision
+    ) -> Decided:
+        paused.tool_calls = [
+            ToolApproval(
+                **{**c.model_dump(), "approved": decision.approved, "reason": decision.reason}
+            )
+            if c.tool_call_id == decision.call_id
+            else c
+            for c in paused.tool_calls
+        ]
+        if not paused.all_decided:
+            stmt = (
+                update(Run)
+                .where(col(Run.id) == run.id, col(Run.status) == REQUIRES_ACTION)
+                .values(required_action=paused.stored())
+            )
+            session.exec(stmt)
+            session.commit()
+            run.required_action = paused.stored()
+            return Decided(run=run, resumed=False)
+        moved = self.move(
+            session,
+            run.id,
+            QUEUED,
+            required_action=paused.stored(),
+            waited_s=(run.waited_s or 0.0) + paused.waited_s,
+            resumes=(run.resumes or 0) + 1,
+        )
+        if moved is None:  # not reachable under the row lock; kept as the table's guard
+            session.rollback()
+            raise RunNotAwaitingApproval(f"run {run.id} stopped waiting for approval")
+        session.commit()
+        return Decided(run=moved.run, resumed=True, moved=moved)
+
+    def end(
+        self,
+        run_id: str,
+        target: RunStatus,
+        *,
+        ending: Ending,
+        events: Iterable[tuple[int, str, str]],
+        thread_messages: Sequence[dict[str, Any]] = (),
+        **values: Any,
+    ) -> Moved | None:
+        """Write the outcome and archive the whole event log, in one transaction, if `ending`
+        holds (the worker's lease token, or an expected status); None when it does not.
+        `thread_messages` (a completed run's) join its thread's history in that transaction."""
+        where: list[ColumnElement[bool]] = [col(Run.status).in_(ending.from_statuses)]
+        if ending.lease_token is not None:
+            where.append(col(Run.lease_token) == ending.lease_token)
+        with Session(self.engine, expire_on_commit=False) as session:
+            moved = self.move(session, run_id, target, *where, finished_at=utcnow(), **values)
+            if moved is None:
+                session.rollback()
+                return None
+            log_text = RunLog.join((seq, data) for seq, _type, data in events)
+            session.execute(insert(RunLog).values(run_id=run_id, events=log_text))
+            run = moved.run
+            if thread_messages and run.thread_id is not None:
+                append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)
+            session.commit()
+            return moved
