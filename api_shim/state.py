@@ -17,13 +17,14 @@ from api_shim.hub import StreamHub
 from api_shim.quotas import Quotas
 from runrelay.agent.config import Registry
 from runrelay.server.batches import BatchStore
+from runrelay.server.engine import make_engine
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK, RedisKeys
 from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
-from runrelay.server.store import KEY_CACHE_S, Principal, Store, hash_key, make_engine
+from runrelay.server.store import KEY_CACHE_S, Principal, Store, hash_key
 from runrelay.server.stream_tokens import StreamTokens
 from runrelay.server.thread_gate import ThreadGate
 

@@ -25,9 +25,10 @@ from sqlalchemy import create_engine, text
 
 from api_shim.app import create_app
 from runrelay.server.embedded_redis import EmbeddedRedis, free_port
+from runrelay.server.engine import make_engine
 from runrelay.server.migrate import upgrade
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, make_engine
+from runrelay.server.store import Store
 from tests.fake_openai import FakeOpenAI, serve_fake_openai
 from tests.listener import RecordingListener
 from worker.app import WorkerApp

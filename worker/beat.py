@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from runrelay.agent.config import Registry
 from runrelay.server import schedules as schedule_store
 from runrelay.server import webhook_send, webhooks
+from runrelay.server.engine import make_engine
 from runrelay.server.firing import Firer
 from runrelay.server.keys import (
     DELIVER_WEBHOOK_TASK,
@@ -39,7 +40,7 @@ from runrelay.server.keys import (
 )
 from runrelay.server.quota import QuotaStore
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, make_engine, new_id
+from runrelay.server.store import Store, new_id
 from runrelay.server.tables import utcnow
 
 if TYPE_CHECKING:

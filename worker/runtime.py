@@ -24,13 +24,14 @@ import httpx
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from runrelay.agent.config import Registry
+from runrelay.server.engine import make_engine
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, make_engine
+from runrelay.server.store import Store
 from runrelay.server.thread_gate import ThreadGate
 from worker.checkpoints import Checkpoints
 from worker.control import RunControls

@@ -270,9 +270,9 @@ def agents_publish(config: Path, tags: tuple[str, ...], agent: str | None) -> No
     import os
 
     from runrelay.agent.config import ConfigError, Registry, load_config
+    from runrelay.server.engine import make_engine
     from runrelay.server.revisions import AgentCatalog, PublishError
     from runrelay.server.settings import Settings
-    from runrelay.server.store import make_engine
 
     settings = Settings()
     try:

@@ -27,9 +27,10 @@ from runrelay.cli._dev_data import DEMO_TENANT, demo_key, dev_database_url
 from runrelay.client._client import Client
 from runrelay.errors import APIError
 from runrelay.server.embedded_redis import EmbeddedRedis
+from runrelay.server.engine import make_engine
 from runrelay.server.migrate import upgrade
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, make_engine
+from runrelay.server.store import Store
 
 DEMO_AGENT = "bank credit-analyst"
 _WORKER_STOP_S = 10

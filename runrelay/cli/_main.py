@@ -208,7 +208,8 @@ def _store() -> Iterator[Store]:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from runrelay.cli._dev_data import admin_settings
-    from runrelay.server.store import Store, make_engine
+    from runrelay.server.engine import make_engine
+    from runrelay.server.store import Store
 
     settings = admin_settings(_settings())
     store = Store(make_engine(settings))

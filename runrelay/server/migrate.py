@@ -8,8 +8,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, text
 
+from runrelay.server.engine import make_engine
 from runrelay.server.settings import Settings
-from runrelay.server.store import make_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

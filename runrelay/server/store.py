@@ -16,16 +16,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Engine, bindparam, event, literal, text, update
+from sqlalchemy import Engine, bindparam, literal, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, create_engine, select
+from sqlmodel import Session, col, select
 
 from runrelay.server.errors import Conflict
-from runrelay.server.settings import Settings
 from runrelay.server.tables import (
     RUN_COLUMNS,
     ApiKey,
@@ -75,28 +73,6 @@ def new_id(prefix: str) -> str:
 
 
 _GET_RUN = select(*RUN_COLUMNS).where(col(Run.id) == bindparam("run_id"))
-
-def make_engine(settings: Settings) -> Engine:
-    url = settings.database_url
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
-    connect_args: dict[str, Any] = {}
-    if settings.database_schema:
-        connect_args["options"] = f"-csearch_path={settings.database_schema}"
-    return create_engine(
-        url, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True
-    )
-
 
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:

@@ -10,9 +10,10 @@ from click.testing import CliRunner
 
 from runrelay.cli._dev_data import DEFAULT_DATA_DIR, demo_key, dev_database_url
 from runrelay.cli._main import main as cli
+from runrelay.server.engine import make_engine
 from runrelay.server.migrate import upgrade
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, make_engine
+from runrelay.server.store import Store
 from runrelay.server.tenants import revoke_key
 
 NO_DATABASE_URL = {"DATABASE_URL": None, "RUNRELAY_DATABASE_URL": None}

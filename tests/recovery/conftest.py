@@ -25,9 +25,10 @@ import redis
 from sqlalchemy import create_engine, text
 
 from runrelay.server.embedded_redis import free_port
+from runrelay.server.engine import make_engine
 from runrelay.server.migrate import upgrade
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, make_engine
+from runrelay.server.store import Store
 from tests.conftest import TenantKey
 from tests.recovery.recording_tools import LOG_ENV
 

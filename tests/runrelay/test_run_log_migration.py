@@ -6,9 +6,10 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from runrelay.server.engine import make_engine
 from runrelay.server.migrate import upgrade
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, make_engine
+from runrelay.server.store import Store
 
 
 def test_logs_archived_before_0009_replay_the_same_after_it(tmp_path: Path) -> None:

@@ -18,9 +18,10 @@ import redis
 from sqlalchemy import create_engine, text
 
 from api_shim.app import create_app
+from runrelay.server.engine import make_engine
 from runrelay.server.migrate import upgrade
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, make_engine
+from runrelay.server.store import Store
 from runrelay.server.tenants import update_limits
 from tests.conftest import ServerThread
 
