@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from runrelay.server import lua
 from runrelay.server.keys import RedisKeys
 
+_FENCE_TTL_S = 30 * 24 * 3600
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -28,15 +30,16 @@ class Leases:
         self.redis = redis
         self.keys = keys
         self.ttl_ms = int(ttl_s * 1000)
+        self._acquire = lua.script(redis, "acquire_lease")
         self._release = lua.script(redis, "release_lease")
 
     async def acquire(self, run_id: str) -> Lease | None:
         """Take the run's lease, or None while another holder's lease is alive."""
-        count = await self.redis.incr(self.keys.fence(run_id))
-        token = f"{count}.{secrets.token_hex(6)}"
-        await self.redis.expire(self.keys.fence(run_id), 30 * 24 * 3600)
-        taken = await self.redis.set(self.keys.lease(run_id), token, nx=True, px=self.ttl_ms)
-        return Lease(run_id, token) if taken else None
+        token = await self._acquire(
+            keys=[self.keys.fence(run_id), self.keys.lease(run_id)],
+            args=[secrets.token_hex(6), self.ttl_ms, _FENCE_TTL_S],
+        )
+        return Lease(run_id, token.decode()) if token is not None else None
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[self.keys.lease(lease.run_id)], args=[lease.token])

@@ -84,9 +84,8 @@ class Slots:
 
     async def hold(self, run: Run) -> Slot:
         """Take the run's slot (it may already be ours: admission or dispatch reserved it)."""
-        period = await self.quotas.reservation_period(run.tenant_id, run.id)
+        period = await self.quotas.hold(run.tenant_id, run.id, self.ttl_ms)
         slot = Slot(run.tenant_id, run.id, period)
-        await self.quotas.hold(run.tenant_id, run.id, self.ttl_ms)
         self.renewals.hold_slot(slot)
         self._held[run.id] = slot
         return slot

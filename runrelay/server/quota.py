@@ -132,11 +132,17 @@ class QuotaStore:
         pairs = (as_text(member).partition(" ") for member in raw)
         return [(tenant, run) for tenant, _, run in pairs]
 
-    async def hold(self, tenant_id: str, run_id: str, ttl_ms: int) -> None:
-        await self._hold(
-            keys=[self.keys.tenant_slots(tenant_id), self.keys.dispatching()],
+    async def hold(self, tenant_id: str, run_id: str, ttl_ms: int) -> str | None:
+        """Take the run's slot; returns the budget period its tokens are reserved in, if any."""
+        entry = await self._hold(
+            keys=[
+                self.keys.tenant_slots(tenant_id),
+                self.keys.dispatching(),
+                self.keys.tenant_reservations(tenant_id),
+            ],
             args=[run_id, ttl_ms, dispatching_member(tenant_id, run_id)],
         )
+        return as_text(entry).partition("|")[0] if entry is not None else None
 
     async def reservation_period(self, tenant_id: str, run_id: str) -> str | None:
         entry = await self.redis.hget(self.keys.tenant_reservations(tenant_id), run_id)
