@@ -23,7 +23,7 @@ from api_shim.state import ShimState
 from runrelay.agent.config import AgentNotFound, AgentSpec
 from runrelay.batch_types import LineError
 from runrelay.server.batches import PENDING, parse_window
-from runrelay.server.revisions import AgentCatalog, RevisionNotFound
+from runrelay.server.revisions import RevisionNotFound
 from runrelay.types import ModelParams, RunCreate
 
 CHUNK_LINES = 1000
@@ -174,7 +174,7 @@ class LineValidator:
         return found
 
     def _resolve(self, body: RunCreate) -> AgentSpec | str:
-        catalog = AgentCatalog(self.state.store.engine, self.state.registry)
+        catalog = self.state.catalog
         try:
             return catalog.for_request(body)
         except (AgentNotFound, RevisionNotFound) as exc:

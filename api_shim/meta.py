@@ -50,7 +50,7 @@ def _newest(
 @router.get("/v1/agents", tags=["agents"], summary="List agents (their newest revisions)")
 async def list_agents(request: Request, _: Caller) -> dict[str, object]:
     state = state_of(request)
-    catalog = AgentCatalog(state.store.engine, state.registry)
+    catalog = state.catalog
     refs = [agent.id for agent in state.registry.agents]
     agents, tags = await asyncio.to_thread(_newest, catalog, refs)
     return {"object": "list", "data": [agent_info(a, tags) for a in agents]}
@@ -64,7 +64,7 @@ async def list_agents(request: Request, _: Caller) -> dict[str, object]:
 )
 async def get_agent(request: Request, _: Caller, agent_ref: str) -> AgentInfo:
     state = state_of(request)
-    catalog = AgentCatalog(state.store.engine, state.registry)
+    catalog = state.catalog
     try:
         agent = await asyncio.to_thread(catalog.by_ref, agent_ref)
         return agent_info(agent, await asyncio.to_thread(catalog.tags))

@@ -22,7 +22,7 @@ from runrelay.agent._driver import Outcome
 from runrelay.agent.config import AgentNotFound, AgentSpec
 from runrelay.server.approvals import PausedCalls
 from runrelay.server.lifecycle import queued_run
-from runrelay.server.revisions import AgentCatalog, RevisionNotFound
+from runrelay.server.revisions import RevisionNotFound
 from runrelay.server.run_table import Ending
 from runrelay.server.store import new_id
 from runrelay.server.tables import Run, as_utc
@@ -93,7 +93,7 @@ def _by_model(usage: dict[str, Any] | None) -> dict[str, Usage] | None:
 def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
     """The agent revision the run will run (see `runrelay.server.revisions`). Reads the database."""
     try:
-        return AgentCatalog(state.store.engine, state.registry).for_request(body)
+        return state.catalog.for_request(body)
     except RevisionNotFound as exc:
         raise HTTPProblem(404, "revision_not_found", str(exc), param="revision") from exc
     except AgentNotFound as exc:
@@ -266,7 +266,7 @@ async def paused(state: ShimState, run_id: str) -> bool:
 
 
 async def _model_of(state: ShimState, run: Run) -> str | None:
-    catalog = AgentCatalog(state.store.engine, state.registry)
+    catalog = state.catalog
     try:
         agent = await asyncio.to_thread(catalog.pinned, run.agent_id, run.agent_revision)
     except LookupError:

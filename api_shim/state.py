@@ -21,6 +21,7 @@ from runrelay.server.engine import make_engine
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK, RedisKeys
 from runrelay.server.lifecycle import Lifecycle
+from runrelay.server.revisions import AgentCatalog
 from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
@@ -103,6 +104,7 @@ class ShimState:
     events: EventLog
     hub: StreamHub
     registry: Registry
+    catalog: AgentCatalog  # one per process: stored revisions are read once
     sender: TaskSender
     quotas: Quotas
     dispatcher: Dispatcher
@@ -145,6 +147,7 @@ class ShimState:
         )
         events = EventLog(redis, keys, settings.events_ttl_s)
         threads = ThreadGate(quotas.backend, store)
+        registry = Registry.from_file(settings.agents_config, os.environ)
         return cls(
             settings=settings,
             store=store,
@@ -154,7 +157,8 @@ class ShimState:
             hub=StreamHub(
                 hub_redis, redis, keys, block_ms=settings.hub_block_ms, idle_wake_s=KEY_CACHE_S
             ),
-            registry=Registry.from_file(settings.agents_config, os.environ),
+            registry=registry,
+            catalog=AgentCatalog(store.engine, registry),
             sender=sender,
             quotas=quotas,
             dispatcher=Dispatcher(

@@ -111,12 +111,25 @@ class AgentCatalog:
             return None
 
     def by_ref(self, ref: str) -> AgentSpec:
-        """A name, shortcut or id → the agent's newest revision."""
+        """A name, shortcut or id → the agent's newest revision. Every call asks the database
+        which revision is newest (a publish shows at once); only its number, when that
+        revision's definition was read before."""
         file_agent = self._file_agent(ref)
+        agent_id = file_agent.id if file_agent else ref
+        newest_number = (
+            select(AgentRevision.revision)
+            .where(AgentRevision.agent_id == agent_id)
+            .order_by(col(AgentRevision.revision).desc())
+            .limit(1)
+        )
         with Session(self.engine) as session:
-            newest = self._newest(session, file_agent.id if file_agent else ref)
-        if newest is not None:
-            return _spec(newest)
+            number = session.exec(newest_number).first()
+            if number is not None and (agent_id, number) not in self._stored:
+                row = session.get(AgentRevision, (agent_id, number))
+                if row is not None:
+                    self._stored[agent_id, number] = _spec(row)
+        if number is not None and (stored := self._stored.get((agent_id, number))) is not None:
+            return stored
         if file_agent is None:
             self.registry.resolve(ref)  # raises AgentNotFound with suggestions
         assert file_agent is not None
