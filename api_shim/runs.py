@@ -202,7 +202,11 @@ async def create(
         response.headers.update(rate_headers(created.admission.decision))
     obj = run_object(created.run)
     obj.stream_url = (await stream_token_for(request, created.run, caller)).stream_url  # browsers
-    obj.waiting_for = await waiting_for(state_of(request), created.run)
+    if created.admission is not None and created.admission.dispatch_now and body.thread_id is None:
+        # Just sent to Celery, on a thread of its own: nothing else to wait for.
+        obj.waiting_for = WaitingFor(reason="dispatch")
+    else:
+        obj.waiting_for = await waiting_for(state_of(request), created.run)
     return obj
 
 

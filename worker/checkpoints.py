@@ -104,8 +104,9 @@ class Checkpoints:
             pipe.persist(self.keys.events(run_id))
             await pipe.execute()
 
-    async def delete(self, run_id: str) -> None:
-        await self.redis.delete(self.keys.checkpoint(run_id))
+    def key(self, run_id: str) -> str:
+        """The run's checkpoint in Redis; the executor deletes it with the run's other keys."""
+        return self.keys.checkpoint(run_id)
 
 
 def _encode(checkpoint: Checkpoint) -> str:

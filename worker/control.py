@@ -80,9 +80,10 @@ class RunControls:
     async def cancel_requested(self, run_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.cancel(run_id)))
 
-    async def forget(self, run_id: str) -> None:
-        """The run finished: drop its cancel flag and its `requeued` marker."""
-        await self.redis.delete(self.keys.cancel(run_id), self.keys.requeued(run_id))
+    async def forget(self, run_id: str, *, also: str) -> None:
+        """The run finished: drop its cancel flag and its `requeued` marker, and the key `also`
+        (its checkpoint) in the same call."""
+        await self.redis.delete(self.keys.cancel(run_id), self.keys.requeued(run_id), also)
 
     def hand_back_all(self) -> int:
         self.draining = True

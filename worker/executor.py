@@ -318,8 +318,7 @@ class RunExecutor:
         )
         if not ended:
             return Attempt(AttemptEnd.LEASE_LOST)
-        await self.checkpoints.delete(run.id)
-        await self.controls.forget(run.id)
+        await self.controls.forget(run.id, also=self.checkpoints.key(run.id))
         return Attempt(AttemptEnd.ENDED)
 
     async def _resume_point(
