@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, bindparam
 from sqlmodel import Session, col, select
 
 from runrelay.agent.config import TAG_PATTERN, AgentNotFound, AgentsConfig, AgentSpec, Registry
@@ -63,6 +63,14 @@ class PublishReport:
     revisions: dict[str, tuple[int, bool]] = field(default_factory=dict)
     # tag → (agent id, revision)
     tags: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+_NEWEST_NUMBER = (
+    select(AgentRevision.revision)
+    .where(col(AgentRevision.agent_id) == bindparam("agent_id"))
+    .order_by(col(AgentRevision.revision).desc())
+    .limit(1)
+)
 
 
 def _spec(row: AgentRevision) -> AgentSpec:
@@ -116,14 +124,8 @@ class AgentCatalog:
         revision's definition was read before."""
         file_agent = self._file_agent(ref)
         agent_id = file_agent.id if file_agent else ref
-        newest_number = (
-            select(AgentRevision.revision)
-            .where(AgentRevision.agent_id == agent_id)
-            .order_by(col(AgentRevision.revision).desc())
-            .limit(1)
-        )
         with Session(self.engine) as session:
-            number = session.exec(newest_number).first()
+            number = session.execute(_NEWEST_NUMBER, {"agent_id": agent_id}).scalar()
             if number is not None and (agent_id, number) not in self._stored:
                 row = session.get(AgentRevision, (agent_id, number))
                 if row is not None:

@@ -25,16 +25,17 @@ Errors (the HTTP layer maps them to statuses, in `api_shim/errors.py`)::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from sqlalchemy import ColumnElement, Engine, bindparam, case, func, insert, update
+from sqlalchemy import ColumnElement, Engine, bindparam, case, func, insert, inspect, update
 from sqlmodel import Session, col, select
 
 from runrelay.server.approvals import Decision, PausedCalls
 from runrelay.server.errors import Conflict, Invalid, NotFound, ServerError
-from runrelay.server.tables import RUN_COLUMNS, Run, RunLog, run_of, utcnow
+from runrelay.server.tables import RUN_COLUMNS, Run, RunLog, run_of, table_of, utcnow
 from runrelay.server.threads import append_messages
 from runrelay.types import RunStatus, ToolApproval
 
@@ -171,6 +172,8 @@ def _locked(session: Session, run_id: str) -> Run | None:
     return session.exec(query.with_for_update()).first()
 
 
+_INSERT_LOG = insert(table_of(RunLog))
+
 # The row a PostgreSQL transition locks first, and the status it had.
 _LOCKED = (
     select(col(Run.id).label("id"), col(Run.status).label("previous"))
@@ -180,28 +183,75 @@ _LOCKED = (
 )
 
 
-def _move_sqlite(
-    session: Session,
-    run_id: str,
+@dataclass(frozen=True)
+class When:
+    """What a move requires beyond the table allowing it."""
+
+    lease_token: str | None = None  # the worker holding this lease token is making it
+    statuses: frozenset[RunStatus] | None = None  # the run is in one of these
+    not_cancelling: bool = False  # no cancel was requested
+
+
+@dataclass(frozen=True, eq=False)
+class Computed:
+    """Values the database computes, from bind parameters passed with the move. Each one a
+    module constant, so that the statement using it is built (and compiled) once."""
+
+    exprs: dict[str, ColumnElement[Any]]
+
+
+_STARTED = Computed(
+    {
+        "attempts": col(Run.attempts) + 1,
+        "started_at": func.coalesce(
+            col(Run.started_at), bindparam("c_now", type_=inspect(Run).columns["started_at"].type)
+        ),
+        "seq_reserved": case(
+            (col(Run.seq_reserved) > bindparam("c_seq_last"), col(Run.seq_reserved)),
+            else_=bindparam("c_seq_last"),
+        )
+        + bindparam("c_seq_size"),
+    }
+)
+
+
+@functools.cache
+def _move_statement(
+    sqlite: bool,
     target: RunStatus,
-    where: list[ColumnElement[bool]],
-    values: dict[str, Any],
-) -> Moved | None:
-    """`RunTable.move` on SQLite, whose RETURNING sees only the updated table: the status read
-    under the database's write lock, then the conditional UPDATE."""
-    locked = _locked(session, run_id)
-    if locked is None:
-        return None
-    previous = RunStatus(locked.status)
-    stmt = (
+    statuses: frozenset[RunStatus],
+    by_token: bool,
+    not_cancelling: bool,
+    names: tuple[str, ...],
+    computed: Computed | None,
+) -> Any:
+    """The conditional UPDATE of one kind of move, built once: its values and conditions are
+    bind parameters (`v_<column>`, `w_lease_token`, `locked_id`), so executing it again only
+    binds them (no statement to build, no cache key to compute)."""
+    conditions: list[ColumnElement[bool]] = [col(Run.status).in_(sorted(statuses))]
+    if by_token:
+        conditions.append(col(Run.lease_token) == bindparam("w_lease_token"))
+    if not_cancelling:
+        conditions.append(col(Run.cancel_requested_at).is_(None))
+    values: dict[str, Any] = {"status": target, **(computed.exprs if computed else {})}
+    values.update({name: bindparam(f"v_{name}") for name in names})
+    if sqlite:
+        # SQLite's RETURNING sees only the updated table: the status was read under the
+        # database's write lock (`_locked`) just before.
+        return (
+            update(Run)
+            .where(col(Run.id) == bindparam("locked_id"), *conditions)
+            .values(values)
+            .returning(Run)
+            .execution_options(populate_existing=True)
+        )
+    # One statement: lock the row, remember its status, update it, return it as written.
+    return (
         update(Run)
-        .where(col(Run.id) == run_id, *where)
-        .values(status=target, **values)
-        .returning(Run)
-        .execution_options(populate_existing=True)
+        .where(col(Run.id) == _LOCKED.c.id, *conditions)
+        .values(values)
+        .returning(*RUN_COLUMNS, _LOCKED.c.previous)
     )
-    run = session.execute(stmt).scalars().first()
-    return Moved(run, previous) if run is not None else None
 
 
 class RunTable:
@@ -217,25 +267,38 @@ class RunTable:
         session: Session,
         run_id: str,
         target: RunStatus,
-        *where: ColumnElement[bool],
+        when: When = When(),
+        computed: Computed | None = None,
+        params: dict[str, Any] | None = None,
         **values: Any,
     ) -> Moved | None:
-        """Move the run to `target` in the caller's transaction, if the table allows it from
-        its current status and `where` holds; None (nothing changed) otherwise."""
-        allowed = [col(Run.status).in_(sources(target)), *where]
-        if session.get_bind().dialect.name == "sqlite":
-            moved = _move_sqlite(session, run_id, target, allowed, values)
+        """Move the run to `target` in the caller's transaction, writing `values` (and
+        `computed`, from `params`), if the table allows it from its current status and `when`
+        holds; None (nothing changed) otherwise."""
+        allowed = sources(target)
+        if when.statuses is not None:
+            allowed &= when.statuses
+        sqlite = session.get_bind().dialect.name == "sqlite"
+        stmt = _move_statement(
+            sqlite,
+            target,
+            allowed,
+            when.lease_token is not None,
+            when.not_cancelling,
+            tuple(sorted(values)),
+            computed,
+        )
+        bound = {f"v_{name}": value for name, value in values.items()}
+        bound.update(params or {}, locked_id=run_id, w_lease_token=when.lease_token)
+        moved = None
+        if sqlite:
+            locked = _locked(session, run_id)
+            previous = RunStatus(locked.status) if locked is not None else None
+            run = session.execute(stmt, bound).scalars().first() if previous else None
+            if previous is not None and run is not None:
+                moved = Moved(run, previous)
         else:
-            # One statement (Core: no ORM bookkeeping on the hot path): lock the row, remember
-            # its status, update it, return it as written.
-            stmt = (
-                update(Run)
-                .where(col(Run.id) == _LOCKED.c.id, *allowed)
-                .values(status=target, **values)
-                .returning(*RUN_COLUMNS, _LOCKED.c.previous)
-            )
-            row = session.connection().execute(stmt, {"locked_id": run_id}).first()
-            moved = None
+            row = session.connection().execute(stmt, bound).first()
             if row is not None:
                 *fields, previous = row
                 moved = Moved(run_of(fields), RunStatus(previous))
@@ -260,16 +323,14 @@ class RunTable:
         """queued (or running: resumed after a crash or hand-back) → running under
         `lease_token`, counting the attempt and reserving `seqs`. None when it is finished or
         paused for approval (a stray task must not resume it before the decisions)."""
-        reserved = col(Run.seq_reserved)
         with Session(self.engine, expire_on_commit=False) as session:
             moved = self.move(
                 session,
                 run_id,
                 RUNNING,
-                attempts=col(Run.attempts) + 1,
-                started_at=func.coalesce(col(Run.started_at), utcnow()),
+                computed=_STARTED,
+                params={"c_now": utcnow(), "c_seq_last": seqs.last, "c_seq_size": seqs.size},
                 lease_token=lease_token,
-                seq_reserved=case((reserved > seqs.last, reserved), else_=seqs.last) + seqs.size,
             )
             session.commit()
             return moved
@@ -282,8 +343,7 @@ class RunTable:
                 session,
                 run_id,
                 REQUIRES_ACTION,
-                col(Run.lease_token) == lease_token,
-                col(Run.cancel_requested_at).is_(None),
+                When(lease_token=lease_token, not_cancelling=True),
                 required_action=paused.stored(),
                 lease_token=None,
             )
@@ -399,16 +459,14 @@ class RunTable:
         """Write the outcome and archive the whole event log, in one transaction, if `ending`
         holds (the worker's lease token, or an expected status); None when it does not.
         `thread_messages` (a completed run's) join its thread's history in that transaction."""
-        where: list[ColumnElement[bool]] = [col(Run.status).in_(ending.from_statuses)]
-        if ending.lease_token is not None:
-            where.append(col(Run.lease_token) == ending.lease_token)
+        when = When(lease_token=ending.lease_token, statuses=ending.from_statuses)
         with Session(self.engine, expire_on_commit=False) as session:
-            moved = self.move(session, run_id, target, *where, finished_at=utcnow(), **values)
+            moved = self.move(session, run_id, target, when, finished_at=utcnow(), **values)
             if moved is None:
                 session.rollback()
                 return None
             log_text = RunLog.join((seq, data) for seq, _type, data in events)
-            session.execute(insert(RunLog).values(run_id=run_id, events=log_text))
+            session.execute(_INSERT_LOG, {"run_id": run_id, "events": log_text})
             run = moved.run
             if thread_messages and run.thread_id is not None:
                 append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)

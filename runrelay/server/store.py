@@ -7,6 +7,7 @@ All functions are synchronous (SQLAlchemy sessions); async callers run them in a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -16,8 +17,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, bindparam, literal, text, update
+from sqlalchemy import Engine, Integer, Text, bindparam, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -73,6 +75,21 @@ def new_id(prefix: str) -> str:
 
 
 _GET_RUN = select(*RUN_COLUMNS).where(col(Run.id) == bindparam("run_id"))
+
+@functools.cache
+def _save_checkpoint(dialect: str) -> Any:
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    fenced = select(
+        col(Run.id),
+        bindparam("next_seq", type_=Integer),
+        bindparam("data", type_=Text),
+    ).where(col(Run.id) == bindparam("run_id"), col(Run.lease_token) == bindparam("lease_token"))
+    stmt = insert(RunCheckpoint).from_select(["run_id", "next_seq", "data"], fenced)
+    return stmt.on_conflict_do_update(
+        index_elements=["run_id"],
+        set_={"next_seq": stmt.excluded.next_seq, "data": stmt.excluded.data},
+    )
+
 
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
@@ -358,18 +375,9 @@ class Store:
     def save_checkpoint(self, run_id: str, lease_token: str, next_seq: int, data: str) -> None:
         """Keep the run's checkpoint `data` (JSON), in one statement and only while the run is
         still started under `lease_token` (a worker that lost the run writes nothing)."""
-        dialect = self.engine.dialect.name
-        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        fenced = select(col(Run.id), literal(next_seq), literal(data)).where(
-            col(Run.id) == run_id, col(Run.lease_token) == lease_token
-        )
-        stmt = insert(RunCheckpoint).from_select(["run_id", "next_seq", "data"], fenced)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["run_id"],
-            set_={"next_seq": stmt.excluded.next_seq, "data": stmt.excluded.data},
-        )
+        params = {"run_id": run_id, "lease_token": lease_token, "next_seq": next_seq, "data": data}
         with self.engine.begin() as conn:
-            conn.execute(stmt)
+            conn.execute(_save_checkpoint(self.engine.dialect.name), params)
 
     def checkpoint(self, run_id: str) -> str | None:
         """The run's last checkpoint kept in the database (JSON), if any."""

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Dialect, Index, String, Text, inspect
+from sqlalchemy import JSON, BigInteger, Column, Dialect, Index, String, Table, Text, inspect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -118,7 +118,15 @@ class Run(SQLModel, table=True):
 
 # Reading and writing runs with Core statements on the hot path (no ORM unit of work): the
 # table's columns, and a `Run` built from the values a statement returned for them.
-RUN_COLUMNS = tuple(Run.__table__.c)  # type: ignore[attr-defined]  # SQLModel sets __table__
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a model: statements on it skip the ORM (its bulk-insert machinery,
+    attribute-name mapping) and take values by column name."""
+    table: Table = model.__table__  # type: ignore[attr-defined]  # SQLModel sets __table__
+    return table
+
+
+RUN_TABLE = table_of(Run)
+RUN_COLUMNS = tuple(RUN_TABLE.c)
 _RUN_FIELDS = tuple(inspect(Run).get_property_by_column(c).key for c in RUN_COLUMNS)
 
 

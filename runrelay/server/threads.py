@@ -13,17 +13,26 @@ creates, and history seqs gapless.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, func, insert
+from sqlalchemy import Engine, bindparam, func, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from runrelay.agent._history import HistoryPolicy, fit_history
 from runrelay.server.errors import Conflict
-from runrelay.server.tables import Run, Thread, ThreadMessage, run_row, utcnow
+from runrelay.server.tables import (
+    RUN_TABLE,
+    Run,
+    Thread,
+    ThreadMessage,
+    run_row,
+    table_of,
+    utcnow,
+)
 from runrelay.types import RunStatus
 
 Message = dict[str, Any]
@@ -45,20 +54,44 @@ class ThreadBusy(Conflict):
         self.active = active
 
 
+@functools.cache
+def _upsert_thread(dialect: str, touch: bool) -> Any:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(Thread).values(
+        tenant_id=bindparam("tenant_id"),
+        id=bindparam("thread_id"),
+        created_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    # A conflict still updates (to the same value when not touching): that takes the row lock.
+    updated_at = stmt.excluded.updated_at if touch else col(Thread.updated_at)
+    return stmt.on_conflict_do_update(
+        index_elements=["tenant_id", "id"], set_={"updated_at": updated_at}
+    )
+
+
 def _lock_thread(session: Session, tenant_id: str, thread_id: str, *, touch: bool) -> None:
     """Create the thread if it is new and lock its row until the transaction ends; `touch`
     moves its `updated_at` to now."""
-    now = utcnow()
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(Thread).values(tenant_id=tenant_id, id=thread_id, created_at=now, updated_at=now)
-    # A conflict still updates (to the same value when not touching): that takes the row lock.
-    updated_at = stmt.excluded.updated_at if touch else col(Thread.updated_at)
-    session.exec(
-        stmt.on_conflict_do_update(
-            index_elements=["tenant_id", "id"], set_={"updated_at": updated_at}
-        )
-    )
+    stmt = _upsert_thread(session.get_bind().dialect.name, touch)
+    session.execute(stmt, {"tenant_id": tenant_id, "thread_id": thread_id, "now": utcnow()})
+
+
+# Statements of the hot path, built once (see `run_table._move_statement`).
+_OF_THREAD = (
+    col(ThreadMessage.tenant_id) == bindparam("tenant_id"),
+    col(ThreadMessage.thread_id) == bindparam("thread_id"),
+)
+_LAST_SEQ = select(func.max(ThreadMessage.seq)).where(*_OF_THREAD)
+_RECENT_RUNS = (
+    select(ThreadMessage.run_id)
+    .where(*_OF_THREAD)
+    .order_by(col(ThreadMessage.seq).desc())
+    .limit(bindparam("limit"))
+)
+_INSERT_MESSAGE = insert(table_of(ThreadMessage))
+_INSERT_THREAD = insert(table_of(Thread))
+_INSERT_RUN = insert(RUN_TABLE)  # the table: `run_row` gives values by column name
 
 
 def _active(session: Session, tenant_id: str, thread_id: str) -> list[Run]:
@@ -80,11 +113,7 @@ def append_messages(
     """Add a completed run's messages to its thread, with the next seqs (in the caller's
     transaction), and move the thread's `updated_at`."""
     _lock_thread(session, tenant_id, thread_id, touch=True)
-    last = session.exec(
-        select(func.max(ThreadMessage.seq)).where(
-            ThreadMessage.tenant_id == tenant_id, ThreadMessage.thread_id == thread_id
-        )
-    ).one()
+    last = session.execute(_LAST_SEQ, {"tenant_id": tenant_id, "thread_id": thread_id}).scalar()
     now = utcnow()
     rows = [
         {
@@ -99,7 +128,7 @@ def append_messages(
         for n, message in enumerate(messages, start=1)
     ]
     if rows:
-        session.execute(insert(ThreadMessage), rows)
+        session.execute(_INSERT_MESSAGE, rows)
 
 
 class Threads:
@@ -118,9 +147,13 @@ class Threads:
             if new_thread and run.thread_id is not None:
                 now = utcnow()
                 session.execute(
-                    insert(Thread).values(
-                        tenant_id=run.tenant_id, id=run.thread_id, created_at=now, updated_at=now
-                    )
+                    _INSERT_THREAD,
+                    {
+                        "tenant_id": run.tenant_id,
+                        "id": run.thread_id,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
                 )
             elif run.thread_id is not None:
                 _lock_thread(session, run.tenant_id, run.thread_id, touch=False)
@@ -128,7 +161,7 @@ class Threads:
                 if active and reject_if_busy:
                     session.rollback()
                     raise ThreadBusy(run.thread_id, active[0])
-            session.execute(insert(Run).values(run_row(run)))  # Core: no ORM unit of work
+            session.execute(_INSERT_RUN, run_row(run))  # Core: no ORM unit of work
             session.commit()
         return active
 
@@ -172,14 +205,10 @@ class Threads:
         if max_messages <= 0:
             return []
         where = (ThreadMessage.tenant_id == tenant_id, ThreadMessage.thread_id == thread_id)
-        recent = (
-            select(ThreadMessage.run_id)
-            .where(*where)
-            .order_by(col(ThreadMessage.seq).desc())
-            .limit(max_messages)
-        )
+        of_thread = {"tenant_id": tenant_id, "thread_id": thread_id}
         with Session(self.engine) as session:
-            run_ids = set(session.exec(recent).all())
+            recent = session.execute(_RECENT_RUNS, {**of_thread, "limit": max_messages})
+            run_ids = set(recent.scalars().all())
             if not run_ids:  # a new thread (most runs): one query only
                 return []
             rows = session.exec(
