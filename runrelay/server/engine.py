@@ -47,9 +47,20 @@ def make_engine(settings: Settings) -> Engine:
 def _check_idle_connection(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
     """Refuse a pooled connection that is closed, or whose socket has something to read while
     no statement is running on it (the server's goodbye, or end of file): the pool then opens
-    a new one. A poll with no timeout: no round trip to the server."""
+    a new one. A poll with no timeout: no round trip to the server.
+
+    Over TLS a readable socket proves nothing (a TLS 1.3 server sends session tickets after the
+    handshake), so such a connection is pinged with a statement instead, as `pool_pre_ping`
+    would."""
     if dbapi_conn.closed or dbapi_conn.broken:
         raise DisconnectionError("connection closed while pooled")
+    if dbapi_conn.pgconn.ssl_in_use:
+        try:
+            dbapi_conn.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except dbapi_conn.OperationalError as exc:
+            raise DisconnectionError("connection lost while pooled") from exc
+        return
     readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
     if readable:
         raise DisconnectionError("the server closed or wrote to the connection while pooled")

@@ -294,7 +294,7 @@ class RunTable:
         if sqlite:
             locked = _locked(session, run_id)
             previous = RunStatus(locked.status) if locked is not None else None
-            run = session.execute(stmt, bound).scalars().first() if previous else None
+            run = session.execute(stmt, bound).scalars().first() if previous is not None else None
             if previous is not None and run is not None:
                 moved = Moved(run, previous)
         else:
