@@ -18,7 +18,9 @@ then goes on from the last seq each got, so sharing loses nothing): a burst of c
 a run's stream costs one read, and holds one Redis connection, not one per client.
 
 A subscriber waits on `Subscription.wait`: it returns what came, or nothing once it has waited
-`idle_wake_s` (one ticker task per hub wakes those, rather than a timer per subscriber).
+`idle_wake_s` (one ticker task per hub wakes those, rather than a timer per subscriber). Each
+wait is queued in the order it began, so the ticker looks only at the waits that came due, not
+at every subscriber four times a second.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +53,7 @@ class Subscription:
     run_id: str
     key: str
     cursor: int
+    waits: deque[tuple[float, Subscription]]
     pending: list[LoggedEvent] = field(default_factory=list)
     waiting_since: float | None = None
     _waiter: asyncio.Future[None] | None = None
@@ -59,7 +63,8 @@ class Subscription:
         it with none (after about `idle_wake_s`)."""
         if not self.pending:
             self._waiter = asyncio.get_running_loop().create_future()
-            self.waiting_since = time.monotonic()
+            self.waiting_since = since = time.monotonic()
+            self.waits.append((since, self))
             try:
                 await self._waiter
             finally:
@@ -93,6 +98,8 @@ class StreamHub:
         self._woken = False
         self._tasks: list[asyncio.Task[None]] = []
         self._histories: dict[str, tuple[int, asyncio.Future[list[LoggedEvent]]]] = {}
+        # (when it began, who) per wait, oldest first; a wait that ended stays until it is due.
+        self._waits: deque[tuple[float, Subscription]] = deque()
 
     def start(self) -> None:
         self._tasks = [
@@ -109,7 +116,9 @@ class StreamHub:
             await self.writer.delete(self._wakeup_key)
 
     async def subscribe(self, run_id: str, after: int) -> Subscription:
-        sub = Subscription(run_id=run_id, key=self.keys.events(run_id), cursor=after)
+        sub = Subscription(
+            run_id=run_id, key=self.keys.events(run_id), cursor=after, waits=self._waits
+        )
         self._subs.setdefault(sub.key, set()).add(sub)
         self._cursors[sub.key] = min(self._cursors.get(sub.key, after), after)
         reading = self._reading.get(sub.key)
@@ -190,13 +199,14 @@ class StreamHub:
 
     async def _tick(self) -> None:
         """Wakes the subscribers that waited `idle_wake_s` with nothing (a few times a second)."""
+        waits = self._waits
         while True:
             await asyncio.sleep(self.idle_wake_s / 4)
             due = time.monotonic() - self.idle_wake_s
-            for subs in self._subs.values():
-                for sub in subs:
-                    if sub.waiting_since is not None and sub.waiting_since <= due:
-                        sub.wake()
+            while waits and waits[0][0] <= due:
+                since, sub = waits.popleft()
+                if sub.waiting_since == since:  # still that wait, not a later one
+                    sub.wake()
 
     def _dispatch(self, key: str, events: list[LoggedEvent]) -> None:
         subs = self._subs.get(key)
