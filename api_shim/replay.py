@@ -9,6 +9,10 @@ is re-read now and then: if it ended and its stream is gone, the rest comes from
 write when they came together), a `: ping` after `sse_ping_s` without one, and stops when the
 client goes, the key is revoked or the server shuts down. (sse-starlette's response runs four
 tasks and a cancel scope per message for each stream, which counts at thousands of streams.)
+That task is not the request's own: the request's coroutine sits under some twenty layers of
+ASGI middleware and routing, all resumed at every wake-up of the coroutine at the bottom, so it
+only starts the response, awaits the writer and ends the response. The writer sends its chunks
+with the server's `send` (the middleware's `BODY_SEND`), not through the wrappers of each layer.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api_shim.hub import Subscription
+from api_shim.middleware import BODY_SEND
 from api_shim.state import ShimState
 from runrelay.server.eventlog import LoggedEvent
 from runrelay.server.store import KEY_CACHE_S
@@ -197,10 +202,12 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if scope.get("method") != "HEAD":
             gone = asyncio.ensure_future(_until_disconnect(receive))
+            writer = asyncio.ensure_future(self._stream(scope.get(BODY_SEND, send), gone))
             try:
-                await self._stream(send, gone)
+                await writer
             finally:
                 gone.cancel()
+                writer.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _stream(self, send: Send, gone: asyncio.Future[None]) -> None:
