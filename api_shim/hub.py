@@ -48,29 +48,61 @@ _WAKEUP_TTL_S = 3600
 _XREAD_COUNT = 1000
 
 
+class _Waits:
+    """The subscribers' waits in the order they began, for the ticker: a wait is its future
+    and when it began (two queues, so that a float, not a tuple, is kept per wait)."""
+
+    def __init__(self) -> None:
+        self.began: deque[float] = deque()
+        self.futures: deque[asyncio.Future[None]] = deque()
+
+    def add(self, future: asyncio.Future[None]) -> None:
+        self.began.append(time.monotonic())
+        self.futures.append(future)
+
+    def end_due(self, idle_s: float) -> None:
+        """Ends the waits that began `idle_s` ago or more (those that ended already are
+        dropped)."""
+        due = time.monotonic() - idle_s
+        began, futures = self.began, self.futures
+        while began and began[0] <= due:
+            began.popleft()
+            future = futures.popleft()
+            if not future.done():
+                future.set_result(None)
+
+
 @dataclass(eq=False)
 class Subscription:
     run_id: str
     key: str
     cursor: int
-    waits: deque[tuple[float, Subscription]]
+    waits: _Waits
     pending: list[LoggedEvent] = field(default_factory=list)
-    waiting_since: float | None = None
     _waiter: asyncio.Future[None] | None = None
 
-    async def wait(self) -> list[LoggedEvent]:
-        """The entries that came since the last call, in order; [] when the hub's ticker woke
-        it with none (after about `idle_wake_s`)."""
-        if not self.pending:
-            self._waiter = asyncio.get_running_loop().create_future()
-            self.waiting_since = since = time.monotonic()
-            self.waits.append((since, self))
-            try:
-                await self._waiter
-            finally:
-                self._waiter = self.waiting_since = None
-        came, self.pending = self.pending, []
+    def waiter(self) -> asyncio.Future[None] | None:
+        """None when entries came; else a future done once some come, or once it has waited
+        `idle_wake_s` (the hub's ticker). Awaiting it allocates nothing else, which counts:
+        what ten thousand streams hold while they wait outlives young garbage collections."""
+        if self.pending:
+            return None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.waits.add(self._waiter)
+        return self._waiter
+
+    def take(self) -> list[LoggedEvent]:
+        """The entries that came since the last call, in order."""
+        came = self.pending[:]
+        self.pending.clear()
         return came
+
+    async def wait(self) -> list[LoggedEvent]:
+        """`take` after `waiter`: [] when the ticker woke it with none."""
+        waiter = self.waiter()
+        if waiter is not None:
+            await waiter
+        return self.take()
 
     def wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -98,8 +130,7 @@ class StreamHub:
         self._woken = False
         self._tasks: list[asyncio.Task[None]] = []
         self._histories: dict[str, tuple[int, asyncio.Future[list[LoggedEvent]]]] = {}
-        # (when it began, who) per wait, oldest first; a wait that ended stays until it is due.
-        self._waits: deque[tuple[float, Subscription]] = deque()
+        self._waits = _Waits()
 
     def start(self) -> None:
         self._tasks = [
@@ -199,14 +230,9 @@ class StreamHub:
 
     async def _tick(self) -> None:
         """Wakes the subscribers that waited `idle_wake_s` with nothing (a few times a second)."""
-        waits = self._waits
         while True:
             await asyncio.sleep(self.idle_wake_s / 4)
-            due = time.monotonic() - self.idle_wake_s
-            while waits and waits[0][0] <= due:
-                since, sub = waits.popleft()
-                if sub.waiting_since == since:  # still that wait, not a later one
-                    sub.wake()
+            self._waits.end_due(self.idle_wake_s)
 
     def _dispatch(self, key: str, events: list[LoggedEvent]) -> None:
         subs = self._subs.get(key)

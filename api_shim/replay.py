@@ -116,16 +116,21 @@ class _Tail:
         if self._sub is not None:
             self._state.hub.unsubscribe(self._sub)
 
-    async def next(self) -> list[LoggedEvent] | None:
-        """The next events above the cursor, in order (all that came together); [] when none
-        came within `KEY_CACHE_S`; None once the reader must stop (the key was revoked, or the
-        archive's rest was given)."""
+    def waiter(self) -> asyncio.Future[None] | None:
+        """What to await before `after_wait` (None: nothing, go on)."""
+        assert self._sub is not None, "used outside `async with`"
+        return None if self._over else self._sub.waiter()
+
+    async def after_wait(self) -> list[LoggedEvent] | None:
+        """The events above the cursor that came, in order; [] when none came within
+        `KEY_CACHE_S`; None once the reader must stop (the key was revoked, or the archive's
+        rest was given)."""
         assert self._sub is not None, "used outside `async with`"
         if self._over:
             return None
         if self._key_id is not None and not await self._state.api_keys.active(self._key_id):
             return None
-        came = await self._sub.wait()
+        came = self._sub.take()
         if not came:
             return await self._idle()
         self._idle_s = 0.0
@@ -135,6 +140,13 @@ class _Tail:
                 events.append(event)
                 self.last = event.seq
         return events
+
+    async def next(self) -> list[LoggedEvent] | None:
+        """`after_wait` after `waiter`."""
+        waiter = self.waiter()
+        if waiter is not None:
+            await waiter
+        return await self.after_wait()
 
     async def _idle(self) -> list[LoggedEvent]:
         self._idle_s += KEY_CACHE_S
@@ -240,7 +252,11 @@ class EventStream(Response):
         last = start.events[-1].seq if start.events else self._after
         async with _Tail(state, self._run_id, last, self._key_id) as tail:
             while not gone.done() and not AppStatus.should_exit:
-                events = await tail.next()
+                # Not `tail.next()`: its coroutines would be held by every stream as it waits.
+                waiter = tail.waiter()
+                if waiter is not None:
+                    await waiter
+                events = await tail.after_wait()
                 if events is None or await write(events):
                     return
                 if not events and ping_s and time.monotonic() - wrote >= ping_s:
