@@ -128,6 +128,7 @@ class StreamHub:
         self._cursors: dict[str, int] = {}
         self._reading: dict[str, int] = {}
         self._woken = False
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._histories: dict[str, tuple[int, asyncio.Future[list[LoggedEvent]]]] = {}
         self._waits = _Waits()
@@ -139,6 +140,10 @@ class StreamHub:
         ]
 
     async def stop(self) -> None:
+        # Not the cancel alone: redis-py can swallow a cancel that lands in its blocking read
+        # (the task then waited for a new subscriber forever, and so did shutdown).
+        self._stopping = True
+        self._changed.set()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -199,7 +204,7 @@ class StreamHub:
             await pipe.execute()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             if not self._subs:
                 self._reading = {}
                 self._changed.clear()
