@@ -13,9 +13,11 @@ per-hub wake-up stream, so it does not wait for the block timeout; one wake-up a
 a thousand clients opening at once cost one, not a thousand.
 
 `history` reads a run's entries above a cursor for a stream that opens (XRANGE); the opens of one
-run that come while such a read is in flight from at or below their cursor share it (the tail
-then goes on from the last seq each got, so sharing loses nothing): a burst of clients opening
-a run's stream costs one read, and holds one Redis connection, not one per client.
+run that come while such a read is in flight, or up to `_HISTORY_REUSE_S` after it began, from
+at or below its cursor share it (the tail then goes on from the last seq each got, so sharing
+loses nothing; what came since the read reaches them through the tail): a burst of clients
+opening a run's stream costs one read a second, and holds one Redis connection, not one per
+client.
 
 A subscriber waits on `Subscription.wait`: it returns what came, or nothing once it has waited
 `idle_wake_s` (one ticker task per hub wakes those, rather than a timer per subscriber). Each
@@ -46,6 +48,20 @@ log = logging.getLogger(__name__)
 _WAKEUP_MAXLEN = 16
 _WAKEUP_TTL_S = 3600
 _XREAD_COUNT = 1000
+_HISTORY_REUSE_S = 1.0
+
+
+@dataclass(frozen=True)
+class _History:
+    after: int
+    read: asyncio.Future[list[LoggedEvent]]
+    began: float
+
+    def stale(self, now: float) -> bool:
+        if not self.read.done():
+            return False
+        failed = self.read.cancelled() or self.read.exception() is not None
+        return failed or now - self.began > _HISTORY_REUSE_S
 
 
 class _Waits:
@@ -130,7 +146,7 @@ class StreamHub:
         self._woken = False
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._histories: dict[str, tuple[int, asyncio.Future[list[LoggedEvent]]]] = {}
+        self._histories: dict[str, _History] = {}
         self._waits = _Waits()
 
     def start(self) -> None:
@@ -168,20 +184,23 @@ class StreamHub:
 
     async def history(self, run_id: str, after: int) -> list[LoggedEvent]:
         """The run's entries above `after`, as of about now (see the module docstring)."""
+        now = time.monotonic()
         shared = self._histories.get(run_id)
-        if shared is None or shared[0] > after:
+        if shared is None or shared.after > after or shared.stale(now):
             read = asyncio.ensure_future(self._xrange(run_id, after))
-            if shared is None:
-                self._histories[run_id] = (after, read)
-                read.add_done_callback(lambda done: self._history_done(run_id, done))
-            shared = (after, read)
-        entries = await asyncio.shield(shared[1])
+            read.add_done_callback(_retrieve)
+            mine = _History(after, read, now)
+            if shared is None or shared.stale(now):
+                self._histories[run_id] = mine
+            shared = mine
+        # Shielded: an opener that gives up (a client gone) does not cancel the others' read.
+        entries = await asyncio.shield(shared.read)
         return [event for event in entries if event.seq > after]
 
-    def _history_done(self, run_id: str, read: asyncio.Future[list[LoggedEvent]]) -> None:
-        self._histories.pop(run_id, None)
-        if not read.cancelled():
-            read.exception()  # retrieved here too: every reader may have gone
+    def _drop_stale_histories(self) -> None:
+        now = time.monotonic()
+        for run_id in [r for r, h in self._histories.items() if h.stale(now)]:
+            del self._histories[run_id]
 
     async def _xrange(self, run_id: str, after: int) -> list[LoggedEvent]:
         entries: Any = await self.writer.xrange(
@@ -238,6 +257,7 @@ class StreamHub:
         while True:
             await asyncio.sleep(self.idle_wake_s / 4)
             self._waits.end_due(self.idle_wake_s)
+            self._drop_stale_histories()
 
     def _dispatch(self, key: str, events: list[LoggedEvent]) -> None:
         subs = self._subs.get(key)
@@ -254,3 +274,8 @@ class StreamHub:
                         sub.wake()
             lowest = min(lowest, sub.cursor)
         self._cursors[key] = lowest
+
+
+def _retrieve(read: asyncio.Future[list[LoggedEvent]]) -> None:
+    if not read.cancelled():
+        read.exception()  # retrieved here too: every reader may have gone
