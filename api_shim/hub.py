@@ -13,12 +13,16 @@ per-hub wake-up stream, so it does not wait for the block timeout; one wake-up a
 a thousand clients opening at once cost one, not a thousand.
 
 `history` reads a run's entries above a cursor for a stream that opens (XRANGE); the opens of one
-run that come while such a read is in flight from at or below their cursor share it (the tail
-then goes on from the last seq each got, so sharing loses nothing): a burst of clients opening
-a run's stream costs one read, and holds one Redis connection, not one per client.
+run that come while such a read is in flight, or up to `_HISTORY_REUSE_S` after it began, from
+at or below its cursor share it (the tail then goes on from the last seq each got, so sharing
+loses nothing; what came since the read reaches them through the tail): a burst of clients
+opening a run's stream costs one read a second, and holds one Redis connection, not one per
+client.
 
 A subscriber waits on `Subscription.wait`: it returns what came, or nothing once it has waited
-`idle_wake_s` (one ticker task per hub wakes those, rather than a timer per subscriber).
+`idle_wake_s` (one ticker task per hub wakes those, rather than a timer per subscriber). Each
+wait is queued in the order it began, so the ticker looks only at the waits that came due, not
+at every subscriber four times a second.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +48,44 @@ log = logging.getLogger(__name__)
 _WAKEUP_MAXLEN = 16
 _WAKEUP_TTL_S = 3600
 _XREAD_COUNT = 1000
+_HISTORY_REUSE_S = 1.0
+
+
+@dataclass(frozen=True)
+class _History:
+    after: int
+    read: asyncio.Future[list[LoggedEvent]]
+    began: float
+
+    def stale(self, now: float) -> bool:
+        if not self.read.done():
+            return False
+        failed = self.read.cancelled() or self.read.exception() is not None
+        return failed or now - self.began > _HISTORY_REUSE_S
+
+
+class _Waits:
+    """The subscribers' waits in the order they began, for the ticker: a wait is its future
+    and when it began (two queues, so that a float, not a tuple, is kept per wait)."""
+
+    def __init__(self) -> None:
+        self.began: deque[float] = deque()
+        self.futures: deque[asyncio.Future[None]] = deque()
+
+    def add(self, future: asyncio.Future[None]) -> None:
+        self.began.append(time.monotonic())
+        self.futures.append(future)
+
+    def end_due(self, idle_s: float) -> None:
+        """Ends the waits that began `idle_s` ago or more (those that ended already are
+        dropped)."""
+        due = time.monotonic() - idle_s
+        began, futures = self.began, self.futures
+        while began and began[0] <= due:
+            began.popleft()
+            future = futures.popleft()
+            if not future.done():
+                future.set_result(None)
 
 
 @dataclass(eq=False)
@@ -50,22 +93,32 @@ class Subscription:
     run_id: str
     key: str
     cursor: int
+    waits: _Waits
     pending: list[LoggedEvent] = field(default_factory=list)
-    waiting_since: float | None = None
     _waiter: asyncio.Future[None] | None = None
 
-    async def wait(self) -> list[LoggedEvent]:
-        """The entries that came since the last call, in order; [] when the hub's ticker woke
-        it with none (after about `idle_wake_s`)."""
-        if not self.pending:
-            self._waiter = asyncio.get_running_loop().create_future()
-            self.waiting_since = time.monotonic()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = self.waiting_since = None
-        came, self.pending = self.pending, []
+    def waiter(self) -> asyncio.Future[None] | None:
+        """None when entries came; else a future done once some come, or once it has waited
+        `idle_wake_s` (the hub's ticker). Awaiting it allocates nothing else, which counts:
+        what ten thousand streams hold while they wait outlives young garbage collections."""
+        if self.pending:
+            return None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.waits.add(self._waiter)
+        return self._waiter
+
+    def take(self) -> list[LoggedEvent]:
+        """The entries that came since the last call, in order."""
+        came = self.pending[:]
+        self.pending.clear()
         return came
+
+    async def wait(self) -> list[LoggedEvent]:
+        """`take` after `waiter`: [] when the ticker woke it with none."""
+        waiter = self.waiter()
+        if waiter is not None:
+            await waiter
+        return self.take()
 
     def wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -91,8 +144,10 @@ class StreamHub:
         self._cursors: dict[str, int] = {}
         self._reading: dict[str, int] = {}
         self._woken = False
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._histories: dict[str, tuple[int, asyncio.Future[list[LoggedEvent]]]] = {}
+        self._histories: dict[str, _History] = {}
+        self._waits = _Waits()
 
     def start(self) -> None:
         self._tasks = [
@@ -101,6 +156,10 @@ class StreamHub:
         ]
 
     async def stop(self) -> None:
+        # Not the cancel alone: redis-py can swallow a cancel that lands in its blocking read
+        # (the task then waited for a new subscriber forever, and so did shutdown).
+        self._stopping = True
+        self._changed.set()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -109,7 +168,9 @@ class StreamHub:
             await self.writer.delete(self._wakeup_key)
 
     async def subscribe(self, run_id: str, after: int) -> Subscription:
-        sub = Subscription(run_id=run_id, key=self.keys.events(run_id), cursor=after)
+        sub = Subscription(
+            run_id=run_id, key=self.keys.events(run_id), cursor=after, waits=self._waits
+        )
         self._subs.setdefault(sub.key, set()).add(sub)
         self._cursors[sub.key] = min(self._cursors.get(sub.key, after), after)
         reading = self._reading.get(sub.key)
@@ -123,20 +184,23 @@ class StreamHub:
 
     async def history(self, run_id: str, after: int) -> list[LoggedEvent]:
         """The run's entries above `after`, as of about now (see the module docstring)."""
+        now = time.monotonic()
         shared = self._histories.get(run_id)
-        if shared is None or shared[0] > after:
+        if shared is None or shared.after > after or shared.stale(now):
             read = asyncio.ensure_future(self._xrange(run_id, after))
-            if shared is None:
-                self._histories[run_id] = (after, read)
-                read.add_done_callback(lambda done: self._history_done(run_id, done))
-            shared = (after, read)
-        entries = await asyncio.shield(shared[1])
+            read.add_done_callback(_retrieve)
+            mine = _History(after, read, now)
+            if shared is None or shared.stale(now):
+                self._histories[run_id] = mine
+            shared = mine
+        # Shielded: an opener that gives up (a client gone) does not cancel the others' read.
+        entries = await asyncio.shield(shared.read)
         return [event for event in entries if event.seq > after]
 
-    def _history_done(self, run_id: str, read: asyncio.Future[list[LoggedEvent]]) -> None:
-        self._histories.pop(run_id, None)
-        if not read.cancelled():
-            read.exception()  # retrieved here too: every reader may have gone
+    def _drop_stale_histories(self) -> None:
+        now = time.monotonic()
+        for run_id in [r for r, h in self._histories.items() if h.stale(now)]:
+            del self._histories[run_id]
 
     async def _xrange(self, run_id: str, after: int) -> list[LoggedEvent]:
         entries: Any = await self.writer.xrange(
@@ -159,7 +223,7 @@ class StreamHub:
             await pipe.execute()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             if not self._subs:
                 self._reading = {}
                 self._changed.clear()
@@ -192,11 +256,8 @@ class StreamHub:
         """Wakes the subscribers that waited `idle_wake_s` with nothing (a few times a second)."""
         while True:
             await asyncio.sleep(self.idle_wake_s / 4)
-            due = time.monotonic() - self.idle_wake_s
-            for subs in self._subs.values():
-                for sub in subs:
-                    if sub.waiting_since is not None and sub.waiting_since <= due:
-                        sub.wake()
+            self._waits.end_due(self.idle_wake_s)
+            self._drop_stale_histories()
 
     def _dispatch(self, key: str, events: list[LoggedEvent]) -> None:
         subs = self._subs.get(key)
@@ -213,3 +274,8 @@ class StreamHub:
                         sub.wake()
             lowest = min(lowest, sub.cursor)
         self._cursors[key] = lowest
+
+
+def _retrieve(read: asyncio.Future[list[LoggedEvent]]) -> None:
+    if not read.cancelled():
+        read.exception()  # retrieved here too: every reader may have gone

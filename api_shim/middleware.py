@@ -1,6 +1,10 @@
 """ASGI middleware: request ids on every response, and the request body size limit.
 
 Both are plain ASGI (not BaseHTTPMiddleware) so that SSE responses stream through untouched.
+`RequestIdMiddleware`, the outermost of ours, also leaves the `send` it was given in the scope
+under `BODY_SEND`: once a response has started, its body chunks need none of the wrappers
+between there and the route (ours, Starlette's and FastAPI's only look at, or change, the
+start of the response), and an SSE stream with thousands of clients sends a chunk per event.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from api_shim.errors import STORE_RETRY_AFTER_S, is_store_outage
 
 log = logging.getLogger(__name__)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+BODY_SEND = "runrelay.body_send"
 
 
 def _error_body(status: int, code: str, message: str, request_id: str) -> bytes:
@@ -68,6 +73,7 @@ class RequestIdMiddleware:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _VALID_REQUEST_ID.match(given) else f"req_{secrets.token_hex(12)}"
         scope.setdefault("state", {})["request_id"] = request_id
+        scope[BODY_SEND] = send
         started = False
 
         # A plain function returning `send`'s awaitable: every chunk of every SSE stream passes

@@ -9,6 +9,10 @@ is re-read now and then: if it ended and its stream is gone, the rest comes from
 write when they came together), a `: ping` after `sse_ping_s` without one, and stops when the
 client goes, the key is revoked or the server shuts down. (sse-starlette's response runs four
 tasks and a cancel scope per message for each stream, which counts at thousands of streams.)
+That task is not the request's own: the request's coroutine sits under some twenty layers of
+ASGI middleware and routing, all resumed at every wake-up of the coroutine at the bottom, so it
+only starts the response, awaits the writer and ends the response. The writer sends its chunks
+with the server's `send` (the middleware's `BODY_SEND`), not through the wrappers of each layer.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api_shim.hub import Subscription
+from api_shim.middleware import BODY_SEND
 from api_shim.state import ShimState
 from runrelay.server.eventlog import LoggedEvent
 from runrelay.server.store import KEY_CACHE_S
@@ -111,16 +116,21 @@ class _Tail:
         if self._sub is not None:
             self._state.hub.unsubscribe(self._sub)
 
-    async def next(self) -> list[LoggedEvent] | None:
-        """The next events above the cursor, in order (all that came together); [] when none
-        came within `KEY_CACHE_S`; None once the reader must stop (the key was revoked, or the
-        archive's rest was given)."""
+    def waiter(self) -> asyncio.Future[None] | None:
+        """What to await before `after_wait` (None: nothing, go on)."""
+        assert self._sub is not None, "used outside `async with`"
+        return None if self._over else self._sub.waiter()
+
+    async def after_wait(self) -> list[LoggedEvent] | None:
+        """The events above the cursor that came, in order; [] when none came within
+        `KEY_CACHE_S`; None once the reader must stop (the key was revoked, or the archive's
+        rest was given)."""
         assert self._sub is not None, "used outside `async with`"
         if self._over:
             return None
         if self._key_id is not None and not await self._state.api_keys.active(self._key_id):
             return None
-        came = await self._sub.wait()
+        came = self._sub.take()
         if not came:
             return await self._idle()
         self._idle_s = 0.0
@@ -130,6 +140,13 @@ class _Tail:
                 events.append(event)
                 self.last = event.seq
         return events
+
+    async def next(self) -> list[LoggedEvent] | None:
+        """`after_wait` after `waiter`."""
+        waiter = self.waiter()
+        if waiter is not None:
+            await waiter
+        return await self.after_wait()
 
     async def _idle(self) -> list[LoggedEvent]:
         self._idle_s += KEY_CACHE_S
@@ -197,10 +214,12 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if scope.get("method") != "HEAD":
             gone = asyncio.ensure_future(_until_disconnect(receive))
+            writer = asyncio.ensure_future(self._stream(scope.get(BODY_SEND, send), gone))
             try:
-                await self._stream(send, gone)
+                await writer
             finally:
                 gone.cancel()
+                writer.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _stream(self, send: Send, gone: asyncio.Future[None]) -> None:
@@ -233,7 +252,11 @@ class EventStream(Response):
         last = start.events[-1].seq if start.events else self._after
         async with _Tail(state, self._run_id, last, self._key_id) as tail:
             while not gone.done() and not AppStatus.should_exit:
-                events = await tail.next()
+                # Not `tail.next()`: its coroutines would be held by every stream as it waits.
+                waiter = tail.waiter()
+                if waiter is not None:
+                    await waiter
+                events = await tail.after_wait()
                 if events is None or await write(events):
                     return
                 if not events and ping_s and time.monotonic() - wrote >= ping_s:

@@ -14,11 +14,12 @@ Once every client is connected (or the ramp gave up, `--ramp-timeout`, or made n
 measures for `--measure-s` seconds:
 
 - delivery lag of every event received in the window: its `ts` (set by the worker when the event
-  is made) to the moment the client read its line; p50, p99, max;
+  is made) to the moment the client read its line; p50, p99, p99.9, max;
 - streams connected, and connect errors by kind (timeout, reset, refused, HTTP status, dropped);
 - the API process: RSS (before the clients and in the window, so RSS per stream), CPU seconds,
   and its TCP connections to Redis (counted from the process's sockets; also `CLIENT LIST` by
-  the shim's client name).
+  the shim's client name);
+- the client processes' CPU (when it nears their share of the machine, they set the pace).
 
 File descriptors: each stream is one socket in the API and one in a client, so 10,000 streams
 need `ulimit -n` above 10,000 in the API's shell (plus a few hundred for its own files and
@@ -259,6 +260,8 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     redis_lags: list[float] = []
     probe = threading.Thread(target=_redis_lags, args=(stack, run_ids, window, redis_lags))
     probe.start()
+    clients = [psutil.Process(proc.pid) for proc in procs]
+    clients_cpu_before = sum(_cpu_s(c) for c in clients)
     window[0] = time.time()
     rss_samples, redis_samples, connected_samples = [], [], []
     deadline = time.monotonic() + args.measure_s
@@ -268,6 +271,7 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         connected_samples.append(sum(c.value for c in counters))
         time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
     window[1] = time.time()
+    clients_cpu = sum(_cpu_s(c) for c in clients) - clients_cpu_before
     probe.join(timeout=10)
     cpu = cpu_used(cpu_before, cpu_snapshot(stack, None))
     results = [out.get(timeout=120) for _ in procs]
@@ -290,6 +294,7 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "lag_ms": {
             "p50": _ms(_percentile(lags, 0.5)),
             "p99": _ms(_percentile(lags, 0.99)),
+            "p999": _ms(_percentile(lags, 0.999)),
             "max": _ms(max(lags) if lags else None),
             "mean": _ms(statistics.fmean(lags) if lags else None),
         },
@@ -302,6 +307,8 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "api_rss_kb_per_stream": round((rss - rss_before) / 1024 / max(1, streams), 1),
         "api_cpu_s_in_window": round(cpu.get("api", 0.0), 2),
         "api_cpu_share_of_one_core": round(cpu.get("api", 0.0) / args.measure_s, 2),
+        # The clients share the machine: this says whether they, not the API, set the pace.
+        "clients_cpu_share_of_one_core": round(clients_cpu / args.measure_s, 2),
         # Figures that hold on a machine shared with others: the API's CPU per unit of work.
         "api_cpu_ms_per_stream_opened": round(
             ramp_cpu.get("api", 0.0) * 1000 / max(1, connected), 2
@@ -314,6 +321,11 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             k: max(s[k] for s in redis_samples) for k in redis_samples[0]
         },
     }
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -114,3 +114,18 @@ def test_bad_cursor_is_400_naming_it(
     error = response.json()["error"]
     assert error["code"] == "invalid_cursor" and error["param"] == param
     assert param in error["message"]
+
+
+def test_a_quiet_live_stream_gets_pings_and_its_request_id(client: httpx.Client) -> None:
+    """A run waiting for approval sends nothing: its stream still gets `: ping` comments (the
+    hub's ticker wakes the idle wait) and the response carries the caller's request id."""
+    run = client.post(
+        "/v1/runs", json={"agent": "bank payments", "message": "Pay ACME Supplies 1,250 EUR"}
+    ).json()
+    path = f"/v1/runs/{run['id']}/events"
+    headers = {"X-Request-ID": "quiet-1"}
+    with client.stream("GET", path, params={"after": 10_000}, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["x-request-id"] == "quiet-1"
+        first = next(line for line in response.iter_lines() if line)
+    assert first == ": ping"

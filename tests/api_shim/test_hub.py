@@ -8,7 +8,10 @@ import json
 import httpx
 import redis
 from httpx_sse import aconnect_sse
+from redis.asyncio import Redis
 
+from api_shim.hub import StreamHub
+from runrelay.server.keys import RedisKeys
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
 from runrelay.server.tenants import update_limits
@@ -75,3 +78,37 @@ def test_redis_connections_do_not_grow_with_sse_clients(
     # The command pool is bounded, every tail shares the hub's one connection, and the quota
     # dispatcher and the batch feeder have one of their own each.
     assert max(samples) <= settings.shim_redis_connections + 3 < CLIENTS
+
+
+def test_a_history_read_shared_by_later_opens_loses_no_event(settings: Settings) -> None:
+    """Opens of a run's stream shortly after another reuse its history read, which may miss
+    what came since: their tails go on from the last seq they got, so nothing is lost."""
+
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        keys = RedisKeys(f"{settings.redis_prefix}hubshare:")
+        reader, writer = Redis.from_url(settings.redis_url), Redis.from_url(settings.redis_url)
+        hub = StreamHub(reader, writer, keys, block_ms=500, idle_wake_s=0.5)
+        hub.start()
+        key = keys.events("r1")
+        try:
+            for seq in (1, 2):
+                await writer.xadd(key, {"t": "e", "d": json.dumps({"seq": seq})}, id=f"0-{seq}")
+            first = await hub.history("r1", 0)
+            await writer.xadd(key, {"t": "e", "d": "{}"}, id="0-3")
+            later = await hub.history("r1", 1)  # within the reuse window: seq 3 is not in it
+            sub = await hub.subscribe("r1", later[-1].seq)
+            tail = []
+            async with asyncio.timeout(10):
+                while (tail or later)[-1].seq < 3:
+                    tail += await sub.wait()
+            hub.unsubscribe(sub)
+            return [e.seq for e in first], [e.seq for e in later], [e.seq for e in tail]
+        finally:
+            await hub.stop()
+            await writer.delete(key)
+            await reader.aclose()
+            await writer.aclose()
+
+    first, later, tail = asyncio.run(scenario())
+    assert first == [1, 2]
+    assert later + tail == [2, 3]
