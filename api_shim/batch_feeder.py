@@ -116,11 +116,13 @@ class BatchFeeder:
         self._renew = lua.script(state.redis, "renew_lease")
         self._passes = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="runrelay-batch-feeder")
 
     async def stop(self) -> None:
+        self._stopping = True  # as the dispatcher's: a cancel swallowed in BLPOP must not hang
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -131,7 +133,7 @@ class BatchFeeder:
                 await self.state.redis.delete(lock)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if await self._hold_lock():
                     await self.feed_pass()

@@ -54,11 +54,16 @@ class Dispatcher:
         self.send = send
         self._turn = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="runrelay-dispatcher")
 
     async def stop(self) -> None:
+        # Not the cancel alone: redis-py can swallow a cancel that lands in its blocking BLPOP
+        # (the loop then went on for good, and shutdown waited on it); the flag ends the loop
+        # within one wait.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -66,7 +71,7 @@ class Dispatcher:
 
     async def _run(self) -> None:
         timeout = self.settings.dispatch_interval_s
-        while True:
+        while not self._stopping:
             try:
                 await self.wakeup_redis.blpop([self.keys.dispatch_wakeup()], timeout=timeout)
                 await self.dispatch_pass()
