@@ -270,9 +270,8 @@ async def paused(state: ShimState, run_id: str) -> bool:
 
 
 async def _model_of(state: ShimState, run: Run) -> str | None:
-    catalog = state.catalog
     try:
-        agent = await asyncio.to_thread(catalog.pinned, run.agent_id, run.agent_revision)
+        agent = await asyncio.to_thread(state.catalog.pinned, run.agent_id, run.agent_revision)
     except LookupError:
         return None
     return agent.model
