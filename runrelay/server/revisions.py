@@ -26,6 +26,7 @@ from sqlalchemy import Engine, bindparam
 from sqlmodel import Session, col, select
 
 from runrelay.agent.config import TAG_PATTERN, AgentNotFound, AgentsConfig, AgentSpec, Registry
+from runrelay.server.engine import autocommit
 from runrelay.server.errors import Invalid, NotFound
 from runrelay.server.tables import AgentRevision, AgentTag, utcnow
 from runrelay.types import RunCreate
@@ -82,6 +83,7 @@ class AgentCatalog:
 
     def __init__(self, engine: Engine, registry: Registry) -> None:
         self.engine = engine
+        self.single = autocommit(engine)
         self.registry = registry
         # Stored revisions never change: each one is read from the database once per catalog.
         # A config file agent with none stored is taken as such for a few seconds at a time
@@ -124,7 +126,7 @@ class AgentCatalog:
         revision's definition was read before."""
         file_agent = self._file_agent(ref)
         agent_id = file_agent.id if file_agent else ref
-        with Session(self.engine) as session:
+        with Session(self.single) as session:
             number = session.execute(_NEWEST_NUMBER, {"agent_id": agent_id}).scalar()
             if number is not None and (agent_id, number) not in self._stored:
                 row = session.get(AgentRevision, (agent_id, number))
@@ -145,7 +147,7 @@ class AgentCatalog:
         unpublished = self._unpublished.get(canonical, 0.0) > time.monotonic()
         if unpublished and file_agent is not None and revision == file_agent.revision:
             return file_agent
-        with Session(self.engine) as session:
+        with Session(self.single) as session:
             row = session.get(AgentRevision, (canonical, revision))
             newest = None if row else self._newest(session, canonical)
         if row is not None:

@@ -34,6 +34,7 @@ from sqlalchemy import ColumnElement, Engine, bindparam, case, func, insert, ins
 from sqlmodel import Session, col, select
 
 from runrelay.server.approvals import Decision, PausedCalls
+from runrelay.server.engine import autocommit
 from runrelay.server.errors import Conflict, Invalid, NotFound, ServerError
 from runrelay.server.tables import RUN_COLUMNS, Run, RunLog, run_of, table_of, utcnow
 from runrelay.server.threads import append_messages
@@ -67,7 +68,8 @@ class RunListener(Protocol):
 
     def in_transaction(self, session: Session, run: Run, previous: RunStatus) -> None:
         """`run` (as written, `run.status` the new status) just left `previous`; called inside
-        that transaction. Raising rolls the transition back: record, don't call out."""
+        that transaction. Raising rolls the transition back: record, don't call out. A start
+        (→ running) is one statement with no transaction around it: record nothing there."""
 
     async def after_commit(self, run: Run, previous: RunStatus) -> None:
         """The same transition, once committed: a place to kick off work (best effort; what
@@ -260,6 +262,7 @@ class RunTable:
 
     def __init__(self, engine: Engine, listeners: Sequence[RunListener] = ()) -> None:
         self.engine = engine
+        self.single = autocommit(engine)
         self.listeners = tuple(listeners)
 
     def move(
@@ -322,8 +325,11 @@ class RunTable:
     ) -> Moved | None:
         """queued (or running: resumed after a crash or hand-back) → running under
         `lease_token`, counting the attempt and reserving `seqs`. None when it is finished or
-        paused for approval (a stray task must not resume it before the decisions)."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        paused for approval (a stray task must not resume it before the decisions).
+
+        On PostgreSQL the move is one statement, run outside a transaction (`autocommit`):
+        listeners see it, and record nothing on a start."""
+        with Session(self.single, expire_on_commit=False) as session:
             moved = self.move(
                 session,
                 run_id,

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from runrelay.server.engine import autocommit
 from runrelay.server.errors import Conflict
 from runrelay.server.tables import (
     RUN_COLUMNS,
@@ -180,6 +181,7 @@ class _KeyCache:
 class Store:
     def __init__(self, engine: Engine, *, key_cache_s: float = KEY_CACHE_S) -> None:
         self.engine = engine
+        self.single = autocommit(engine)
         self._keys = _KeyCache(key_cache_s)
 
     # Tenants and keys ---------------------------------------------------------------------------
@@ -195,7 +197,7 @@ class Store:
         return tenant
 
     def get_tenant(self, tenant_id_or_name: str) -> Tenant | None:
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(self.single, expire_on_commit=False) as session:
             tenant = session.get(Tenant, tenant_id_or_name)
             if tenant is None:
                 tenant = session.exec(
@@ -298,7 +300,7 @@ class Store:
         return run
 
     def get_run(self, run_id: str, *, tenant_id: str | None = None) -> Run | None:
-        with self.engine.connect() as conn:
+        with self.single.connect() as conn:
             row = conn.execute(_GET_RUN, {"run_id": run_id}).first()
         if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
             return None
@@ -368,7 +370,7 @@ class Store:
             .where(col(Run.id) == run_id, col(Run.seq_reserved) < upto)
             .values(seq_reserved=upto)
         )
-        with Session(self.engine) as session:
+        with Session(self.single) as session:
             session.exec(stmt)
             session.commit()
 
@@ -376,16 +378,16 @@ class Store:
         """Keep the run's checkpoint `data` (JSON), in one statement and only while the run is
         still started under `lease_token` (a worker that lost the run writes nothing)."""
         params = {"run_id": run_id, "lease_token": lease_token, "next_seq": next_seq, "data": data}
-        with self.engine.begin() as conn:
+        with self.single.begin() as conn:
             conn.execute(_save_checkpoint(self.engine.dialect.name), params)
 
     def checkpoint(self, run_id: str) -> str | None:
         """The run's last checkpoint kept in the database (JSON), if any."""
         query = select(RunCheckpoint.data).where(RunCheckpoint.run_id == run_id)
-        with Session(self.engine) as session:
+        with Session(self.single) as session:
             return session.exec(query).first()
 
     def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
-        with Session(self.engine) as session:
+        with Session(self.single) as session:
             archived = session.get(RunLog, run_id)
         return archived.after(after) if archived is not None else []

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from runrelay.agent._history import HistoryPolicy, fit_history
+from runrelay.server.engine import autocommit
 from runrelay.server.errors import Conflict
 from runrelay.server.tables import (
     RUN_TABLE,
@@ -134,6 +135,7 @@ def append_messages(
 class Threads:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.single = autocommit(engine)
 
     def create_run(
         self, run: Run, *, reject_if_busy: bool = False, new_thread: bool = False
@@ -206,7 +208,9 @@ class Threads:
             return []
         where = (ThreadMessage.tenant_id == tenant_id, ThreadMessage.thread_id == thread_id)
         of_thread = {"tenant_id": tenant_id, "thread_id": thread_id}
-        with Session(self.engine) as session:
+        # Two reads, each its own snapshot (as under READ COMMITTED anyway): a run's messages
+        # are written in one transaction, so the second read sees each run's whole or not.
+        with Session(self.single) as session:
             recent = session.execute(_RECENT_RUNS, {**of_thread, "limit": max_messages})
             run_ids = set(recent.scalars().all())
             if not run_ids:  # a new thread (most runs): one query only
