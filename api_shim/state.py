@@ -16,6 +16,7 @@ from api_shim.dispatcher import Dispatcher
 from api_shim.hub import StreamHub
 from api_shim.quotas import Quotas
 from runrelay.agent.config import Registry
+from runrelay.server.autopipeline import PipelinedRedis
 from runrelay.server.batches import BatchStore
 from runrelay.server.engine import make_engine
 from runrelay.server.eventlog import EventLog
@@ -121,7 +122,7 @@ class ShimState:
         # Bounded, whatever the number of clients: past the limit a request waits for a
         # connection instead of opening one. SSE tails share the hub's single connection.
         name = f"{settings.redis_prefix}shim"
-        redis = Redis.from_pool(
+        redis = PipelinedRedis.from_pool(
             BlockingConnectionPool.from_url(
                 settings.redis_url,
                 max_connections=settings.shim_redis_connections,

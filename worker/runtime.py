@@ -24,6 +24,7 @@ import httpx
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from runrelay.agent.config import Registry
+from runrelay.server.autopipeline import PipelinedRedis
 from runrelay.server.engine import make_engine
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import RedisKeys
@@ -72,7 +73,7 @@ class AsyncRuntime:
     async def _build(self) -> RunExecutor:
         settings = self.settings
         keys = RedisKeys(settings.redis_prefix)
-        self._redis = Redis.from_pool(
+        self._redis = PipelinedRedis.from_pool(
             BlockingConnectionPool.from_url(
                 settings.redis_url, max_connections=settings.worker_redis_connections, timeout=20
             )

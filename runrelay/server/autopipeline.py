@@ -1,0 +1,124 @@
+"""Automatic pipelining for redis-py's asyncio client.
+
+A worker with fifty runs in flight issues hundreds of small commands a second (appends, leases,
+quota calls), each its own write, read and wake-up of Redis: on a loopback socket the system
+calls cost more than the commands. `PipelinedRedis` sends the commands that the process's
+coroutines issue while the event loop is busy together, as one pipeline (one write, one read,
+one connection), and hands each caller its own reply or error. What ioredis calls
+`enableAutoPipelining`; redis-py has no such option (redis/redis-py#3767).
+
+- A caller sees what it would see without batching: its reply, or its command's error
+  (`NoScriptError` included, so `Script` objects still load themselves).
+- Each batch is a plain pipeline, not a transaction: the commands of other callers in it have
+  no effect on one's atomicity, which stays that of one command or one Lua script.
+- At most `max_batches` batches are out at once (so as many connections); what is issued
+  meanwhile waits and goes in the next batch, which grows with the load (group commit).
+- Commands that block or hold a connection's state (BLPOP, XREAD BLOCK, MULTI, WATCH,
+  SUBSCRIBE...) bypass the batches and take a pooled connection of their own, as before.
+- A caller cancelled before its batch leaves is left out of it. A caller awaits a plain
+  future, so a cancel always ends its wait (no cancel lost inside redis-py's socket calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+
+# Commands that must not share a pipeline: they block, or change the connection's state.
+_DIRECT = frozenset(
+    {
+        "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX",
+        "BZMPOP", "WAIT", "WAITAOF", "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH",
+        "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "SELECT", "AUTH", "HELLO",
+        "RESET", "QUIT", "CLIENT", "READONLY", "READWRITE",
+    }
+)  # fmt: skip
+_MAYBE_BLOCKING = frozenset({"XREAD", "XREADGROUP"})
+MAX_BATCH = 512
+
+_Call = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
+
+
+def _direct(args: tuple[Any, ...]) -> bool:
+    name = args[0]
+    name = (name.decode() if isinstance(name, bytes) else str(name)).upper()
+    if name in _DIRECT:
+        return True
+    if name in _MAYBE_BLOCKING:
+        return any(isinstance(a, (str, bytes)) and a in ("BLOCK", b"BLOCK") for a in args)
+    return False
+
+
+class PipelinedRedis(Redis):
+    """A `redis.asyncio.Redis` whose commands go to Redis in automatic pipelines."""
+
+    def __init__(self, *args: Any, max_batches: int = 4, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_batches = max_batches
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: list[_Call] = []
+        self._scheduled = False
+        self._batches: set[asyncio.Task[None]] = set()
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.single_connection_client or _direct(args):
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or a new loop (the old one's state is gone)
+            self._loop, self._queue, self._scheduled = loop, [], False
+            self._batches = set()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((args, options, future))
+        self._schedule()
+        return await future
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._queue and len(self._batches) < self.max_batches:
+            self._scheduled = True
+            # After the callbacks already due: what they issue joins this batch.
+            assert self._loop is not None
+            self._loop.call_soon(self._start_batch)
+
+    def _start_batch(self) -> None:
+        self._scheduled = False
+        calls = [c for c in self._queue[:MAX_BATCH] if not c[2].done()]
+        del self._queue[:MAX_BATCH]
+        if calls:
+            task = asyncio.ensure_future(self._send(calls))
+            self._batches.add(task)
+            task.add_done_callback(self._batch_done)
+        self._schedule()
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._schedule()
+
+    async def _send(self, calls: list[_Call]) -> None:
+        pipe = self.pipeline(transaction=False)
+        for args, options, _ in calls:
+            pipe.pipeline_execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            for _, _, future in calls:
+                future.cancel()
+            raise
+        except Exception as exc:  # the connection failed: every caller in the batch sees why
+            for _, _, future in calls:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), reply in zip(calls, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
+        await super().aclose(close_connection_pool)

@@ -1,0 +1,141 @@
+"""`PipelinedRedis` against a real Redis: each caller gets its own reply or error, however many
+share a batch; connections stay at `max_batches`; blocking commands do not hold up the others;
+a caller cancelled before its batch leaves is not sent."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import redis
+from redis.asyncio import BlockingConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from runrelay.server.autopipeline import PipelinedRedis
+from runrelay.server.embedded_redis import free_port
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    prefix = f"rrpipe:{secrets.token_hex(4)}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def run(redis_url: str, prefix: str) -> Callable[[Callable[[PipelinedRedis], Awaitable[T]]], T]:
+    def runner(scenario: Callable[[PipelinedRedis], Awaitable[T]]) -> T:
+        async def main() -> T:
+            pool = BlockingConnectionPool.from_url(
+                redis_url, max_connections=50, client_name=prefix.rstrip(":")
+            )
+            client = PipelinedRedis.from_pool(pool)
+            client.max_batches = 2
+            try:
+                return await scenario(client)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(main())
+
+    return runner
+
+
+def test_concurrent_callers_each_get_their_own_reply_over_at_most_max_batches_connections(
+    run: Callable[..., Any], prefix: str, redis_url: str
+) -> None:
+    async def scenario(r: PipelinedRedis) -> tuple[list[Any], int]:
+        await asyncio.gather(*(r.set(f"{prefix}k{i}", f"v{i}") for i in range(300)))
+        replies = await asyncio.gather(*(r.get(f"{prefix}k{i}") for i in range(300)))
+        sync = redis.Redis.from_url(redis_url)
+        name = prefix.rstrip(":")
+        connections = sum(1 for c in sync.client_list() if c["name"] == name)
+        sync.close()
+        return replies, connections
+
+    replies, connections = run(scenario)
+    assert replies == [f"v{i}".encode() for i in range(300)]
+    # A plain client on this pool opens one connection per concurrent command (up to 50).
+    assert 1 <= connections <= 2
+
+
+def test_one_callers_error_is_its_own(run: Callable[..., Any], prefix: str) -> None:
+    async def scenario(r: PipelinedRedis) -> list[Any]:
+        await r.rpush(f"{prefix}list", "x")
+        return await asyncio.gather(
+            r.set(f"{prefix}a", "1"),
+            r.incr(f"{prefix}list"),  # WRONGTYPE
+            r.get(f"{prefix}a"),
+            return_exceptions=True,
+        )
+
+    ok, error, value = run(scenario)
+    assert ok is True
+    assert isinstance(error, ResponseError) and "WRONGTYPE" in str(error)
+    assert value == b"1"
+
+
+def test_a_script_not_yet_in_redis_loads_itself(run: Callable[..., Any], prefix: str) -> None:
+    # A body no other test has sent: Redis answers NOSCRIPT to the first EVALSHA.
+    body = f"-- {secrets.token_hex(8)}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+    async def scenario(r: PipelinedRedis) -> list[Any]:
+        script = r.register_script(body)
+        return await asyncio.gather(*(script(keys=[f"{prefix}n"], args=[2]) for _ in range(5)))
+
+    assert sorted(run(scenario)) == [2, 4, 6, 8, 10]
+
+
+def test_a_blocking_command_does_not_hold_up_the_others(
+    run: Callable[..., Any], prefix: str
+) -> None:
+    async def scenario(r: PipelinedRedis) -> tuple[Any, bool, Any]:
+        waiting = asyncio.ensure_future(r.blpop([f"{prefix}empty"], timeout=5))
+        await asyncio.sleep(0.05)
+        got = await r.set(f"{prefix}b", "1")
+        still_waiting = not waiting.done()
+        await r.rpush(f"{prefix}empty", "wake")
+        return got, still_waiting, await waiting
+
+    got, still_waiting, popped = run(scenario)
+    assert got is True and still_waiting
+    assert popped == (f"{prefix}empty".encode(), b"wake")
+
+
+def test_a_caller_cancelled_before_its_batch_leaves_is_not_sent(
+    run: Callable[..., Any], prefix: str
+) -> None:
+    async def scenario(r: PipelinedRedis) -> Any:
+        cancelled = asyncio.ensure_future(r.set(f"{prefix}gone", "1"))
+        kept = asyncio.ensure_future(r.set(f"{prefix}kept", "1"))
+        await asyncio.sleep(0)  # both queued, their batch not yet sent
+        cancelled.cancel()
+        await kept
+        return await r.mget(f"{prefix}gone", f"{prefix}kept")
+
+    assert run(scenario) == [None, b"1"]
+
+
+def test_when_redis_is_unreachable_every_caller_in_the_batch_sees_the_error() -> None:
+    async def scenario() -> list[Any]:
+        client = PipelinedRedis.from_url(
+            f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1
+        )
+        try:
+            return await asyncio.gather(
+                *(client.get(f"k{i}") for i in range(3)), return_exceptions=True
+            )
+        finally:
+            await client.aclose()
+
+    errors = asyncio.run(scenario())
+    assert len(errors) == 3 and all(isinstance(e, RedisConnectionError) for e in errors)
