@@ -55,7 +55,15 @@ def autocommit(engine: Engine) -> Engine:
     round trips) keeps its transactions. Never for two writes that must commit together."""
     if engine.dialect.name == "sqlite":
         return engine
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+    single: Engine | None = engine.__dict__.get(_AUTOCOMMIT)  # made once per engine
+    if single is None:
+        single = engine.__dict__[_AUTOCOMMIT] = engine.execution_options(
+            isolation_level="AUTOCOMMIT"
+        )
+    return single
+
+
+_AUTOCOMMIT = "_runrelay_autocommit"
 
 
 def _check_idle_connection(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
