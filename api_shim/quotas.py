@@ -102,15 +102,24 @@ class Quotas:
         self.metrics = QuotaMetrics()
 
     async def limits(self, tenant_id: str) -> TenantLimits:
-        tenant = await asyncio.to_thread(self.store.get_tenant, tenant_id)
+        return await asyncio.to_thread(self.read_limits, tenant_id)
+
+    def read_limits(self, tenant_id: str) -> TenantLimits:
+        """The tenant's limits, read from the database (blocking: from a thread)."""
+        tenant = self.store.get_tenant(tenant_id)
         if tenant is None:
             raise HTTPProblem(
                 404, "tenant_not_found", f"no tenant {tenant_id!r}", param="tenant_id"
             )
         return TenantLimits.of(tenant, self.settings)
 
-    async def admit(self, tenant_id: str, run_id: str, *, reserve: int) -> Admission:
-        limits = await self.limits(tenant_id)
+    async def admit(
+        self, tenant_id: str, run_id: str, *, reserve: int, limits: TenantLimits | None = None
+    ) -> Admission:
+        """Admit the run under the tenant's limits (`limits` when the caller read them
+        already, in the same thread hop as its other reads)."""
+        if limits is None:
+            limits = await self.limits(tenant_id)
         loop = asyncio.get_running_loop()
         started = loop.time()
         decision = await self.backend.admit(

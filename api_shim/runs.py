@@ -26,6 +26,7 @@ from runrelay.server.revisions import RevisionNotFound
 from runrelay.server.run_table import Ending
 from runrelay.server.store import new_id
 from runrelay.server.tables import Run, as_utc
+from runrelay.server.tenants import TenantLimits
 from runrelay.types import (
     AgentRef,
     RequiredAction,
@@ -90,6 +91,14 @@ def _by_model(usage: dict[str, Any] | None) -> dict[str, Usage] | None:
     return {model: Usage(**u) for model, u in by_model.items()} if by_model else None
 
 
+def _resolve(
+    state: ShimState, body: RunCreate, tenant_id: str
+) -> tuple[AgentSpec, TenantLimits]:
+    """The agent revision the run will run and its tenant's limits: the database reads of an
+    admission, in one thread hop (blocking)."""
+    return _resolve_agent(state, body), state.quotas.read_limits(tenant_id)
+
+
 def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
     """The agent revision the run will run (see `runrelay.server.revisions`). Reads the database."""
     try:
@@ -123,7 +132,7 @@ async def create_run(request: Request, caller: Caller, body: RunCreate) -> Creat
     threads.check_strategy(body)
     tenant_id = await acting_tenant(request, caller, body.tenant_id)
     key = idempotency.idempotency_key(request, body)
-    agent = await asyncio.to_thread(_resolve_agent, state, body)
+    agent, limits = await asyncio.to_thread(_resolve, state, body, tenant_id)
     run_id = new_id("run")
     if key is not None:
         earlier = await idempotency.claim(
@@ -132,7 +141,7 @@ async def create_run(request: Request, caller: Caller, body: RunCreate) -> Creat
         if earlier is not None:
             return Created(await idempotency.earlier_run(state, earlier), None)
     try:
-        return await _admit(request, state, tenant_id, agent, body, run_id)
+        return await _admit(request, state, tenant_id, (agent, limits), body, run_id)
     except BaseException:
         if key is not None:
             await idempotency.release(state, tenant_id, key, run_id)
@@ -143,13 +152,14 @@ async def _admit(
     request: Request,
     state: ShimState,
     tenant_id: str,
-    agent: AgentSpec,
+    resolved: tuple[AgentSpec, TenantLimits],
     body: RunCreate,
     run_id: str,
 ) -> Created:
+    agent, limits = resolved
     # quotas: a 429 here has written nothing; past it the run holds a slot or a pending place.
     admission = await state.quotas.admit(
-        tenant_id, run_id, reserve=reserve_tokens(body, agent, state.settings)
+        tenant_id, run_id, reserve=reserve_tokens(body, agent, state.settings), limits=limits
     )
     run = queued_run(run_id, tenant_id, body, agent, request_id=request_id_of(request))
     queued = {"agent": agent.name, "agent_id": agent.id, "thread_id": run.thread_id}
