@@ -17,14 +17,17 @@ one connection), and hands each caller its own reply or error. What ioredis call
   SUBSCRIBE...) bypass the batches and take a pooled connection of their own, as before.
 - A caller cancelled before its batch leaves is left out of it. A caller awaits a plain
   future, so a cancel always ends its wait (no cancel lost inside redis-py's socket calls).
+- When a batch fails (Redis went away), each caller gets its own copy of the error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 # Commands that must not share a pipeline: they block, or change the connection's state.
 _DIRECT = frozenset(
@@ -49,6 +52,18 @@ def _direct(args: tuple[Any, ...]) -> bool:
     if name in _MAYBE_BLOCKING:
         return any(isinstance(a, (str, bytes)) and a in ("BLOCK", b"BLOCK") for a in args)
     return False
+
+
+def _own_copy(exc: Exception) -> Exception:
+    """`exc` for one caller. One instance raised in several tasks would gather all their frames
+    in its traceback, and code that clears a traceback's frames (Celery does, for a task's
+    error) would then finalise the other tasks' suspended coroutines."""
+    try:
+        copied = copy.copy(exc)
+    except Exception:  # an exception that cannot be rebuilt from its args
+        copied = RedisError(str(exc))
+    copied.__cause__ = exc  # the batch's own traceback, in a finished task
+    return copied
 
 
 class PipelinedRedis(Redis):
@@ -108,7 +123,7 @@ class PipelinedRedis(Redis):
         except Exception as exc:  # the connection failed: every caller in the batch sees why
             for _, _, future in calls:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(_own_copy(exc))
             return
         for (_, _, future), reply in zip(calls, replies, strict=True):
             if future.done():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -139,3 +140,43 @@ def test_when_redis_is_unreachable_every_caller_in_the_batch_sees_the_error() ->
 
     errors = asyncio.run(scenario())
     assert len(errors) == 3 and all(isinstance(e, RedisConnectionError) for e in errors)
+
+
+def test_clearing_one_callers_error_leaves_the_other_callers_alone() -> None:
+    """Each caller of a failed batch gets its own error. One shared instance carries the frames
+    of whoever raised it last in its traceback, and clearing them (Celery does, for a task's
+    error) would finalise that other caller's suspended coroutine."""
+
+    async def scenario() -> tuple[str, bool]:
+        client = PipelinedRedis.from_url(
+            f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1
+        )
+        raised, cleared = asyncio.Event(), asyncio.Event()
+
+        async def clearer() -> BaseException:
+            try:
+                await client.get("a")
+            except RedisConnectionError as exc:
+                await raised.wait()  # the other caller raised its error, and is suspended
+                traceback.clear_frames(exc.__traceback__)
+                cleared.set()
+                return exc
+            raise AssertionError("Redis is not there")
+
+        async def survivor() -> str:
+            try:
+                await client.get("b")
+            except RedisConnectionError:
+                raised.set()
+                await cleared.wait()
+            return "alive"
+
+        try:
+            first = asyncio.ensure_future(clearer())
+            second = asyncio.ensure_future(survivor())
+            error = await first
+            return await asyncio.wait_for(second, 5), isinstance(error.__cause__, Exception)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == ("alive", True)
