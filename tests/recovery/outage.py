@@ -95,6 +95,8 @@ def follow(client: httpx.Client, run_id: str, deadline_s: float = 180) -> list[d
                     continue
                 assert src.response.status_code == 200, src.response.read()
                 for sse in src.iter_sse():
+                    if time.monotonic() > deadline:  # pings keep a stuck stream open
+                        break
                     if sse.data:
                         events.append(json.loads(sse.data))
                         if events[-1]["type"] == "done":
