@@ -4,8 +4,7 @@ leases that expire, FIFO promotion up to the cap, and token reservations settled
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -30,15 +29,6 @@ def limits(**overrides: Any) -> TenantLimits:
     }
     return TenantLimits(**{**base, **overrides})
 
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"rrquota:{secrets.token_hex(4)}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 @pytest.fixture

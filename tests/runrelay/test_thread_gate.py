@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-import redis
 from redis.asyncio import Redis
 
 from runrelay.server.keys import RedisKeys
@@ -25,15 +24,6 @@ from runrelay.types import RunStatus
 T = TypeVar("T")
 THREAD = "chat-1"
 
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"rrgate:{secrets.token_hex(4)}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 Scenario = Callable[[ThreadGate], Awaitable[T]]
