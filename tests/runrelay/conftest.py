@@ -12,7 +12,7 @@ import redis
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of the test's own; its keys are deleted afterwards (only them)."""
-    prefix = f"rrtest:{secrets.token_hex(4)}:"
+    prefix = f"rrkeys:{secrets.token_hex(4)}:"
     yield prefix
     client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(match=f"{prefix}*"):
