@@ -90,7 +90,14 @@ def test_completed_run_posts_a_signed_event_the_reference_code_verifies(
     assert event["data"]["run"]["id"] == run["id"]
     assert event["data"]["run"]["status"] == "completed"
     assert headers["webhook-id"].startswith("msg_")
-    log = client.get(f"/v1/runs/{run['id']}/webhooks").json()["data"]
+    # The sender records the attempt once it has the answer: after the receiver saw the request.
+    log = wait_until(
+        lambda: [
+            d
+            for d in client.get(f"/v1/runs/{run['id']}/webhooks").json()["data"]
+            if d["status"] != "pending"
+        ]
+    )
     assert len(log) == 1 and log[0]["status"] == "delivered"
     assert log[0]["attempts"][0]["status_code"] == 200
     assert len(log[0]["attempts"][0]["response"]) == settings.webhook_max_response_bytes
