@@ -141,7 +141,7 @@ async def create_run(request: Request, caller: Caller, body: RunCreate) -> Creat
         if earlier is not None:
             return Created(await idempotency.earlier_run(state, earlier), None)
     try:
-        return await _admit(request, state, tenant_id, (agent, limits), body, run_id)
+        return await _admit(request, state, tenant_id, agent, body, run_id, limits=limits)
     except BaseException:
         if key is not None:
             await idempotency.release(state, tenant_id, key, run_id)
@@ -152,11 +152,12 @@ async def _admit(
     request: Request,
     state: ShimState,
     tenant_id: str,
-    resolved: tuple[AgentSpec, TenantLimits],
+    agent: AgentSpec,
     body: RunCreate,
     run_id: str,
+    *,
+    limits: TenantLimits,
 ) -> Created:
-    agent, limits = resolved
     # quotas: a 429 here has written nothing; past it the run holds a slot or a pending place.
     admission = await state.quotas.admit(
         tenant_id, run_id, reserve=reserve_tokens(body, agent, state.settings), limits=limits
