@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 
 from runrelay.server.autopipeline import PipelinedRedis
 from runrelay.server.embedded_redis import free_port
+from runrelay.server.lua import AsyncScript
 
 T = TypeVar("T")
 
@@ -81,7 +82,7 @@ def test_a_script_not_yet_in_redis_loads_itself(run: Callable[..., Any], prefix:
     body = f"-- {secrets.token_hex(8)}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])"
 
     async def scenario(r: PipelinedRedis) -> list[Any]:
-        script = r.register_script(body)
+        script = AsyncScript(r, body)  # what `lua.script` gives an asyncio client
         return await asyncio.gather(*(script(keys=[f"{prefix}n"], args=[2]) for _ in range(5)))
 
     assert sorted(run(scenario)) == [2, 4, 6, 8, 10]
