@@ -115,8 +115,9 @@ def store(settings: Settings) -> Iterator[Store]:
 
 @pytest.fixture(scope="session")
 def lifecycle_listener() -> RecordingListener:
-    """Registered on the lifecycle of the session's worker and shim."""
-    return RecordingListener()
+    """Registered on the lifecycle of the session's worker and shim; it records the runs
+    created with `tests.listener.RECORDED` in their metadata."""
+    return RecordingListener(every=False)
 
 
 @pytest.fixture(scope="session")

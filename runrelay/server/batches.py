@@ -166,6 +166,9 @@ class BatchListener:
         self._redis = redis
         self._keys = keys
 
+    def records(self, run: Run) -> bool:
+        return isinstance((run.run_metadata or {}).get("batch_id"), str)
+
     def in_transaction(self, session: Session, run: Run, previous: RunStatus) -> None:
         if RunStatus(run.status).is_terminal:
             record_outcome(session, run)

@@ -263,6 +263,7 @@ class Lifecycle:
             ending=ending,
             events=archive,
             thread_messages=outcome.thread_messages if outcome.status == COMPLETED else (),
+            known=run,
             output=outcome.output,
             result=result,
             usage=recorded if outcome.result is not None else usage,

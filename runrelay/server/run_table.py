@@ -26,17 +26,43 @@ Errors (the HTTP layer maps them to statuses, in `api_shim/errors.py`)::
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from sqlalchemy import ColumnElement, Engine, bindparam, case, func, insert, inspect, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Engine,
+    String,
+    bindparam,
+    case,
+    func,
+    insert,
+    inspect,
+    true,
+    update,
+)
+from sqlalchemy import select as sa_select  # Core's: typed for any number of columns
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from runrelay.server.approvals import Decision, PausedCalls
 from runrelay.server.engine import autocommit
 from runrelay.server.errors import Conflict, Invalid, NotFound, ServerError
-from runrelay.server.tables import RUN_COLUMNS, Run, RunLog, run_of, table_of, utcnow
+from runrelay.server.tables import (
+    RUN_COLUMNS,
+    RUN_TABLE,
+    Run,
+    RunLog,
+    Thread,
+    ThreadMessage,
+    run_of,
+    table_of,
+    utcnow,
+)
 from runrelay.server.threads import append_messages
 from runrelay.types import RunStatus, ToolApproval
 
@@ -62,9 +88,14 @@ def sources(target: RunStatus) -> frozenset[RunStatus]:
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
 
 
-
 class RunListener(Protocol):
     """What attaches to the lifecycle (webhooks, batches, schedules)."""
+
+    def records(self, run: Run) -> bool:
+        """Whether `in_transaction` may record anything for `run`, decided by what never
+        changes on a run (its batch, schedule, webhook). A run's ending that no listener
+        records for may be one statement with no transaction around it, and call no
+        `in_transaction` (the end of most runs, on PostgreSQL)."""
 
     def in_transaction(self, session: Session, run: Run, previous: RunStatus) -> None:
         """`run` (as written, `run.status` the new status) just left `previous`; called inside
@@ -254,6 +285,80 @@ def _move_statement(
         .values(values)
         .returning(*RUN_COLUMNS, _LOCKED.c.previous)
     )
+
+
+_THREADS = table_of(Thread)
+_MESSAGES = table_of(ThreadMessage)
+_RUN_EXISTS = sa_select(RUN_TABLE.c.id).where(RUN_TABLE.c.id == bindparam("run_id"))
+
+
+@functools.cache
+def _end_statement(
+    target: RunStatus,
+    statuses: frozenset[RunStatus],
+    by_token: bool,
+    names: tuple[str, ...],
+    messages: bool,
+) -> Any:
+    """A run's ending as one PostgreSQL statement (data-modifying CTEs): the conditional
+    UPDATE of `_move_statement`, then, only if it moved the run, its archived log and (with
+    `messages`) its thread's new messages under the next seqs, the thread's `updated_at`
+    moved. Returns the run as written and the status it left; no row when it did not move.
+
+    What a statement reads is its start's snapshot: messages that another run of the thread
+    committed while this one waited for the thread's row lock are not in its `max(seq)`, and
+    its INSERT then collides with them (`RunTable.end` goes on in a transaction instead). One
+    run at a time holds a thread (`ThreadGate`), so that is for when the gate was lost."""
+    moved = _move_statement(False, target, statuses, by_token, False, names, None).cte("moved")
+    archived = insert(table_of(RunLog)).from_select(
+        ["run_id", "events"], sa_select(moved.c.id, bindparam("e_events", type_=String))
+    )
+    ctes: list[Any] = [archived.cte("archived")]
+    if messages:
+        now = bindparam("m_now", type_=_THREADS.c.updated_at.type)
+        upsert = pg_insert(_THREADS).from_select(
+            ["tenant_id", "id", "created_at", "updated_at"],
+            sa_select(moved.c.tenant_id, moved.c.thread_id, now, now).where(
+                moved.c.thread_id.is_not(None)
+            ),
+        )
+        touched = (
+            upsert.on_conflict_do_update(
+                index_elements=["tenant_id", "id"], set_={"updated_at": upsert.excluded.updated_at}
+            )
+            .returning(_THREADS.c.tenant_id, _THREADS.c.id)
+            .cte("touched")
+        )
+        listed = (
+            func.json_array_elements(bindparam("m_messages", type_=String).cast(JSON))
+            .table_valued("value", with_ordinality="n")
+            .render_derived()
+        )
+        last = (
+            sa_select(func.coalesce(func.max(_MESSAGES.c.seq), 0))
+            .where(
+                _MESSAGES.c.tenant_id == touched.c.tenant_id,
+                _MESSAGES.c.thread_id == touched.c.id,
+            )
+            .scalar_subquery()
+        )
+        appended = insert(_MESSAGES).from_select(
+            ["tenant_id", "thread_id", "seq", "run_id", "role", "message", "created_at"],
+            sa_select(
+                touched.c.tenant_id,
+                touched.c.id,
+                last + listed.c.n,
+                moved.c.id,
+                func.coalesce(listed.c.value.op("->>")("role"), ""),
+                listed.c.value,
+                now,
+            )
+            .select_from(touched)
+            .join(moved, true())
+            .join(listed, true()),
+        )
+        ctes += [touched, appended.cte("appended")]
+    return sa_select(*moved.c).add_cte(*ctes)
 
 
 class RunTable:
@@ -460,21 +565,66 @@ class RunTable:
         ending: Ending,
         events: Iterable[tuple[int, str, str]],
         thread_messages: Sequence[dict[str, Any]] = (),
+        known: Run | None = None,
         **values: Any,
     ) -> Moved | None:
         """Write the outcome and archive the whole event log, in one transaction, if `ending`
         holds (the worker's lease token, or an expected status); None when it does not.
-        `thread_messages` (a completed run's) join its thread's history in that transaction."""
+        `thread_messages` (a completed run's) join its thread's history in that transaction.
+
+        `known`: the run as the caller read it. When no listener records anything for it
+        (`RunListener.records`), the ending is one statement on PostgreSQL (`_end_statement`):
+        one round trip, no transaction around it."""
         when = When(lease_token=ending.lease_token, statuses=ending.from_statuses)
+        log_text = RunLog.join((seq, data) for seq, _type, data in events)
+        values["finished_at"] = utcnow()
+        if (
+            known is not None
+            and self.engine.dialect.name == "postgresql"
+            and not any(listener.records(known) for listener in self.listeners)
+        ):
+            try:
+                return self._end_at_once(run_id, target, when, log_text, thread_messages, values)
+            except IntegrityError:  # its thread's seqs moved meanwhile: see `_end_statement`
+                pass
         with Session(self.engine, expire_on_commit=False) as session:
-            moved = self.move(session, run_id, target, when, finished_at=utcnow(), **values)
+            moved = self.move(session, run_id, target, when, **values)
             if moved is None:
                 session.rollback()
                 return None
-            log_text = RunLog.join((seq, data) for seq, _type, data in events)
             session.execute(_INSERT_LOG, {"run_id": run_id, "events": log_text})
             run = moved.run
             if thread_messages and run.thread_id is not None:
                 append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)
             session.commit()
             return moved
+
+    def _end_at_once(
+        self,
+        run_id: str,
+        target: RunStatus,
+        when: When,
+        log_text: str,
+        thread_messages: Sequence[dict[str, Any]],
+        values: dict[str, Any],
+    ) -> Moved | None:
+        assert when.statuses is not None
+        stmt = _end_statement(
+            target,
+            sources(target) & when.statuses,
+            when.lease_token is not None,
+            tuple(sorted(values)),
+            bool(thread_messages),
+        )
+        bound = {f"v_{name}": value for name, value in values.items()}
+        bound.update(locked_id=run_id, w_lease_token=when.lease_token, e_events=log_text)
+        if thread_messages:
+            bound.update(m_now=values["finished_at"], m_messages=json.dumps(list(thread_messages)))
+        with self.single.connect() as conn:
+            row = conn.execute(stmt, bound).first()
+            if row is None:
+                if conn.execute(_RUN_EXISTS, {"run_id": run_id}).first() is None:
+                    raise RunNotFound(f"no run {run_id!r}")
+                return None
+        *fields, previous = row
+        return Moved(run_of(fields), RunStatus(previous))

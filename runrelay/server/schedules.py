@@ -356,6 +356,9 @@ def _fire_of(schedule: Schedule, tick: datetime, run_id: str) -> Fire:
 class ScheduleListener:
     """`RunListener`: a schedule's `last_status` follows its last run to the end."""
 
+    def records(self, run: Run) -> bool:
+        return run.schedule_id is not None
+
     def in_transaction(self, session: Session, run: Run, previous: RunStatus) -> None:
         del previous
         if run.schedule_id is None or not RunStatus(run.status).is_terminal:

@@ -197,6 +197,9 @@ class WebhookListener:
         # Deliveries recorded in a transition's transaction, sent once it committed.
         self._recorded: dict[tuple[str, str], str] = {}
 
+    def records(self, run: Run) -> bool:
+        return bool(run.webhook)
+
     def in_transaction(self, session: Session, run: Run, previous: RunStatus) -> None:
         del previous
         event = wants(run)

@@ -1,7 +1,8 @@
 """Every way a run can end, end to end (the real shim over HTTP, a real worker): the log ends with
 exactly one `done`, the archive in the database is the whole log, the tenant's slot, token
 reservation and the run's thread are given back, and the lifecycle's listener saw the ending
-exactly once."""
+exactly once: in its transaction and after it committed, or only after (a run it does not record
+for, which ends in one statement on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ from runrelay.server.settings import Settings
 from runrelay.server.store import Store
 from runrelay.server.tables import Run
 from runrelay.server.tenants import update_limits
+from runrelay.server.threads import Threads
 from runrelay.types import RunStatus
 from tests.conftest import ServerThread, TenantKey
 from tests.fake_openai import FakeOpenAI, http_error
-from tests.listener import RecordingListener
+from tests.listener import RECORDED, RecordingListener
 from tests.sse import assert_complete_log, read_events, wait_finished
 from worker.app import WorkerApp
 from worker.sweeper import Requeuer, Sweeper
@@ -67,8 +69,10 @@ def assert_ended_once(
     store: Store,
     settings: Settings,
     listener: RecordingListener,
+    recorded: bool = True,
 ) -> list[dict[str, Any]]:
-    """What every ending must show; returns the run's events."""
+    """What every ending must show; returns the run's events. `recorded`: the run was created
+    with the `RECORDED` metadata, so the listener sees its ending in the transaction too."""
     run = wait_finished(client, run_id)
     assert run["status"] == status
     assert (run["error"] or {}).get("code") == code
@@ -96,7 +100,8 @@ def assert_ended_once(
 
         wait_for("slot, reservation and thread released", released)
     wait_for("the listener told after commit", lambda: listener.endings(run_id)[1])
-    assert listener.endings(run_id) == ([status], [status]), "seen exactly once"
+    in_transaction = [status] if recorded else []
+    assert listener.endings(run_id) == (in_transaction, [status]), "seen exactly once"
     return events
 
 
@@ -104,7 +109,9 @@ def assert_ended_once(
 def ended(
     client: httpx.Client, store: Store, settings: Settings, lifecycle_listener: RecordingListener
 ) -> Any:
-    def check(run_id: str, status: str, code: str | None = None) -> list[dict[str, Any]]:
+    def check(
+        run_id: str, status: str, code: str | None = None, *, recorded: bool = True
+    ) -> list[dict[str, Any]]:
         return assert_ended_once(
             run_id,
             status,
@@ -113,20 +120,32 @@ def ended(
             store=store,
             settings=settings,
             listener=lifecycle_listener,
+            recorded=recorded,
         )
 
     return check
 
 
-def create(client: httpx.Client, body: dict[str, Any]) -> str:
-    response = client.post("/v1/runs", json={**body, "thread_id": THREAD})
+def create(client: httpx.Client, body: dict[str, Any], *, recorded: bool = True) -> str:
+    metadata = RECORDED if recorded else {}
+    response = client.post("/v1/runs", json={**body, "thread_id": THREAD, "metadata": metadata})
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
 
 
-def test_completed(client: httpx.Client, ended: Any) -> None:
-    run_id = create(client, {"agent": "credit-risk-analyst", "message": "ACME"})
-    ended(run_id, "completed")
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "not-recorded"])
+def test_completed(
+    client: httpx.Client, ended: Any, store: Store, tenant: TenantKey, recorded: bool
+) -> None:
+    run_id = create(client, {"agent": "credit-risk-analyst", "message": "ACME"}, recorded=recorded)
+    ended(run_id, "completed", recorded=recorded)
+    # Its messages joined the thread's history, after the earlier runs' with no gap.
+    history = Threads(store.engine).messages(tenant.tenant_id, THREAD, limit=1000)
+    assert [m.seq for m in history] == list(range(1, len(history) + 1))
+    own = [m for m in history if m.run_id == run_id]
+    assert own and own == history[-len(own) :]
+    assert (own[0].role, own[0].message["content"]) == ("user", "ACME")
+    assert own[-1].role == "assistant"
 
 
 def test_failed(client: httpx.Client, ended: Any, fake_openai: FakeOpenAI) -> None:
@@ -244,7 +263,8 @@ def test_enqueue_failure_ends_failed_with_done(
     with httpx.Client(
         base_url=shim_with_dead_broker, headers=tenant.headers, timeout=60
     ) as client:
-        response = client.post("/v1/runs", json={**SLOW, "thread_id": THREAD})
+        body = {**SLOW, "thread_id": THREAD, "metadata": RECORDED}
+        response = client.post("/v1/runs", json=body)
 
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "enqueue_failed"

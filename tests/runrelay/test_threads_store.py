@@ -1,18 +1,23 @@
 """Threads in the database: creating runs on a thread (concurrently too), history appended with
-a run's outcome in one transaction, and read back per exchange."""
+a run's outcome in one transaction (or one statement, when no listener records the run), and
+read back per exchange."""
 
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlmodel import Session
 
-from runrelay.server.run_table import Ending, RunTable
+from runrelay.server.run_table import Ending, RunNotFound, RunTable
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run
-from runrelay.server.threads import ThreadBusy, Threads
+from runrelay.server.threads import ThreadBusy, Threads, append_messages
 from runrelay.types import RunStatus
 
 
@@ -32,14 +37,38 @@ def new_run(tenant_id: str, thread_id: str | None) -> Run:
     )
 
 
-def end(store: Store, run: Run, status: RunStatus, messages: list[dict[str, Any]]) -> None:
+# How a run's ending is written: `known` passes the run, so that with no listener recording
+# it the ending is one statement (PostgreSQL); without it, a transaction (any database).
+ENDINGS = pytest.mark.parametrize("at_once", [False, True], ids=["transaction", "one-statement"])
+
+
+def end(
+    store: Store,
+    run: Run,
+    status: RunStatus,
+    messages: list[dict[str, Any]],
+    *,
+    at_once: bool = False,
+) -> None:
     table = RunTable(store.engine)
     table.start(run.id, "t")
-    assert table.end(run.id, status, ending=Ending(), events=[], thread_messages=messages)
+    known = run if at_once else None
+    ended = table.end(
+        run.id,
+        status,
+        ending=Ending(),
+        events=[(1, "x", "{}")],
+        thread_messages=messages,
+        known=known,
+    )
+    assert ended is not None and ended.run.status is status
+    assert ended.previous is RunStatus.RUNNING and ended.run.finished_at is not None
 
 
-def complete(store: Store, run: Run, messages: list[dict[str, Any]]) -> None:
-    end(store, run, RunStatus.COMPLETED, messages)
+def complete(
+    store: Store, run: Run, messages: list[dict[str, Any]], *, at_once: bool = False
+) -> None:
+    end(store, run, RunStatus.COMPLETED, messages, at_once=at_once)
 
 
 def test_concurrent_rejecting_creates_on_a_new_thread_make_exactly_one_run(
@@ -71,8 +100,9 @@ def test_create_returns_the_threads_active_runs_oldest_first(store: Store, tenan
     assert threads.create_run(new_run(tenant_id, None)) == []
 
 
+@ENDINGS
 def test_history_is_appended_with_the_outcome_and_read_per_exchange(
-    store: Store, tenant_id: str
+    store: Store, tenant_id: str, at_once: bool
 ) -> None:
     threads = Threads(store.engine)
     runs = [new_run(tenant_id, "h") for _ in range(3)]
@@ -80,13 +110,12 @@ def test_history_is_appended_with_the_outcome_and_read_per_exchange(
         threads.create_run(run)
     created = threads.get(tenant_id, "h")
     assert created is not None
-    complete(
-        store, runs[0], [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    )
-    end(store, runs[1], RunStatus.FAILED, [])  # a failed run adds nothing (no messages passed)
-    complete(
-        store, runs[2], [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
-    )
+    first = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    complete(store, runs[0], first, at_once=at_once)
+    # A failed run adds nothing (no messages passed).
+    end(store, runs[1], RunStatus.FAILED, [], at_once=at_once)
+    second = [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    complete(store, runs[2], second, at_once=at_once)
 
     rows = threads.messages(tenant_id, "h", limit=10)
     assert [(r.seq, r.role, r.message["content"]) for r in rows] == [
@@ -104,3 +133,75 @@ def test_history_is_appended_with_the_outcome_and_read_per_exchange(
     assert threads.exchanges(tenant_id, "h", max_messages=3)[0][0]["content"] == "a"
     assert threads.exchanges(tenant_id, "h", max_messages=0) == []
     assert threads.exchanges(tenant_id, "other", max_messages=50) == []
+
+
+@ENDINGS
+def test_an_ending_is_refused_to_a_worker_that_lost_the_run(
+    store: Store, tenant_id: str, at_once: bool
+) -> None:
+    run = new_run(tenant_id, "lost")
+    Threads(store.engine).create_run(run)
+    table = RunTable(store.engine)
+    table.start(run.id, "new-holder")
+    known = run if at_once else None
+    message = [{"role": "user", "content": "late"}]
+    refused = table.end(
+        run.id,
+        RunStatus.COMPLETED,
+        ending=Ending.by_worker("old-holder"),
+        events=[(1, "x", "{}")],
+        thread_messages=message,
+        known=known,
+    )
+    assert refused is None
+    current = store.get_run(run.id)
+    assert current is not None and current.status is RunStatus.RUNNING
+    assert store.archived_events(run.id) == []
+    assert Threads(store.engine).messages(tenant_id, "lost", limit=10) == []
+    with pytest.raises(RunNotFound):
+        table.end("run_missing", RunStatus.FAILED, ending=Ending(), events=[], known=known)
+
+
+def test_an_ending_that_meets_messages_committed_meanwhile_goes_on_in_a_transaction(
+    store: Store, tenant_id: str
+) -> None:
+    """Two runs of one thread ending at once (possible only if its gate was lost): the second
+    statement's snapshot misses the first's messages, whose seqs its own then collide with;
+    the ending is made again in a transaction, which waits for the thread's lock first."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("one-statement endings are PostgreSQL's (SQLite ends in a transaction)")
+    runs = [new_run(tenant_id, "race") for _ in range(2)]
+    for run in runs:
+        Threads(store.engine).create_run(run)
+    table = RunTable(store.engine)
+    for run in runs:
+        table.start(run.id, "t")
+    with Session(store.engine) as holder:  # the first run's ending, not yet committed
+        append_messages(holder, tenant_id, "race", runs[0].id, [{"role": "user", "content": "1"}])
+        ending = threading.Thread(
+            target=complete,
+            args=(store, runs[1], [{"role": "user", "content": "2"}]),
+            kwargs={"at_once": True},
+        )
+        ending.start()
+        _wait_for_lock_wait(store)  # the second ending waits for the thread's row
+        holder.commit()
+    ending.join(timeout=30)
+    rows = Threads(store.engine).messages(tenant_id, "race", limit=10)
+    assert [(r.seq, r.message["content"]) for r in rows] == [(1, "1"), (2, "2")]
+    second = store.get_run(runs[1].id)
+    assert second is not None and second.status is RunStatus.COMPLETED
+
+
+def _wait_for_lock_wait(store: Store) -> None:
+    deadline = time.monotonic() + 10
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND query LIKE 'WITH locked AS%moved AS%'"  # an ending (its text is cut at 1 KB)
+    )
+    while time.monotonic() < deadline:
+        with store.engine.connect() as conn:
+            if conn.execute(query).scalar():
+                return
+        time.sleep(0.02)
+    raise AssertionError("the one-statement ending never waited for the thread's lock")
