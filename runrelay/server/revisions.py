@@ -126,12 +126,13 @@ class AgentCatalog:
         revision's definition was read before."""
         file_agent = self._file_agent(ref)
         agent_id = file_agent.id if file_agent else ref
-        with Session(self.single) as session:
-            number = session.execute(_NEWEST_NUMBER, {"agent_id": agent_id}).scalar()
-            if number is not None and (agent_id, number) not in self._stored:
+        with self.single.connect() as conn:  # Core: no ORM session (every POST reads it)
+            number = conn.execute(_NEWEST_NUMBER, {"agent_id": agent_id}).scalar()
+        if number is not None and (agent_id, number) not in self._stored:
+            with Session(self.single) as session:
                 row = session.get(AgentRevision, (agent_id, number))
-                if row is not None:
-                    self._stored[agent_id, number] = _spec(row)
+            if row is not None:
+                self._stored[agent_id, number] = _spec(row)
         if number is not None and (stored := self._stored.get((agent_id, number))) is not None:
             return stored
         if file_agent is None:

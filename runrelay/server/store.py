@@ -36,6 +36,7 @@ from runrelay.server.tables import (
     Tenant,
     as_utc,
     run_of,
+    table_of,
     utcnow,
 )
 from runrelay.types import RunStatus
@@ -76,6 +77,10 @@ def new_id(prefix: str) -> str:
 
 
 _GET_RUN = select(*RUN_COLUMNS).where(col(Run.id) == bindparam("run_id"))
+_TENANTS = table_of(Tenant)
+_TENANT_BY_ID = select(*_TENANTS.c).where(_TENANTS.c.id == bindparam("key"))
+_TENANT_BY_NAME = select(*_TENANTS.c).where(_TENANTS.c.name == bindparam("key"))
+_ARCHIVED = select(RunLog.events).where(col(RunLog.run_id) == bindparam("run_id"))
 
 @functools.cache
 def _save_checkpoint(dialect: str) -> Any:
@@ -197,13 +202,11 @@ class Store:
         return tenant
 
     def get_tenant(self, tenant_id_or_name: str) -> Tenant | None:
-        with Session(self.single, expire_on_commit=False) as session:
-            tenant = session.get(Tenant, tenant_id_or_name)
-            if tenant is None:
-                tenant = session.exec(
-                    select(Tenant).where(Tenant.name == tenant_id_or_name)
-                ).first()
-            return tenant
+        with self.single.connect() as conn:  # Core: no ORM session (every POST reads it)
+            row = conn.execute(_TENANT_BY_ID, {"key": tenant_id_or_name}).first()
+            if row is None:
+                row = conn.execute(_TENANT_BY_NAME, {"key": tenant_id_or_name}).first()
+        return Tenant(**row._mapping) if row is not None else None
 
     def ensure_tenant(self, name: str) -> Tenant:
         existing = self.get_tenant(name)
@@ -388,6 +391,6 @@ class Store:
             return session.exec(query).first()
 
     def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
-        with Session(self.single) as session:
-            archived = session.get(RunLog, run_id)
-        return archived.after(after) if archived is not None else []
+        with self.single.connect() as conn:
+            text = conn.execute(_ARCHIVED, {"run_id": run_id}).scalar()
+        return RunLog(run_id=run_id, events=text).after(after) if text is not None else []

@@ -223,15 +223,16 @@ class Threads:
         whole. Enough of them to hold the last `max_messages` messages."""
         if max_messages <= 0:
             return []
-        where = (ThreadMessage.tenant_id == tenant_id, ThreadMessage.thread_id == thread_id)
         of_thread = {"tenant_id": tenant_id, "thread_id": thread_id}
         # Two reads, each its own snapshot (as under READ COMMITTED anyway): a run's messages
         # are written in one transaction, so the second read sees each run's whole or not.
-        with Session(self.single) as session:
-            recent = session.execute(_RECENT_RUNS, {**of_thread, "limit": max_messages})
+        with self.single.connect() as conn:  # Core: no ORM session for the common, empty case
+            recent = conn.execute(_RECENT_RUNS, {**of_thread, "limit": max_messages})
             run_ids = set(recent.scalars().all())
-            if not run_ids:  # a new thread (most runs): one query only
-                return []
+        if not run_ids:  # a new thread (most runs): one query only
+            return []
+        where = (ThreadMessage.tenant_id == tenant_id, ThreadMessage.thread_id == thread_id)
+        with Session(self.single) as session:
             rows = session.exec(
                 select(ThreadMessage)
                 .where(*where, col(ThreadMessage.run_id).in_(run_ids))
