@@ -35,6 +35,7 @@ from runrelay.server.tables import (
     RunLog,
     Tenant,
     as_utc,
+    loaded,
     run_of,
     table_of,
     utcnow,
@@ -206,7 +207,7 @@ class Store:
             row = conn.execute(_TENANT_BY_ID, {"key": tenant_id_or_name}).first()
             if row is None:
                 row = conn.execute(_TENANT_BY_NAME, {"key": tenant_id_or_name}).first()
-        return Tenant(**row._mapping) if row is not None else None
+        return loaded(Tenant, row._asdict()) if row is not None else None
 
     def ensure_tenant(self, name: str) -> Tenant:
         existing = self.get_tenant(name)
