@@ -262,3 +262,24 @@ def test_archived_events_after_returns_only_later_events_in_order(
     assert store.archived_events(run.id, after=7) == ['{"seq":8}', '{"seq":9}', '{"seq":10}']
     assert store.archived_events(run.id, after=10) == []
     assert store.archived_events(new_id("run")) == []
+
+
+def test_a_run_read_back_is_the_run_written_and_can_be_changed_and_saved(
+    store: Store, make_run: MakeRun
+) -> None:
+    """Reads build models without `__init__` (`tables.loaded`): the run must still be whole,
+    typed as written, and an ordinary model that a session can merge and write."""
+    written = make_run(
+        status=RunStatus.QUEUED, input={"company": "ACME"}, thread_id="thr-read", timeout_s=12.5
+    )
+
+    read = store.get_run(written.id)
+
+    assert read is not None and read.model_dump() == written.model_dump()
+    assert read.status is RunStatus.QUEUED and read.input == {"company": "ACME"}
+    read.output = "changed"
+    with Session(store.engine) as session:
+        session.merge(read)
+        session.commit()
+    again = store.get_run(written.id)
+    assert again is not None and again.output == "changed" and again.timeout_s == 12.5
