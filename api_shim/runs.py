@@ -208,6 +208,7 @@ async def create(
     request: Request, response: Response, caller: Caller, body: RunCreate
 ) -> RunObject:
     created = await create_run(request, caller, body)
+    state_of(request).recent_runs.add(created.run)  # its client may open its stream next
     response.headers["Location"] = f"/v1/runs/{created.run.id}"
     if created.admission is not None:
         response.headers.update(rate_headers(created.admission.decision))
@@ -458,6 +459,11 @@ async def events(
     # Before the headers: if Redis or the database is down, the client gets a 503 rather than
     # a stream that drops.
     start = await opening(state, run.id, cursor, run)
+    if readable.recent and not start.events:
+        # Nothing above the cursor in a run created moments ago: it may have ended already
+        # (a client reconnecting after `done` gets 204): read it, as for any other run.
+        read = await asyncio.to_thread(state.store.get_run, run.id, tenant_id=run.tenant_id)
+        start = await opening(state, run.id, cursor, read or run)
     if start.ended and not start.events:
         return Response(status_code=204)
     return sse_response(state, run.id, cursor, key_id=readable.key_id, start=start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
 from runrelay.server.store import KEY_CACHE_S, Principal, Store, hash_key
 from runrelay.server.stream_tokens import StreamTokens
+from runrelay.server.tables import Run
 from runrelay.server.thread_gate import ThreadGate
 
 
@@ -96,6 +98,36 @@ class ApiKeys:
             reading.exception()  # retrieved here too: every waiter may have gone
 
 
+class RecentRuns:
+    """The runs this process created in the last few seconds, for the event streams that their
+    clients open right after the POST (the SDK's create-then-stream, `runrelay run --follow`):
+    such a stream needs no database read. What opening a stream takes from the run is its tenant
+    (fixed at creation) and whether it ended; a run created here moments ago is opened as live,
+    which is right however it is now: a live stream replays the run's Redis log, which ends
+    with `done` and is kept `events_ttl_after_done_s` after it (if that log is gone, the tail
+    falls back to the archive). Bounded by age and by count."""
+
+    def __init__(self, ttl_s: float = 10.0, max_runs: int = 4096) -> None:
+        self.ttl_s = ttl_s
+        self.max_runs = max_runs
+        self._runs: dict[str, tuple[float, Run]] = {}  # oldest first
+
+    def add(self, run: Run) -> None:
+        now = time.monotonic()
+        self._runs[run.id] = (now + self.ttl_s, run)
+        for run_id, (expires, _) in list(self._runs.items()):
+            if expires > now and len(self._runs) <= self.max_runs:
+                break
+            del self._runs[run_id]
+
+    def get(self, run_id: str, tenant_id: str) -> Run | None:
+        """The run as created, if it is the tenant's and recent; None otherwise (read it)."""
+        entry = self._runs.get(run_id)
+        if entry is None or entry[0] <= time.monotonic() or entry[1].tenant_id != tenant_id:
+            return None
+        return entry[1]
+
+
 @dataclass
 class ShimState:
     settings: Settings
@@ -115,6 +147,7 @@ class ShimState:
     batches: BatchStore
     stream_tokens: StreamTokens
     api_keys: ApiKeys
+    recent_runs: RecentRuns
 
     @classmethod
     def build(cls, settings: Settings, listeners: Sequence[RunListener] = ()) -> ShimState:
@@ -178,6 +211,7 @@ class ShimState:
             batches=BatchStore(store.engine),
             stream_tokens=StreamTokens(settings, redis, keys),
             api_keys=ApiKeys(store),
+            recent_runs=RecentRuns(),
         )
 
     async def close(self) -> None:

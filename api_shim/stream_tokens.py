@@ -97,10 +97,12 @@ async def _token_run(request: Request, token: str, run_id: str) -> ReadableRun:
 @dataclass(frozen=True)
 class ReadableRun:
     """A run a request may read, and the API key it reads by (its own, or the one that issued
-    its stream token): the stream ends once that key is revoked."""
+    its stream token): the stream ends once that key is revoked. `recent`: `run` is as this
+    process created it moments ago (`RecentRuns`), not read now."""
 
     run: Run
     key_id: str
+    recent: bool = False
 
 
 async def readable_run(
@@ -120,6 +122,9 @@ async def readable_run(
         return await _token_run(request, token, run_id)
     caller = await principal(request)
     tenant_id = await acting_tenant(request, caller, None)
+    recent = state_of(request).recent_runs.get(run_id, tenant_id)  # created here just now
+    if recent is not None:
+        return ReadableRun(recent, caller.key_id, recent=True)
     return ReadableRun(await _tenant_run(request, tenant_id, run_id), caller.key_id)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from tests.conftest import TenantKey
-from tests.sse import read_events, wait_finished
+from tests.sse import assert_complete_log, read_events, wait_finished
 
 ANALYST = {"agent": "bank credit-analyst", "input": {"company": "ACME Corp"}}
 
@@ -102,6 +102,23 @@ def test_another_tenants_run_and_events_are_404(
         forged = other.post("/v1/runs", json={**ANALYST, "tenant_id": tenant.tenant_id})
         assert forged.status_code == 403, "a tenant key cannot act for another tenant"
     assert client.get("/v1/runs/run_doesnotexist").status_code == 404
+
+
+def test_a_run_just_created_streams_to_its_tenant_only(
+    client: httpx.Client, api: str, tenant: TenantKey, store
+) -> None:
+    """The shim opens the stream of a run it created moments ago without reading the database
+    (`RecentRuns`): another tenant must still get 404, and the owner the whole log."""
+    run = client.post("/v1/runs", json=ANALYST).json()
+    other_tenant = store.create_tenant(f"recent-{tenant.tenant_id}")
+    headers = {"Authorization": f"Bearer {store.create_api_key(other_tenant.id)}"}
+    with httpx.Client(base_url=api, timeout=10, headers=headers) as other:
+        response = other.get(f"/v1/runs/{run['id']}/events")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "run_not_found"
+    events = read_events(client, "GET", f"/v1/runs/{run['id']}/events")
+    assert_complete_log(events)
+    assert events[-1]["type"] == "done" and events[-1]["status"] == "completed"
 
 
 def test_platform_key_acts_for_a_tenant(api: str, tenant: TenantKey, store) -> None:
