@@ -100,12 +100,13 @@ class ApiKeys:
 
 class RecentRuns:
     """The runs this process created in the last few seconds, for the event streams that their
-    clients open right after the POST (the SDK's create-then-stream, `runrelay run --follow`):
-    such a stream needs no database read. What opening a stream takes from the run is its tenant
-    (fixed at creation) and whether it ended; a run created here moments ago is opened as live,
-    which is right however it is now: a live stream replays the run's Redis log, which ends
-    with `done` and is kept `events_ttl_after_done_s` after it (if that log is gone, the tail
-    falls back to the archive). Bounded by age and by count."""
+    clients open right after the POST (`POST /v1/runs`, then `GET /v1/runs/{id}/events`, or
+    `runrelay runs events <id>`): such a stream needs no database read. What opening a stream
+    takes from the run is its tenant (fixed at creation) and whether it ended; a run created
+    here moments ago is opened as live, which is right however it is now: a live stream
+    replays the run's Redis log, which ends with `done` and is kept `events_ttl_after_done_s`
+    after it (if that log is gone, the tail falls back to the archive; with nothing above the
+    client's cursor, `events` reads the run). Bounded by age and by count."""
 
     def __init__(self, ttl_s: float = 10.0, max_runs: int = 4096) -> None:
         self.ttl_s = ttl_s

@@ -18,7 +18,7 @@ visibility timeout, when the run's lease refuses the second task, or gone with R
 and the sweeper enqueues again every run whose worker no longer holds its lease.
 
 kombu builds a new redis-py client (on the channel's pool) for each publish, ack and queue
-command; building one is ~40 µs of Python, ~3% of the API's CPU under load (a publish per run).
+command: building them was ~3% of the API's CPU samples under load (a publish per run).
 A redis-py client is thread-safe (it takes a pool connection per command), so the channel keeps
 one for its current pool and builds another only when the pool is replaced.
 """
