@@ -95,7 +95,8 @@ class RunListener(Protocol):
         """Whether `in_transaction` may record anything for `run`, decided by what never
         changes on a run (its batch, schedule, webhook). A run's ending that no listener
         records for may be one statement with no transaction around it, and call no
-        `in_transaction` (the end of most runs, on PostgreSQL)."""
+        `in_transaction` (the end of most runs, on PostgreSQL). A listener without this
+        method is taken to record for every run."""
 
     def in_transaction(self, session: Session, run: Run, previous: RunStatus) -> None:
         """`run` (as written, `run.status` the new status) just left `previous`; called inside
@@ -285,6 +286,13 @@ def _move_statement(
         .values(values)
         .returning(*RUN_COLUMNS, _LOCKED.c.previous)
     )
+
+
+def _records(listener: RunListener, run: Run) -> bool:
+    """`listener.records(run)`; True for a listener written before that method existed, so
+    that it is still called in every ending's transaction."""
+    records = getattr(listener, "records", None)
+    return True if records is None else bool(records(run))
 
 
 _THREADS = table_of(Thread)
@@ -581,7 +589,7 @@ class RunTable:
         if (
             known is not None
             and self.engine.dialect.name == "postgresql"
-            and not any(listener.records(known) for listener in self.listeners)
+            and not any(_records(listener, known) for listener in self.listeners)
         ):
             try:
                 return self._end_at_once(run_id, target, when, log_text, thread_messages, values)

@@ -205,3 +205,31 @@ def _wait_for_lock_wait(store: Store) -> None:
                 return
         time.sleep(0.02)
     raise AssertionError("the one-statement ending never waited for the thread's lock")
+
+
+class _OlderListener:
+    """A listener written before `RunListener.records` existed."""
+
+    def __init__(self) -> None:
+        self.endings: list[str] = []
+
+    def in_transaction(self, session: Session, run: Run, previous: RunStatus) -> None:
+        if run.status.is_terminal:
+            self.endings.append(run.id)
+
+    async def after_commit(self, run: Run, previous: RunStatus) -> None:
+        pass
+
+
+def test_a_listener_without_records_is_still_called_in_the_endings_transaction(
+    store: Store, tenant_id: str
+) -> None:
+    run = new_run(tenant_id, "older")
+    Threads(store.engine).create_run(run)
+    listener = _OlderListener()
+    table = RunTable(store.engine, [listener])
+    table.start(run.id, "t")
+
+    ended = table.end(run.id, RunStatus.COMPLETED, ending=Ending(), events=[], known=run)
+
+    assert ended is not None and listener.endings == [run.id]
