@@ -25,44 +25,30 @@ Errors (the HTTP layer maps them to statuses, in `api_shim/errors.py`)::
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from sqlalchemy import (
-    JSON,
-    ColumnElement,
-    Engine,
-    String,
-    bindparam,
-    case,
-    func,
-    insert,
-    inspect,
-    true,
-    update,
-)
-from sqlalchemy import select as sa_select  # Core's: typed for any number of columns
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Engine, func, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from runrelay.server.approvals import Decision, PausedCalls
 from runrelay.server.engine import autocommit
 from runrelay.server.errors import Conflict, Invalid, NotFound, ServerError
-from runrelay.server.tables import (
-    RUN_COLUMNS,
-    RUN_TABLE,
-    Run,
-    RunLog,
-    Thread,
-    ThreadMessage,
-    run_of,
-    table_of,
-    utcnow,
+from runrelay.server.run_statements import (
+    ANY_HOLDER,
+    INSERT_LOG,
+    RUN_EXISTS,
+    STARTED,
+    Computed,
+    When,
+    end_statement,
+    locked_run,
+    move_statement,
 )
+from runrelay.server.tables import Run, RunLog, run_of, utcnow
 from runrelay.server.threads import append_messages
 from runrelay.types import RunStatus, ToolApproval
 
@@ -195,178 +181,11 @@ class Decided:
     moved: Moved | None = None
 
 
-def _locked(session: Session, run_id: str) -> Run | None:
-    """The run, its row locked until the transaction ends (PostgreSQL's row lock; SQLite has
-    none, so its write lock, taken by a no-op UPDATE): what is read is what the conditional
-    UPDATE next sees, and concurrent changes of one run take turns."""
-    query = select(Run).where(col(Run.id) == run_id).execution_options(populate_existing=True)
-    if session.get_bind().dialect.name == "sqlite":
-        session.exec(update(Run).where(col(Run.id) == run_id).values(status=col(Run.status)))
-        return session.exec(query).first()
-    return session.exec(query.with_for_update()).first()
-
-
-_INSERT_LOG = insert(table_of(RunLog))
-
-# The row a PostgreSQL transition locks first, and the status it had.
-_LOCKED = (
-    select(col(Run.id).label("id"), col(Run.status).label("previous"))
-    .where(col(Run.id) == bindparam("locked_id"))
-    .with_for_update()
-    .cte("locked")
-)
-
-
-@dataclass(frozen=True)
-class When:
-    """What a move requires beyond the table allowing it."""
-
-    lease_token: str | None = None  # the worker holding this lease token is making it
-    statuses: frozenset[RunStatus] | None = None  # the run is in one of these
-    not_cancelling: bool = False  # no cancel was requested
-
-
-@dataclass(frozen=True, eq=False)
-class Computed:
-    """Values the database computes, from bind parameters passed with the move. Each one a
-    module constant, so that the statement using it is built (and compiled) once."""
-
-    exprs: dict[str, ColumnElement[Any]]
-
-
-_STARTED = Computed(
-    {
-        "attempts": col(Run.attempts) + 1,
-        "started_at": func.coalesce(
-            col(Run.started_at), bindparam("c_now", type_=inspect(Run).columns["started_at"].type)
-        ),
-        "seq_reserved": case(
-            (col(Run.seq_reserved) > bindparam("c_seq_last"), col(Run.seq_reserved)),
-            else_=bindparam("c_seq_last"),
-        )
-        + bindparam("c_seq_size"),
-    }
-)
-
-
-@functools.cache
-def _move_statement(
-    sqlite: bool,
-    target: RunStatus,
-    statuses: frozenset[RunStatus],
-    by_token: bool,
-    not_cancelling: bool,
-    names: tuple[str, ...],
-    computed: Computed | None,
-) -> Any:
-    """The conditional UPDATE of one kind of move, built once: its values and conditions are
-    bind parameters (`v_<column>`, `w_lease_token`, `locked_id`), so executing it again only
-    binds them (no statement to build, no cache key to compute)."""
-    conditions: list[ColumnElement[bool]] = [col(Run.status).in_(sorted(statuses))]
-    if by_token:
-        conditions.append(col(Run.lease_token) == bindparam("w_lease_token"))
-    if not_cancelling:
-        conditions.append(col(Run.cancel_requested_at).is_(None))
-    values: dict[str, Any] = {"status": target, **(computed.exprs if computed else {})}
-    values.update({name: bindparam(f"v_{name}") for name in names})
-    if sqlite:
-        # SQLite's RETURNING sees only the updated table: the status was read under the
-        # database's write lock (`_locked`) just before.
-        return (
-            update(Run)
-            .where(col(Run.id) == bindparam("locked_id"), *conditions)
-            .values(values)
-            .returning(Run)
-            .execution_options(populate_existing=True)
-        )
-    # One statement: lock the row, remember its status, update it, return it as written.
-    return (
-        update(Run)
-        .where(col(Run.id) == _LOCKED.c.id, *conditions)
-        .values(values)
-        .returning(*RUN_COLUMNS, _LOCKED.c.previous)
-    )
-
-
 def _records(listener: RunListener, run: Run) -> bool:
     """`listener.records(run)`; True for a listener written before that method existed, so
     that it is still called in every ending's transaction."""
     records = getattr(listener, "records", None)
     return True if records is None else bool(records(run))
-
-
-_THREADS = table_of(Thread)
-_MESSAGES = table_of(ThreadMessage)
-_RUN_EXISTS = sa_select(RUN_TABLE.c.id).where(RUN_TABLE.c.id == bindparam("run_id"))
-
-
-@functools.cache
-def _end_statement(
-    target: RunStatus,
-    statuses: frozenset[RunStatus],
-    by_token: bool,
-    names: tuple[str, ...],
-    messages: bool,
-) -> Any:
-    """A run's ending as one PostgreSQL statement (data-modifying CTEs): the conditional
-    UPDATE of `_move_statement`, then, only if it moved the run, its archived log and (with
-    `messages`) its thread's new messages under the next seqs, the thread's `updated_at`
-    moved. Returns the run as written and the status it left; no row when it did not move.
-
-    What a statement reads is its start's snapshot: messages that another run of the thread
-    committed while this one waited for the thread's row lock are not in its `max(seq)`, and
-    its INSERT then collides with them (`RunTable.end` goes on in a transaction instead). One
-    run at a time holds a thread (`ThreadGate`), so that is for when the gate was lost."""
-    moved = _move_statement(False, target, statuses, by_token, False, names, None).cte("moved")
-    archived = insert(table_of(RunLog)).from_select(
-        ["run_id", "events"], sa_select(moved.c.id, bindparam("e_events", type_=String))
-    )
-    ctes: list[Any] = [archived.cte("archived")]
-    if messages:
-        now = bindparam("m_now", type_=_THREADS.c.updated_at.type)
-        upsert = pg_insert(_THREADS).from_select(
-            ["tenant_id", "id", "created_at", "updated_at"],
-            sa_select(moved.c.tenant_id, moved.c.thread_id, now, now).where(
-                moved.c.thread_id.is_not(None)
-            ),
-        )
-        touched = (
-            upsert.on_conflict_do_update(
-                index_elements=["tenant_id", "id"], set_={"updated_at": upsert.excluded.updated_at}
-            )
-            .returning(_THREADS.c.tenant_id, _THREADS.c.id)
-            .cte("touched")
-        )
-        listed = (
-            func.json_array_elements(bindparam("m_messages", type_=String).cast(JSON))
-            .table_valued("value", with_ordinality="n")
-            .render_derived()
-        )
-        last = (
-            sa_select(func.coalesce(func.max(_MESSAGES.c.seq), 0))
-            .where(
-                _MESSAGES.c.tenant_id == touched.c.tenant_id,
-                _MESSAGES.c.thread_id == touched.c.id,
-            )
-            .scalar_subquery()
-        )
-        appended = insert(_MESSAGES).from_select(
-            ["tenant_id", "thread_id", "seq", "run_id", "role", "message", "created_at"],
-            sa_select(
-                touched.c.tenant_id,
-                touched.c.id,
-                last + listed.c.n,
-                moved.c.id,
-                func.coalesce(listed.c.value.op("->>")("role"), ""),
-                listed.c.value,
-                now,
-            )
-            .select_from(touched)
-            .join(moved, true())
-            .join(listed, true()),
-        )
-        ctes += [touched, appended.cte("appended")]
-    return sa_select(*moved.c).add_cte(*ctes)
 
 
 class RunTable:
@@ -383,7 +202,7 @@ class RunTable:
         session: Session,
         run_id: str,
         target: RunStatus,
-        when: When = When(),
+        when: When = ANY_HOLDER,
         computed: Computed | None = None,
         params: dict[str, Any] | None = None,
         **values: Any,
@@ -395,7 +214,7 @@ class RunTable:
         if when.statuses is not None:
             allowed &= when.statuses
         sqlite = session.get_bind().dialect.name == "sqlite"
-        stmt = _move_statement(
+        stmt = move_statement(
             sqlite,
             target,
             allowed,
@@ -408,7 +227,7 @@ class RunTable:
         bound.update(params or {}, locked_id=run_id, w_lease_token=when.lease_token)
         moved = None
         if sqlite:
-            locked = _locked(session, run_id)
+            locked = locked_run(session, run_id)
             previous = RunStatus(locked.status) if locked is not None else None
             run = session.execute(stmt, bound).scalars().first() if previous is not None else None
             if previous is not None and run is not None:
@@ -447,7 +266,7 @@ class RunTable:
                 session,
                 run_id,
                 RUNNING,
-                computed=_STARTED,
+                computed=STARTED,
                 params={"c_now": utcnow(), "c_seq_last": seqs.last, "c_seq_size": seqs.size},
                 lease_token=lease_token,
             )
@@ -506,7 +325,7 @@ class RunTable:
         Sending a decision already recorded again is harmless (a client retrying after a lost
         answer): it returns the run as it is. Decisions on one run take turns on its row lock."""
         with Session(self.engine, expire_on_commit=False) as session:
-            run = _locked(session, run_id)
+            run = locked_run(session, run_id)
             if run is None:
                 raise RunNotFound(f"no run {run_id!r}")
             paused = PausedCalls.of(run.required_action)
@@ -581,7 +400,7 @@ class RunTable:
         `thread_messages` (a completed run's) join its thread's history in that transaction.
 
         `known`: the run as the caller read it. When no listener records anything for it
-        (`RunListener.records`), the ending is one statement on PostgreSQL (`_end_statement`):
+        (`RunListener.records`), the ending is one statement on PostgreSQL (`end_statement`):
         one round trip, no transaction around it."""
         when = When(lease_token=ending.lease_token, statuses=ending.from_statuses)
         log_text = RunLog.join((seq, data) for seq, _type, data in events)
@@ -593,14 +412,14 @@ class RunTable:
         ):
             try:
                 return self._end_at_once(run_id, target, when, log_text, thread_messages, values)
-            except IntegrityError:  # its thread's seqs moved meanwhile: see `_end_statement`
+            except IntegrityError:  # its thread's seqs moved meanwhile: see `end_statement`
                 pass
         with Session(self.engine, expire_on_commit=False) as session:
             moved = self.move(session, run_id, target, when, **values)
             if moved is None:
                 session.rollback()
                 return None
-            session.execute(_INSERT_LOG, {"run_id": run_id, "events": log_text})
+            session.execute(INSERT_LOG, {"run_id": run_id, "events": log_text})
             run = moved.run
             if thread_messages and run.thread_id is not None:
                 append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)
@@ -617,7 +436,7 @@ class RunTable:
         values: dict[str, Any],
     ) -> Moved | None:
         assert when.statuses is not None
-        stmt = _end_statement(
+        stmt = end_statement(
             target,
             sources(target) & when.statuses,
             when.lease_token is not None,
@@ -631,7 +450,7 @@ class RunTable:
         with self.single.connect() as conn:
             row = conn.execute(stmt, bound).first()
             if row is None:
-                if conn.execute(_RUN_EXISTS, {"run_id": run_id}).first() is None:
+                if conn.execute(RUN_EXISTS, {"run_id": run_id}).first() is None:
                     raise RunNotFound(f"no run {run_id!r}")
                 return None
         *fields, previous = row

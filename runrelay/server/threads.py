@@ -78,7 +78,7 @@ def _lock_thread(session: Session, tenant_id: str, thread_id: str, *, touch: boo
     session.execute(stmt, {"tenant_id": tenant_id, "thread_id": thread_id, "now": utcnow()})
 
 
-# Statements of the hot path, built once (see `run_table._move_statement`).
+# Statements of the hot path, built once (see `run_statements.move_statement`).
 _OF_THREAD = (
     col(ThreadMessage.tenant_id) == bindparam("tenant_id"),
     col(ThreadMessage.thread_id) == bindparam("thread_id"),
