@@ -116,10 +116,9 @@ class RecentRuns:
     def add(self, run: Run) -> None:
         now = time.monotonic()
         self._runs[run.id] = (now + self.ttl_s, run)
-        for run_id, (expires, _) in list(self._runs.items()):
-            if expires > now and len(self._runs) <= self.max_runs:
-                break
-            del self._runs[run_id]
+        # Oldest first: drop the expired and those past the bound, and stop at the first kept.
+        while len(self._runs) > self.max_runs or next(iter(self._runs.values()))[0] <= now:
+            del self._runs[next(iter(self._runs))]
 
     def get(self, run_id: str, tenant_id: str) -> Run | None:
         """The run as created, if it is the tenant's and recent; None otherwise (read it)."""

@@ -83,6 +83,7 @@ _TENANT_BY_ID = select(*_TENANTS.c).where(_TENANTS.c.id == bindparam("key"))
 _TENANT_BY_NAME = select(*_TENANTS.c).where(_TENANTS.c.name == bindparam("key"))
 _ARCHIVED = select(RunLog.events).where(col(RunLog.run_id) == bindparam("run_id"))
 
+
 @functools.cache
 def _save_checkpoint(dialect: str) -> Any:
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
@@ -394,4 +395,4 @@ class Store:
     def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
         with self.single.connect() as conn:
             text = conn.execute(_ARCHIVED, {"run_id": run_id}).scalar()
-        return RunLog(run_id=run_id, events=text).after(after) if text is not None else []
+        return RunLog.after(text, after) if text is not None else []

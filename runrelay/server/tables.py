@@ -212,10 +212,11 @@ class RunLog(SQLModel, table=True):
         """`events` (seq, JSON) as the `events` column holds them."""
         return "\n".join(f"{seq} {data}" for seq, data in sorted(events))
 
-    def after(self, seq: int) -> list[str]:
-        """The JSON of the events after `seq`, in order."""
+    @staticmethod
+    def after(events: str, seq: int) -> list[str]:
+        """The JSON of the events after `seq` in `events` (the column's text), in order."""
         found = []
-        for line in self.events.split("\n"):
+        for line in events.split("\n"):
             number, _, data = line.partition(" ")
             if int(number) > seq:
                 found.append(data)
