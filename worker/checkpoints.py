@@ -81,7 +81,7 @@ class Checkpoints:
 
     async def _to_database(self, run_id: str, token: str, next_seq: int, body: str) -> None:
         await retrying(
-            lambda: asyncio.to_thread(self.store.save_checkpoint, run_id, token, next_seq, body),
+            lambda: self.store.save_checkpoint_async(run_id, token, next_seq, body),
             what=f"run {run_id}: keep checkpoint",
             for_s=_DATABASE_RETRY_S,
         )

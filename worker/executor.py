@@ -196,7 +196,7 @@ class RunExecutor:
     async def _startable(self, run_id: str, lease: Lease) -> Run | None:
         """The run if it is to start now; else None, with the lease given back: it is finished,
         paused for approval, or waiting for its thread."""
-        run = await asyncio.to_thread(self.store.get_run, run_id)
+        run = await self.store.get_run_async(run_id)
         if run is not None:
             logs.about_run(run_id, run.tenant_id)
         if run is not None and run.status is RunStatus.REQUIRES_ACTION:
@@ -375,7 +375,11 @@ class RunExecutor:
                 f"RUNRELAY_MAX_RUN_ATTEMPTS={self.settings.max_run_attempts}",
             )
         try:
-            agent = await asyncio.to_thread(self.catalog.pinned, run.agent_id, run.agent_revision)
+            agent = self.catalog.known(run.agent_id, run.agent_revision)
+            if agent is None:  # a revision not read yet: a database read
+                agent = await asyncio.to_thread(
+                    self.catalog.pinned, run.agent_id, run.agent_revision
+                )
         except LookupError as exc:  # AgentNotFound, RevisionNotFound
             return Outcome.failed("agent_not_found", str(exc))
         return await self._run_agent(run, agent, writer, checkpoint, control)
@@ -426,7 +430,7 @@ class RunExecutor:
         history: list[ChatMessage] = []
         if checkpoint is None:  # a first attempt starts with its thread's history
             threads = Threads(self.store.engine)
-            stored = await asyncio.to_thread(threads.history, run, agent.history)
+            stored = await threads.history_async(run, agent.history)
             history = cast(list[ChatMessage], stored)  # as the loop wrote them
         driver = AgentRun(agent, self.registry.provider(agent), self.http)
         hooks = RunHooks(

@@ -149,7 +149,7 @@ class Lifecycle:
     async def start(
         self, run_id: str, *, lease_token: str, seqs: SeqBlock = NO_SEQS
     ) -> Run | None:
-        moved = await asyncio.to_thread(self.table.start, run_id, lease_token, seqs)
+        moved = await self.table.start_async(run_id, lease_token, seqs)
         await self._after_commit(moved)
         return moved.run if moved else None
 
@@ -256,8 +256,7 @@ class Lifecycle:
                 **outcome.result.usage.model_dump(),
                 "by_model": outcome.result.usage_by_model,
             }
-        moved = await asyncio.to_thread(
-            self.table.end,
+        moved = await self.table.end_async(
             run.id,
             outcome.status,
             ending=ending,

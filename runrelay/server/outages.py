@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from psycopg import OperationalError as PsycopgOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError
@@ -23,6 +24,7 @@ TRANSIENT: tuple[type[Exception], ...] = (
     RedisTimeoutError,
     DatabaseOperationalError,  # server gone, connection refused
     PoolTimeoutError,
+    PsycopgOperationalError,  # the same on the loop's own connections (loop_database.py)
 )
 
 

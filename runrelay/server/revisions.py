@@ -140,7 +140,9 @@ class AgentCatalog:
         assert file_agent is not None
         return file_agent
 
-    def pinned(self, agent_id: str, revision: int) -> AgentSpec:
+    def known(self, agent_id: str, revision: int) -> AgentSpec | None:
+        """What `pinned` returns without a database read, if it needs none: a revision read
+        before, or an unpublished file agent's (for a little while after the last read)."""
         file_agent = self._file_agent(agent_id)
         canonical = file_agent.id if file_agent else agent_id
         if (stored := self._stored.get((canonical, revision))) is not None:
@@ -148,6 +150,13 @@ class AgentCatalog:
         unpublished = self._unpublished.get(canonical, 0.0) > time.monotonic()
         if unpublished and file_agent is not None and revision == file_agent.revision:
             return file_agent
+        return None
+
+    def pinned(self, agent_id: str, revision: int) -> AgentSpec:
+        if (known := self.known(agent_id, revision)) is not None:
+            return known
+        file_agent = self._file_agent(agent_id)
+        canonical = file_agent.id if file_agent else agent_id
         with Session(self.single) as session:
             row = session.get(AgentRevision, (canonical, revision))
             newest = None if row else self._newest(session, canonical)

@@ -11,7 +11,9 @@ conditional UPDATE, and the errors a refused change raises.
 makes every status change by one conditional UPDATE (`WHERE status IN sources(target)`, plus
 the lease token for a worker), so a transition the table does not allow changes nothing, and
 calls the `RunListener`s inside the transaction that made it. It is synchronous; the async
-owner of the lifecycle (`runrelay.server.lifecycle.Lifecycle`) runs it in a thread.
+owner of the lifecycle (`runrelay.server.lifecycle.Lifecycle`) runs it in a thread, except a
+start and an ending made in one statement (`start_async`, `end_async`), which it awaits on the
+loop's database where the process attached one (`runrelay.server.loop_database`).
 
 Errors (the HTTP layer maps them to statuses, in `api_shim/errors.py`)::
 
@@ -25,11 +27,14 @@ Errors (the HTTP layer maps them to statuses, in `api_shim/errors.py`)::
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import Engine, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
@@ -37,6 +42,7 @@ from sqlmodel import Session, col
 from runrelay.server.approvals import Decision, PausedCalls
 from runrelay.server.engine import autocommit
 from runrelay.server.errors import Conflict, Invalid, NotFound, ServerError
+from runrelay.server.loop_database import LoopDatabase, on_loop
 from runrelay.server.run_statements import (
     ANY_HOLDER,
     INSERT_LOG,
@@ -86,8 +92,8 @@ class RunListener(Protocol):
 
     def in_transaction(self, session: Session, run: Run, previous: RunStatus) -> None:
         """`run` (as written, `run.status` the new status) just left `previous`; called inside
-        that transaction. Raising rolls the transition back: record, don't call out. A start
-        (→ running) is one statement with no transaction around it: record nothing there."""
+        that transaction. Raising rolls the transition back: record, don't call out. Not called
+        for a start (→ running): that is one statement with no transaction around it."""
 
     async def after_commit(self, run: Run, previous: RunStatus) -> None:
         """The same transition, once committed: a place to kick off work (best effort; what
@@ -210,21 +216,8 @@ class RunTable:
         """Move the run to `target` in the caller's transaction, writing `values` (and
         `computed`, from `params`), if the table allows it from its current status and `when`
         holds; None (nothing changed) otherwise."""
-        allowed = sources(target)
-        if when.statuses is not None:
-            allowed &= when.statuses
         sqlite = session.get_bind().dialect.name == "sqlite"
-        stmt = move_statement(
-            sqlite,
-            target,
-            allowed,
-            when.lease_token is not None,
-            when.not_cancelling,
-            tuple(sorted(values)),
-            computed,
-        )
-        bound = {f"v_{name}": value for name, value in values.items()}
-        bound.update(params or {}, locked_id=run_id, w_lease_token=when.lease_token)
+        stmt, bound = _move_bound(sqlite, run_id, target, when, computed, params, values)
         moved = None
         if sqlite:
             locked = locked_run(session, run_id)
@@ -241,8 +234,9 @@ class RunTable:
             if session.get(Run, run_id) is None:
                 raise RunNotFound(f"no run {run_id!r}")
             return None
-        for listener in self.listeners:
-            listener.in_transaction(session, moved.run, moved.previous)
+        if target is not RUNNING:  # a start has no transaction to record in
+            for listener in self.listeners:
+                listener.in_transaction(session, moved.run, moved.previous)
         return moved
 
     def transition(self, run_id: str, target: RunStatus, **values: Any) -> Moved | None:
@@ -272,6 +266,24 @@ class RunTable:
             )
             session.commit()
             return moved
+
+    async def start_async(
+        self, run_id: str, lease_token: str | None, seqs: SeqBlock = NO_SEQS
+    ) -> Moved | None:
+        """`start`, awaited: on the loop's database when the process attached one."""
+        database = on_loop(self.engine)
+        if database is None:
+            return await asyncio.to_thread(self.start, run_id, lease_token, seqs)
+        stmt, bound = _move_bound(
+            False,
+            run_id,
+            RUNNING,
+            ANY_HOLDER,
+            STARTED,
+            {"c_now": utcnow(), "c_seq_last": seqs.last, "c_seq_size": seqs.size},
+            {"lease_token": lease_token},
+        )
+        return await _returned(database, run_id, await database.first(stmt, bound))
 
     def pause(self, run_id: str, lease_token: str, paused: PausedCalls) -> Moved | None:
         """running → requires_action, only for the holder of `lease_token` and not once a
@@ -405,13 +417,17 @@ class RunTable:
         when = When(lease_token=ending.lease_token, statuses=ending.from_statuses)
         log_text = RunLog.join((seq, data) for seq, _type, data in events)
         values["finished_at"] = utcnow()
-        if (
-            known is not None
-            and self.engine.dialect.name == "postgresql"
-            and not any(_records(listener, known) for listener in self.listeners)
-        ):
+        if known is not None and self._at_once(known):
+            stmt, bound = _end_bound(run_id, target, when, log_text, thread_messages, values)
             try:
-                return self._end_at_once(run_id, target, when, log_text, thread_messages, values)
+                with self.single.connect() as conn:
+                    row = conn.execute(stmt, bound).first()
+                    if row is None and conn.execute(RUN_EXISTS, {"run_id": run_id}).first() is None:
+                        raise RunNotFound(f"no run {run_id!r}")
+                if row is None:
+                    return None
+                *fields, previous = row
+                return Moved(run_of(fields), RunStatus(previous))
             except IntegrityError:  # its thread's seqs moved meanwhile: see `end_statement`
                 pass
         with Session(self.engine, expire_on_commit=False) as session:
@@ -426,32 +442,109 @@ class RunTable:
             session.commit()
             return moved
 
-    def _end_at_once(
+    async def end_async(
         self,
         run_id: str,
         target: RunStatus,
-        when: When,
-        log_text: str,
-        thread_messages: Sequence[dict[str, Any]],
-        values: dict[str, Any],
+        *,
+        ending: Ending,
+        events: Sequence[tuple[int, str, str]],
+        thread_messages: Sequence[dict[str, Any]] = (),
+        known: Run | None = None,
+        **values: Any,
     ) -> Moved | None:
-        assert when.statuses is not None
-        stmt = end_statement(
+        """`end`, awaited: its one statement on the loop's database when the process attached
+        one; a transaction (a listener records for the run, or the thread's seqs moved) in a
+        thread, as `end` makes it."""
+        in_thread = functools.partial(
+            self.end,
+            run_id,
             target,
-            sources(target) & when.statuses,
-            when.lease_token is not None,
-            tuple(sorted(values)),
-            bool(thread_messages),
+            ending=ending,
+            events=events,
+            thread_messages=thread_messages,
+            known=known,
+            **values,
         )
-        bound = {f"v_{name}": value for name, value in values.items()}
-        bound.update(locked_id=run_id, w_lease_token=when.lease_token, e_events=log_text)
-        if thread_messages:
-            bound.update(m_now=values["finished_at"], m_messages=json.dumps(list(thread_messages)))
-        with self.single.connect() as conn:
-            row = conn.execute(stmt, bound).first()
-            if row is None:
-                if conn.execute(RUN_EXISTS, {"run_id": run_id}).first() is None:
-                    raise RunNotFound(f"no run {run_id!r}")
-                return None
-        *fields, previous = row
-        return Moved(run_of(fields), RunStatus(previous))
+        database = on_loop(self.engine)
+        if database is None or known is None or not self._at_once(known):
+            return await asyncio.to_thread(in_thread)
+        when = When(lease_token=ending.lease_token, statuses=ending.from_statuses)
+        log_text = RunLog.join((seq, data) for seq, _type, data in events)
+        finished = {**values, "finished_at": utcnow()}
+        stmt, bound = _end_bound(run_id, target, when, log_text, thread_messages, finished)
+        try:
+            return await _returned(database, run_id, await database.first(stmt, bound))
+        except UniqueViolation:  # its thread's seqs moved meanwhile: see `end_statement`
+            return await asyncio.to_thread(functools.partial(in_thread, known=None))
+
+    def _at_once(self, run: Run) -> bool:
+        """Whether `run`'s ending may be one statement: on PostgreSQL, with no listener
+        recording anything for it."""
+        return self.engine.dialect.name == "postgresql" and not any(
+            _records(listener, run) for listener in self.listeners
+        )
+
+
+def _move_bound(
+    sqlite: bool,
+    run_id: str,
+    target: RunStatus,
+    when: When,
+    computed: Computed | None,
+    params: dict[str, Any] | None,
+    values: dict[str, Any],
+) -> tuple[Any, dict[str, Any]]:
+    """The statement of a move (`move_statement`) and its parameters."""
+    allowed = sources(target)
+    if when.statuses is not None:
+        allowed &= when.statuses
+    stmt = move_statement(
+        sqlite,
+        target,
+        allowed,
+        when.lease_token is not None,
+        when.not_cancelling,
+        tuple(sorted(values)),
+        computed,
+    )
+    bound = {f"v_{name}": value for name, value in values.items()}
+    bound.update(params or {}, locked_id=run_id, w_lease_token=when.lease_token)
+    return stmt, bound
+
+
+def _end_bound(
+    run_id: str,
+    target: RunStatus,
+    when: When,
+    log_text: str,
+    thread_messages: Sequence[dict[str, Any]],
+    values: dict[str, Any],
+) -> tuple[Any, dict[str, Any]]:
+    """The statement of an ending made at once (`end_statement`) and its parameters."""
+    assert when.statuses is not None
+    stmt = end_statement(
+        target,
+        sources(target) & when.statuses,
+        when.lease_token is not None,
+        tuple(sorted(values)),
+        bool(thread_messages),
+    )
+    bound = {f"v_{name}": value for name, value in values.items()}
+    bound.update(locked_id=run_id, w_lease_token=when.lease_token, e_events=log_text)
+    if thread_messages:
+        bound.update(m_now=values["finished_at"], m_messages=json.dumps(list(thread_messages)))
+    return stmt, bound
+
+
+async def _returned(
+    database: LoopDatabase, run_id: str, row: tuple[Any, ...] | None
+) -> Moved | None:
+    """The move a statement returned (the run as written, then the status it left); None when
+    it did not move the run, `RunNotFound` when there is no such run."""
+    if row is None:
+        if await database.first(RUN_EXISTS, {"run_id": run_id}) is None:
+            raise RunNotFound(f"no run {run_id!r}")
+        return None
+    *fields, previous = row
+    return Moved(run_of(fields), RunStatus(previous))

@@ -2,11 +2,14 @@
 
 Runs change status only through `runrelay.server.lifecycle`.
 
-All functions are synchronous (SQLAlchemy sessions); async callers run them in a thread.
+Functions are synchronous (SQLAlchemy sessions); async callers run them in a thread. The few
+on a run's hot path have an `_async` twin that awaits the statement on the caller's loop when
+its process attached a `LoopDatabase` there (the worker), and goes to a thread otherwise.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
@@ -27,6 +30,7 @@ from sqlmodel import Session, col, select
 
 from runrelay.server.engine import autocommit
 from runrelay.server.errors import Conflict
+from runrelay.server.loop_database import on_loop
 from runrelay.server.tables import (
     RUN_COLUMNS,
     ApiKey,
@@ -311,6 +315,14 @@ class Store:
             return None
         return run_of(row)
 
+    async def get_run_async(self, run_id: str) -> Run | None:
+        """`get_run`, awaited."""
+        database = on_loop(self.engine)
+        if database is None:
+            return await asyncio.to_thread(self.get_run, run_id)
+        row = await database.first(_GET_RUN, {"run_id": run_id})
+        return None if row is None else run_of(row)
+
     def list_runs(
         self,
         tenant_id: str,
@@ -385,6 +397,17 @@ class Store:
         params = {"run_id": run_id, "lease_token": lease_token, "next_seq": next_seq, "data": data}
         with self.single.begin() as conn:
             conn.execute(_save_checkpoint(self.engine.dialect.name), params)
+
+    async def save_checkpoint_async(
+        self, run_id: str, lease_token: str, next_seq: int, data: str
+    ) -> None:
+        """`save_checkpoint`, awaited."""
+        database = on_loop(self.engine)
+        if database is None:
+            await asyncio.to_thread(self.save_checkpoint, run_id, lease_token, next_seq, data)
+            return
+        params = {"run_id": run_id, "lease_token": lease_token, "next_seq": next_seq, "data": data}
+        await database.rows(_save_checkpoint("postgresql"), params)
 
     def checkpoint(self, run_id: str) -> str | None:
         """The run's last checkpoint kept in the database (JSON), if any."""

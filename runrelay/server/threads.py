@@ -13,6 +13,7 @@ creates, and history seqs gapless.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from sqlmodel import Session, col, select
 from runrelay.agent._history import HistoryPolicy, fit_history
 from runrelay.server.engine import autocommit
 from runrelay.server.errors import Conflict
+from runrelay.server.loop_database import on_loop
 from runrelay.server.tables import (
     RUN_TABLE,
     Run,
@@ -216,6 +218,24 @@ class Threads:
         exchanges = self.exchanges(run.tenant_id, run.thread_id, max_messages=policy.max_messages)
         return fit_history(exchanges, policy)
 
+    async def history_async(self, run: Run, policy: HistoryPolicy) -> list[Message]:
+        """`history`, awaited: the first read (the only one for a new thread) on the loop's
+        database when the process attached one."""
+        database = on_loop(self.engine)
+        if database is None:
+            return await asyncio.to_thread(self.history, run, policy)
+        if run.thread_id is None or policy.max_messages <= 0:
+            return self.history(run, policy)  # no statement
+        of_thread = {"tenant_id": run.tenant_id, "thread_id": run.thread_id}
+        recent = await database.rows(_RECENT_RUNS, {**of_thread, "limit": policy.max_messages})
+        run_ids = {run_id for (run_id,) in recent}
+        if not run_ids:
+            return fit_history([], policy)
+        exchanges = await asyncio.to_thread(
+            self._exchanges_of, run.tenant_id, run.thread_id, run_ids
+        )
+        return fit_history(exchanges, policy)
+
     def exchanges(
         self, tenant_id: str, thread_id: str, *, max_messages: int
     ) -> list[list[Message]]:
@@ -231,6 +251,12 @@ class Threads:
             run_ids = set(recent.scalars().all())
         if not run_ids:  # a new thread (most runs): one query only
             return []
+        return self._exchanges_of(tenant_id, thread_id, run_ids)
+
+    def _exchanges_of(
+        self, tenant_id: str, thread_id: str, run_ids: set[str]
+    ) -> list[list[Message]]:
+        """The messages of `run_ids` in the thread, one list per run, in order."""
         where = (ThreadMessage.tenant_id == tenant_id, ThreadMessage.thread_id == thread_id)
         with Session(self.single) as session:
             rows = session.exec(

@@ -1,0 +1,216 @@
+"""PostgreSQL statements awaited on an event loop, for the hot path of a run.
+
+The rest of the code runs its statements through SQLAlchemy in a thread (`asyncio.to_thread`).
+Per statement that costs a thread hop (a future, a wake-up of the loop through its self-pipe,
+the GIL passed back and forth) and SQLAlchemy's execution layer: ~500 µs of CPU on the 2-core
+development machine, against ~80 µs for the same statement on one of psycopg's async
+connections (bench/README.md). A worker makes five statements per run.
+
+So a process that runs many runs on one loop (the worker) opens a `LoopDatabase` on that loop
+and attaches it to its engine (`attach`). A hot statement is still written with SQLAlchemy Core
+(the same object the thread path executes), compiled once for psycopg, its parameters and
+results converted by the same SQLAlchemy types; `on_loop(engine)` hands the database to code
+running on that loop, and None anywhere else (SQLite, another loop or thread, a process that
+attached none), where the thread path is taken as before.
+
+Its connections run in autocommit (each statement stands alone, as on `autocommit(engine)`),
+with server-side prepared statements: no transaction ends, so none is forgotten. A pooled
+connection is checked at checkout without a round trip, as the engine's are
+(`engine._check_idle_connection`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import select
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Engine
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+from sqlalchemy.sql import ClauseElement, Select
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import UpdateBase
+
+from runrelay.server.settings import Settings
+
+_DIALECT = psycopg_dialect()  # type: ignore[no-untyped-call]
+_EXPANDING = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
+_ATTACHED = "_runrelay_loop_database"
+
+Processor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A Core statement as psycopg takes it: the SQL, the parameters fixed when it was built
+    (its constants, `IN` lists included), and how to convert the values bound and returned."""
+
+    sql: str
+    fixed: dict[str, Any]
+    binds: dict[str, Processor | None]
+    columns: tuple[Any, ...]  # the SQLAlchemy types of the columns it returns
+    _results: list[tuple[Processor | None, ...]] = field(default_factory=list)
+
+    def bound(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        values = dict(self.fixed)
+        for name, processor in self.binds.items():
+            try:
+                value = params[name]
+            except KeyError:
+                raise TypeError(f"no value for bind parameter {name!r}") from None
+            values[name] = value if processor is None else processor(value)
+        return values
+
+    def rows(
+        self, found: Sequence[Sequence[Any]], description: Sequence[psycopg.Column]
+    ) -> list[tuple[Any, ...]]:
+        """`found` as SQLAlchemy returns it (statuses as `RunStatus`, aware datetimes...)."""
+        if not self._results:  # some types need the column's type as the server sent it
+            self._results.append(
+                tuple(
+                    type_.dialect_impl(_DIALECT).result_processor(_DIALECT, column.type_code)
+                    for type_, column in zip(self.columns, description, strict=True)
+                )
+            )
+        processors = self._results[0]
+        return [
+            tuple(
+                value if processor is None or value is None else processor(value)
+                for value, processor in zip(values, processors, strict=True)
+            )
+            for values in found
+        ]
+
+
+_COMPILED: dict[int, tuple[ClauseElement, Compiled]] = {}
+
+
+def compiled(stmt: ClauseElement) -> Compiled:
+    """`stmt` compiled for psycopg, once per statement object (hot statements are built once:
+    module constants, or `functools.cache`d builders)."""
+    found = _COMPILED.get(id(stmt))
+    if found is not None and found[0] is stmt:
+        return found[1]
+    done = _compile(stmt)
+    _COMPILED[id(stmt)] = (stmt, done)
+    return done
+
+
+def _compile(stmt: ClauseElement) -> Compiled:
+    compiler = cast(SQLCompiler, stmt.compile(dialect=_DIALECT))
+    fixed: dict[str, Any] = {}
+    binds: dict[str, Processor | None] = {}
+    expansions: dict[str, str] = {}
+    for param, unescaped in compiler.bind_names.items():
+        name = compiler.escaped_bind_names.get(unescaped, unescaped)
+        processor = param.type.dialect_impl(_DIALECT).bind_processor(_DIALECT)
+        if param.expanding:  # a constant `IN` list: one parameter per element
+            elements = list(param.value or ())
+            names = [f"{name}_{i}" for i in range(1, len(elements) + 1)]
+            for element_name, element in zip(names, elements, strict=True):
+                fixed[element_name] = element if processor is None else processor(element)
+            # An empty list matches nothing (a subquery with no row: `IN ()` is not SQL).
+            expansions[name] = ", ".join(f"%({n})s" for n in names) or "SELECT NULL WHERE false"
+        elif param.value is not None or not param.required:  # a constant of the statement
+            value = param.effective_value
+            fixed[name] = value if processor is None or value is None else processor(value)
+        else:
+            binds[name] = processor
+    sql = _EXPANDING.sub(lambda m: expansions[m.group(1)], compiler.string)
+    if isinstance(stmt, Select):
+        columns = list(stmt.selected_columns)
+    elif isinstance(stmt, UpdateBase):
+        columns = list(stmt.exported_columns)
+    else:
+        columns = []
+    return Compiled(sql=sql, fixed=fixed, binds=binds, columns=tuple(c.type for c in columns))
+
+
+class LoopDatabase:
+    """A pool of psycopg async connections, used from the one loop it was opened on."""
+
+    def __init__(self, settings: Settings, *, max_size: int) -> None:
+        options: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0}
+        if settings.database_schema:
+            options["options"] = f"-csearch_path={settings.database_schema}"
+        self._pool = AsyncConnectionPool(
+            _conninfo(settings.database_url),
+            kwargs=options,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            check=_check_idle,
+            name="runrelay-loop",
+        )
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self) -> None:
+        """Open on the running loop; connections are made in the background, so a database that
+        is down now does not stop the process from starting."""
+        self.loop = asyncio.get_running_loop()
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        self.loop = None
+        await self._pool.close()
+
+    async def rows(self, stmt: ClauseElement, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Execute `stmt` with `params`; the rows it returned (none for a statement without
+        RETURNING)."""
+        done = compiled(stmt)
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(done.sql, done.bound(params), prepare=True)
+            if cursor.description is None:
+                return []
+            return done.rows(await cursor.fetchall(), cursor.description)
+
+    async def first(self, stmt: ClauseElement, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        found = await self.rows(stmt, params)
+        return found[0] if found else None
+
+
+def attach(engine: Engine, database: LoopDatabase) -> None:
+    """Have code on `database`'s loop run hot statements of `engine` through it."""
+    engine.__dict__[_ATTACHED] = database
+
+
+def detach(engine: Engine) -> None:
+    engine.__dict__.pop(_ATTACHED, None)
+
+
+def on_loop(engine: Engine) -> LoopDatabase | None:
+    """The database to await `engine`'s hot statements on from the running code, if any: only
+    on the loop it was opened on."""
+    database: LoopDatabase | None = engine.__dict__.get(_ATTACHED)
+    if database is None or database.loop is None:
+        return None
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:  # a thread: the caller is on the thread path already
+        return None
+    return database if running is database.loop else None
+
+
+def _conninfo(url: str) -> str:
+    """The libpq URL of a SQLAlchemy one (`postgresql+psycopg://` → `postgresql://`)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+
+
+async def _check_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Refuse a pooled connection the server closed or wrote to while it sat idle (the pool
+    then takes another): a poll of its socket, no round trip. Over TLS (where a readable socket
+    proves nothing) a statement instead, as the pool's own check does."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("connection closed while pooled")
+    if conn.pgconn.ssl_in_use:
+        await AsyncConnectionPool.check_connection(conn)
+        return
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        raise psycopg.OperationalError("the server closed or wrote to the connection while pooled")
