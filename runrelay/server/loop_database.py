@@ -14,8 +14,8 @@ running on that loop, and None anywhere else (SQLite, another loop or thread, a 
 attached none), where the thread path is taken as before.
 
 Its connections run in autocommit (each statement stands alone, as on `autocommit(engine)`),
-with server-side prepared statements: no transaction ends, so none is forgotten. A pooled
-connection is checked at checkout without a round trip, as the engine's are
+with server-side prepared statements: no transaction ends, so none is forgotten. An idle
+connection is checked before use without a round trip, as the engine's are
 (`engine._check_idle_connection`).
 """
 
@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import re
 import select
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.sql import ClauseElement, Select
@@ -132,38 +133,66 @@ def _compile(stmt: ClauseElement) -> Compiled:
 
 
 class LoopDatabase:
-    """A pool of psycopg async connections, used from the one loop it was opened on."""
+    """Up to `max_size` psycopg async connections, used from the one loop it was opened on.
+
+    Like the engine's pool (and unlike psycopg_pool, which makes connections in the background
+    and has callers wait up to its timeout for one), a connection is made by the caller that
+    needs it, so a database that is down fails the statement at once: a 503 for a request, a
+    hand-back for a run (`runrelay.server.outages`), the same as on the thread path."""
 
     def __init__(self, settings: Settings, *, max_size: int) -> None:
-        options: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0}
+        self._conninfo = _conninfo(settings.database_url)
+        self._options: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0}
         if settings.database_schema:
-            options["options"] = f"-csearch_path={settings.database_schema}"
-        self._pool = AsyncConnectionPool(
-            _conninfo(settings.database_url),
-            kwargs=options,
-            min_size=1,
-            max_size=max_size,
-            open=False,
-            check=_check_idle,
-            name="runrelay-loop",
-        )
+            self._options["options"] = f"-csearch_path={settings.database_schema}"
+        self._max_size = max_size
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots: asyncio.Semaphore | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
-        """Open on the running loop; connections are made in the background, so a database that
-        is down now does not stop the process from starting."""
+        """Take the running loop as this database's; connections are made when first needed."""
         self.loop = asyncio.get_running_loop()
-        await self._pool.open(wait=False)
+        self._slots = asyncio.Semaphore(self._max_size)
 
     async def close(self) -> None:
+        """Close the idle connections; one in use is closed when its statement is done."""
         self.loop = None
-        await self._pool.close()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection of the pool for one statement: an idle one that is still sound, else a
+        new one. One that broke, or is left in a transaction, is closed afterwards."""
+        assert self._slots is not None, "LoopDatabase.open() first"
+        async with self._slots:
+            conn = await self._idle_one()
+            if conn is None:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._options)
+            try:
+                yield conn
+            finally:
+                status = conn.info.transaction_status
+                if self.loop is None or conn.broken or status != TransactionStatus.IDLE:
+                    await conn.close()
+                else:
+                    self._idle.append(conn)
+
+    async def _idle_one(self) -> psycopg.AsyncConnection[Any] | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if await _sound(conn):
+                return conn
+            await conn.close()
+        return None
 
     async def rows(self, stmt: ClauseElement, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Execute `stmt` with `params`; the rows it returned (none for a statement without
         RETURNING)."""
         done = compiled(stmt)
-        async with self._pool.connection() as conn:
+        async with self.connection() as conn:
             cursor = await conn.execute(done.sql, done.bound(params), prepare=True)
             if cursor.description is None:
                 return []
@@ -202,15 +231,18 @@ def _conninfo(url: str) -> str:
     return f"{scheme.split('+', 1)[0]}{sep}{rest}"
 
 
-async def _check_idle(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Refuse a pooled connection the server closed or wrote to while it sat idle (the pool
-    then takes another): a poll of its socket, no round trip. Over TLS (where a readable socket
-    proves nothing) a statement instead, as the pool's own check does."""
+async def _sound(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection is still usable: open, and its socket has nothing to read
+    (else the server closed it or wrote to it while it sat idle: a restart,
+    `pg_terminate_backend`, an idle timeout). A poll, no round trip; over TLS, where a
+    readable socket proves nothing, a statement."""
     if conn.closed or conn.broken:
-        raise psycopg.OperationalError("connection closed while pooled")
+        return False
     if conn.pgconn.ssl_in_use:
-        await AsyncConnectionPool.check_connection(conn)
-        return
+        try:
+            await conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
     readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
-        raise psycopg.OperationalError("the server closed or wrote to the connection while pooled")
+    return not readable
