@@ -44,6 +44,7 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ShimState.build(settings, listeners)
+        await state.open_database()
         state.hub.start()
         state.dispatcher.start()
         feeder = BatchFeeder(state, _blocking_redis(settings))

@@ -3,7 +3,6 @@ named in the body's `tenant_id` or the `X-Tenant-ID` header."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -47,7 +46,7 @@ async def acting_tenant(request: Request, caller: Principal, requested: str | No
     if requested is None:
         return caller.tenant_id
     store = state_of(request).store
-    tenant = await asyncio.to_thread(store.get_tenant, requested)
+    tenant = await store.get_tenant_async(requested)
     if caller.is_platform:
         if tenant is None:
             raise HTTPProblem(

@@ -21,7 +21,7 @@ async def request_cancel(state: ShimState, run: Run) -> Run | None:
 async def wait_finished(state: ShimState, run_id: str, timeout_s: float) -> Run:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        run = await asyncio.to_thread(state.store.get_run, run_id)
+        run = await state.store.get_run_async(run_id)
         assert run is not None  # runs are never deleted
         if run.status.is_terminal or asyncio.get_running_loop().time() > deadline:
             return run

@@ -107,7 +107,7 @@ class Dispatcher:
 
     async def recheck_overdue(self) -> None:
         for tenant_id, run_id in await self.quotas.overdue():
-            run = await asyncio.to_thread(self.store.get_run, run_id)
+            run = await self.store.get_run_async(run_id)
             if run is None:
                 # Admission happened but the row is not there: being written, or its shim died.
                 if await self.quotas.now_ms() - _created_ms(run_id) > 2 * self.quotas.dispatch_ms:

@@ -91,7 +91,7 @@ async def release(state: ShimState, tenant_id: str, key: str, run_id: str) -> No
 async def earlier_run(state: ShimState, run_id: str) -> Run:
     deadline = time.monotonic() + _EARLIER_RUN_WAIT_S
     while True:
-        run = await asyncio.to_thread(state.store.get_run, run_id)
+        run = await state.store.get_run_async(run_id)
         if run is not None:
             return run
         if time.monotonic() > deadline:

@@ -22,6 +22,7 @@ from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import Decision, QuotaStore, as_text
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
+from runrelay.server.tables import Tenant
 from runrelay.server.tenants import Period, TenantLimits
 from runrelay.types import RunCreate
 
@@ -102,11 +103,17 @@ class Quotas:
         self.metrics = QuotaMetrics()
 
     async def limits(self, tenant_id: str) -> TenantLimits:
-        return await asyncio.to_thread(self.read_limits, tenant_id)
+        return await self.read_limits_async(tenant_id)
 
     def read_limits(self, tenant_id: str) -> TenantLimits:
         """The tenant's limits, read from the database (blocking: from a thread)."""
-        tenant = self.store.get_tenant(tenant_id)
+        return self._limits_of(tenant_id, self.store.get_tenant(tenant_id))
+
+    async def read_limits_async(self, tenant_id: str) -> TenantLimits:
+        """`read_limits`, awaited."""
+        return self._limits_of(tenant_id, await self.store.get_tenant_async(tenant_id))
+
+    def _limits_of(self, tenant_id: str, tenant: Tenant | None) -> TenantLimits:
         if tenant is None:
             raise HTTPProblem(
                 404, "tenant_not_found", f"no tenant {tenant_id!r}", param="tenant_id"

@@ -77,7 +77,7 @@ async def run_events(
     (within `KEY_CACHE_S`) once the API key `key_id` is revoked. `start`: its `opening`, when
     the caller read it already."""
     if start is None:
-        run = await asyncio.to_thread(state.store.get_run, run_id)
+        run = await state.store.get_run_async(run_id)
         start = await opening(state, run_id, after, run)
     last = after
     for event in start.events:
@@ -155,7 +155,7 @@ class _Tail:
         self._idle_s = 0.0
         # Finished in the database (which is written before `done` reaches the stream) but no
         # `done` came: the rest, `done` included, is in the archive.
-        run = await asyncio.to_thread(self._state.store.get_run, self._run_id)
+        run = await self._state.store.get_run_async(self._run_id)
         if run is None or not run.status.is_terminal:
             return []
         self._over = True
@@ -245,7 +245,7 @@ class EventStream(Response):
 
         start = self._start
         if start is None:
-            run = await asyncio.to_thread(state.store.get_run, self._run_id)
+            run = await state.store.get_run_async(self._run_id)
             start = await opening(state, self._run_id, self._after, run)
         if await write(start.events) or start.ended:
             return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -22,6 +24,7 @@ from runrelay.agent._driver import Outcome
 from runrelay.agent.config import AgentNotFound, AgentSpec
 from runrelay.server.approvals import PausedCalls
 from runrelay.server.lifecycle import queued_run
+from runrelay.server.loop_database import on_loop
 from runrelay.server.revisions import RevisionNotFound
 from runrelay.server.run_table import Ending
 from runrelay.server.store import new_id
@@ -91,18 +94,35 @@ def _by_model(usage: dict[str, Any] | None) -> dict[str, Usage] | None:
     return {model: Usage(**u) for model, u in by_model.items()} if by_model else None
 
 
-def _resolve(
+async def _resolve(
     state: ShimState, body: RunCreate, tenant_id: str
 ) -> tuple[AgentSpec, TenantLimits]:
     """The agent revision the run will run and its tenant's limits: the database reads of an
-    admission, in one thread hop (blocking)."""
+    admission. On the loop's database where the process attached one; else in one thread hop."""
+    if on_loop(state.store.engine) is None:
+        return await asyncio.to_thread(_resolve_in_thread, state, body, tenant_id)
+    with _agent_errors(body):
+        agent = await state.catalog.for_request_async(body)
+    return agent, await state.quotas.read_limits_async(tenant_id)
+
+
+def _resolve_in_thread(
+    state: ShimState, body: RunCreate, tenant_id: str
+) -> tuple[AgentSpec, TenantLimits]:
     return _resolve_agent(state, body), state.quotas.read_limits(tenant_id)
 
 
 def _resolve_agent(state: ShimState, body: RunCreate) -> AgentSpec:
     """The agent revision the run will run (see `runrelay.server.revisions`). Reads the database."""
-    try:
+    with _agent_errors(body):
         return state.catalog.for_request(body)
+
+
+@contextmanager
+def _agent_errors(body: RunCreate) -> Iterator[None]:
+    """A revision or agent the request names that does not exist: 404, naming the field."""
+    try:
+        yield
     except RevisionNotFound as exc:
         raise HTTPProblem(404, "revision_not_found", str(exc), param="revision") from exc
     except AgentNotFound as exc:
@@ -132,7 +152,7 @@ async def create_run(request: Request, caller: Caller, body: RunCreate) -> Creat
     threads.check_strategy(body)
     tenant_id = await acting_tenant(request, caller, body.tenant_id)
     key = idempotency.idempotency_key(request, body)
-    agent, limits = await asyncio.to_thread(_resolve, state, body, tenant_id)
+    agent, limits = await _resolve(state, body, tenant_id)
     run_id = new_id("run")
     if key is not None:
         earlier = await idempotency.claim(
@@ -167,7 +187,7 @@ async def _admit(
     try:
         interrupted = await threads.insert_run(state, run, body, queued)  # 409 for `reject`
     except BaseException:
-        if await asyncio.to_thread(state.store.get_run, run.id) is None:
+        if await state.store.get_run_async(run.id) is None:
             await state.quotas.abandon(admission)  # nothing written: undo the admission
             raise
         await _enqueue_failed(state, run, "the run's event log could not be started")
@@ -243,7 +263,7 @@ async def create_and_wait(request: Request, caller: Caller, body: RunCreate) -> 
             f"run {run.id} is still running after {state.settings.wait_timeout_s:g} s; "
             f"follow it at /v1/runs/{run.id}",
         ) from exc
-    finished = await asyncio.to_thread(state.store.get_run, run.id)
+    finished = await state.store.get_run_async(run.id)
     assert finished is not None  # runs are never deleted
     obj = run_object(finished)
     duration_ms = None
@@ -274,7 +294,7 @@ async def paused(state: ShimState, run_id: str) -> bool:
     """Whether the run is (or within a moment becomes) `requires_action`: its worker writes
     the pause right after the last `approval_required` event."""
     for _ in range(50):
-        run = await asyncio.to_thread(state.store.get_run, run_id)
+        run = await state.store.get_run_async(run_id)
         if run is None or run.status is not RunStatus.RUNNING:
             return run is not None and run.status is RunStatus.REQUIRES_ACTION
         await asyncio.sleep(0.05)
@@ -354,7 +374,7 @@ async def own_run(request: Request, caller: Caller, run_id: str) -> Run:
     tenant = await acting_tenant(request, caller, None)
     if not _RUN_ID.fullmatch(run_id):  # a NUL or other junk would reach the database
         raise HTTPProblem(404, "run_not_found", f"no run {run_id!r}", param="run_id")
-    run = await asyncio.to_thread(state.store.get_run, run_id, tenant_id=tenant)
+    run = await state.store.get_run_async(run_id, tenant_id=tenant)
     if run is None:
         raise HTTPProblem(404, "run_not_found", f"no run {run_id!r}", param="run_id")
     return run
@@ -402,7 +422,7 @@ async def cancel(request: Request, response: Response, caller: Caller, run_id: s
     run = await own_run(request, caller, run_id)
     requested = await request_cancel(state, run)
     if requested is None:
-        current = await asyncio.to_thread(state.store.get_run, run.id)
+        current = await state.store.get_run_async(run.id)
         status = current.status if current else run.status
         raise HTTPProblem(
             409,
@@ -462,7 +482,7 @@ async def events(
     if readable.recent and not start.events:
         # Nothing above the cursor in a run created moments ago: it may have ended already
         # (a client reconnecting after `done` gets 204): read it, as for any other run.
-        read = await asyncio.to_thread(state.store.get_run, run.id, tenant_id=run.tenant_id)
+        read = await state.store.get_run_async(run.id, tenant_id=run.tenant_id)
         start = await opening(state, run.id, cursor, read or run)
     if start.ended and not start.events:
         return Response(status_code=204)

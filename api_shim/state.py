@@ -23,6 +23,7 @@ from runrelay.server.engine import make_engine
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK, RedisKeys
 from runrelay.server.lifecycle import Lifecycle
+from runrelay.server.loop_database import LoopDatabase, attach, detach
 from runrelay.server.revisions import AgentCatalog
 from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.run_table import RunListener
@@ -148,6 +149,7 @@ class ShimState:
     stream_tokens: StreamTokens
     api_keys: ApiKeys
     recent_runs: RecentRuns
+    database: LoopDatabase | None = None
 
     @classmethod
     def build(cls, settings: Settings, listeners: Sequence[RunListener] = ()) -> ShimState:
@@ -214,6 +216,17 @@ class ShimState:
             recent_runs=RecentRuns(),
         )
 
+    async def open_database(self) -> None:
+        """On PostgreSQL, the hot statements of this process's requests go to connections on
+        its event loop (`runrelay.server.loop_database`); call on that loop."""
+        if self.store.engine.dialect.name != "postgresql":
+            return
+        self.database = LoopDatabase(
+            self.settings, max_size=self.settings.loop_database_connections
+        )
+        await self.database.open()
+        attach(self.store.engine, self.database)
+
     async def close(self) -> None:
         await self.dispatcher.stop()
         await self.dispatcher_redis.aclose()
@@ -221,6 +234,9 @@ class ShimState:
         await self.redis.aclose()
         await self.hub_redis.aclose()
         self.sender.close()
+        if self.database is not None:
+            detach(self.store.engine)
+            await self.database.close()
         self.store.engine.dispose()
 
 

@@ -7,7 +7,6 @@ HTTP: expired or forged → 401, a token for another run → 404, a revoked issu
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,7 +55,7 @@ async def _tenant_run(request: Request, tenant_id: str, run_id: str) -> Run:
     if not _RUN_ID.fullmatch(run_id):  # a NUL or other junk would reach the database
         raise HTTPProblem(404, "run_not_found", f"no run {run_id!r}", param="run_id")
     store = state_of(request).store
-    run = await asyncio.to_thread(store.get_run, run_id, tenant_id=tenant_id)
+    run = await store.get_run_async(run_id, tenant_id=tenant_id)
     if run is None:
         raise HTTPProblem(404, "run_not_found", f"no run {run_id!r}", param="run_id")
     return run

@@ -91,7 +91,7 @@ class AsyncRuntime:
         if self._store.engine.dialect.name == "postgresql":
             # The runs' hot statements on this loop, without a thread hop each.
             self._database = LoopDatabase(
-                settings, max_size=settings.worker_database_connections
+                settings, max_size=settings.loop_database_connections
             )
             await self._database.open()
             attach(self._store.engine, self._database)

@@ -139,8 +139,8 @@ class Lifecycle:
         `reject_if_busy` when there are some, and nothing is written). `new_thread`: its
         thread id was made for this run."""
         threads = Threads(self.table.engine)
-        active = await asyncio.to_thread(
-            threads.create_run, run, reject_if_busy=reject_if_busy, new_thread=new_thread
+        active = await threads.create_run_async(
+            run, reject_if_busy=reject_if_busy, new_thread=new_thread
         )
         event = make_event(run.id, 1, "run_queued", queued)
         await self.events.append(run.id, 1, "run_queued", encode(event))

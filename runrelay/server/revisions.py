@@ -15,6 +15,7 @@ The worker loads the pinned revision of each run (`pinned`), not the file's curr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -28,6 +29,7 @@ from sqlmodel import Session, col, select
 from runrelay.agent.config import TAG_PATTERN, AgentNotFound, AgentsConfig, AgentSpec, Registry
 from runrelay.server.engine import autocommit
 from runrelay.server.errors import Invalid, NotFound
+from runrelay.server.loop_database import on_loop
 from runrelay.server.tables import AgentRevision, AgentTag, utcnow
 from runrelay.types import RunCreate
 
@@ -120,6 +122,22 @@ class AgentCatalog:
         except AgentNotFound:
             return None
 
+    async def for_request_async(self, body: RunCreate) -> AgentSpec:
+        """`for_request`, awaited: a request by name or id (without a revision) reads only the
+        newest revision's number, on the loop's database when the process attached one."""
+        database = on_loop(self.engine)
+        if database is None or body.tag is not None or body.revision is not None:
+            return await asyncio.to_thread(self.for_request, body)
+        ref = body.agent_id if body.agent_id is not None else body.agent
+        assert ref is not None  # RunCreate guarantees exactly one way
+        file_agent = self._file_agent(ref)
+        agent_id = file_agent.id if file_agent else ref
+        row = await database.first(_NEWEST_NUMBER, {"agent_id": agent_id})
+        number = None if row is None else row[0]
+        if number is not None and (agent_id, number) not in self._stored:  # read it once
+            return await asyncio.to_thread(self._newest_of, ref, file_agent, agent_id, number)
+        return self._newest_of(ref, file_agent, agent_id, number)
+
     def by_ref(self, ref: str) -> AgentSpec:
         """A name, shortcut or id → the agent's newest revision. Every call asks the database
         which revision is newest (a publish shows at once); only its number, when that
@@ -128,6 +146,13 @@ class AgentCatalog:
         agent_id = file_agent.id if file_agent else ref
         with self.single.connect() as conn:  # Core: no ORM session (every POST reads it)
             number = conn.execute(_NEWEST_NUMBER, {"agent_id": agent_id}).scalar()
+        return self._newest_of(ref, file_agent, agent_id, number)
+
+    def _newest_of(
+        self, ref: str, file_agent: AgentSpec | None, agent_id: str, number: int | None
+    ) -> AgentSpec:
+        """The agent `ref` names, revision `number` (its newest stored; None: none stored).
+        Reads the revision's definition the first time."""
         if number is not None and (agent_id, number) not in self._stored:
             with Session(self.single) as session:
                 row = session.get(AgentRevision, (agent_id, number))

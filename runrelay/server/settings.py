@@ -41,9 +41,10 @@ class Settings(BaseSettings):
     # Redis connections one worker process pools for its runs' commands (appends, checkpoints);
     # its renewals and cancel watch use one more of their own, the Celery broker a few.
     worker_redis_connections: int = Field(100, ge=2)
-    # PostgreSQL connections one worker process keeps on its event loop for its runs' hot
-    # statements (start, history, checkpoint, end); its other statements use the engine's pool.
-    worker_database_connections: int = Field(8, ge=1)
+    # PostgreSQL connections each worker and API process keeps on its event loop for the hot
+    # statements of runs (create, start, history, checkpoint, end, reads); the others use the
+    # engine's pool.
+    loop_database_connections: int = Field(8, ge=1)
     run_lease_ttl_s: float = 30.0
     run_timeout_s: float = 3600.0
     # A request's own `timeout_s` may not exceed this (422 above it).

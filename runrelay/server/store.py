@@ -214,6 +214,18 @@ class Store:
                 row = conn.execute(_TENANT_BY_NAME, {"key": tenant_id_or_name}).first()
         return loaded(Tenant, row._asdict()) if row is not None else None
 
+    async def get_tenant_async(self, tenant_id_or_name: str) -> Tenant | None:
+        """`get_tenant`, awaited."""
+        database = on_loop(self.engine)
+        if database is None:
+            return await asyncio.to_thread(self.get_tenant, tenant_id_or_name)
+        row = await database.first(_TENANT_BY_ID, {"key": tenant_id_or_name})
+        if row is None:
+            row = await database.first(_TENANT_BY_NAME, {"key": tenant_id_or_name})
+        if row is None:
+            return None
+        return loaded(Tenant, dict(zip(_TENANTS.c.keys(), row, strict=True)))
+
     def ensure_tenant(self, name: str) -> Tenant:
         existing = self.get_tenant(name)
         if existing is not None:
@@ -315,13 +327,14 @@ class Store:
             return None
         return run_of(row)
 
-    async def get_run_async(self, run_id: str) -> Run | None:
+    async def get_run_async(self, run_id: str, *, tenant_id: str | None = None) -> Run | None:
         """`get_run`, awaited."""
         database = on_loop(self.engine)
         if database is None:
-            return await asyncio.to_thread(self.get_run, run_id)
+            return await asyncio.to_thread(self.get_run, run_id, tenant_id=tenant_id)
         row = await database.first(_GET_RUN, {"run_id": run_id})
-        return None if row is None else run_of(row)
+        run = None if row is None else run_of(row)
+        return None if run is None or tenant_id not in (None, run.tenant_id) else run
 
     def list_runs(
         self,

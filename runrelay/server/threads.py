@@ -186,6 +186,20 @@ class Threads:
             session.commit()
         return active
 
+    async def create_run_async(
+        self, run: Run, *, reject_if_busy: bool = False, new_thread: bool = False
+    ) -> list[Run]:
+        """`create_run`, awaited: a run on a new thread (most) is its one statement, on the
+        loop's database when the process attached one."""
+        database = on_loop(self.engine)
+        if database is None or not new_thread or run.thread_id is None:
+            return await asyncio.to_thread(
+                self.create_run, run, reject_if_busy=reject_if_busy, new_thread=new_thread
+            )
+        thread = {"t_tenant_id": run.tenant_id, "t_id": run.thread_id, "t_now": utcnow()}
+        await database.rows(_INSERT_RUN_WITH_THREAD, {**run_row(run), **thread})
+        return []
+
     def get(self, tenant_id: str, thread_id: str) -> Thread | None:
         with Session(self.engine, expire_on_commit=False) as session:
             return session.get(Thread, (tenant_id, thread_id))
