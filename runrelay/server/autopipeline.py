@@ -27,7 +27,9 @@ import copy
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Commands that must not share a pipeline: they block, or change the connection's state.
 _DIRECT = frozenset(
@@ -52,6 +54,17 @@ def _direct(args: tuple[Any, ...]) -> bool:
     if name in _MAYBE_BLOCKING:
         return any(isinstance(a, (str, bytes)) and a in ("BLOCK", b"BLOCK") for a in args)
     return False
+
+
+def _cancel(calls: list[_Call]) -> None:
+    for _, _, future in calls:
+        future.cancel()
+
+
+def _fail(calls: list[_Call], exc: Exception) -> None:
+    for _, _, future in calls:
+        if not future.done():
+            future.set_exception(_own_copy(exc))
 
 
 def _own_copy(exc: Exception) -> Exception:
@@ -111,27 +124,61 @@ class PipelinedRedis(Redis):
         self._schedule()
 
     async def _send(self, calls: list[_Call]) -> None:
-        pipe = self.pipeline(transaction=False)
-        for args, options, _ in calls:
-            pipe.pipeline_execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        """One batch: its commands packed into one write on a pooled connection, then each
+        reply read in order and handed to its caller (through the client's reply callbacks,
+        as a pipeline would). Not redis-py's `Pipeline`: per batch it builds a command stack,
+        times the call for observability, wraps it in a retry and resets itself under a
+        shield, which cost more than the batch's commands.
+
+        A connection found dead before any reply came (closed by Redis while pooled: a
+        restart, a timeout) is replaced and the batch sent once more, as redis-py's retry
+        would; a failure after that reaches every caller not yet answered."""
+        pool = self.connection_pool
+        for attempt in (1, 2):
+            answered = 0
+            conn = await self._connection(calls)
+            if conn is None:
+                return
+            try:
+                await conn.send_packed_command(conn.pack_commands([c[0] for c in calls]))
+                for args, options, future in calls:
+                    try:
+                        reply = await self.parse_response(conn, args[0], **options)
+                    except ResponseError as exc:  # this command's own error
+                        if not future.done():
+                            future.set_exception(exc)
+                    else:
+                        if not future.done():
+                            future.set_result(reply)
+                    answered += 1
+                return
+            except asyncio.CancelledError:
+                await conn.disconnect()  # replies may be left unread on it
+                _cancel(calls)
+                raise
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                await conn.disconnect()
+                if attempt == 1 and answered == 0:
+                    continue
+                _fail(calls, exc)
+                return
+            except Exception as exc:
+                await conn.disconnect()
+                _fail(calls, exc)
+                return
+            finally:
+                await pool.release(conn)
+
+    async def _connection(self, calls: list[_Call]) -> Any:
+        """A pooled connection for the batch; None, every caller failed, if there is none."""
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            return await self.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         except asyncio.CancelledError:
-            for _, _, future in calls:
-                future.cancel()
+            _cancel(calls)
             raise
-        except Exception as exc:  # the connection failed: every caller in the batch sees why
-            for _, _, future in calls:
-                if not future.done():
-                    future.set_exception(_own_copy(exc))
-            return
-        for (_, _, future), reply in zip(calls, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+        except Exception as exc:
+            _fail(calls, exc)
+            return None
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         if self._batches:

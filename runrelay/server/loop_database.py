@@ -68,10 +68,11 @@ class Compiled:
         return values
 
     def rows(
-        self, found: Sequence[Sequence[Any]], description: Sequence[psycopg.Column]
+        self, found: Sequence[Sequence[Any]], cursor: psycopg.AsyncCursor[Any]
     ) -> list[tuple[Any, ...]]:
         """`found` as SQLAlchemy returns it (statuses as `RunStatus`, aware datetimes...)."""
         if not self._results:  # some types need the column's type as the server sent it
+            description = cursor.description or []
             self._results.append(
                 tuple(
                     type_.dialect_impl(_DIALECT).result_processor(_DIALECT, column.type_code)
@@ -194,9 +195,10 @@ class LoopDatabase:
         done = compiled(stmt)
         async with self.connection() as conn:
             cursor = await conn.execute(done.sql, done.bound(params), prepare=True)
-            if cursor.description is None:
+            result = cursor.pgresult
+            if result is None or result.nfields == 0:  # no RETURNING
                 return []
-            return done.rows(await cursor.fetchall(), cursor.description)
+            return done.rows(await cursor.fetchall(), cursor)
 
     async def first(self, stmt: ClauseElement, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         found = await self.rows(stmt, params)

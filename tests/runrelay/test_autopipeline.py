@@ -118,6 +118,29 @@ def test_a_caller_cancelled_before_its_batch_leaves_is_not_sent(
     assert run(scenario) == [None, b"1"]
 
 
+def test_a_connection_redis_closed_while_pooled_is_replaced_without_an_error(
+    run: Callable[..., Any], prefix: str, redis_url: str
+) -> None:
+    """Redis dropped the pooled connection (a restart, `timeout`, CLIENT KILL): the batch goes
+    again on a new one, and its callers see their replies, not the dropped connection."""
+
+    async def scenario(r: PipelinedRedis) -> tuple[list[Any], int]:
+        await r.set(f"{prefix}a", "1")  # one connection, now back in the pool
+        sync = redis.Redis.from_url(redis_url)
+        killed = 0
+        name = prefix.rstrip(":")
+        for client in sync.client_list():
+            if client["name"] == name:
+                killed += sync.client_kill_filter(_id=client["id"])
+        sync.close()
+        replies = await asyncio.gather(r.get(f"{prefix}a"), r.incr(f"{prefix}n"))
+        return replies, killed
+
+    replies, killed = run(scenario)
+    assert killed >= 1, "the pooled connection was not found to close"
+    assert replies == [b"1", 1], "the batch went exactly once, on a new connection"
+
+
 def test_when_redis_is_unreachable_every_caller_in_the_batch_sees_the_error() -> None:
     async def scenario() -> list[Any]:
         client = PipelinedRedis.from_url(
