@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from runrelay.agent._loop import LoopState
+from runrelay.agent.events import encode
 from runrelay.server import lua
 from runrelay.server.eventlog import LeaseLost
 from runrelay.server.keys import RedisKeys
@@ -110,6 +111,4 @@ class Checkpoints:
 
 
 def _encode(checkpoint: Checkpoint) -> str:
-    return json.dumps(
-        {"next_seq": checkpoint.next_seq, "state": checkpoint.state.to_dict()}, default=str
-    )
+    return encode({"next_seq": checkpoint.next_seq, "state": checkpoint.state.to_dict()})

@@ -10,6 +10,8 @@ import json
 import time
 from typing import Any, Literal
 
+import orjson
+
 EventType = Literal[
     "run_queued",
     "run_started",
@@ -35,5 +37,18 @@ def make_event(run_id: str, seq: int, type: EventType, data: dict[str, Any]) -> 
     return {"type": type, "seq": seq, "run_id": run_id, "ts": round(time.time(), 6), **data}
 
 
+# What `json.dumps(..., default=str)` would make of datetimes and dataclasses (their `str`),
+# where orjson has formats of its own.
+_ORJSON = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
 def encode(event: dict[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+    """The event as stored and sent: compact JSON, UTF-8 (no `\\u` escapes), a value JSON
+    cannot hold as its `str`. orjson, ~6 times faster than the standard library (a run encodes
+    every event it writes); what it refuses (an integer beyond 64 bits) goes to `json`."""
+    try:
+        return orjson.dumps(event, default=str, option=_ORJSON).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
