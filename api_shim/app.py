@@ -3,7 +3,6 @@ event logs as Server-Sent Events. Build it with `create_app(settings)`."""
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +31,7 @@ from api_shim import (
 from api_shim.batch_feeder import BatchFeeder
 from api_shim.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestIdMiddleware
 from api_shim.state import ShimState
+from runrelay.server.gc_tuning import tune_gc
 from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
 
@@ -50,7 +50,7 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
         feeder = BatchFeeder(state, _blocking_redis(settings))
         feeder.start()
         app.state.runrelay = state
-        _tune_gc()
+        tune_gc()
         try:
             yield
         finally:
@@ -87,19 +87,6 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
     return _cors(settings, RequestIdMiddleware(body_limit))
 
 
-# Young-generation collections this far apart (CPython's default is 700 allocations): thousands of
-# open streams allocate a little per event, and each collection walks every young object.
-_GC_GEN0_THRESHOLD = 10_000
-
-
-def _tune_gc() -> None:
-    """After start-up: what start-up made (modules, the app, its routes and models) is frozen
-    out of every later collection, so a full collection with thousands of open streams walks
-    only what they hold; and young collections run less often."""
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(_GC_GEN0_THRESHOLD, gc.get_threshold()[0]), gen1, gen2)
 
 
 CONSOLE_DIR = Path(__file__).parent / "console"
