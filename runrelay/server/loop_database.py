@@ -142,6 +142,8 @@ class LoopDatabase:
     hand-back for a run (`runrelay.server.outages`), the same as on the thread path."""
 
     def __init__(self, settings: Settings, *, max_size: int) -> None:
+        if not settings.database_url.startswith("postgresql"):
+            raise ValueError(f"a LoopDatabase is for PostgreSQL, not {settings.database_url!r}")
         self._conninfo = _conninfo(settings.database_url)
         self._options: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0}
         if settings.database_schema:

@@ -4,6 +4,7 @@ read back per exchange."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
@@ -14,7 +15,9 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
-from runrelay.server.run_table import Ending, RunNotFound, RunTable
+from runrelay.server.loop_database import LoopDatabase, attach, detach
+from runrelay.server.run_table import Ending, Moved, RunNotFound, RunTable
+from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run
 from runrelay.server.threads import ThreadBusy, Threads, append_messages
@@ -38,8 +41,12 @@ def new_run(tenant_id: str, thread_id: str | None) -> Run:
 
 
 # How a run's ending is written: `known` passes the run, so that with no listener recording
-# it the ending is one statement (PostgreSQL); without it, a transaction (any database).
-ENDINGS = pytest.mark.parametrize("at_once", [False, True], ids=["transaction", "one-statement"])
+# it the ending is one statement (PostgreSQL); without it, a transaction (any database). "loop":
+# that statement awaited on a `LoopDatabase` attached to the engine, as the worker makes it
+# (SQLite has none: `end_async` goes to a thread there).
+ENDINGS = pytest.mark.parametrize(
+    "at_once", [False, True, "loop"], ids=["transaction", "one-statement", "loop"]
+)
 
 
 def end(
@@ -48,27 +55,68 @@ def end(
     status: RunStatus,
     messages: list[dict[str, Any]],
     *,
-    at_once: bool = False,
+    at_once: bool | str = False,
+    settings: Settings | None = None,
 ) -> None:
     table = RunTable(store.engine)
-    table.start(run.id, "t")
-    known = run if at_once else None
-    ended = table.end(
+    if at_once == "loop":
+        assert settings is not None
+        ended = on_loop(store, settings, _ended_async(table, run, status, messages))
+    else:
+        table.start(run.id, "t")
+        ended = table.end(
+            run.id,
+            status,
+            ending=Ending(),
+            events=[(1, "x", "{}")],
+            thread_messages=messages,
+            known=run if at_once else None,
+        )
+    assert ended is not None and ended.run.status is status
+    assert ended.previous is RunStatus.RUNNING and ended.run.finished_at is not None
+
+
+async def _ended_async(
+    table: RunTable, run: Run, status: RunStatus, messages: list[dict[str, Any]]
+) -> Moved | None:
+    await table.start_async(run.id, "t")
+    return await table.end_async(
         run.id,
         status,
         ending=Ending(),
         events=[(1, "x", "{}")],
         thread_messages=messages,
-        known=known,
+        known=run,
     )
-    assert ended is not None and ended.run.status is status
-    assert ended.previous is RunStatus.RUNNING and ended.run.finished_at is not None
+
+
+def on_loop(store: Store, settings: Settings, work: Any) -> Any:
+    """`work` (a coroutine) run with a `LoopDatabase` attached to the store's engine."""
+
+    async def main() -> Any:
+        if store.engine.dialect.name != "postgresql":
+            return await work  # no loop database: the thread path
+        database = LoopDatabase(settings, max_size=2)
+        await database.open()
+        attach(store.engine, database)
+        try:
+            return await work
+        finally:
+            detach(store.engine)
+            await database.close()
+
+    return asyncio.run(main())
 
 
 def complete(
-    store: Store, run: Run, messages: list[dict[str, Any]], *, at_once: bool = False
+    store: Store,
+    run: Run,
+    messages: list[dict[str, Any]],
+    *,
+    at_once: bool | str = False,
+    settings: Settings | None = None,
 ) -> None:
-    end(store, run, RunStatus.COMPLETED, messages, at_once=at_once)
+    end(store, run, RunStatus.COMPLETED, messages, at_once=at_once, settings=settings)
 
 
 def test_concurrent_rejecting_creates_on_a_new_thread_make_exactly_one_run(
@@ -102,7 +150,7 @@ def test_create_returns_the_threads_active_runs_oldest_first(store: Store, tenan
 
 @ENDINGS
 def test_history_is_appended_with_the_outcome_and_read_per_exchange(
-    store: Store, tenant_id: str, at_once: bool
+    store: Store, tenant_id: str, at_once: bool | str, settings: Settings
 ) -> None:
     threads = Threads(store.engine)
     runs = [new_run(tenant_id, "h") for _ in range(3)]
@@ -111,11 +159,11 @@ def test_history_is_appended_with_the_outcome_and_read_per_exchange(
     created = threads.get(tenant_id, "h")
     assert created is not None
     first = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    complete(store, runs[0], first, at_once=at_once)
+    complete(store, runs[0], first, at_once=at_once, settings=settings)
     # A failed run adds nothing (no messages passed).
-    end(store, runs[1], RunStatus.FAILED, [], at_once=at_once)
+    end(store, runs[1], RunStatus.FAILED, [], at_once=at_once, settings=settings)
     second = [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
-    complete(store, runs[2], second, at_once=at_once)
+    complete(store, runs[2], second, at_once=at_once, settings=settings)
 
     rows = threads.messages(tenant_id, "h", limit=10)
     assert [(r.seq, r.role, r.message["content"]) for r in rows] == [
@@ -137,7 +185,7 @@ def test_history_is_appended_with_the_outcome_and_read_per_exchange(
 
 @ENDINGS
 def test_an_ending_is_refused_to_a_worker_that_lost_the_run(
-    store: Store, tenant_id: str, at_once: bool
+    store: Store, tenant_id: str, at_once: bool | str, settings: Settings
 ) -> None:
     run = new_run(tenant_id, "lost")
     Threads(store.engine).create_run(run)
@@ -145,25 +193,45 @@ def test_an_ending_is_refused_to_a_worker_that_lost_the_run(
     table.start(run.id, "new-holder")
     known = run if at_once else None
     message = [{"role": "user", "content": "late"}]
-    refused = table.end(
-        run.id,
-        RunStatus.COMPLETED,
-        ending=Ending.by_worker("old-holder"),
-        events=[(1, "x", "{}")],
-        thread_messages=message,
-        known=known,
-    )
+
+    async def refused_on_loop() -> Moved | None:
+        refused = await table.end_async(
+            run.id,
+            RunStatus.COMPLETED,
+            ending=Ending.by_worker("old-holder"),
+            events=[(1, "x", "{}")],
+            thread_messages=message,
+            known=known,
+        )
+        with pytest.raises(RunNotFound):
+            await table.end_async(
+                "run_missing", RunStatus.FAILED, ending=Ending(), events=[], known=known
+            )
+        return refused
+
+    if at_once == "loop":
+        refused = on_loop(store, settings, refused_on_loop())
+    else:
+        refused = table.end(
+            run.id,
+            RunStatus.COMPLETED,
+            ending=Ending.by_worker("old-holder"),
+            events=[(1, "x", "{}")],
+            thread_messages=message,
+            known=known,
+        )
+        with pytest.raises(RunNotFound):
+            table.end("run_missing", RunStatus.FAILED, ending=Ending(), events=[], known=known)
     assert refused is None
     current = store.get_run(run.id)
     assert current is not None and current.status is RunStatus.RUNNING
     assert store.archived_events(run.id) == []
     assert Threads(store.engine).messages(tenant_id, "lost", limit=10) == []
-    with pytest.raises(RunNotFound):
-        table.end("run_missing", RunStatus.FAILED, ending=Ending(), events=[], known=known)
 
 
+@pytest.mark.parametrize("at_once", [True, "loop"], ids=["one-statement", "loop"])
 def test_an_ending_that_meets_messages_committed_meanwhile_goes_on_in_a_transaction(
-    store: Store, tenant_id: str
+    store: Store, tenant_id: str, at_once: bool | str, settings: Settings
 ) -> None:
     """Two runs of one thread ending at once (possible only if its gate was lost). On
     PostgreSQL the second statement's snapshot misses the first's messages, whose seqs its own
@@ -174,14 +242,13 @@ def test_an_ending_that_meets_messages_committed_meanwhile_goes_on_in_a_transact
     for run in runs:
         Threads(store.engine).create_run(run)
     table = RunTable(store.engine)
-    for run in runs:
-        table.start(run.id, "t")
+    table.start(runs[0].id, "t")
     with Session(store.engine) as holder:  # the first run's ending, not yet committed
         append_messages(holder, tenant_id, "race", runs[0].id, [{"role": "user", "content": "1"}])
         ending = threading.Thread(
             target=complete,
             args=(store, runs[1], [{"role": "user", "content": "2"}]),
-            kwargs={"at_once": True},
+            kwargs={"at_once": at_once, "settings": settings},
         )
         ending.start()
         _wait_until_blocked(store, ending)  # the second ending waits for the first
