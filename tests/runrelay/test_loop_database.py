@@ -1,0 +1,115 @@
+"""`LoopDatabase` against a real PostgreSQL: a statement awaited on the loop returns what the same
+statement returns through SQLAlchemy, and a pooled connection the server closed is replaced
+without the caller noticing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from runrelay.server.loop_database import LoopDatabase, attach, detach
+from runrelay.server.run_table import RunTable
+from runrelay.server.settings import Settings
+from runrelay.server.store import Store, new_id
+from runrelay.server.tables import Run
+from runrelay.server.threads import Threads
+from runrelay.types import RunStatus
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def postgres(settings: Settings) -> Settings:
+    if not settings.database_url.startswith("postgresql"):
+        # SQLite has no loop database (its statements stay in threads). CI runs PostgreSQL.
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the suite against PostgreSQL (DATABASE_URL)")
+        pytest.skip("the loop's database is PostgreSQL's: needs DATABASE_URL=postgresql://...")
+    return settings
+
+
+def on_loop(store: Store, settings: Settings, work: Callable[[LoopDatabase], Awaitable[T]]) -> T:
+    async def main() -> T:
+        database = LoopDatabase(settings, max_size=1)
+        await database.open()
+        attach(store.engine, database)
+        try:
+            return await work(database)
+        finally:
+            detach(store.engine)
+            await database.close()
+
+    return asyncio.run(main())
+
+
+def test_a_run_read_on_the_loop_is_the_run_sqlalchemy_reads(
+    store: Store, postgres: Settings
+) -> None:
+    tenant = store.create_tenant(f"loop-{secrets.token_hex(6)}")
+    run = Run(
+        id=new_id("run"),
+        tenant_id=tenant.id,
+        status=RunStatus.QUEUED,
+        agent_name="analyst",
+        agent_id="bank.analyst",
+        thread_id=f"thr_{secrets.token_hex(4)}",
+        input={"question": "é ✓", "n": [1, 2.5, None]},
+        run_metadata={"k": "v"},
+        scheduled_for=datetime(2026, 12, 2, 19, 0, tzinfo=UTC),
+    )
+    Threads(store.engine).create_run(run)
+    through_sqlalchemy = store.get_run(run.id)
+
+    async def read_and_start(_database: LoopDatabase) -> tuple[Any, Any, Any]:
+        read = await store.get_run_async(run.id)
+        started = await RunTable(store.engine).start_async(run.id, "token-1")
+        missing = await store.get_run_async("run_missing")
+        return read, started, missing
+
+    read, started, missing = on_loop(store, postgres, read_and_start)
+
+    assert read == through_sqlalchemy
+    assert read.status is RunStatus.QUEUED and read.created_at.tzinfo is not None
+    assert read.input == run.input and read.scheduled_for == run.scheduled_for
+    assert started is not None and started.previous is RunStatus.QUEUED
+    assert started.run == store.get_run(run.id)
+    assert started.run.status is RunStatus.RUNNING and started.run.attempts == 1
+    assert started.run.lease_token == "token-1"
+    assert missing is None
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_unnoticed(
+    store: Store, postgres: Settings
+) -> None:
+    tenant = store.create_tenant(f"loop-{secrets.token_hex(6)}")
+
+    async def scenario(database: LoopDatabase) -> tuple[int, int, Any]:
+        async with database.connection() as conn:
+            first = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
+        # Back in the pool, idle. The server ends that backend, as a restart would.
+        admin_url = postgres.database_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [first])
+            deadline = time.monotonic() + 10
+            while admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [first]
+            ).fetchone() != (0,):
+                assert time.monotonic() < deadline, "the backend did not end"
+                await asyncio.sleep(0.05)
+        found = await store.get_tenant_async(tenant.id)  # no error: a new connection
+        async with database.connection() as conn:
+            second = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
+        return first, second, found
+
+    first, second, found = on_loop(store, postgres, scenario)
+
+    assert found == store.get_tenant(tenant.id)
+    assert second != first
