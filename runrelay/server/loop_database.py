@@ -6,12 +6,12 @@ the GIL passed back and forth) and SQLAlchemy's execution layer: ~500 µs of CPU
 development machine, against ~80 µs for the same statement on one of psycopg's async
 connections (bench/README.md). A worker makes five statements per run.
 
-So a process that runs many runs on one loop (the worker) opens a `LoopDatabase` on that loop
-and attaches it to its engine (`attach`). A hot statement is still written with SQLAlchemy Core
-(the same object the thread path executes), compiled once for psycopg, its parameters and
-results converted by the same SQLAlchemy types; `on_loop(engine)` hands the database to code
-running on that loop, and None anywhere else (SQLite, another loop or thread, a process that
-attached none), where the thread path is taken as before.
+So a process that serves many runs on one loop (the worker, the API) opens a `LoopDatabase` on
+that loop and attaches it to its engine (`attach`). A hot statement is still written with
+SQLAlchemy Core (the same object the thread path executes), compiled once for psycopg, its
+parameters and results converted by the same SQLAlchemy types; `on_loop(engine)` hands the
+database to code running on that loop, and None anywhere else (SQLite, another loop or thread,
+a process that attached none), where the thread path is taken as before.
 
 Its connections run in autocommit (each statement stands alone, as on `autocommit(engine)`),
 with server-side prepared statements: no transaction ends, so none is forgotten. An idle

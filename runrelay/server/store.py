@@ -4,7 +4,7 @@ Runs change status only through `runrelay.server.lifecycle`.
 
 Functions are synchronous (SQLAlchemy sessions); async callers run them in a thread. The few
 on a run's hot path have an `_async` twin that awaits the statement on the caller's loop when
-its process attached a `LoopDatabase` there (the worker), and goes to a thread otherwise.
+its process attached a `LoopDatabase` there (the worker, the API), and goes to a thread otherwise.
 """
 
 from __future__ import annotations
