@@ -87,8 +87,6 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
     return _cors(settings, RequestIdMiddleware(body_limit))
 
 
-
-
 CONSOLE_DIR = Path(__file__).parent / "console"
 # What a page on another origin may send and read: the key, JSON bodies, resume cursors and
 # request ids in; request ids, locations, rate limits and resume cursors out.
