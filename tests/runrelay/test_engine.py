@@ -4,14 +4,13 @@ sat idle (a restart, `pg_terminate_backend`) is replaced before a statement is s
 from __future__ import annotations
 
 import os
-import time
 
-import psycopg
 import pytest
 from sqlalchemy import text
 
 from runrelay.server.engine import make_engine
 from runrelay.server.settings import Settings
+from tests.postgres_admin import end_backend
 
 
 def test_a_pooled_connection_the_server_closed_is_replaced_unnoticed(settings: Settings) -> None:
@@ -24,16 +23,7 @@ def test_a_pooled_connection_the_server_closed_is_replaced_unnoticed(settings: S
     try:
         with engine.connect() as conn:
             pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
-        # Back in the pool. The server ends that backend, as a restart would.
-        admin_url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
-            deadline = time.monotonic() + 10
-            while admin.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]
-            ).fetchone() != (0,):
-                assert time.monotonic() < deadline, "the backend did not end"
-                time.sleep(0.05)
+        end_backend(settings.database_url, pid)  # back in the pool, the server ends it
 
         with engine.connect() as conn:  # no error: the check replaced the dead connection
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid

@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import psycopg
 import pytest
 
 from runrelay.server.loop_database import LoopDatabase, attach, detach
@@ -22,6 +20,7 @@ from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run
 from runrelay.server.threads import Threads
 from runrelay.types import RunStatus
+from tests.postgres_admin import end_backend
 
 T = TypeVar("T")
 
@@ -94,16 +93,7 @@ def test_an_idle_connection_the_server_closed_is_replaced_unnoticed(
     async def scenario(database: LoopDatabase) -> tuple[int, int, Any]:
         async with database.connection() as conn:
             first = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]
-        # Back in the pool, idle. The server ends that backend, as a restart would.
-        admin_url = postgres.database_url.replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", [first])
-            deadline = time.monotonic() + 10
-            while admin.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [first]
-            ).fetchone() != (0,):
-                assert time.monotonic() < deadline, "the backend did not end"
-                await asyncio.sleep(0.05)
+        end_backend(postgres.database_url, first)  # idle in the pool, the server ends it
         found = await store.get_tenant_async(tenant.id)  # no error: a new connection
         async with database.connection() as conn:
             second = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone() or [0])[0]

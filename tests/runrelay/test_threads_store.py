@@ -192,36 +192,26 @@ def test_an_ending_is_refused_to_a_worker_that_lost_the_run(
     table = RunTable(store.engine)
     table.start(run.id, "new-holder")
     known = run if at_once else None
-    message = [{"role": "user", "content": "late"}]
+    late = {
+        "ending": Ending.by_worker("old-holder"),
+        "events": [(1, "x", "{}")],
+        "thread_messages": [{"role": "user", "content": "late"}],
+        "known": known,
+    }
+    missing = {"ending": Ending(), "events": [], "known": known}
 
     async def refused_on_loop() -> Moved | None:
-        refused = await table.end_async(
-            run.id,
-            RunStatus.COMPLETED,
-            ending=Ending.by_worker("old-holder"),
-            events=[(1, "x", "{}")],
-            thread_messages=message,
-            known=known,
-        )
+        refused = await table.end_async(run.id, RunStatus.COMPLETED, **late)
         with pytest.raises(RunNotFound):
-            await table.end_async(
-                "run_missing", RunStatus.FAILED, ending=Ending(), events=[], known=known
-            )
+            await table.end_async("run_missing", RunStatus.FAILED, **missing)
         return refused
 
     if at_once == "loop":
         refused = on_loop(store, settings, refused_on_loop())
     else:
-        refused = table.end(
-            run.id,
-            RunStatus.COMPLETED,
-            ending=Ending.by_worker("old-holder"),
-            events=[(1, "x", "{}")],
-            thread_messages=message,
-            known=known,
-        )
+        refused = table.end(run.id, RunStatus.COMPLETED, **late)
         with pytest.raises(RunNotFound):
-            table.end("run_missing", RunStatus.FAILED, ending=Ending(), events=[], known=known)
+            table.end("run_missing", RunStatus.FAILED, **missing)
     assert refused is None
     current = store.get_run(run.id)
     assert current is not None and current.status is RunStatus.RUNNING
