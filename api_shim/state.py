@@ -23,7 +23,7 @@ from runrelay.server.engine import make_engine
 from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK, RedisKeys
 from runrelay.server.lifecycle import Lifecycle
-from runrelay.server.loop_database import LoopDatabase, attach, detach
+from runrelay.server.loop_database import LoopDatabase
 from runrelay.server.revisions import AgentCatalog
 from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.run_table import RunListener
@@ -219,13 +219,7 @@ class ShimState:
     async def open_database(self) -> None:
         """On PostgreSQL, the hot statements of this process's requests go to connections on
         its event loop (`runrelay.server.loop_database`); call on that loop."""
-        if self.store.engine.dialect.name != "postgresql":
-            return
-        self.database = LoopDatabase(
-            self.settings, max_size=self.settings.loop_database_connections
-        )
-        await self.database.open()
-        attach(self.store.engine, self.database)
+        self.database = await LoopDatabase.attached(self.store.engine, self.settings)
 
     async def close(self) -> None:
         await self.dispatcher.stop()
@@ -235,7 +229,6 @@ class ShimState:
         await self.hub_redis.aclose()
         self.sender.close()
         if self.database is not None:
-            detach(self.store.engine)
             await self.database.close()
         self.store.engine.dispose()
 

@@ -30,7 +30,7 @@ from runrelay.server.eventlog import EventLog
 from runrelay.server.gc_tuning import tune_gc
 from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle
-from runrelay.server.loop_database import LoopDatabase, attach, detach
+from runrelay.server.loop_database import LoopDatabase
 from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
@@ -89,14 +89,8 @@ class AsyncRuntime:
         )
         registry = Registry.from_file(settings.agents_config, os.environ)
         self._store = Store(make_engine(settings))
-        self._database: LoopDatabase | None = None
-        if self._store.engine.dialect.name == "postgresql":
-            # The runs' hot statements on this loop, without a thread hop each.
-            self._database = LoopDatabase(
-                settings, max_size=settings.loop_database_connections
-            )
-            await self._database.open()
-            attach(self._store.engine, self._database)
+        # The runs' hot statements on this loop, without a thread hop each (PostgreSQL).
+        self._database = await LoopDatabase.attached(self._store.engine, settings)
         self.controls = RunControls(
             self._redis, keys, settings.cancel_poll_s, timers=self._timers_redis
         )
@@ -178,7 +172,6 @@ class AsyncRuntime:
             if self._database is not None:
                 # Before the tasks left are cancelled, which would cancel its pool's own; a
                 # run still here makes its statements in a thread from now on.
-                detach(self._store.engine)
                 await self._database.close()
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in others:

@@ -13,14 +13,18 @@ instead of three.
 
 from __future__ import annotations
 
+import enum
 import select
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlmodel import create_engine
 
 from runrelay.server.settings import Settings
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -67,22 +71,34 @@ _AUTOCOMMIT = "_runrelay_autocommit"
 
 
 def _check_idle_connection(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
-    """Refuse a pooled connection that is closed, or whose socket has something to read while
-    no statement is running on it (the server's goodbye, or end of file): the pool then opens
-    a new one. A poll with no timeout: no round trip to the server.
-
-    Over TLS a readable socket proves nothing (a TLS 1.3 server sends session tickets after the
-    handshake), so such a connection is pinged with a statement instead, as `pool_pre_ping`
-    would."""
-    if dbapi_conn.closed or dbapi_conn.broken:
-        raise DisconnectionError("connection closed while pooled")
-    if dbapi_conn.pgconn.ssl_in_use:
+    """Refuse a pooled connection that is closed, or that the server closed or wrote to while it
+    sat idle (`idle_state`, no round trip): the pool then opens a new one. Over TLS it is pinged
+    with a statement instead, as `pool_pre_ping` would."""
+    idle = idle_state(dbapi_conn)
+    if idle is IdleState.GONE:
+        raise DisconnectionError("the server closed or wrote to the connection while pooled")
+    if idle is IdleState.UNKNOWN:
         try:
             dbapi_conn.execute("SELECT 1")
             dbapi_conn.rollback()
         except dbapi_conn.OperationalError as exc:
             raise DisconnectionError("connection lost while pooled") from exc
-        return
-    readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
-    if readable:
-        raise DisconnectionError("the server closed or wrote to the connection while pooled")
+
+
+class IdleState(enum.Enum):
+    SOUND = "sound"
+    GONE = "gone"  # closed, broken, or the server wrote to it (its goodbye, end of file)
+    UNKNOWN = "unknown"  # over TLS: only a statement can tell
+
+
+def idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> IdleState:
+    """What a psycopg connection sitting idle in a pool is worth, without a round trip: a poll
+    of its socket, which has nothing to read unless the server closed it or wrote to it (a
+    restart, `pg_terminate_backend`, an idle timeout). Over TLS a readable socket proves
+    nothing (a TLS 1.3 server sends session tickets after the handshake)."""
+    if conn.closed or conn.broken:
+        return IdleState.GONE
+    if conn.pgconn.ssl_in_use:
+        return IdleState.UNKNOWN
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return IdleState.GONE if readable else IdleState.SOUND

@@ -7,11 +7,11 @@ development machine, against ~80 µs for the same statement on one of psycopg's 
 connections (bench/README.md). A worker makes five statements per run.
 
 So a process that serves many runs on one loop (the worker, the API) opens a `LoopDatabase` on
-that loop and attaches it to its engine (`attach`). A hot statement is still written with
+that loop for its engine (`LoopDatabase.attached`). A hot statement is still written with
 SQLAlchemy Core (the same object the thread path executes), compiled once for psycopg, its
 parameters and results converted by the same SQLAlchemy types; `on_loop(engine)` hands the
 database to code running on that loop, and None anywhere else (SQLite, another loop or thread,
-a process that attached none), where the thread path is taken as before.
+a process that opened none), where the thread path is taken as before.
 
 Its connections run in autocommit (each statement stands alone, as on `autocommit(engine)`),
 with server-side prepared statements: no transaction ends, so none is forgotten. An idle
@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import select
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
@@ -37,6 +36,7 @@ from sqlalchemy.sql import ClauseElement, Select
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
 
+from runrelay.server.engine import IdleState, idle_state
 from runrelay.server.settings import Settings
 
 _DIALECT = psycopg_dialect()  # type: ignore[no-untyped-call]
@@ -46,7 +46,7 @@ _ATTACHED = "_runrelay_loop_database"
 Processor = Callable[[Any], Any]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Compiled:
     """A Core statement as psycopg takes it: the SQL, the parameters fixed when it was built
     (its constants, `IN` lists included), and how to convert the values bound and returned."""
@@ -55,7 +55,7 @@ class Compiled:
     fixed: dict[str, Any]
     binds: dict[str, Processor | None]
     columns: tuple[Any, ...]  # the SQLAlchemy types of the columns it returns
-    _results: list[tuple[Processor | None, ...]] = field(default_factory=list)
+    results: tuple[Processor | None, ...] | None = None  # known from the first rows' types
 
     def bound(self, params: Mapping[str, Any]) -> dict[str, Any]:
         values = dict(self.fixed)
@@ -71,15 +71,12 @@ class Compiled:
         self, found: Sequence[Sequence[Any]], cursor: psycopg.AsyncCursor[Any]
     ) -> list[tuple[Any, ...]]:
         """`found` as SQLAlchemy returns it (statuses as `RunStatus`, aware datetimes...)."""
-        if not self._results:  # some types need the column's type as the server sent it
-            description = cursor.description or []
-            self._results.append(
-                tuple(
-                    type_.dialect_impl(_DIALECT).result_processor(_DIALECT, column.type_code)
-                    for type_, column in zip(self.columns, description, strict=True)
-                )
+        processors = self.results
+        if processors is None:  # some types need the column's type as the server sent it
+            processors = self.results = tuple(
+                type_.dialect_impl(_DIALECT).result_processor(_DIALECT, column.type_code)
+                for type_, column in zip(self.columns, cursor.description or [], strict=True)
             )
-        processors = self._results[0]
         return [
             tuple(
                 value if processor is None or value is None else processor(value)
@@ -151,16 +148,33 @@ class LoopDatabase:
         self._max_size = max_size
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._slots: asyncio.Semaphore | None = None
+        self._engine: Engine | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    async def open(self) -> None:
-        """Take the running loop as this database's; connections are made when first needed."""
+    @classmethod
+    async def attached(cls, engine: Engine, settings: Settings) -> LoopDatabase | None:
+        """On PostgreSQL, a database opened on the running loop for `engine`'s hot statements
+        (`RUNRELAY_LOOP_DATABASE_CONNECTIONS` connections); None on SQLite."""
+        if engine.dialect.name != "postgresql":
+            return None
+        database = cls(settings, max_size=settings.loop_database_connections)
+        await database.open(engine)
+        return database
+
+    async def open(self, engine: Engine) -> None:
+        """Take the running loop as this database's, and have code on it run `engine`'s hot
+        statements here; connections are made when first needed."""
         self.loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(self._max_size)
+        self._engine = engine
+        engine.__dict__[_ATTACHED] = self
 
     async def close(self) -> None:
-        """Close the idle connections; one in use is closed when its statement is done."""
-        self.loop = None
+        """Hand `engine`'s statements back to the thread path, and close the idle connections;
+        one in use is closed when its statement is done."""
+        if self._engine is not None and self._engine.__dict__.get(_ATTACHED) is self:
+            del self._engine.__dict__[_ATTACHED]
+        self._engine = self.loop = None
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.close()
@@ -207,15 +221,6 @@ class LoopDatabase:
         return found[0] if found else None
 
 
-def attach(engine: Engine, database: LoopDatabase) -> None:
-    """Have code on `database`'s loop run hot statements of `engine` through it."""
-    engine.__dict__[_ATTACHED] = database
-
-
-def detach(engine: Engine) -> None:
-    engine.__dict__.pop(_ATTACHED, None)
-
-
 def on_loop(engine: Engine) -> LoopDatabase | None:
     """The database to await `engine`'s hot statements on from the running code, if any: only
     on the loop it was opened on."""
@@ -236,17 +241,12 @@ def _conninfo(url: str) -> str:
 
 
 async def _sound(conn: psycopg.AsyncConnection[Any]) -> bool:
-    """Whether an idle connection is still usable: open, and its socket has nothing to read
-    (else the server closed it or wrote to it while it sat idle: a restart,
-    `pg_terminate_backend`, an idle timeout). A poll, no round trip; over TLS, where a
-    readable socket proves nothing, a statement."""
-    if conn.closed or conn.broken:
-        return False
-    if conn.pgconn.ssl_in_use:
+    """Whether an idle connection is still usable (`engine.idle_state`; over TLS, a statement)."""
+    idle = idle_state(conn)
+    if idle is IdleState.UNKNOWN:
         try:
             await conn.execute("SELECT 1")
         except psycopg.Error:
             return False
         return True
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    return not readable
+    return idle is IdleState.SOUND

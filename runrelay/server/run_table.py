@@ -228,8 +228,7 @@ class RunTable:
         else:
             row = session.connection().execute(stmt, bound).first()
             if row is not None:
-                *fields, previous = row
-                moved = Moved(run_of(fields), RunStatus(previous))
+                moved = _moved_of(row)
         if moved is None:
             if session.get(Run, run_id) is None:
                 raise RunNotFound(f"no run {run_id!r}")
@@ -424,10 +423,7 @@ class RunTable:
                     row = conn.execute(stmt, bound).first()
                     if row is None and conn.execute(RUN_EXISTS, {"run_id": run_id}).first() is None:
                         raise RunNotFound(f"no run {run_id!r}")
-                if row is None:
-                    return None
-                *fields, previous = row
-                return Moved(run_of(fields), RunStatus(previous))
+                return None if row is None else _moved_of(row)
             except IntegrityError:  # its thread's seqs moved meanwhile: see `end_statement`
                 pass
         with Session(self.engine, expire_on_commit=False) as session:
@@ -546,5 +542,10 @@ async def _returned(
         if await database.first(RUN_EXISTS, {"run_id": run_id}) is None:
             raise RunNotFound(f"no run {run_id!r}")
         return None
+    return _moved_of(row)
+
+
+def _moved_of(row: Sequence[Any]) -> Moved:
+    """A move as its statement returns it: the run as written, then the status it left."""
     *fields, previous = row
     return Moved(run_of(fields), RunStatus(previous))

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from runrelay.server.loop_database import LoopDatabase, attach, detach
+from runrelay.server.loop_database import LoopDatabase
 from runrelay.server.run_table import RunTable
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
@@ -38,12 +38,10 @@ def postgres(settings: Settings) -> Settings:
 def on_loop(store: Store, settings: Settings, work: Callable[[LoopDatabase], Awaitable[T]]) -> T:
     async def main() -> T:
         database = LoopDatabase(settings, max_size=1)
-        await database.open()
-        attach(store.engine, database)
+        await database.open(store.engine)
         try:
             return await work(database)
         finally:
-            detach(store.engine)
             await database.close()
 
     return asyncio.run(main())

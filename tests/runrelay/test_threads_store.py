@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
-from runrelay.server.loop_database import LoopDatabase, attach, detach
+from runrelay.server.loop_database import LoopDatabase
 from runrelay.server.run_table import Ending, Moved, RunNotFound, RunTable
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
@@ -97,12 +97,10 @@ def on_loop(store: Store, settings: Settings, work: Any) -> Any:
         if store.engine.dialect.name != "postgresql":
             return await work  # no loop database: the thread path
         database = LoopDatabase(settings, max_size=2)
-        await database.open()
-        attach(store.engine, database)
+        await database.open(store.engine)
         try:
             return await work
         finally:
-            detach(store.engine)
             await database.close()
 
     return asyncio.run(main())
