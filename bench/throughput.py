@@ -34,13 +34,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
+import aiohttp
 import httpx
 from bench_stack import (
     BENCH_DIR,
@@ -53,6 +56,7 @@ from bench_stack import (
     stack_up,
 )
 from httpx_sse import aconnect_sse
+from httpx_sse._decoders import SSEDecoder
 
 AGENT = "bench-analyst"
 EXPECTED_DELTAS = 20
@@ -99,15 +103,125 @@ def check_log(run_id: str, events: list[dict[str, Any]]) -> str | None:
     return None
 
 
-async def _follow(source: Any, sample: Sample) -> list[dict[str, Any]]:
+class Response:
+    """A response as `one_run` needs it, whichever HTTP client made it."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes = b"") -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def text(self) -> str:
+        return self.body[:200].decode(errors="replace")
+
+
+class EventSource(Protocol):
+    response: Response
+
+    def events(self) -> AsyncIterator[tuple[str, str]]:
+        """(id, data) of each event; keep-alive comments are left out."""
+        ...
+
+
+class Client(Protocol):
+    """The bench's HTTP client: `aiohttp` (default, a C parser: the client's own CPU competes
+    with the server's on a small machine) or `httpx` (what the SDK uses)."""
+
+    async def post(self, path: str, body: dict[str, Any]) -> Response: ...
+
+    def sse(self, method: str, path: str,
+            body: dict[str, Any] | None = None) -> AbstractAsyncContextManager[EventSource]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxClient:
+    def __init__(self, stack: Stack, concurrency: int) -> None:
+        limits = httpx.Limits(max_connections=2 * concurrency + 10,
+                              max_keepalive_connections=2 * concurrency + 10)
+        self._http = httpx.AsyncClient(base_url=stack.base_url, limits=limits,
+                                       headers={"Authorization": f"Bearer {stack.api_key}"},
+                                       timeout=httpx.Timeout(60.0, connect=10.0))
+
+    async def post(self, path: str, body: dict[str, Any]) -> Response:
+        got = await self._http.post(path, json=body)
+        return Response(got.status_code, got.headers, got.content)
+
+    @contextlib.asynccontextmanager
+    async def sse(self, method: str, path: str,
+                  body: dict[str, Any] | None = None) -> AsyncIterator[EventSource]:
+        async with aconnect_sse(self._http, method, path, json=body) as source:
+            yield _HttpxEvents(source)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class _HttpxEvents:
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        self.response = Response(source.response.status_code, source.response.headers)
+
+    async def events(self) -> AsyncIterator[tuple[str, str]]:
+        if self.response.status >= 300:
+            self.response.body = await self._source.response.aread()
+            return
+        async for sse in self._source.aiter_sse():
+            if sse.data:
+                yield sse.id, sse.data
+
+
+class AiohttpClient:
+    def __init__(self, stack: Stack, concurrency: int) -> None:
+        self._base = stack.base_url
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=2 * concurrency + 10),
+            headers={"Authorization": f"Bearer {stack.api_key}"},
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=60.0))
+
+    async def post(self, path: str, body: dict[str, Any]) -> Response:
+        async with self._http.post(self._base + path, json=body) as got:
+            return Response(got.status, got.headers, await got.read())
+
+    @contextlib.asynccontextmanager
+    async def sse(self, method: str, path: str,
+                  body: dict[str, Any] | None = None) -> AsyncIterator[EventSource]:
+        headers = {"Accept": "text/event-stream"}
+        async with self._http.request(method, self._base + path, json=body,
+                                      headers=headers) as got:
+            yield _AiohttpEvents(got)
+
+    async def aclose(self) -> None:
+        await self._http.close()
+
+
+class _AiohttpEvents:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.response = Response(response.status, response.headers)
+
+    async def events(self) -> AsyncIterator[tuple[str, str]]:
+        if self.response.status >= 300:
+            self.response.body = await self._response.read()
+            return
+        decoder = SSEDecoder()  # httpx-sse's, to the letter of the SSE spec
+        async for line in self._response.content:
+            sse = decoder.decode(line.decode().rstrip("\r\n"))
+            if sse is not None and sse.data:
+                yield sse.id, sse.data
+
+
+CLIENTS: dict[str, Callable[[Stack, int], Client]] = {
+    "aiohttp": AiohttpClient, "httpx": HttpxClient}
+
+
+async def _follow(source: EventSource, sample: Sample) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
-    async for sse in source.aiter_sse():
-        if not sse.data:
-            continue  # a keep-alive comment
+    async for sse_id, data in source.events():
         now = time.perf_counter() - sample.t0
-        event = json.loads(sse.data)
-        if sse.id != str(event.get("seq")):
-            raise BenchError(f"SSE id {sse.id!r} is not the event's seq {event.get('seq')!r}")
+        event = json.loads(data)
+        if sse_id != str(event.get("seq")):
+            raise BenchError(f"SSE id {sse_id!r} is not the event's seq {event.get('seq')!r}")
         events.append(event)
         if sample.first_event is None:
             sample.first_event = now
@@ -120,36 +234,36 @@ async def _follow(source: Any, sample: Sample) -> list[dict[str, Any]]:
     return events
 
 
-async def one_run(http: httpx.AsyncClient, stream: bool, timeout_s: float) -> Sample:
+async def one_run(http: Client, stream: bool, timeout_s: float) -> Sample:
     sample = Sample()
     body = {"agent": AGENT, "input": {"company": "ACME Corp", "query": "Assess credit risk"}}
     try:
         async with asyncio.timeout(timeout_s):
             sample.t0 = time.perf_counter()
             if stream:
-                async with aconnect_sse(http, "POST", "/v1/runs/stream", json=body) as source:
+                async with http.sse("POST", "/v1/runs/stream", body) as source:
                     sample.response = time.perf_counter() - sample.t0
-                    if source.response.status_code != 200:
-                        body_text = (await source.response.aread())[:200].decode(errors="replace")
-                        raise BenchError(f"POST /v1/runs/stream: {source.response.status_code} "
-                                         f"{body_text}")
+                    events = await _follow(source, sample)
+                    if source.response.status != 200:
+                        raise BenchError(f"POST /v1/runs/stream: {source.response.status} "
+                                         f"{source.response.text()}")
                     sample.run_id = source.response.headers.get("X-Run-ID")
-                    events = await _follow(source, sample)
             else:
-                created = await http.post("/v1/runs", json=body)
+                created = await http.post("/v1/runs", body)
                 sample.response = time.perf_counter() - sample.t0
-                if created.status_code != 202:
-                    raise BenchError(f"POST /v1/runs: {created.status_code} {created.text[:200]}")
-                sample.run_id = created.json()["id"]
-                async with aconnect_sse(http, "GET", f"/v1/runs/{sample.run_id}/events") as source:
-                    if source.response.status_code != 200:
-                        raise BenchError(f"GET events: {source.response.status_code}")
+                if created.status != 202:
+                    raise BenchError(f"POST /v1/runs: {created.status} {created.text()}")
+                sample.run_id = json.loads(created.body)["id"]
+                async with http.sse("GET", f"/v1/runs/{sample.run_id}/events") as source:
                     events = await _follow(source, sample)
+                    if source.response.status != 200:
+                        raise BenchError(f"GET events: {source.response.status} "
+                                         f"{source.response.text()}")
         sample.events = len(events)
         sample.error = check_log(sample.run_id or "", events) if events else "no events"
     except TimeoutError:
         sample.error = f"no done within {timeout_s:g} s"
-    except (httpx.HTTPError, BenchError, ValueError, KeyError) as exc:
+    except (httpx.HTTPError, aiohttp.ClientError, BenchError, ValueError, KeyError) as exc:
         sample.error = f"{type(exc).__name__}: {exc}"
     sample.ok = sample.error is None
     return sample
@@ -158,17 +272,18 @@ async def one_run(http: httpx.AsyncClient, stream: bool, timeout_s: float) -> Sa
 # ---------------------------------------------------------------------------- measurement
 
 
-def _client(stack: Stack, concurrency: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=2 * concurrency + 10,
-                          max_keepalive_connections=2 * concurrency + 10)
-    return httpx.AsyncClient(base_url=stack.base_url, limits=limits,
-                             headers={"Authorization": f"Bearer {stack.api_key}"},
-                             timeout=httpx.Timeout(60.0, connect=10.0))
+@contextlib.asynccontextmanager
+async def _client(stack: Stack, args: argparse.Namespace) -> AsyncIterator[Client]:
+    http = CLIENTS[args.client](stack, args.concurrency)
+    try:
+        yield http
+    finally:
+        await http.aclose()
 
 
 async def warm_up(stack: Stack, args: argparse.Namespace) -> None:
     """The worker builds its runtime on its first task: wait until runs reach `done`."""
-    async with _client(stack, args.concurrency) as http:
+    async with _client(stack, args) as http:
         samples = await asyncio.gather(*(one_run(http, args.stream, WARMUP_TIMEOUT_S)
                                          for _ in range(args.warmup)))
     failed = [s.error for s in samples if not s.ok]
@@ -181,11 +296,11 @@ async def measure(stack: Stack, args: argparse.Namespace) -> list[Sample]:
     samples: list[Sample] = []
     todo = iter(range(args.runs))
 
-    async def slot(http: httpx.AsyncClient) -> None:
+    async def slot(http: Client) -> None:
         for _ in todo:
             samples.append(await one_run(http, args.stream, args.run_timeout))
 
-    async with _client(stack, args.concurrency) as http:
+    async with _client(stack, args) as http:
         await asyncio.gather(*(slot(http) for _ in range(args.concurrency)))
     return samples
 
@@ -250,7 +365,8 @@ def print_table(report: dict[str, Any]) -> None:
     m, r, s = report["machine"], report["results"], report["settings"]
     rds, db = report["backends"]["redis"], report["backends"]["database"]
     print(f"\nrunrelay throughput — {report['mode']} mode, {s['runs']} runs, client concurrency "
-          f"{s['concurrency']}, 1 worker process x {s['worker_concurrency']} threads")
+          f"{s['concurrency']} ({s['client']}), 1 worker process x {s['worker_concurrency']} "
+          "threads")
     print(f"machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}")
     print(f"redis: {rds['url']} {'(embedded) ' if rds['embedded'] else ''}v{rds['version']}; "
           f"database: {db['dialect']} {db['version']}")
@@ -326,6 +442,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-concurrency", type=int, default=100,
                         help="threads of the one worker process")
     parser.add_argument("--stream", action="store_true", help="POST /v1/runs/stream instead")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp",
+                        help="the bench's HTTP client (default aiohttp: its C parser leaves "
+                             "more of the machine to the server)")
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured runs first")
     parser.add_argument("--run-timeout", type=float, default=60.0, help="seconds per run")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir and its logs")
@@ -370,10 +489,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["settings"] = {
         "runs": args.runs, "concurrency": args.concurrency, "warmup_runs": args.warmup,
         "worker_processes": 1, "worker_concurrency": args.worker_concurrency,
-        "agent": AGENT, "agents_config": "bench/agents.yaml", "run_timeout_s": args.run_timeout,
+        "client": args.client, "agent": AGENT, "agents_config": "bench/agents.yaml",
+        "run_timeout_s": args.run_timeout,
         "runrelay_env": {k: v for k, v in os.environ.items() if k.startswith("RUNRELAY_")},
         "versions": {p: version(p) for p in ("runrelay", "celery", "kombu", "redis", "uvicorn",
-                                             "fastapi", "sse-starlette", "httpx", "sqlalchemy")},
+                                             "fastapi", "sse-starlette", "httpx", "aiohttp",
+                                             "sqlalchemy")},
     }
     report["results"] = summarize(samples)
     report["cpu_ms_per_run"] = cpu_per_run(report["cpu_s_during_measurement"],
