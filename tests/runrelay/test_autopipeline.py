@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 import pytest
 import redis
 from redis.asyncio import BlockingConnectionPool
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 from redis.exceptions import ResponseError
 
 from runrelay.server.autopipeline import PipelinedRedis
@@ -75,6 +77,43 @@ def test_one_callers_error_is_its_own(run: Callable[..., Any], prefix: str) -> N
     assert ok is True
     assert isinstance(error, ResponseError) and "WRONGTYPE" in str(error)
     assert value == b"1"
+
+
+def test_an_argument_redis_py_cannot_encode_fails_only_its_own_command(
+    run: Callable[..., Any], prefix: str
+) -> None:
+    async def scenario(r: PipelinedRedis) -> list[Any]:
+        return await asyncio.gather(
+            r.set(f"{prefix}a", "1"),
+            r.execute_command("SET", f"{prefix}b", True),  # redis-py refuses a bool
+            r.get(f"{prefix}a"),
+            return_exceptions=True,
+        )
+
+    ok, error, value = run(scenario)
+    assert ok is True
+    assert isinstance(error, DataError) and "bool" in str(error)
+    assert value == b"1"
+
+
+def test_what_is_sent_is_byte_for_byte_what_redis_py_writes(
+    run: Callable[..., Any], prefix: str
+) -> None:
+    """Packed in C (hiredis) where redis-py's asyncio client packs in Python: the values Redis
+    stores are the same, whatever their type."""
+    values: list[Any] = [
+        "plain", "é ☃", b"\x00\xff", bytearray(b"ba"), memoryview(b"mv"), 0, -3, 10**20,
+        0.1, 1e-05, 1733212345.1234567, 1e300, float("inf"), "x" * 10_000,
+    ]  # fmt: skip
+
+    async def scenario(r: PipelinedRedis) -> list[Any]:
+        await asyncio.gather(*(r.set(f"{prefix}v{i}", v) for i, v in enumerate(values)))
+        # A two-word command name goes as two words, as redis-py sends it.
+        assert await r.execute_command("OBJECT ENCODING", f"{prefix}v0") == b"embstr"
+        return list(await r.mget([f"{prefix}v{i}" for i in range(len(values))]))
+
+    expected = [b"".join(Connection().pack_command("X", v)).split(b"\r\n")[-2] for v in values]
+    assert run(scenario) == expected
 
 
 def test_a_script_not_yet_in_redis_loads_itself(run: Callable[..., Any], prefix: str) -> None:
