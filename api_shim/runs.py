@@ -98,12 +98,21 @@ async def _resolve(
     state: ShimState, body: RunCreate, tenant_id: str
 ) -> tuple[AgentSpec, TenantLimits]:
     """The agent revision the run will run and its tenant's limits: the database reads of an
-    admission. On the loop's database where the process attached one; else in one thread hop."""
+    admission. On the loop's database where the process attached one, both at once (an
+    unknown agent is answered before an unknown tenant); else in one thread hop."""
     if on_loop(state.store.engine) is None:
         return await asyncio.to_thread(_resolve_in_thread, state, body, tenant_id)
+    agent, limits = await asyncio.gather(
+        state.catalog.for_request_async(body),
+        state.quotas.read_limits_async(tenant_id),
+        return_exceptions=True,
+    )
     with _agent_errors(body):
-        agent = await state.catalog.for_request_async(body)
-    return agent, await state.quotas.read_limits_async(tenant_id)
+        if isinstance(agent, BaseException):
+            raise agent
+    if isinstance(limits, BaseException):
+        raise limits
+    return agent, limits
 
 
 def _resolve_in_thread(

@@ -47,7 +47,7 @@ from runrelay.server.run_table import (
 )
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
-from runrelay.server.tables import Run, utcnow
+from runrelay.server.tables import Run, new_row, utcnow
 from runrelay.server.thread_gate import ThreadGate
 from runrelay.server.threads import Threads
 from runrelay.types import RunCreate, RunStatus, ToolApproval
@@ -60,7 +60,8 @@ def queued_run(
 ) -> Run:
     """The row of a new run asked for by `body` (the API, a schedule's tick), `queued`; `extra`
     sets the columns the request does not give (request id, schedule)."""
-    return Run(
+    return new_row(
+        Run,
         id=run_id,
         tenant_id=tenant_id,
         status=QUEUED,

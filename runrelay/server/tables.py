@@ -153,6 +153,17 @@ def loaded(model: type[M], values: Mapping[str, Any]) -> M:
     return instance
 
 
+def new_row(model: type[M], **values: Any) -> M:
+    """A new row of `model` (transient, to be inserted): `values`, and every other field at its
+    default. What `model(**values)` makes, without its per-attribute instrumentation events
+    (~70 µs for a run, against ~15): the API builds one for each run it creates. No validation
+    either, as for any table model: the values come from validated requests."""
+    for name, field in model.model_fields.items():
+        if name not in values:
+            values[name] = field.get_default(call_default_factory=True)
+    return loaded(model, values)
+
+
 def run_row(run: Run) -> dict[str, Any]:
     """`run`'s values by column name, for a Core INSERT."""
     pairs = zip(RUN_COLUMNS, _RUN_FIELDS, strict=True)

@@ -15,8 +15,7 @@ import redis
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from runrelay.server.autopipeline import PipelinedRedis
 from runrelay.server.embedded_redis import free_port

@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 
 from runrelay.server.run_table import Ending, RunTable
 from runrelay.server.store import KEY_CACHE_S, KEY_PREFIX, AlreadyExists, Store, hash_key, new_id
-from runrelay.server.tables import ApiKey, Run, Tenant, utcnow
+from runrelay.server.tables import ApiKey, Run, Tenant, new_row, utcnow
 from runrelay.server.tenants import revoke_key
 from runrelay.types import RunStatus
 
@@ -283,3 +283,28 @@ def test_a_run_read_back_is_the_run_written_and_can_be_changed_and_saved(
         session.commit()
     again = store.get_run(written.id)
     assert again is not None and again.output == "changed" and again.timeout_s == 12.5
+
+
+def test_a_new_row_is_what_the_models_constructor_makes_and_inserts_as_such(
+    store: Store, fresh_tenant: Tenant
+) -> None:
+    """`new_row` (the API builds each new run with it) fills every field the constructor
+    would, defaults and default factories included, and the row saves and reads back whole."""
+    values: dict[str, Any] = {
+        "tenant_id": fresh_tenant.id,
+        "status": RunStatus.QUEUED,
+        "agent_name": "a",
+        "agent_id": "a",
+        "input": {"q": 1},
+        "request_id": "req_1",
+    }
+    built = Run(id=new_id("run"), **values)
+    fast = new_row(Run, id=new_id("run"), **values)
+    assert fast.model_dump(exclude={"id", "created_at"}) == built.model_dump(
+        exclude={"id", "created_at"}
+    )
+    assert abs((fast.created_at - built.created_at).total_seconds()) < 5
+    store.create_run(fast)
+    read = store.get_run(fast.id)
+    assert read is not None
+    assert read.model_dump(exclude={"created_at"}) == fast.model_dump(exclude={"created_at"})
