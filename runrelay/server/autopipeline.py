@@ -27,6 +27,7 @@ one connection), and hands each caller its own reply or error. What ioredis call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from typing import Any
 
@@ -83,12 +84,16 @@ class _Packer:
             name = args[0]
             if isinstance(name, str) and " " in name:  # "CONFIG GET": the server wants two words
                 args = (*name.encode().split(), *args[1:])
-            plain = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
             try:
-                packed: bytes = self._c(plain)  # type: ignore[arg-type]  # stub: a 1-tuple
+                packed: bytes = self._c(args)
                 return packed
-            except TypeError:
-                pass
+            except TypeError:  # a bytearray or memoryview (as bytes), or what redis-py refuses
+                plain = tuple(
+                    bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args
+                )
+                with contextlib.suppress(TypeError):
+                    packed = self._c(plain)  # type: ignore[arg-type]
+                    return packed
         return b"".join(self._python.pack(*args))  # type: ignore[no-untyped-call]
 
 
