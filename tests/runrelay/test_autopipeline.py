@@ -62,36 +62,33 @@ def test_concurrent_callers_each_get_their_own_reply_over_at_most_max_batches_co
     assert 1 <= connections <= 2
 
 
-def test_one_callers_error_is_its_own(run: Callable[..., Any], prefix: str) -> None:
+@pytest.mark.parametrize(
+    ("bad_call", "error_type", "says"),
+    [
+        (lambda r, p: r.incr(f"{p}list"), ResponseError, "WRONGTYPE"),  # Redis refuses it
+        (lambda r, p: r.execute_command("SET", f"{p}b", True), DataError, "bool"),  # redis-py
+    ],
+    ids=["redis-error", "cannot-be-encoded"],
+)
+def test_one_callers_error_is_its_own(
+    run: Callable[..., Any],
+    prefix: str,
+    bad_call: Callable[[PipelinedRedis, str], Awaitable[Any]],
+    error_type: type[Exception],
+    says: str,
+) -> None:
     async def scenario(r: PipelinedRedis) -> list[Any]:
         await r.rpush(f"{prefix}list", "x")
         return await asyncio.gather(
             r.set(f"{prefix}a", "1"),
-            r.incr(f"{prefix}list"),  # WRONGTYPE
+            bad_call(r, prefix),
             r.get(f"{prefix}a"),
             return_exceptions=True,
         )
 
     ok, error, value = run(scenario)
     assert ok is True
-    assert isinstance(error, ResponseError) and "WRONGTYPE" in str(error)
-    assert value == b"1"
-
-
-def test_an_argument_redis_py_cannot_encode_fails_only_its_own_command(
-    run: Callable[..., Any], prefix: str
-) -> None:
-    async def scenario(r: PipelinedRedis) -> list[Any]:
-        return await asyncio.gather(
-            r.set(f"{prefix}a", "1"),
-            r.execute_command("SET", f"{prefix}b", True),  # redis-py refuses a bool
-            r.get(f"{prefix}a"),
-            return_exceptions=True,
-        )
-
-    ok, error, value = run(scenario)
-    assert ok is True
-    assert isinstance(error, DataError) and "bool" in str(error)
+    assert isinstance(error, error_type) and says in str(error)
     assert value == b"1"
 
 
