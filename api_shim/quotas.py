@@ -107,13 +107,14 @@ class Quotas:
 
     def read_limits(self, tenant_id: str) -> TenantLimits:
         """The tenant's limits, read from the database (blocking: from a thread)."""
-        return self._limits_of(tenant_id, self.store.get_tenant(tenant_id))
+        return self.limits_of(tenant_id, self.store.get_tenant(tenant_id))
 
     async def read_limits_async(self, tenant_id: str) -> TenantLimits:
         """`read_limits`, awaited."""
-        return self._limits_of(tenant_id, await self.store.get_tenant_async(tenant_id))
+        return self.limits_of(tenant_id, await self.store.get_tenant_async(tenant_id))
 
-    def _limits_of(self, tenant_id: str, tenant: Tenant | None) -> TenantLimits:
+    def limits_of(self, tenant_id: str, tenant: Tenant | None) -> TenantLimits:
+        """The limits of `tenant` as read (none: 404, naming `tenant_id`)."""
         if tenant is None:
             raise HTTPProblem(
                 404, "tenant_not_found", f"no tenant {tenant_id!r}", param="tenant_id"

@@ -98,10 +98,15 @@ async def _resolve(
     state: ShimState, body: RunCreate, tenant_id: str
 ) -> tuple[AgentSpec, TenantLimits]:
     """The agent revision the run will run and its tenant's limits: the database reads of an
-    admission. On the loop's database where the process attached one, both at once (an
-    unknown agent is answered before an unknown tenant); else in one thread hop."""
+    admission. On the loop's database where the process attached one, in one statement when
+    it can (else both at once; an unknown agent is answered before an unknown tenant); else
+    in one thread hop."""
     if on_loop(state.store.engine) is None:
         return await asyncio.to_thread(_resolve_in_thread, state, body, tenant_id)
+    with _agent_errors(body):
+        both = await state.catalog.with_tenant_async(body, tenant_id)  # one statement
+    if both is not None:
+        return both[0], state.quotas.limits_of(tenant_id, both[1])
     agent, limits = await asyncio.gather(
         state.catalog.for_request_async(body),
         state.quotas.read_limits_async(tenant_id),

@@ -30,7 +30,7 @@ from runrelay.agent.config import TAG_PATTERN, AgentNotFound, AgentsConfig, Agen
 from runrelay.server.engine import autocommit
 from runrelay.server.errors import Invalid, NotFound
 from runrelay.server.loop_database import on_loop
-from runrelay.server.tables import AgentRevision, AgentTag, utcnow
+from runrelay.server.tables import AgentRevision, AgentTag, Tenant, loaded, table_of, utcnow
 from runrelay.types import RunCreate
 
 _UNPUBLISHED_FOR_S = 5.0
@@ -73,6 +73,11 @@ _NEWEST_NUMBER = (
     .where(col(AgentRevision.agent_id) == bindparam("agent_id"))
     .order_by(col(AgentRevision.revision).desc())
     .limit(1)
+)
+_TENANTS = table_of(Tenant)
+# An admission's two reads in one round trip: the tenant (by id) and its agent's newest number.
+_TENANT_AND_NEWEST = select(_NEWEST_NUMBER.scalar_subquery(), *_TENANTS.c).where(
+    _TENANTS.c.id == bindparam("tenant_id")
 )
 
 
@@ -128,12 +133,37 @@ class AgentCatalog:
         database = on_loop(self.engine)
         if database is None or body.tag is not None or body.revision is not None:
             return await asyncio.to_thread(self.for_request, body)
+        ref, file_agent, agent_id = self._by_ref(body)
+        row = await database.first(_NEWEST_NUMBER, {"agent_id": agent_id})
+        return await self._newest_async(ref, file_agent, agent_id, None if row is None else row[0])
+
+    async def with_tenant_async(
+        self, body: RunCreate, tenant_id: str
+    ) -> tuple[AgentSpec, Tenant] | None:
+        """`for_request_async` and the tenant with id `tenant_id`, read in one statement on the
+        loop's database. None when that cannot answer: no loop database, a request by tag or
+        revision (other reads), or no tenant with that id; the caller reads them apart then."""
+        database = on_loop(self.engine)
+        if database is None or body.tag is not None or body.revision is not None:
+            return None
+        ref, file_agent, agent_id = self._by_ref(body)
+        params = {"agent_id": agent_id, "tenant_id": tenant_id}
+        row = await database.first(_TENANT_AND_NEWEST, params)
+        if row is None:
+            return None
+        tenant = loaded(Tenant, dict(zip(_TENANTS.c.keys(), row[1:], strict=True)))
+        return await self._newest_async(ref, file_agent, agent_id, row[0]), tenant
+
+    def _by_ref(self, body: RunCreate) -> tuple[str, AgentSpec | None, str]:
+        """A request by name or id: the reference, the config file's agent, the agent id."""
         ref = body.agent_id if body.agent_id is not None else body.agent
         assert ref is not None  # RunCreate guarantees exactly one way
         file_agent = self._file_agent(ref)
-        agent_id = file_agent.id if file_agent else ref
-        row = await database.first(_NEWEST_NUMBER, {"agent_id": agent_id})
-        number = None if row is None else row[0]
+        return ref, file_agent, file_agent.id if file_agent else ref
+
+    async def _newest_async(
+        self, ref: str, file_agent: AgentSpec | None, agent_id: str, number: int | None
+    ) -> AgentSpec:
         if number is not None and (agent_id, number) not in self._stored:  # read it once
             return await asyncio.to_thread(self._newest_of, ref, file_agent, agent_id, number)
         return self._newest_of(ref, file_agent, agent_id, number)
