@@ -13,13 +13,15 @@ from typing import Any, TypeVar
 
 import pytest
 
+from runrelay.agent.config import AgentsConfig, Registry
 from runrelay.server.loop_database import LoopDatabase
+from runrelay.server.revisions import AgentCatalog
 from runrelay.server.run_table import RunTable
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run
 from runrelay.server.threads import Threads
-from runrelay.types import RunStatus
+from runrelay.types import RunCreate, RunStatus
 from tests.postgres_admin import end_backend
 
 T = TypeVar("T")
@@ -101,3 +103,43 @@ def test_an_idle_connection_the_server_closed_is_replaced_unnoticed(
 
     assert found == store.get_tenant(tenant.id)
     assert second != first
+
+
+def _config(module: str, text: str) -> AgentsConfig:
+    agent = {"name": "echo", "script": {"turns": [{"text": text}]}}
+    return AgentsConfig.model_validate(
+        {"modules": [{"key": module, "name": "Loop", "agents": [agent]}]}
+    )
+
+
+def test_an_admissions_one_statement_reads_what_its_two_reads_read(
+    store: Store, postgres: Settings
+) -> None:
+    """The tenant and the agent's newest revision, read together, are what reading them apart
+    gives; a revision published after the first read is the next read's (a publish shows at
+    once); what one statement cannot answer is left to the two reads (None)."""
+    module = f"loop{secrets.token_hex(4)}"
+    v1 = _config(module, "one")
+    catalog = AgentCatalog(store.engine, Registry(v1))
+    catalog.publish(v1)
+    tenant = store.create_tenant(f"loop-{secrets.token_hex(6)}")
+    by_name = RunCreate(agent=f"{module} echo", message="hi")
+
+    async def reads(_database: LoopDatabase) -> list[Any]:
+        first = await catalog.with_tenant_async(by_name, tenant.id)
+        AgentCatalog(store.engine, Registry(v1)).publish(_config(module, "two"))
+        return [
+            first,
+            await catalog.with_tenant_async(by_name, tenant.id),
+            await catalog.for_request_async(by_name),
+            await catalog.with_tenant_async(by_name, "ten_missing"),
+            await catalog.with_tenant_async(by_name.model_copy(update={"revision": 1}), tenant.id),
+        ]
+
+    first, second, apart, no_tenant, pinned = on_loop(store, postgres, reads)
+
+    assert first is not None and second is not None
+    assert first[1] == store.get_tenant(tenant.id) == second[1]
+    assert first[0].revision == 1 and first[0] == catalog.pinned(first[0].id, 1)
+    assert second[0].revision == 2 and second[0] == apart
+    assert no_tenant is None and pinned is None
