@@ -260,5 +260,5 @@ class BatchFeeder:
             )
             await state.events.append(run_id, 1, "run_queued", encode(queued))
             if decision.outcome == "dispatch":  # else the dispatcher sends it
-                await asyncio.to_thread(state.sender.send, run_id)
+                await state.sender.send_async(run_id)
         return len(created)

@@ -208,7 +208,7 @@ async def _admit(
         raise
     try:
         if admission.dispatch_now:  # quotas: else the dispatcher sends it when a slot frees
-            await asyncio.to_thread(state.sender.send, run.id)
+            await state.sender.send_async(run.id)
     except Exception as exc:
         log.exception("run %s could not be enqueued", run.id)
         await _enqueue_failed(state, run, f"the run could not be queued: {exc}")

@@ -248,7 +248,8 @@ def shim_with_dead_broker(
     state = inner.state.runrelay
     dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     state.sender.close()
-    state.sender = TaskSender(dead)
+    dead_redis = AsyncRedis.from_url(dead.redis_url)  # what the shim sends on, from its loop
+    state.sender = TaskSender(dead, dead_redis)
     yield server.base_url
     server.stop()
 

@@ -1,10 +1,19 @@
-"""`RecentRuns`: what the shim remembers of the runs it just created, for their streams."""
+"""`RecentRuns`: what the shim remembers of the runs it just created, for their streams; the
+`TaskSender`: a run sent from the loop is the message Celery sends."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+import secrets
 import time
 
-from api_shim.state import RecentRuns
+import redis
+import redis.asyncio as aredis
+
+from api_shim.state import RecentRuns, TaskSender
+from runrelay.server.settings import Settings
 from runrelay.server.tables import Run
 
 
@@ -36,3 +45,40 @@ def test_it_keeps_at_most_max_runs_the_newest() -> None:
         True,
         True,
     ]
+
+
+def test_a_task_sent_from_the_loop_is_the_message_celery_sends(settings: Settings) -> None:
+    """`send_async` pushes, to the same list, what Celery's `send_task` pushes, byte for byte but
+    for the task id and kombu's delivery tag (a drift in Celery or kombu fails here)."""
+    prefix = f"{settings.redis_prefix}sender-{secrets.token_hex(4)}:"
+    ours = settings.model_copy(update={"redis_prefix": prefix})  # no worker consumes it
+    client = redis.Redis.from_url(ours.redis_url)
+
+    async def send_both() -> None:
+        async_redis = aredis.Redis.from_url(ours.redis_url)
+        sender = TaskSender(ours, async_redis)
+        try:
+            sender.send("run_one")  # Celery and kombu, blocking
+            await sender.send_async("run_one")
+        finally:
+            sender.close()
+            await async_redis.aclose()
+
+    try:
+        asyncio.run(send_both())
+        queue = prefix + ours.task_queue
+        from_loop, from_celery = client.lrange(queue, 0, -1)  # LPUSH: the newest first
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
+
+    def without_ids(payload: bytes) -> str:
+        message = json.loads(payload)
+        text = payload.decode()
+        for unique in (message["headers"]["id"], message["properties"]["delivery_tag"]):
+            text = text.replace(unique, "<id>")
+        return text
+
+    assert without_ids(from_loop) == without_ids(from_celery)
+    assert json.loads(base64.b64decode(json.loads(from_loop)["body"]))[0] == ["run_one"]
