@@ -116,9 +116,10 @@ class RunExecutor:
         if lease is None:
             log.info("run %s: another worker holds the lease, nothing to do", run_id)
             return
-        run = await self._startable(run_id, lease)
-        if run is None:
+        startable = await self._startable(run_id, lease)
+        if startable is None:
             return
+        run, new_thread = startable
         try:
             slot = await self.slots.hold(run)  # quotas: the tenant's concurrency slot, renewed
         except BaseException:
@@ -128,7 +129,7 @@ class RunExecutor:
         self.renewals.hold_lease(lease, control)  # renewed with the process's other leases
         attempt: Attempt | None = None
         try:
-            attempt = await self._attempt(run_id, lease, slot, control)
+            attempt = await self._attempt(run_id, lease, slot, control, new_thread)
         finally:
             self.controls.remove(control)
             self.renewals.drop_lease(lease)
@@ -193,8 +194,9 @@ class RunExecutor:
         if current is not None and current.lease_token == lease.token:
             await self.requeuer.requeue(run.id, force=True)
 
-    async def _startable(self, run_id: str, lease: Lease) -> Run | None:
-        """The run if it is to start now; else None, with the lease given back: it is finished,
+    async def _startable(self, run_id: str, lease: Lease) -> tuple[Run, bool] | None:
+        """The run if it is to start now, and whether it is the first to hold a thread made
+        for it (no history to read); else None, with the lease given back: it is finished,
         paused for approval, or waiting for its thread."""
         run = await self.store.get_run_async(run_id)
         if run is not None:
@@ -206,16 +208,18 @@ class RunExecutor:
             if run is not None:
                 await self.slots.forget(run)  # quotas: free a slot dispatch gave it
                 await self.threads.release(run)  # threads: in case its releaser died
-        elif (holder := await self.threads.enter(run)) is not None:  # one active run per thread
-            log.info("run %s: waits for run %s, which holds its thread", run_id, holder)
+        elif (entry := await self.threads.enter(run)).holder is not None:  # one per thread
+            log.info("run %s: waits for run %s, which holds its thread", run_id, entry.holder)
         else:
-            return run
+            return run, entry.new_thread
         await self.leases.release(lease)
         return None
 
-    async def _attempt(self, run_id: str, lease: Lease, slot: Slot, control: RunControl) -> Attempt:
+    async def _attempt(
+        self, run_id: str, lease: Lease, slot: Slot, control: RunControl, new_thread: bool
+    ) -> Attempt:
         try:
-            return await self._attempt_leased(run_id, lease, slot, control)
+            return await self._attempt_leased(run_id, lease, slot, control, new_thread)
         except LeaseLost:  # an append or checkpoint refused: a newer holder runs it now
             return Attempt(AttemptEnd.LEASE_LOST)
         except TRANSIENT as exc:
@@ -226,9 +230,10 @@ class RunExecutor:
             return Attempt(AttemptEnd.HANDED_BACK)
 
     async def _attempt_leased(
-        self, run_id: str, lease: Lease, slot: Slot, control: RunControl
+        self, run_id: str, lease: Lease, slot: Slot, control: RunControl, new_thread: bool
     ) -> Attempt:
-        """Run the run under `lease` until it ends, pauses, or is handed back."""
+        """Run the run under `lease` until it ends, pauses, or is handed back. `new_thread`: its
+        thread has no messages (`_startable`)."""
         last = await self.events.last_seq(run_id)
         run = await self.lifecycle.start(
             run_id, lease_token=lease.token, seqs=SeqBlock(last, SEQ_BLOCK)
@@ -272,7 +277,7 @@ class RunExecutor:
                 },
             )
         checkpoint = await self._resume_point(run, writer, last, lost)
-        outcome = await self._outcome(run, writer, checkpoint, control)
+        outcome = await self._outcome(run, writer, checkpoint, control, new_thread)
         if isinstance(outcome, AttemptEnd):  # stopped: handed back, or the lease was lost
             return Attempt(outcome)
         await writer.flush()  # every event of the attempt is in the log before it ends
@@ -363,7 +368,12 @@ class RunExecutor:
         return checkpoint
 
     async def _outcome(
-        self, run: Run, writer: RunWriter, checkpoint: Checkpoint | None, control: RunControl
+        self,
+        run: Run,
+        writer: RunWriter,
+        checkpoint: Checkpoint | None,
+        control: RunControl,
+        new_thread: bool,
     ) -> Outcome | AttemptEnd:
         if run.cancel_requested_at is not None or await self.controls.cancel_requested(run.id):
             return Outcome.cancelled()
@@ -382,7 +392,7 @@ class RunExecutor:
                 )
         except LookupError as exc:  # AgentNotFound, RevisionNotFound
             return Outcome.failed("agent_not_found", str(exc))
-        return await self._run_agent(run, agent, writer, checkpoint, control)
+        return await self._run_agent(run, agent, writer, checkpoint, control, new_thread)
 
     def _request(self, run: Run, agent: AgentSpec, history: list[ChatMessage]) -> RunRequest:
         """What the run asks of its agent; its deadline is counted from its first start, less
@@ -424,11 +434,13 @@ class RunExecutor:
         writer: RunWriter,
         checkpoint: Checkpoint | None,
         control: RunControl,
+        new_thread: bool,
     ) -> Outcome | AttemptEnd:
         """The agent through the driver, with this worker's log, checkpoints and token metering;
         a cancel (an outcome), a hand-back or a lost lease (how the attempt ends) stops it."""
         history: list[ChatMessage] = []
-        if checkpoint is None:  # a first attempt starts with its thread's history
+        # A first attempt starts with its thread's history (a new thread has none: no read).
+        if checkpoint is None and not new_thread:
             threads = Threads(self.store.engine)
             stored = await threads.history_async(run, agent.history)
             history = cast(list[ChatMessage], stored)  # as the loop wrote them

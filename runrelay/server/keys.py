@@ -89,6 +89,13 @@ class RedisKeys:
         it before starting a run of the thread; the run's end hands it to the oldest waiter."""
         return f"{self.prefix}tenant:{tenant_id}:thread:{thread_id}:owner"
 
+    def thread_new(self, tenant_id: str, thread_id: str) -> str:
+        """A thread made for the run that created it, which no run has held yet: a string, with
+        a TTL. The first run to take the thread deletes it and so knows the thread has no
+        messages (it reads no history); without it (expired, lost with Redis's data), a run
+        reads its thread's history as always."""
+        return f"{self.prefix}tenant:{tenant_id}:thread:{thread_id}:new"
+
     def thread_waiting(self, tenant_id: str, thread_id: str) -> str:
         """Runs of a thread parked until it is free: sorted set, member = run id, score = the
         run's creation time (epoch ms), so the oldest is handed the thread first."""

@@ -144,7 +144,11 @@ class Lifecycle:
             run, reject_if_busy=reject_if_busy, new_thread=new_thread
         )
         event = make_event(run.id, 1, "run_queued", queued)
-        await self.events.append(run.id, 1, "run_queued", encode(event))
+        appended = self.events.append(run.id, 1, "run_queued", encode(event))
+        if new_thread and run.thread_id is not None:  # its worker will read no history
+            await asyncio.gather(appended, self.threads.mark_new(run, self.settings.events_ttl_s))
+        else:
+            await appended
         return active
 
     async def start(

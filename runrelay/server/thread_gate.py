@@ -12,6 +12,10 @@ is not finished itself (a parked run cancelled meanwhile is skipped) and puts th
 its tenant's pending queue, so it starts at the next free slot. Parking and handing over are
 each one Lua script on the two keys, so a wake-up cannot fall between them.
 
+A thread the shim makes for a new run is marked new (`mark_new`); the first run to take it
+learns so (`Entry.new_thread`), in the same script, and reads no history: no run has held the
+thread, so none has added messages to it. Whichever run takes it first, the mark goes with it.
+
 Crash safety: an owner key naming a run that is finished in the database (its releaser died) is
 taken over by the next run that asks, and the sweeper hands such a thread on for its parked
 runs (`unstick`). The owner key has no TTL: a paused run may hold its thread for days.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from runrelay.server import lua
@@ -30,6 +35,16 @@ from runrelay.server.tables import Run, as_utc
 
 # Takeovers of finished owners in one `enter`, before it settles for parking (and the sweeper).
 _MAX_TAKEOVERS = 3
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What `ThreadGate.enter` found."""
+
+    holder: str | None  # the unfinished run holding the thread; None: the run holds it now
+    # The run is the first to hold a thread made for it (`mark_new`): the thread has no
+    # messages, so there is no history to read.
+    new_thread: bool = False
 
 
 class ThreadGate:
@@ -47,23 +62,33 @@ class ThreadGate:
             self.keys.thread_waiting(tenant_id, thread_id),
         ]
 
-    async def enter(self, run: Run) -> str | None:
-        """Take `run`'s thread for it: None when it may start, else the id of the unfinished
-        run holding the thread (`run` is parked and its slot given back)."""
+    async def mark_new(self, run: Run, ttl_s: int) -> None:
+        """`run`'s thread was made for it: the first run to take it will know it has no
+        messages yet (`Entry.new_thread`), for `ttl_s` (then it reads the history anyway)."""
+        assert run.thread_id is not None
+        await self.redis.set(self.keys.thread_new(run.tenant_id, run.thread_id), 1, ex=ttl_s)
+
+    async def enter(self, run: Run) -> Entry:
+        """Take `run`'s thread for it: `holder` None when it may start, else the id of the
+        unfinished run holding the thread (`run` is parked and its slot given back)."""
         if run.thread_id is None:
-            return None
-        keys = self._keys(run.tenant_id, run.thread_id)
+            return Entry(None)
+        keys = [
+            *self._keys(run.tenant_id, run.thread_id),
+            self.keys.thread_new(run.tenant_id, run.thread_id),
+        ]
         created_ms = int(as_utc(run.created_at).timestamp() * 1000)
         stale = ""
         for _ in range(_MAX_TAKEOVERS):
-            holder = as_text(await self._enter(keys=keys, args=[run.id, created_ms, stale]))
+            holder, new = await self._enter(keys=keys, args=[run.id, created_ms, stale])
+            holder = as_text(holder)
             if not holder:
-                return None
+                return Entry(None, new_thread=bool(int(new)))
             if await self._live(holder):
                 break
             stale = holder  # its releaser died after finishing it: take the thread over
         await self.quotas.free_slot(run.tenant_id, run.id)
-        return holder
+        return Entry(holder)
 
     async def release(self, run: Run) -> None:
         """`run` finished: it leaves the thread, which goes to the next waiter that is not

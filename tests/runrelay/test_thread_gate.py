@@ -18,7 +18,7 @@ from runrelay.server.quota import QuotaStore, dispatching_member
 from runrelay.server.run_table import Ending, RunTable
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run
-from runrelay.server.thread_gate import ThreadGate
+from runrelay.server.thread_gate import Entry, ThreadGate
 from runrelay.types import RunStatus
 
 T = TypeVar("T")
@@ -90,9 +90,9 @@ def test_one_run_holds_the_thread_the_next_parks_and_is_handed_it(
         # Dispatch gave the second run a slot; parking gives it back.
         await gate.redis.zadd(keys.tenant_slots(tenant), {second.id: 2**40})
         await gate.redis.zadd(keys.dispatching(), {dispatching_member(tenant, second.id): 1})
-        assert await gate.enter(first) is None
-        assert await gate.enter(first) is None, "a resumed run finds the thread its own"
-        assert await gate.enter(second) == first.id
+        assert (await gate.enter(first)).holder is None
+        assert (await gate.enter(first)).holder is None, "a resumed run finds the thread its own"
+        assert (await gate.enter(second)).holder == first.id
         assert await gate.redis.zscore(keys.tenant_slots(tenant), second.id) is None
         assert await gate.redis.zcard(keys.dispatching()) == 0
         assert await gate.parked([first, second]) == {second.id}
@@ -102,7 +102,7 @@ def test_one_run_holds_the_thread_the_next_parks_and_is_handed_it(
         assert await owner(gate, first) == second.id
         assert await pending(gate, tenant) == [second.id], "first in its tenant's queue"
         assert await gate.parked([second]) == set()
-        assert await gate.enter(second) is None
+        assert (await gate.enter(second)).holder is None
 
         finish(store, second)
         await gate.release(second)
@@ -118,9 +118,9 @@ def test_waiters_are_handed_the_thread_in_creation_order_skipping_finished_ones(
     holder, oldest, middle, newest = (make_run() for _ in range(4))
 
     async def scenario(gate: ThreadGate) -> None:
-        assert await gate.enter(holder) is None
+        assert (await gate.enter(holder)).holder is None
         for run in (newest, oldest, middle):  # the order workers happen to take them
-            assert await gate.enter(run) == holder.id
+            assert (await gate.enter(run)).holder == holder.id
         finish(store, oldest, "cancelled")  # cancelled while parked; its release got lost
         finish(store, holder)
         await gate.release(holder)
@@ -154,7 +154,7 @@ def test_a_holder_finished_without_release_is_taken_over(
     async def scenario(gate: ThreadGate) -> None:
         await gate.enter(dead)
         finish(store, dead)  # and its process died before releasing
-        assert await gate.enter(next_run) is None
+        assert (await gate.enter(next_run)).holder is None
         assert await owner(gate, next_run) == next_run.id
 
     run_gate(scenario)
@@ -167,7 +167,7 @@ def test_unstick_hands_on_a_thread_whose_holder_finished(
 
     async def scenario(gate: ThreadGate) -> None:
         await gate.enter(dead)
-        assert await gate.enter(parked) == dead.id
+        assert (await gate.enter(parked)).holder == dead.id
         assert not await gate.unstick(parked.tenant_id, THREAD), "its holder is alive"
         finish(store, dead)
         assert await gate.unstick(parked.tenant_id, THREAD)
@@ -183,9 +183,30 @@ def test_runs_without_a_thread_pass_through(
     loose = make_run(thread_id=None)
 
     async def scenario(gate: ThreadGate) -> None:
-        assert await gate.enter(loose) is None
+        assert (await gate.enter(loose)).holder is None
         await gate.release(loose)
         assert await gate.parked([loose]) == set()
         assert await gate.redis.keys(f"{gate.keys.prefix}*") == []
+
+    run_gate(scenario)
+
+
+def test_only_the_first_run_to_take_a_new_thread_reads_no_history(
+    run_gate: Callable[[Scenario[None]], None], make_run: Callable[..., Run], store: Store
+) -> None:
+    """A thread made for a run is new to whichever run takes it first, even another run of the
+    thread that got there before its creator: after that run, the creator reads the history
+    (the messages the first one added). A thread never marked new is read as always."""
+    creator, first, other = make_run(), make_run(), make_run(thread_id="chat-2")
+
+    async def scenario(gate: ThreadGate) -> None:
+        await gate.mark_new(creator, ttl_s=60)
+        assert (await gate.enter(first)).new_thread, "no run held the thread before it"
+        assert not (await gate.enter(first)).new_thread, "a resumed run has its checkpoint"
+        assert await gate.enter(creator) == Entry(holder=first.id)
+        finish(store, first)
+        await gate.release(first)
+        assert await gate.enter(creator) == Entry(holder=None, new_thread=False)
+        assert await gate.enter(other) == Entry(holder=None, new_thread=False)
 
     run_gate(scenario)
