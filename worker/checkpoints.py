@@ -58,12 +58,9 @@ class Checkpoints:
         token: str,
         checkpoint: Checkpoint,
         event: tuple[int, str, str] | None = None,
-        *,
-        durable: bool = False,
-    ) -> None:
-        """Save `checkpoint`; `event` (seq, type, JSON) is appended in the same step. A
-        `durable` one is then kept in the database too (after Redis, which checks the lease
-        first; if the database stays away, the run is handed back and resumes from Redis)."""
+    ) -> str:
+        """Save `checkpoint` in Redis (under the lease); `event` (seq, type, JSON) is appended
+        in the same step. Returns the checkpoint as saved, for `keep_saved`."""
         body = _encode(checkpoint)
         seq, type_, data = event if event is not None else ("", "", "")
         keys = [self.keys.events(run_id), self.keys.lease(run_id), self.keys.checkpoint(run_id)]
@@ -73,8 +70,13 @@ class Checkpoints:
             if "LEASE_LOST" in str(exc):
                 raise LeaseLost(run_id) from exc
             raise
-        if durable:
-            await self._to_database(run_id, token, checkpoint.next_seq, body)
+        return body
+
+    async def keep_saved(self, run_id: str, token: str, next_seq: int, body: str) -> None:
+        """Keep a checkpoint `save` returned in the database too: it outlives Redis. After
+        Redis, which checks the lease first; if the database stays away, the run is handed back
+        and resumes from Redis. Checkpoints kept out of order keep the newest (by `next_seq`)."""
+        await self._to_database(run_id, token, next_seq, body)
 
     async def to_database(self, run_id: str, token: str, checkpoint: Checkpoint) -> None:
         """Keep `checkpoint` in the database (a resumed run whose database copy may lag)."""

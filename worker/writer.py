@@ -98,12 +98,15 @@ class RunWriter:
                 await self._cover(seq)
                 appended = (seq, event[0], encode(make_event(self.run_id, seq, *event)))
                 seq += 1
-            # A tool's result is the one thing a resumed run must not redo: it outlives Redis.
-            durable = event is not None and event[0] == "tool_call_result"
-            await self.checkpoints.save(
-                self.run_id, self.lease.token, Checkpoint(seq, state), appended, durable=durable
+            body = await self.checkpoints.save(
+                self.run_id, self.lease.token, Checkpoint(seq, state), appended
             )
             self.next_seq = seq
+        # A tool's result is the one thing a resumed run must not redo: it outlives Redis too.
+        # The database write is outside the lock, so the run's other tool calls (in parallel)
+        # checkpoint their results in Redis meanwhile: a worker killed then redoes fewer calls.
+        if event is not None and event[0] == "tool_call_result":
+            await self.checkpoints.keep_saved(self.run_id, self.lease.token, seq, body)
 
     async def resync(self) -> None:
         """After the loop was interrupted mid-append (cancel, deadline): Redis may or may not

@@ -97,9 +97,10 @@ def _save_checkpoint(dialect: str) -> Any:
         bindparam("data", type_=Text),
     ).where(col(Run.id) == bindparam("run_id"), col(Run.lease_token) == bindparam("lease_token"))
     stmt = insert(RunCheckpoint).from_select(["run_id", "next_seq", "data"], fenced)
-    return stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(  # forward only: writes may land out of order
         index_elements=["run_id"],
         set_={"next_seq": stmt.excluded.next_seq, "data": stmt.excluded.data},
+        where=col(RunCheckpoint.next_seq) < stmt.excluded.next_seq,
     )
 
 

@@ -308,3 +308,20 @@ def test_a_new_row_is_what_the_models_constructor_makes_and_inserts_as_such(
     read = store.get_run(fast.id)
     assert read is not None
     assert read.model_dump(exclude={"created_at"}) == fast.model_dump(exclude={"created_at"})
+
+
+def test_a_kept_checkpoint_only_moves_forward_and_only_for_the_lease_holder(
+    store: Store, make_run: MakeRun
+) -> None:
+    """A run's tool calls keep their checkpoints in the database in parallel: one that lands
+    after a newer one does not replace it; a worker that lost the run writes nothing."""
+    run = make_run()
+    RunTable(store.engine).start(run.id, "holder")
+
+    store.save_checkpoint(run.id, "holder", 7, '{"next_seq":7}')
+    store.save_checkpoint(run.id, "holder", 6, '{"next_seq":6}')  # landed late
+    assert store.checkpoint(run.id) == '{"next_seq":7}'
+    store.save_checkpoint(run.id, "former-holder", 9, '{"next_seq":9}')
+    assert store.checkpoint(run.id) == '{"next_seq":7}'
+    store.save_checkpoint(run.id, "holder", 8, '{"next_seq":8}')
+    assert store.checkpoint(run.id) == '{"next_seq":8}'
