@@ -146,7 +146,10 @@ class Lifecycle:
         event = make_event(run.id, 1, "run_queued", queued)
         appended = self.events.append(run.id, 1, "run_queued", encode(event))
         if new_thread and run.thread_id is not None:  # its worker will read no history
-            await asyncio.gather(appended, self.threads.mark_new(run, self.settings.events_ttl_s))
+            marked = self.threads.mark_new(run, self.settings.events_ttl_s)
+            for outcome in await asyncio.gather(appended, marked, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
         else:
             await appended
         return active
