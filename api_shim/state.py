@@ -48,7 +48,7 @@ class TaskSender:
     delivery info, one LPUSH to the queue's list under the broker's key prefix; priority 0, the
     list without a priority suffix). A test holds the two byte for byte but for their ids."""
 
-    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+    def __init__(self, settings: Settings, redis: Redis) -> None:
         self._celery = Celery("runrelay-shim", set_as_current=False)
         self._celery.conf.update(settings.celery_config())
         self._queue = settings.task_queue
@@ -60,11 +60,7 @@ class TaskSender:
         self._celery.send_task(EXECUTE_RUN_TASK, args=[run_id], queue=self._queue)
 
     async def send_async(self, run_id: str) -> None:
-        """`send`, awaited: on the loop with the Redis client given at construction, else
-        through Celery in a thread."""
-        if self._redis is None:
-            await asyncio.to_thread(self.send, run_id)
-            return
+        """`send`, awaited on the loop, on the Redis client given at construction."""
         await self._redis.lpush(*self.message(EXECUTE_RUN_TASK, [run_id], self._queue))
 
     def message(self, name: str, args: list[Any], queue: str) -> tuple[str, str]:

@@ -76,18 +76,15 @@ class Checkpoints:
         """Keep a checkpoint `save` returned in the database too: it outlives Redis. After
         Redis, which checks the lease first; if the database stays away, the run is handed back
         and resumes from Redis. Checkpoints kept out of order keep the newest (by `next_seq`)."""
-        await self._to_database(run_id, token, next_seq, body)
-
-    async def to_database(self, run_id: str, token: str, checkpoint: Checkpoint) -> None:
-        """Keep `checkpoint` in the database (a resumed run whose database copy may lag)."""
-        await self._to_database(run_id, token, checkpoint.next_seq, _encode(checkpoint))
-
-    async def _to_database(self, run_id: str, token: str, next_seq: int, body: str) -> None:
         await retrying(
             lambda: self.store.save_checkpoint_async(run_id, token, next_seq, body),
             what=f"run {run_id}: keep checkpoint",
             for_s=_DATABASE_RETRY_S,
         )
+
+    async def to_database(self, run_id: str, token: str, checkpoint: Checkpoint) -> None:
+        """Keep `checkpoint` in the database (a resumed run whose database copy may lag)."""
+        await self.keep_saved(run_id, token, checkpoint.next_seq, _encode(checkpoint))
 
     async def load(self, run_id: str) -> Checkpoint | None:
         """The run's checkpoint in Redis."""
