@@ -28,7 +28,7 @@ from runrelay.server.loop_database import on_loop
 from runrelay.server.revisions import RevisionNotFound
 from runrelay.server.run_table import Ending
 from runrelay.server.store import new_id
-from runrelay.server.tables import Run, as_utc
+from runrelay.server.tables import Run, RunRef, as_utc
 from runrelay.server.tenants import TenantLimits
 from runrelay.types import (
     AgentRef,
@@ -208,7 +208,7 @@ async def _admit(
         raise
     try:
         if admission.dispatch_now:  # quotas: else the dispatcher sends it when a slot frees
-            await state.sender.send_async(run.id)
+            await state.sender.send_async(run.id, RunRef.of(run))
     except Exception as exc:
         log.exception("run %s could not be enqueued", run.id)
         await _enqueue_failed(state, run, f"the run could not be queued: {exc}")

@@ -34,7 +34,7 @@ from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
 from runrelay.server.store import KEY_CACHE_S, Principal, Store, hash_key
 from runrelay.server.stream_tokens import StreamTokens
-from runrelay.server.tables import Run
+from runrelay.server.tables import Run, RunRef
 from runrelay.server.thread_gate import ThreadGate
 
 
@@ -56,19 +56,26 @@ class TaskSender:
         self._redis = redis
         self._key_prefix = settings.redis_prefix
 
-    def send(self, run_id: str) -> None:
-        self._celery.send_task(EXECUTE_RUN_TASK, args=[run_id], queue=self._queue)
+    def send(self, run_id: str, about: RunRef | None = None) -> None:
+        """Enqueue the run. `about`: a new run's identity, so that the worker need not read
+        the run before it starts it (`RunRef`)."""
+        kwargs = _about(about)
+        self._celery.send_task(EXECUTE_RUN_TASK, args=[run_id], kwargs=kwargs, queue=self._queue)
 
-    async def send_async(self, run_id: str) -> None:
+    async def send_async(self, run_id: str, about: RunRef | None = None) -> None:
         """`send`, awaited on the loop, on the Redis client given at construction."""
-        await self._redis.lpush(*self.message(EXECUTE_RUN_TASK, [run_id], self._queue))
+        message = self.message(EXECUTE_RUN_TASK, [run_id], _about(about), self._queue)
+        await self._redis.lpush(*message)
 
-    def message(self, name: str, args: list[Any], queue: str) -> tuple[str, str]:
-        """The Redis list and the payload that `send_task(name, args, queue=queue)` pushes."""
+    def message(
+        self, name: str, args: list[Any], kwargs: dict[str, Any], queue: str
+    ) -> tuple[str, str]:
+        """The Redis list and the payload that `send_task(name, args, kwargs, queue=queue)`
+        pushes."""
         celery = self._celery
         task_id = str(uuid4())
         headers, properties, body, _ = celery.amqp.create_task_message(
-            task_id, name, args, {}, reply_to=celery.thread_oid, ignore_result=None
+            task_id, name, args, kwargs, reply_to=celery.thread_oid, ignore_result=None
         )
         serialize: Any = serialization.dumps  # kombu ships no type hints
         content_type, content_encoding, data = serialize(body, celery.conf.task_serializer)
@@ -94,6 +101,10 @@ class TaskSender:
 
     def close(self) -> None:
         self._celery.close()
+
+
+def _about(about: RunRef | None) -> dict[str, Any]:
+    return {} if about is None else {"about": about.to_message()}
 
 
 T = TypeVar("T")

@@ -23,6 +23,7 @@ from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK
 from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
+from runrelay.server.tables import RunRef
 from worker import beat, logs
 from worker.runtime import AsyncRuntime
 
@@ -108,9 +109,10 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> Wor
     beat.register(app)  # schedules and webhooks: the control queue and its tasks
 
     @app.task(name=EXECUTE_RUN_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
-    def execute_run(run_id: str) -> None:
-        """Thin: hand the run to the process's event loop and wait for it to end."""
-        app.runtime.call(app.runtime.executor.execute(run_id))
+    def execute_run(run_id: str, about: Any = None) -> None:
+        """Thin: hand the run to the process's event loop and wait for it to end. `about`: the
+        run's identity when the API that created it sent it (`RunRef`)."""
+        app.runtime.call(app.runtime.executor.execute(run_id, RunRef.of_message(run_id, about)))
 
     def _on_init(**_: Any) -> None:
         # Build the runtime before the first task arrives: tasks of a process that dies while it

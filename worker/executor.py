@@ -33,7 +33,7 @@ from runrelay.server.revisions import AgentCatalog
 from runrelay.server.run_table import Ending, SeqBlock
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
-from runrelay.server.tables import Run, as_utc, utcnow
+from runrelay.server.tables import Run, RunIdentity, RunRef, as_utc, utcnow
 from runrelay.server.threads import Threads
 from runrelay.types import ModelParams, RunStatus
 from worker import logs
@@ -104,7 +104,10 @@ class RunExecutor:
         self.threads = lifecycle.threads
         self.catalog = AgentCatalog(store.engine, registry)
 
-    async def execute(self, run_id: str) -> None:
+    async def execute(self, run_id: str, known: RunRef | None = None) -> None:
+        """Run the run whose task arrived. `known`: its identity, when the task carried it (a
+        run the API just created): then the run is not read before its start, whose conditional
+        UPDATE refuses it if it finished or paused meanwhile (`AttemptEnd.NOT_STARTED`)."""
         logs.about_run(run_id)  # every log line of this run names it
         if self.controls.draining:
             log.info("run %s: this worker is shutting down; handed back", run_id)
@@ -116,7 +119,7 @@ class RunExecutor:
         if lease is None:
             log.info("run %s: another worker holds the lease, nothing to do", run_id)
             return
-        startable = await self._startable(run_id, lease)
+        startable = await self._startable(run_id, lease, known)
         if startable is None:
             return
         run, new_thread = startable
@@ -140,24 +143,42 @@ class RunExecutor:
                 await self.leases.release(lease)
         await self._after(attempt, run, lease, slot)
 
-    async def _after(self, attempt: Attempt, run: Run, lease: Lease, slot: Slot) -> None:
+    async def _after(self, attempt: Attempt, run: RunIdentity, lease: Lease, slot: Slot) -> None:
         """Act on how the attempt ended; the lease is given back on every way."""
         if attempt.end is AttemptEnd.PAUSE:
             await self._pause(run, lease, slot, attempt)
             return
         if attempt.end is AttemptEnd.NOT_STARTED:
-            await self.slots.release(slot)  # quotas: free the slot dispatch gave it
-        await self.leases.release(lease)
-        if attempt.end is AttemptEnd.NOT_STARTED:
-            await self.threads.release_if_finished(run.id)
-        elif attempt.end is AttemptEnd.HANDED_BACK:
+            await self._not_started(run, lease, slot)
+        else:
+            await self.leases.release(lease)
+        if attempt.end is AttemptEnd.HANDED_BACK:
             log.info("run %s: handed back, to be resumed by another worker", run.id)
             await self._count_handback(run, lease)
             await self.requeuer.requeue(run.id, force=True)
         elif attempt.end is AttemptEnd.LEASE_LOST:
             log.warning("run %s: lease lost, leaving the run to its new holder", run.id)
 
-    async def _count_handback(self, run: Run, lease: Lease) -> None:
+    async def _not_started(self, run: RunIdentity, lease: Lease, slot: Slot) -> None:
+        """The start refused the run: it finished (cancelled while queued, say) or paused for
+        approval since its task was sent. Give back what was taken for it, by its status now."""
+        current = await self.store.get_run_async(run.id)
+        if current is not None and current.status is RunStatus.REQUIRES_ACTION:
+            log.info("run %s waits for approval; a decision will enqueue it", run.id)
+            await self.slots.pause(slot)  # quotas: the slot only; the reservation stays its own
+            await self.leases.release(lease)
+            return  # it keeps its thread
+        log.info("run %s: %s, not started", run.id, current.status if current else "no such run")
+        if current is not None and current.status.is_terminal:
+            await self.slots.stop_renewing(slot)
+            await self.slots.forget(current)  # quotas: settled at what it used, as it ended
+            await self.leases.release(lease)
+            await self.threads.release(current)  # threads: taken for it, or its releaser died
+        else:
+            await self.slots.release(slot)
+            await self.leases.release(lease)
+
+    async def _count_handback(self, run: RunIdentity, lease: Lease) -> None:
         """A hand-back is not a crash: the next start must not count toward the attempts cap
         (a run handed back at each of several store outages would end `too_many_attempts`).
         Waits a little for a database that is down; if it stays down, the start counts."""
@@ -170,7 +191,7 @@ class RunExecutor:
         except TRANSIENT as exc:
             log.warning("run %s: hand-back not recorded (%s); it counts as an attempt", run.id, exc)
 
-    async def _pause(self, run: Run, lease: Lease, slot: Slot, attempt: Attempt) -> None:
+    async def _pause(self, run: RunIdentity, lease: Lease, slot: Slot, attempt: Attempt) -> None:
         """Park the run until its calls are decided. Everything this worker holds goes first
         (its slot, then its lease; the token reservation stays the run's), and only then does
         the run show `requires_action`: a decision can never meet a run a worker still holds.
@@ -194,24 +215,35 @@ class RunExecutor:
         if current is not None and current.lease_token == lease.token:
             await self.requeuer.requeue(run.id, force=True)
 
-    async def _startable(self, run_id: str, lease: Lease) -> tuple[Run, bool] | None:
+    async def _startable(
+        self, run_id: str, lease: Lease, known: RunRef | None
+    ) -> tuple[RunIdentity, bool] | None:
         """The run if it is to start now, and whether it is the first to hold a thread made
         for it (no history to read); else None, with the lease given back: it is finished,
-        paused for approval, or waiting for its thread."""
-        run = await self.store.get_run_async(run_id)
-        if run is not None:
-            logs.about_run(run_id, run.tenant_id)
-        if run is not None and run.status is RunStatus.REQUIRES_ACTION:
-            log.info("run %s waits for approval; a decision will enqueue it", run_id)
-        elif run is None or run.status.is_terminal:
-            log.info("run %s: %s, nothing to do", run_id, run.status if run else "no such run")
-            if run is not None:
-                await self.slots.forget(run)  # quotas: free a slot dispatch gave it
-                await self.threads.release(run)  # threads: in case its releaser died
-        elif (entry := await self.threads.enter(run)).holder is not None:  # one per thread
-            log.info("run %s: waits for run %s, which holds its thread", run_id, entry.holder)
+        paused for approval, or waiting for its thread. A run `known` from its task is not
+        read: the start tells whether it may go on."""
+        run: RunIdentity | None = known
+        if known is None:
+            read = await self.store.get_run_async(run_id)
+            if read is not None:
+                logs.about_run(run_id, read.tenant_id)
+            if read is not None and read.status is RunStatus.REQUIRES_ACTION:
+                log.info("run %s waits for approval; a decision will enqueue it", run_id)
+            elif read is None or read.status.is_terminal:
+                status = read.status if read else "no such run"
+                log.info("run %s: %s, nothing to do", run_id, status)
+                if read is not None:
+                    await self.slots.forget(read)  # quotas: free a slot dispatch gave it
+                    await self.threads.release(read)  # threads: in case its releaser died
+            else:
+                run = read
         else:
-            return run, entry.new_thread
+            logs.about_run(run_id, known.tenant_id)
+        if run is not None:
+            entry = await self.threads.enter(run)  # one run per thread at a time
+            if entry.holder is None:
+                return run, entry.new_thread
+            log.info("run %s: waits for run %s, which holds its thread", run_id, entry.holder)
         await self.leases.release(lease)
         return None
 

@@ -29,7 +29,7 @@ from runrelay.agent.providers.base import (
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore
 from runrelay.server.settings import Settings
-from runrelay.server.tables import Run
+from runrelay.server.tables import Run, RunIdentity
 from worker.renewals import Renewals
 
 
@@ -82,7 +82,7 @@ class Slots:
         self.ttl_ms = int(settings.quota_slot_ttl_s * 1000)
         self._held: dict[str, Slot] = {}
 
-    async def hold(self, run: Run) -> Slot:
+    async def hold(self, run: RunIdentity) -> Slot:
         """Take the run's slot (it may already be ours: admission or dispatch reserved it)."""
         period = await self.quotas.hold(run.tenant_id, run.id, self.ttl_ms)
         slot = Slot(run.tenant_id, run.id, period)

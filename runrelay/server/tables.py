@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import JSON, BigInteger, Column, Dialect, Index, String, Table, Text, inspect
 from sqlalchemy.orm import configure_mappers
@@ -115,6 +116,56 @@ class Run(SQLModel, table=True):
     # before the log reaches it. If Redis loses the log, the next attempt continues above it,
     # so a client holding any seq never sees another attempt's events under seqs it knows.
     seq_reserved: int = 0
+
+
+class RunIdentity(Protocol):
+    """What a worker needs of a run before it starts it (its thread, its slot): a `Run`, or
+    the `RunRef` its task message carries."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def thread_id(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A new run's identity, sent with its task by the API that created it, so that the worker
+    takes its thread and its slot without reading the run first. Its status is not in it: the
+    worker's start (a conditional UPDATE) refuses a run that finished or paused meanwhile."""
+
+    id: str
+    tenant_id: str
+    thread_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, run: RunIdentity) -> RunRef:
+        return cls(run.id, run.tenant_id, run.thread_id, as_utc(run.created_at))
+
+    def to_message(self) -> dict[str, Any]:
+        """The task's `about` keyword (JSON)."""
+        created_at = self.created_at.isoformat()  # exact, unlike a float of seconds
+        return {"tenant_id": self.tenant_id, "thread_id": self.thread_id, "created_at": created_at}
+
+    @classmethod
+    def of_message(cls, run_id: str, about: Any) -> RunRef | None:
+        """The ref a task's `about` holds; None when there is none or it is not one (a task sent
+        without it, by the dispatcher, the sweeper or an older API): the worker reads the run."""
+        if not isinstance(about, dict):
+            return None
+        tenant_id, thread_id = about.get("tenant_id"), about.get("thread_id")
+        if not isinstance(tenant_id, str) or not (thread_id is None or isinstance(thread_id, str)):
+            return None
+        try:
+            created_at = as_utc(datetime.fromisoformat(about["created_at"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        return cls(run_id, tenant_id, thread_id, created_at)
 
 
 # Reading and writing runs with Core statements on the hot path (no ORM unit of work): the

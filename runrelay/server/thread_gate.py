@@ -31,7 +31,7 @@ from typing import Any
 from runrelay.server import lua
 from runrelay.server.quota import QuotaStore, as_text
 from runrelay.server.store import Store
-from runrelay.server.tables import Run, as_utc
+from runrelay.server.tables import Run, RunIdentity, as_utc
 
 # Takeovers of finished owners in one `enter`, before it settles for parking (and the sweeper).
 _MAX_TAKEOVERS = 3
@@ -68,7 +68,7 @@ class ThreadGate:
         assert run.thread_id is not None
         await self.redis.set(self.keys.thread_new(run.tenant_id, run.thread_id), 1, ex=ttl_s)
 
-    async def enter(self, run: Run) -> Entry:
+    async def enter(self, run: RunIdentity) -> Entry:
         """Take `run`'s thread for it: `holder` None when it may start, else the id of the
         unfinished run holding the thread (`run` is parked and its slot given back)."""
         if run.thread_id is None:
@@ -96,12 +96,6 @@ class ThreadGate:
         never held its thread; a no-op for a run without a thread."""
         if run.thread_id is not None:
             await self._hand_over(run.tenant_id, run.thread_id, run.id)
-
-    async def release_if_finished(self, run_id: str) -> None:
-        """`release` the run if the database says it finished (a paused run keeps its thread)."""
-        run = await asyncio.to_thread(self.store.get_run, run_id)
-        if run is not None and run.status.is_terminal:
-            await self.release(run)
 
     async def unstick(self, tenant_id: str, thread_id: str) -> bool:
         """For the sweeper, about a thread with parked runs: when nobody holds it, or its holder

@@ -8,13 +8,14 @@ import base64
 import json
 import secrets
 import time
+from datetime import UTC, datetime
 
 import redis
 import redis.asyncio as aredis
 
 from api_shim.state import RecentRuns, TaskSender
 from runrelay.server.settings import Settings
-from runrelay.server.tables import Run
+from runrelay.server.tables import Run, RunRef
 
 
 def run(run_id: str, tenant_id: str = "ten_a") -> Run:
@@ -53,13 +54,14 @@ def test_a_task_sent_from_the_loop_is_the_message_celery_sends(settings: Setting
     prefix = f"{settings.redis_prefix}sender-{secrets.token_hex(4)}:"
     ours = settings.model_copy(update={"redis_prefix": prefix})  # no worker consumes it
     client = redis.Redis.from_url(ours.redis_url)
+    about = RunRef("run_one", "ten_a", "thr_a", datetime(2026, 12, 3, 9, 0, 0, 123456, UTC))
 
     async def send_both() -> None:
         async_redis = aredis.Redis.from_url(ours.redis_url)
         sender = TaskSender(ours, async_redis)
         try:
-            sender.send("run_one")  # Celery and kombu, blocking
-            await sender.send_async("run_one")
+            sender.send("run_one", about)  # Celery and kombu, blocking
+            await sender.send_async("run_one", about)
         finally:
             sender.close()
             await async_redis.aclose()
@@ -81,4 +83,6 @@ def test_a_task_sent_from_the_loop_is_the_message_celery_sends(settings: Setting
         return text
 
     assert without_ids(from_loop) == without_ids(from_celery)
-    assert json.loads(base64.b64decode(json.loads(from_loop)["body"]))[0] == ["run_one"]
+    args, kwargs, _ = json.loads(base64.b64decode(json.loads(from_loop)["body"]))
+    assert args == ["run_one"]
+    assert RunRef.of_message("run_one", kwargs["about"]) == about  # what the worker reads back
