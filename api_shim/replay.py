@@ -209,6 +209,8 @@ class EventStream(Response):
         self._after = after
         self._key_id = key_id
         self._start = start
+        self._retry: int | None = None  # the `retry:` field, on the first frame only
+        self._wrote = 0.0  # when a chunk was last written (a ping goes after `sse_ping_s`)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -216,39 +218,45 @@ class EventStream(Response):
             gone = asyncio.ensure_future(_until_disconnect(receive))
             writer = asyncio.ensure_future(self._stream(scope.get(BODY_SEND, send), gone))
             try:
-                await writer
+                if await writer:
+                    return  # `done` ended the body, in the same write
             finally:
                 gone.cancel()
                 writer.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _stream(self, send: Send, gone: asyncio.Future[None]) -> None:
+    async def _write(self, send: Send, events: list[LoggedEvent]) -> bool:
+        """Send the events (up to `done`); whether `done` was among them: then the body ends
+        with them (one write to the socket, not a last empty chunk of its own)."""
+        frames = []
+        done = False
+        for event in events:
+            frames.append(sse_frame(event, self._retry))
+            self._retry = None
+            if event.type == "done":
+                done = True
+                break
+        if frames:
+            body = b"".join(frames)
+            await send({"type": "http.response.body", "body": body, "more_body": not done})
+            self._wrote = time.monotonic()
+        return done
+
+    async def _stream(self, send: Send, gone: asyncio.Future[None]) -> bool:
+        """Write the events until `done` (then True: its chunk ended the body), the client
+        leaves, or the server stops."""
         state = self._state
-        retry: int | None = state.settings.sse_retry_ms
         ping_s = state.settings.sse_ping_s
-        wrote = time.monotonic()
-
-        async def write(events: list[LoggedEvent]) -> bool:
-            """Send the events (up to `done`); whether `done` was among them."""
-            nonlocal retry, wrote
-            frames = []
-            for event in events:
-                frames.append(sse_frame(event, retry))
-                retry = None
-                if event.type == "done":
-                    break
-            if frames:
-                body = b"".join(frames)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                wrote = time.monotonic()
-            return any(event.type == "done" for event in events)
-
+        self._retry = state.settings.sse_retry_ms
+        self._wrote = time.monotonic()
         start = self._start
         if start is None:
             run = await state.store.get_run_async(self._run_id)
             start = await opening(state, self._run_id, self._after, run)
-        if await write(start.events) or start.ended:
-            return
+        if await self._write(send, start.events):
+            return True
+        if start.ended:
+            return False
         last = start.events[-1].seq if start.events else self._after
         async with _Tail(state, self._run_id, last, self._key_id) as tail:
             while not gone.done() and not AppStatus.should_exit:
@@ -257,11 +265,14 @@ class EventStream(Response):
                 if waiter is not None:
                     await waiter
                 events = await tail.after_wait()
-                if events is None or await write(events):
-                    return
-                if not events and ping_s and time.monotonic() - wrote >= ping_s:
+                if events is None:
+                    return False
+                if await self._write(send, events):
+                    return True
+                if not events and ping_s and time.monotonic() - self._wrote >= ping_s:
                     await send({"type": "http.response.body", "body": _PING, "more_body": True})
-                    wrote = time.monotonic()
+                    self._wrote = time.monotonic()
+        return False
 
 
 def sse_response(
