@@ -43,7 +43,7 @@ from runrelay.server.batch_tables import Batch, BatchItem
 from runrelay.server.batches import STALE_UPLOAD, Snapshot, batch_object
 from runrelay.server.quota import Decision
 from runrelay.server.store import new_id
-from runrelay.server.tables import Run, as_utc, utcnow
+from runrelay.server.tables import Run, RunRef, as_utc, utcnow
 from runrelay.server.webhooks import record_delivery
 from runrelay.types import RunStatus
 
@@ -242,6 +242,7 @@ class BatchFeeder:
                 break
             admitted.append((item, run_id, decision))
         runs = [(item.line, _run_of(batch, item, run_id)) for item, run_id, _ in admitted]
+        refs = {run.id: RunRef.of(run) for _, run in runs}  # before `claim` expires them
         try:
             created = set(await asyncio.to_thread(state.batches.claim, batch.id, runs))
         except BaseException:
@@ -260,5 +261,5 @@ class BatchFeeder:
             )
             await state.events.append(run_id, 1, "run_queued", encode(queued))
             if decision.outcome == "dispatch":  # else the dispatcher sends it
-                await state.sender.send_async(run_id)
+                await state.sender.send_async(run_id, refs[run_id])
         return len(created)
