@@ -100,5 +100,16 @@ def idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> 
         return IdleState.GONE
     if conn.pgconn.ssl_in_use:
         return IdleState.UNKNOWN
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    return IdleState.GONE if readable else IdleState.SOUND
+    return IdleState.GONE if _readable(conn.fileno()) else IdleState.SOUND
+
+
+def _readable(fd: int) -> bool:
+    """Whether the socket has something to read (or hung up), without waiting. `poll`, not
+    `select`: `select` cannot take a descriptor at or above FD_SETSIZE (1024), and an API
+    process serving thousands of streams opens its database connections above that."""
+    if not hasattr(select, "poll"):  # Windows
+        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(readable)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))  # POLLIN, or POLLHUP / POLLERR, which poll always reports
