@@ -1,12 +1,16 @@
-"""Fixtures of the tests that drive Redis directly (quota scripts, thread gate, pipelining)."""
+"""Fixtures of the tests that drive Redis directly (quota scripts, thread gate, pipelining),
+and of those that need PostgreSQL itself."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 
 import pytest
 import redis
+
+from runrelay.server.settings import Settings
 
 
 @pytest.fixture
@@ -18,3 +22,14 @@ def prefix(redis_url: str) -> Iterator[str]:
     for key in client.scan_iter(match=f"{prefix}*"):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture
+def postgres(settings: Settings) -> Settings:
+    """The session's settings, for a test that needs PostgreSQL (its server, its loop database):
+    skipped on SQLite, except in CI, which runs PostgreSQL and fails without it."""
+    if not settings.database_url.startswith("postgresql"):
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the suite against PostgreSQL (DATABASE_URL)")
+        pytest.skip("needs PostgreSQL: DATABASE_URL=postgresql://...")
+    return settings

@@ -16,22 +16,12 @@ from runrelay.server.settings import Settings
 from tests.postgres_admin import end_backend
 
 
-@pytest.fixture
-def postgres(settings: Settings) -> Settings:
-    if not settings.database_url.startswith("postgresql"):
-        # SQLite opens its file: no server to close a pooled connection. CI runs PostgreSQL.
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the suite against PostgreSQL (DATABASE_URL)")
-        pytest.skip("PostgreSQL's pool check: needs DATABASE_URL=postgresql://...")
-    return settings
-
-
 @pytest.fixture(params=["few", "above 1024"])
 def descriptors(request: pytest.FixtureRequest) -> Iterator[str]:
     """The process's open files: few, or over 1,100 (its next socket above FD_SETSIZE)."""
     held: list[int] = []
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if request.param == "above 1024":
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard != resource.RLIM_INFINITY and hard < 1200:
             too_low = f"the file-descriptor hard limit ({hard}) is below 1,200 (ulimit -Hn)"
             if os.environ.get("CI"):
@@ -45,6 +35,7 @@ def descriptors(request: pytest.FixtureRequest) -> Iterator[str]:
     finally:
         for fd in held:
             os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # as the session had it
 
 
 def test_a_pooled_connection_the_server_closed_is_replaced_unnoticed(

@@ -5,13 +5,10 @@ without the caller noticing."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-
-import pytest
 
 from runrelay.agent.config import AgentsConfig, Registry
 from runrelay.server.loop_database import LoopDatabase
@@ -25,16 +22,6 @@ from runrelay.types import RunCreate, RunStatus
 from tests.postgres_admin import end_backend
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def postgres(settings: Settings) -> Settings:
-    if not settings.database_url.startswith("postgresql"):
-        # SQLite has no loop database (its statements stay in threads). CI runs PostgreSQL.
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the suite against PostgreSQL (DATABASE_URL)")
-        pytest.skip("the loop's database is PostgreSQL's: needs DATABASE_URL=postgresql://...")
-    return settings
 
 
 def on_loop(store: Store, settings: Settings, work: Callable[[LoopDatabase], Awaitable[T]]) -> T:
