@@ -109,5 +109,8 @@ class RunControls:
             except RedisError as exc:
                 log.warning("cancel watch: Redis error (%s); retrying", exc)
                 continue
+            except Exception:  # a bug, not an outage: say so, and keep watching
+                log.exception("cancel watch: a check failed; trying again at the next tick")
+                continue
             for position in flagged:
                 controls[int(position) - 1].stop(StopReason.CANCEL)

@@ -11,6 +11,8 @@ Nothing here stops a run's renewal with `task.cancel()` around a Redis call (red
 swallow such a cancel, leaving a renewal running forever): a run stops being renewed when it
 drops its registration, which the loop reads at the start of each round. Dropping a slot also
 waits for a round in flight, so a renewal can never take back a slot the run then releases.
+A round that fails is logged and the next tick tries again: the renewer never ends before
+`stop`, since every lease of the process would lapse with it.
 """
 
 from __future__ import annotations
@@ -90,7 +92,10 @@ class Renewals:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.interval_s)
             if not self._stop.is_set():
-                await self.renew_all()
+                try:
+                    await self.renew_all()
+                except Exception:  # a bug, not an outage: say so, and keep renewing
+                    log.exception("renewals: a round failed; trying again at the next tick")
 
     async def renew_all(self) -> None:
         """One round: renew every lease and slot held now; stop the runs whose lease was refused.

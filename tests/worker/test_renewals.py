@@ -5,9 +5,12 @@ is renewed no more."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from runrelay.server.keys import RedisKeys
@@ -169,3 +172,37 @@ def test_a_run_that_ended_is_renewed_no_more(settings: Settings) -> None:
         assert len(held.renewals) == 2
 
     scenario(settings, body)
+
+
+def test_a_failed_round_does_not_end_the_renewer(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round that raises what no outage raises (a bug) is logged, and the next tick renews
+    every lease again: the renewer ending would let all of the process's leases lapse."""
+
+    async def body(held: Held) -> None:
+        runs = [await held.start(f"run_{n}") for n in range(20)]
+        renew = held.renewals._renew
+        failures = 0
+
+        async def fails_once(*args: Any) -> list[Any]:
+            nonlocal failures
+            if failures == 0:
+                failures += 1
+                raise ValueError("a round that went wrong")
+            return await renew(*args)
+
+        held.renewals._renew = fails_once  # type: ignore[method-assign]
+        renewer = asyncio.create_task(held.renewals.run_forever())
+        await asyncio.sleep(7.0)  # TTL 3 s: lapsed unless the rounds after the failure ran
+        assert not renewer.done()
+        held.renewals.stop()
+        await renewer
+        assert failures == 1
+        for lease, control, _ in runs:
+            assert await held.redis.get(held.keys.lease(lease.run_id)) == lease.token.encode()
+            assert control.reason is None
+
+    with caplog.at_level(logging.ERROR, logger="worker.renewals"):
+        scenario(settings, body, lease_ttl_s=3.0)
+    assert "a round failed" in caplog.text and "a round that went wrong" in caplog.text
