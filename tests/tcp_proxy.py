@@ -4,6 +4,9 @@
 - `drop_responses(n)`: the next `n` connections reach the server, but the proxy swallows the
   server's answer and closes the client's side as soon as the answer starts: the server did the
   work, the client saw a dropped connection.
+- `stall()`: the connections open now go silent, as when a peer is lost without a FIN (a
+  failover, a partition): what they carry is swallowed and nothing answers; new connections
+  work.
 - `requests` records the request line of every request (e.g. `POST /v1/runs HTTP/1.1`).
 """
 
@@ -28,6 +31,7 @@ class TcpProxy:
         self.requests: list[str] = []
         self._drop_next = 0
         self._live: set[socket.socket] = set()
+        self._stalled: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -35,6 +39,12 @@ class TcpProxy:
     def drop_responses(self, n: int) -> None:
         with self._lock:
             self._drop_next = n
+
+    def stall(self) -> int:
+        """Silence every live connection (kept open); returns how many."""
+        with self._lock:
+            self._stalled |= self._live
+            return len(self._live) // 2
 
     def cut(self) -> int:
         """Reset every live connection; returns how many were cut."""
@@ -91,6 +101,8 @@ class TcpProxy:
                         self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
                 if drop and not upstream:
                     break  # the server answered: swallow it and drop the client
+                if src in self._stalled:
+                    continue  # gone silent: nothing reaches the other side
                 dst.sendall(data)
         except OSError:
             pass
@@ -101,13 +113,14 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     sock.close()
             with self._lock:
-                self._live.discard(src)
-                self._live.discard(dst)
+                self._live -= {src, dst}
+                self._stalled -= {src, dst}
 
 
 @contextmanager
 def tcp_proxy(base_url: str) -> Iterator[TcpProxy]:
-    host, _, port = base_url.removeprefix("http://").partition(":")
+    """A proxy to `base_url` (`http://host:port`; `redis://host:port/db` too, its path ignored)."""
+    host, _, port = base_url.partition("://")[2].split("/", 1)[0].partition(":")
     proxy = TcpProxy(host, int(port))
     try:
         yield proxy

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from runrelay.server import lua
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import dispatching_member
+from runrelay.server.settings import Settings
 from worker.control import RunControl, StopReason
 from worker.lease import Lease
 
@@ -44,6 +45,27 @@ class _HeldLease:
     control: RunControl
 
 
+def interval_s(lease_ttl_s: float, slot_ttl_s: float) -> float:
+    """Time between two rounds: a third of the shorter TTL, so two rounds may fail in a row."""
+    return min(lease_ttl_s, slot_ttl_s) / 3
+
+
+def timers_client(settings: Settings) -> Redis:
+    """The Redis client of the process's per-tick calls (renewals, the cancel watch).
+
+    One connection of their own, so runs that keep the pool busy never starve them. A reply
+    timeout of half a round's interval: a connection gone silent (its peer lost without a FIN:
+    a failover, a partition) fails one round, and the next round connects again. Without it
+    the renewer would wait on that connection for hours while every lease lapsed."""
+    timeout = interval_s(settings.run_lease_ttl_s, settings.quota_slot_ttl_s) / 2
+    return Redis.from_url(
+        settings.redis_url,
+        single_connection_client=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+
+
 class Renewals:
     def __init__(
         self, redis: Redis, keys: RedisKeys, *, lease_ttl_s: float, slot_ttl_s: float
@@ -51,7 +73,7 @@ class Renewals:
         self.keys = keys
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.slot_ttl_ms = int(slot_ttl_s * 1000)
-        self.interval_s = min(lease_ttl_s, slot_ttl_s) / 3
+        self.interval_s = interval_s(lease_ttl_s, slot_ttl_s)
         self._script = lua.script(redis, "renew_held")
         self._leases: dict[str, _HeldLease] = {}
         self._slots: dict[str, Slot] = {}

@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool
 
 from runrelay.agent.config import Registry
 from runrelay.server.autopipeline import PipelinedRedis
@@ -40,7 +40,7 @@ from worker.checkpoints import Checkpoints
 from worker.control import RunControls
 from worker.executor import RunExecutor
 from worker.lease import Leases
-from worker.renewals import Renewals
+from worker.renewals import Renewals, timers_client
 from worker.slots import Slots
 from worker.sweeper import Requeuer, Sweeper
 
@@ -83,7 +83,7 @@ class AsyncRuntime:
         )
         # The per-tick calls of the process (renewals, the cancel watch) have a connection of
         # their own: runs that keep the pool busy can never starve them into lapsed leases.
-        self._timers_redis = Redis.from_url(settings.redis_url, single_connection_client=True)
+        self._timers_redis = timers_client(settings)
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=500, max_keepalive_connections=100)
         )

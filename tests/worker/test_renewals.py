@@ -16,9 +16,10 @@ from redis.asyncio import Redis
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore, dispatching_member
 from runrelay.server.settings import Settings
+from tests.tcp_proxy import tcp_proxy
 from worker.control import RunControl, StopReason
 from worker.lease import Lease, Leases
-from worker.renewals import Renewals
+from worker.renewals import Renewals, timers_client
 from worker.slots import Slot
 
 LEASE_TTL_S = 30.0
@@ -206,3 +207,45 @@ def test_a_failed_round_does_not_end_the_renewer(
     with caplog.at_level(logging.ERROR, logger="worker.renewals"):
         scenario(settings, body, lease_ttl_s=3.0)
     assert "a round failed" in caplog.text and "a round that went wrong" in caplog.text
+
+
+def test_a_connection_gone_silent_costs_a_round_not_the_leases(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The renewer's connection goes silent (its peer lost without a FIN): that round times
+    out, the next one connects again, and no lease lapses (TTL 3 s, 7 s of silence)."""
+    ttl_s = 3.0
+
+    async def body(held: Held) -> None:
+        runs = [await held.start(f"run_{n}") for n in range(20)]
+        with tcp_proxy(settings.redis_url) as proxy:
+            through = settings.model_copy(
+                update={
+                    "redis_url": f"redis://127.0.0.1:{proxy.port}/{_db(settings.redis_url)}",
+                    "run_lease_ttl_s": ttl_s,
+                    "quota_slot_ttl_s": ttl_s,
+                }
+            )
+            timers = timers_client(through)
+            renewals = Renewals(timers, held.keys, lease_ttl_s=ttl_s, slot_ttl_s=ttl_s)
+            for lease, control, slot in runs:
+                renewals.hold_lease(lease, control)
+                renewals.hold_slot(slot)
+            renewer = asyncio.create_task(renewals.run_forever())
+            await asyncio.sleep(1.5)  # a round went through the proxy
+            assert proxy.stall() == 1
+            await asyncio.sleep(7.0)
+            renewals.stop()
+            await asyncio.wait_for(renewer, 5.0)
+            await timers.aclose()
+        for lease, control, _ in runs:
+            assert await held.redis.get(held.keys.lease(lease.run_id)) == lease.token.encode()
+            assert control.reason is None
+
+    with caplog.at_level(logging.WARNING, logger="worker.renewals"):
+        scenario(settings, body, lease_ttl_s=ttl_s)
+    assert "renewals: Redis error" in caplog.text
+
+
+def _db(redis_url: str) -> str:
+    return redis_url.rpartition("/")[2] if redis_url.count("/") > 2 else "0"
