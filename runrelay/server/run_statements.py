@@ -111,7 +111,7 @@ def move_statement(
     """The conditional UPDATE of one kind of move, built once: its values and conditions are
     bind parameters (`v_<column>`, `w_lease_token`, `locked_id`), so executing it again only
     binds them (no statement to build, no cache key to compute)."""
-    conditions: list[ColumnElement[bool]] = [col(Run.status).in_(sorted(statuses))]
+    conditions: list[ColumnElement[bool]] = []
     if by_token:
         conditions.append(col(Run.lease_token) == bindparam("w_lease_token"))
     if not_cancelling:
@@ -123,20 +123,31 @@ def move_statement(
         # database's write lock (`locked_run`) just before.
         return (
             update(Run)
-            .where(col(Run.id) == bindparam("locked_id"), *conditions)
+            .where(
+                col(Run.id) == bindparam("locked_id"),
+                col(Run.status).in_(sorted(statuses)),
+                *conditions,
+            )
             .values(values)
             .returning(Run)
             .execution_options(populate_existing=True)
         )
-    # One statement: lock the row, remember its status, update it, return it as written. The
-    # UPDATE names the run's id itself, not only through the CTE: the plan then finds the row
-    # by its primary key whatever the table's statistics say. Joined through the CTE alone, a
-    # plan made while the table was small (a new deployment, never analyzed) scanned the whole
-    # table for every move, and kept doing so as it grew (seen in `bench/throughput.py`: a
-    # third of the starts and endings read every row).
+    # One statement: lock the row, remember its status, update it, return it as written.
+    # The UPDATE names the run's id itself and checks the status the CTE read under the row's
+    # lock (nothing changes it until this statement ends): its only condition an index can
+    # serve is then the primary key, whatever the table's statistics say. With the CTE as the
+    # only way to the id and the status checked on `runs`, a plan made while the table was
+    # small (a new deployment, not yet analyzed) read every row, or every run in that status,
+    # on each move (seen in `bench/throughput.py`: a third of the starts and endings scanned
+    # the whole table, and half scanned `ix_runs_status`).
     return (
         update(Run)
-        .where(col(Run.id) == bindparam("locked_id"), col(Run.id) == _LOCKED.c.id, *conditions)
+        .where(
+            col(Run.id) == bindparam("locked_id"),
+            col(Run.id) == _LOCKED.c.id,
+            _LOCKED.c.previous.in_(sorted(statuses)),
+            *conditions,
+        )
         .values(values)
         .returning(*RUN_COLUMNS, _LOCKED.c.previous)
     )
