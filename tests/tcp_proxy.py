@@ -17,6 +17,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 _METHODS = {b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS"}
 
@@ -39,6 +40,12 @@ class TcpProxy:
     def drop_responses(self, n: int) -> None:
         with self._lock:
             self._drop_next = n
+
+    def through(self, url: str) -> str:
+        """`url` (e.g. a `redis://` one) with its host and port replaced by the proxy's."""
+        parts = urlsplit(url)
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        return parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{self.port}").geturl()
 
     def stall(self) -> int:
         """Silence every live connection (kept open); returns how many."""
@@ -120,8 +127,9 @@ class TcpProxy:
 @contextmanager
 def tcp_proxy(base_url: str) -> Iterator[TcpProxy]:
     """A proxy to `base_url` (`http://host:port`; `redis://host:port/db` too, its path ignored)."""
-    host, _, port = base_url.partition("://")[2].split("/", 1)[0].partition(":")
-    proxy = TcpProxy(host, int(port))
+    parts = urlsplit(base_url)
+    assert parts.hostname and parts.port, f"no host and port in {base_url!r}"
+    proxy = TcpProxy(parts.hostname, parts.port)
     try:
         yield proxy
     finally:

@@ -221,7 +221,7 @@ def test_a_connection_gone_silent_costs_a_round_not_the_leases(
         with tcp_proxy(settings.redis_url) as proxy:
             through = settings.model_copy(
                 update={
-                    "redis_url": f"redis://127.0.0.1:{proxy.port}/{_db(settings.redis_url)}",
+                    "redis_url": proxy.through(settings.redis_url),
                     "run_lease_ttl_s": ttl_s,
                     "quota_slot_ttl_s": ttl_s,
                 }
@@ -245,7 +245,3 @@ def test_a_connection_gone_silent_costs_a_round_not_the_leases(
     with caplog.at_level(logging.WARNING, logger="worker.renewals"):
         scenario(settings, body, lease_ttl_s=ttl_s)
     assert "renewals: Redis error" in caplog.text
-
-
-def _db(redis_url: str) -> str:
-    return redis_url.rpartition("/")[2] if redis_url.count("/") > 2 else "0"
