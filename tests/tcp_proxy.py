@@ -4,6 +4,8 @@
 - `drop_responses(n)`: the next `n` connections reach the server, but the proxy swallows the
   server's answer and closes the client's side as soon as the answer starts: the server did the
   work, the client saw a dropped connection.
+- `refuse()`: new connections are closed as soon as they are accepted (the server is down for
+  whoever connects now), until `refuse(False)`.
 - `stall()`: the connections open now go silent, as when a peer is lost without a FIN (a
   failover, a partition): what they carry is swallowed and nothing answers; new connections
   work.
@@ -31,6 +33,7 @@ class TcpProxy:
         self.connections = 0
         self.requests: list[str] = []
         self._drop_next = 0
+        self._refusing = False
         self._live: set[socket.socket] = set()
         self._stalled: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -40,6 +43,9 @@ class TcpProxy:
     def drop_responses(self, n: int) -> None:
         with self._lock:
             self._drop_next = n
+
+    def refuse(self, refusing: bool = True) -> None:
+        self._refusing = refusing
 
     def through(self, url: str) -> str:
         """`url` (e.g. a `redis://` one) with its host and port replaced by the proxy's."""
@@ -80,6 +86,9 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._refusing:
+                client.close()
+                continue
             try:
                 server = socket.create_connection(self.upstream)
             except OSError:

@@ -276,22 +276,12 @@ class Lifecycle:
             usage=recorded if outcome.result is not None else usage,
             error=outcome.error,
         )
-        if moved is None:
-            return False
-        try:
-            await self.events.append(
-                run.id,
-                seq,
-                "done",
-                encode(done),
-                # Not fenced by the Redis lease: the database's conditional UPDATE already was
-                # (a worker's lease token, or the expected status), and the lease key is gone if
-                # Redis lost its data, which must not keep `done` from live clients.
-                token="",
-                ttl_s=self.settings.events_ttl_after_done_s,
-            )
-        except (LeaseLost, RedisError) as exc:  # the archive has `done`; replay falls back to it
-            log.warning("run %s: ended, but `done` did not reach its stream: %r", run.id, exc)
+        if moved is not None:
+            await self._append_done(run.id, seq, encode(done))
+        else:
+            moved = await self._ended_before(run.id, outcome.status, ending)
+            if moved is None:
+                return False
         if moved.previous == RUNNING:
             await self.quotas.release(
                 moved.run.tenant_id, run.id, used_tokens=used_tokens, period=token_period
@@ -301,3 +291,35 @@ class Lifecycle:
         await self.threads.release(moved.run)
         await self._after_commit(moved)
         return True
+
+    async def _append_done(self, run_id: str, seq: int, done: str) -> None:
+        try:
+            await self.events.append(
+                run_id,
+                seq,
+                "done",
+                done,
+                # Not fenced by the Redis lease: the database's conditional UPDATE already was
+                # (a worker's lease token, or the expected status), and the lease key is gone if
+                # Redis lost its data, which must not keep `done` from live clients.
+                token="",
+                ttl_s=self.settings.events_ttl_after_done_s,
+            )
+        except (LeaseLost, RedisError) as exc:  # the archive has `done`; replay falls back to it
+            log.warning("run %s: ended, but `done` did not reach its stream: %r", run_id, exc)
+
+    async def _ended_before(self, run_id: str, status: RunStatus, ending: Ending) -> Moved | None:
+        """A worker's `finish` tried again after its ending committed (the reply was lost, or
+        Redis failed right after it) finds the run ended under its own lease: the ending it
+        made, or None. The archived `done` goes to the stream unless it is there already, so
+        that the stream still holds exactly one `done`, the archive's."""
+        if ending.lease_token is None:
+            return None
+        ended = await asyncio.to_thread(self.table.ended_by, run_id, status, ending.lease_token)
+        if ended is None:
+            return None
+        moved, seq, done = ended
+        log.warning("run %s: its ending had committed before a store failed; finishing it", run_id)
+        if await self.events.last_seq(run_id) < seq:
+            await self._append_done(run_id, seq, done)
+        return moved

@@ -37,7 +37,7 @@ from typing import Any, Final, Protocol
 from psycopg.errors import UniqueViolation
 from sqlalchemy import Engine, func, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from runrelay.server.approvals import Decision, PausedCalls
 from runrelay.server.engine import autocommit
@@ -473,6 +473,26 @@ class RunTable:
             return await _returned(database, run_id, await database.first(stmt, bound))
         except UniqueViolation:  # its thread's seqs moved meanwhile: see `end_statement`
             return await asyncio.to_thread(functools.partial(in_thread, known=None))
+
+    def ended_by(
+        self, run_id: str, target: RunStatus, lease_token: str
+    ) -> tuple[Moved, int, str] | None:
+        """The ending a worker holding `lease_token` already made: the run is `target` under
+        that lease (an ending keeps the lease token; no other holder has it). Returns the move
+        as it was made (a worker ends only a running run), and the archived `done` (its seq,
+        its JSON); None when the run did not end that way. For a `finish` tried again after
+        its ending committed: the reply was lost, or Redis failed right after it."""
+        query = select(Run).where(
+            col(Run.id) == run_id, col(Run.status) == target, col(Run.lease_token) == lease_token
+        )
+        archived = select(RunLog.events).where(col(RunLog.run_id) == run_id)
+        with Session(self.single, expire_on_commit=False) as session:
+            run = session.exec(query).first()
+            text = session.execute(archived).scalar() if run is not None else None
+        if run is None or text is None:
+            return None
+        seq, _, done = text.rpartition("\n")[2].partition(" ")
+        return Moved(run, RUNNING), int(seq), done
 
     def _at_once(self, run: Run) -> bool:
         """Whether `run`'s ending may be one statement: on PostgreSQL, with no listener
