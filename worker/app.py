@@ -48,9 +48,7 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
     def runtime(self) -> AsyncRuntime:
         with self._runtime_lock:
             if self._runtime is None:
-                self._runtime = AsyncRuntime(
-                    self.settings, self.send_run, self.listeners, self.send_delivery
-                )
+                self._runtime = AsyncRuntime(self.settings, self.listeners, self.send_delivery)
             return self._runtime
 
     def send_run(self, run_id: str) -> None:

@@ -35,6 +35,7 @@ from runrelay.server.run_listeners import standard_listeners
 from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
+from runrelay.server.task_sender import TaskSender
 from runrelay.server.thread_gate import ThreadGate
 from worker.checkpoints import Checkpoints
 from worker.control import RunControls
@@ -53,15 +54,13 @@ class AsyncRuntime:
     def __init__(
         self,
         settings: Settings,
-        send: Callable[[str], None],
         listeners: Sequence[RunListener] = (),
         send_delivery: Callable[[str], None] | None = None,
     ) -> None:
-        """`send` enqueues a run's task (the Celery app's `send_task`, by name); `listeners`
-        attach to the run lifecycle (`runrelay.server.lifecycle`)."""
+        """`listeners` attach to the run lifecycle (`runrelay.server.lifecycle`);
+        `send_delivery` enqueues a webhook delivery (the Celery app's `send_task`, by name)."""
         self.settings = settings
         self._listeners = tuple(listeners)
-        self._send = send
         self._send_delivery = send_delivery or (lambda _delivery_id: None)
         self._background: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -94,7 +93,10 @@ class AsyncRuntime:
         self.controls = RunControls(
             self._redis, keys, settings.cancel_poll_s, timers=self._timers_redis
         )
-        requeuer = Requeuer(self._redis, keys, settings.run_lease_ttl_s, self._send)
+        # A run's task enqueued again (a hand-back, the sweeper) is pushed from this loop: a
+        # thousand runs handed back at SIGTERM make no thread hop and no kombu producer each.
+        self._sender = TaskSender(settings, self._redis)
+        requeuer = Requeuer(self._redis, keys, settings.run_lease_ttl_s, self._sender.send_async)
         events = EventLog(self._redis, keys, settings.events_ttl_s)
         self.renewals = Renewals(
             self._timers_redis,
@@ -189,3 +191,4 @@ class AsyncRuntime:
             self._thread.join(timeout=5)
             self._loop.close()
             self._store.engine.dispose()
+            self._sender.close()

@@ -26,10 +26,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from kombu.exceptions import OperationalError as BrokerError  # enqueueing while Redis is down
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,8 +51,13 @@ class Requeuer:
     """Enqueues a run's task again, at most once per lease TTL (the `requeued` marker)."""
 
     def __init__(
-        self, redis: Redis, keys: RedisKeys, marker_ttl_s: float, send: Callable[[str], None]
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        marker_ttl_s: float,
+        send: Callable[[str], Awaitable[None]],
     ) -> None:
+        """`send` enqueues a run's task from the loop (`TaskSender.send_async`)."""
         self.redis = redis
         self.keys = keys
         self.marker_ttl_ms = max(1, int(marker_ttl_s * 1000))
@@ -65,7 +69,7 @@ class Requeuer:
         )
         if not marked:
             return False
-        await asyncio.to_thread(self._send, run_id)
+        await self._send(run_id)
         return True
 
 
@@ -98,7 +102,7 @@ class Sweeper:
             while True:
                 try:
                     await self.sweep()
-                except (RedisError, SQLAlchemyError, OSError, BrokerError) as exc:
+                except (RedisError, SQLAlchemyError, OSError) as exc:
                     log.warning(
                         "sweep failed (%s: %s); next one in %g s",
                         type(exc).__name__,

@@ -196,7 +196,7 @@ class Lifecycle:
         return decided
 
     async def handed_back(self, run_id: str, *, lease_token: str) -> bool:
-        return await asyncio.to_thread(self.table.count_handback, run_id, lease_token)
+        return await self.table.count_handback_async(run_id, lease_token)
 
     async def request_cancel(self, run: Run) -> Run | None:
         """Ask `run` to stop: a queued or paused one (no worker holds it) ends here, a running

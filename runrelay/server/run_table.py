@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from psycopg.errors import UniqueViolation
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, bindparam, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -302,19 +302,18 @@ class RunTable:
     def count_handback(self, run_id: str, lease_token: str) -> bool:
         """A worker holding `lease_token` handed the running run back (shutdown, a store
         outage): its next start is not a crash, so it does not count toward the attempts cap."""
-        stmt = (
-            update(Run)
-            .where(
-                col(Run.id) == run_id,
-                col(Run.status) == RUNNING,
-                col(Run.lease_token) == lease_token,
-            )
-            .values(resumes=col(Run.resumes) + 1)
-        )
-        with Session(self.engine) as session:
-            counted = session.exec(stmt).rowcount > 0
-            session.commit()
-            return counted
+        params = {"h_run_id": run_id, "h_lease_token": lease_token}
+        with self.single.begin() as conn:  # commits on SQLite too
+            return conn.execute(_COUNT_HANDBACK, params).first() is not None
+
+    async def count_handback_async(self, run_id: str, lease_token: str) -> bool:
+        """`count_handback`, awaited: on the loop's database when the process attached one (a
+        worker hands back every run it holds at once at SIGTERM)."""
+        database = on_loop(self.engine)
+        if database is None:
+            return await asyncio.to_thread(self.count_handback, run_id, lease_token)
+        params = {"h_run_id": run_id, "h_lease_token": lease_token}
+        return await database.first(_COUNT_HANDBACK, params) is not None
 
     def flag_cancel(self, run_id: str) -> Run | None:
         """Record a cancel request (not a status change); None when the run already ended."""
@@ -500,6 +499,18 @@ class RunTable:
         return self.engine.dialect.name == "postgresql" and not any(
             _records(listener, run) for listener in self.listeners
         )
+
+
+_COUNT_HANDBACK = (
+    update(Run)
+    .where(
+        col(Run.id) == bindparam("h_run_id"),
+        col(Run.status) == RUNNING,
+        col(Run.lease_token) == bindparam("h_lease_token"),
+    )
+    .values(resumes=col(Run.resumes) + 1)
+    .returning(col(Run.id))
+)
 
 
 def _move_bound(

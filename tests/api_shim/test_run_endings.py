@@ -20,13 +20,13 @@ from redis.asyncio import Redis as AsyncRedis
 from sqlmodel import Session
 
 from api_shim.app import create_app
-from api_shim.state import TaskSender
 from runrelay.server.embedded_redis import free_port
 from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
 from runrelay.server.tables import Run
+from runrelay.server.task_sender import TaskSender
 from runrelay.server.tenants import update_limits
 from runrelay.server.threads import Threads
 from runrelay.types import RunStatus
@@ -34,6 +34,7 @@ from tests.conftest import ServerThread, TenantKey
 from tests.fake_openai import FakeOpenAI, http_error
 from tests.listener import RECORDED, RecordingListener
 from tests.sse import assert_complete_log, read_events, wait_finished
+from tests.worker.test_sweeper import sent_to
 from worker.app import WorkerApp
 from worker.sweeper import Requeuer, Sweeper
 
@@ -204,7 +205,7 @@ def test_expired_waiting_for_approval(
         try:
             own = Lifecycle.build(short, store, r, lifecycle.listeners)
             keys = RedisKeys(settings.redis_prefix)
-            sweeper = Sweeper(short, store, r, keys, Requeuer(r, keys, 30, print), own)
+            sweeper = Sweeper(short, store, r, keys, Requeuer(r, keys, 30, sent_to([])), own)
             return await sweeper.expire_paused()
         finally:
             await r.aclose()

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 import redis
 import redis.asyncio as aredis
 
-from api_shim.state import RecentRuns, TaskSender
+from api_shim.state import RecentRuns
 from runrelay.server.settings import Settings
 from runrelay.server.tables import Run, RunRef
+from runrelay.server.task_sender import TaskSender
 
 
 def run(run_id: str, tenant_id: str = "ten_a") -> Run:

@@ -130,6 +130,9 @@ def test_sigterm_lets_the_grace_period_pass_then_hands_the_run_back(
         "the run went on during the grace period"
     )
     assert starts[1]["ts"] - stopped["at"] < GRACE_S + 5, "handed back, not left to the sweeper"
+    # Only a hand-back counts a resume (the sweeper's re-enqueue after a lapsed lease does not).
+    run = deployment.store.get_run(events[-1]["run_id"])
+    assert run is not None and run.resumes == 1, "the hand-back was recorded"
     assert stopped["proc"].wait(timeout=30) == 0, "the worker exited cleanly"
     marker = next(e for e in events if e["type"] == "metadata")
     assert marker["superseded"]["to_seq"] == starts[1]["seq"] - 1

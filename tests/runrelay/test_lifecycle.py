@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from runrelay.server.run_table import TRANSITIONS, Ending, RunTable, sources
+from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run
 from runrelay.types import RunStatus
 from tests.listener import RecordingListener
+from tests.runrelay.test_threads_store import on_loop
 
 PAIRS = list(itertools.product(RunStatus, RunStatus))
 
@@ -127,3 +129,22 @@ def test_a_hand_back_is_counted_only_for_the_lease_holder_of_a_running_run(
     table.end(run.id, RunStatus.COMPLETED, ending=Ending.by_worker("mine"), events=[])
     assert not table.count_handback(run.id, "mine")
     assert row(store, run.id)["resumes"] == 2
+
+
+def test_a_hand_back_awaited_on_the_loop_is_counted_the_same(
+    store: Store, settings: Settings, tenant_id: str
+) -> None:
+    """What a worker does at SIGTERM for every run it holds: on PostgreSQL, one statement on
+    the loop's database."""
+    table = RunTable(store.engine)
+    run = run_in(store, tenant_id, RunStatus.QUEUED)
+    table.start(run.id, "mine")
+
+    async def hand_backs() -> list[bool]:
+        return [
+            await table.count_handback_async(run.id, "someone else's"),
+            await table.count_handback_async(run.id, "mine"),
+        ]
+
+    assert on_loop(store, settings, hand_backs()) == [False, True]
+    assert row(store, run.id)["resumes"] == 1

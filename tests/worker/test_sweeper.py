@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from kombu.exceptions import OperationalError as BrokerError
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle
@@ -35,6 +36,15 @@ def make_run(store: Store, status: str, *, age_s: float = 0) -> Run:
     )
 
 
+def sent_to(sent: list[str]) -> Callable[[str], Awaitable[None]]:
+    """A task sender that records what it was asked to enqueue."""
+
+    async def send(run_id: str) -> None:
+        sent.append(run_id)
+
+    return send
+
+
 def sweepers(
     settings: Settings, store: Store, redis: Redis, count: int, sent: list[str]
 ) -> list[Sweeper]:
@@ -45,7 +55,7 @@ def sweepers(
             store,
             redis,
             keys,
-            Requeuer(redis, keys, 30, sent.append),
+            Requeuer(redis, keys, 30, sent_to(sent)),
             Lifecycle.build(settings, store, redis),
         )
         for _ in range(count)
@@ -225,8 +235,8 @@ def test_sweep_leaves_parked_runs_alone_and_hands_on_a_thread_whose_holder_finis
 def test_sweeper_survives_a_broker_that_refuses_a_requeue_and_sends_it_next_sweep(
     settings: Settings, store: Store
 ) -> None:
-    """Enqueueing while Redis is down raises kombu's OperationalError: the sweep fails, the
-    sweeper goes on (it used to end, leaving runs without a lease `running` for good)."""
+    """Enqueueing while Redis is down raises a connection error: the sweep fails, the sweeper
+    goes on (it used to end, leaving runs without a lease `running` for good)."""
     local = settings.model_copy(
         update={
             "redis_prefix": f"{settings.redis_prefix}sw{secrets.token_hex(3)}:",
@@ -236,10 +246,10 @@ def test_sweeper_survives_a_broker_that_refuses_a_requeue_and_sends_it_next_swee
     orphan = make_run(store, "running")
     sent: list[str] = []
 
-    def send(run_id: str) -> None:
+    async def send(run_id: str) -> None:
         if not sent:
             sent.append("refused")
-            raise BrokerError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379: refused")
         sent.append(run_id)
 
     async def scenario() -> bool:
