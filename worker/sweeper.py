@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -39,8 +40,8 @@ from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.quota import dispatching_member
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store
-from runrelay.server.tables import Run, as_utc, utcnow
+from runrelay.server.store import Store, Unfinished
+from runrelay.server.tables import as_utc, utcnow
 from runrelay.types import RunStatus
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class Sweeper:
         self.lock_ttl_ms = int(max(settings.sweep_interval_s * 3, 1.0) * 1000)
         self._renew = lua.script(redis, "renew_lease")
         self._release = lua.script(redis, "release_lease")
+        self._lapsed = lua.script(redis, "lapsed_leases")
 
     async def run_forever(self) -> None:
         """Sweep every `sweep_interval_s` until cancelled; then let go of the lock, so that
@@ -167,43 +169,41 @@ class Sweeper:
                 return expired
             after = runs[-1].id
 
-    async def _ended_since(self, run: Run) -> bool:
+    async def _ended_since(self, run: Unfinished) -> bool:
         """Whether a run the page read `running` has ended since: a run that finished between
         the page's read and its lease check released its lease, and is not to be sent again."""
         current = await asyncio.to_thread(self.store.get_run, run.id)
         return current is None or current.status is not RunStatus.RUNNING
 
-    async def _sweep_page(self, runs: list[Run], now: datetime) -> list[str]:
-        if not runs:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for run in runs:
-                pipe.exists(self.keys.lease(run.id))
-                pipe.exists(self.keys.events(run.id))
-                pipe.exists(self.keys.fence(run.id))
-                # quotas: a queued run in its tenant's queue, or handed out by the dispatcher,
-                # is the dispatcher's to send (it re-sends overdue ones itself).
-                pipe.lpos(self.keys.tenant_pending(run.tenant_id), run.id)
-                pipe.zscore(self.keys.dispatching(), dispatching_member(run.tenant_id, run.id))
-            found = await pipe.execute()
-        parked = await self.threads.parked(r for r in runs if r.status is RunStatus.QUEUED)
+    async def _sweep_page(self, runs: Sequence[Unfinished], now: datetime) -> list[str]:
+        running = [run for run in runs if run.status is RunStatus.RUNNING]
+        queued = [run for run in runs if run.status is not RunStatus.RUNNING]
+        lapsed: set[str] = set()
+        if running:  # every run in flight, each sweep: one call for the page
+            positions = await self._lapsed(keys=[self.keys.lease(run.id) for run in running])
+            lapsed = {running[int(i) - 1].id for i in positions}
+        found = []
+        if queued:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for run in queued:
+                    pipe.exists(self.keys.lease(run.id))
+                    pipe.exists(self.keys.events(run.id))
+                    pipe.exists(self.keys.fence(run.id))
+                    # quotas: a queued run in its tenant's queue, or handed out by the
+                    # dispatcher, is the dispatcher's to send (it re-sends overdue ones itself).
+                    pipe.lpos(self.keys.tenant_pending(run.tenant_id), run.id)
+                    pipe.zscore(self.keys.dispatching(), dispatching_member(run.tenant_id, run.id))
+                found = await pipe.execute()
+        checks = {run.id: found[5 * n : 5 * n + 5] for n, run in enumerate(queued)}
+        parked = await self.threads.parked(queued)
         stuck_before = now - timedelta(seconds=self.settings.stuck_queued_s)
         requeued = []
-        for n, run in enumerate(runs):
-            has_lease, has_log, was_taken, pending_at, dispatching = found[5 * n : 5 * n + 5]
+        for run in runs:
             if run.status is RunStatus.RUNNING:
-                why = None if has_lease or await self._ended_since(run) else "its lease lapsed"
-            elif not has_log:
-                why = "its event log is gone from Redis"
-            elif pending_at is not None or dispatching is not None or run.id in parked:
-                why = None
-            elif was_taken and not has_lease:
-                # A worker took its task (and a lease) but died before marking it running.
-                why = "its worker died before starting it"
-            elif as_utc(run.created_at) < stuck_before:
-                why = f"it has been queued for over {self.settings.stuck_queued_s:g} s"
+                lost = run.id in lapsed and not await self._ended_since(run)
+                why = "its lease lapsed" if lost else None
             else:
-                why = None
+                why = self._why_queued(run, checks[run.id], run.id in parked, stuck_before)
             if why and await self.requeuer.requeue(run.id):
                 log.warning("run %s enqueued again: %s", run.id, why)
                 requeued.append(run.id)
@@ -214,3 +214,19 @@ class Sweeper:
                     "thread %s of %s: its holder had finished; handed on", thread_id, tenant_id
                 )
         return requeued
+
+    def _why_queued(
+        self, run: Unfinished, checks: list[Any], parked: bool, stuck_before: datetime
+    ) -> str | None:
+        """Why a queued run is to be enqueued again, from what Redis has of it; None: leave it."""
+        has_lease, has_log, was_taken, pending_at, dispatching = checks
+        if not has_log:
+            return "its event log is gone from Redis"
+        if pending_at is not None or dispatching is not None or parked:
+            return None
+        if was_taken and not has_lease:
+            # A worker took its task (and a lease) but died before marking it running.
+            return "its worker died before starting it"
+        if as_utc(run.created_at) < stuck_before:
+            return f"it has been queued for over {self.settings.stuck_queued_s:g} s"
+        return None

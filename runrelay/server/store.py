@@ -82,10 +82,34 @@ def new_id(prefix: str) -> str:
 
 
 _GET_RUN = select(*RUN_COLUMNS).where(col(Run.id) == bindparam("run_id"))
+_UNFINISHED = (
+    select(*(col(c) for c in (Run.id, Run.tenant_id, Run.status, Run.thread_id, Run.created_at)))
+    .where(
+        col(Run.id) > bindparam("after_id"),
+        (col(Run.status) == RunStatus.RUNNING)
+        | (
+            (col(Run.status) == RunStatus.QUEUED)
+            & (col(Run.created_at) < bindparam("created_before"))
+        ),
+    )
+    .order_by(col(Run.id))
+    .limit(bindparam("limit"))
+)
 _TENANTS = table_of(Tenant)
 _TENANT_BY_ID = select(*_TENANTS.c).where(_TENANTS.c.id == bindparam("key"))
 _TENANT_BY_NAME = select(*_TENANTS.c).where(_TENANTS.c.name == bindparam("key"))
 _ARCHIVED = select(RunLog.events).where(col(RunLog.run_id) == bindparam("run_id"))
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """What the sweeper reads of an unfinished run (`Store.unfinished_runs`)."""
+
+    id: str
+    tenant_id: str
+    status: RunStatus
+    thread_id: str | None
+    created_at: datetime
 
 
 @functools.cache
@@ -366,21 +390,17 @@ class Store:
 
     def unfinished_runs(
         self, *, created_before: datetime, after_id: str = "", limit: int
-    ) -> list[Run]:
+    ) -> list[Unfinished]:
         """Runs `running`, or `queued` since before `created_before`, by id (oldest first) from
-        after `after_id`: the sweeper's candidates, a page at a time."""
-        query = (
-            select(Run)
-            .where(
-                col(Run.id) > after_id,
-                (col(Run.status) == RunStatus.RUNNING)
-                | ((col(Run.status) == RunStatus.QUEUED) & (col(Run.created_at) < created_before)),
-            )
-            .order_by(col(Run.id))
-            .limit(limit)
-        )
-        with Session(self.engine, expire_on_commit=False) as session:
-            return list(session.exec(query).all())
+        after `after_id`: the sweeper's candidates, a page at a time, only what it looks at
+        (a page may be every run in flight: no inputs, no ORM objects)."""
+        params = {"after_id": after_id, "created_before": created_before, "limit": limit}
+        with self.single.connect() as conn:
+            rows = conn.execute(_UNFINISHED, params).all()
+        return [
+            Unfinished(r.id, r.tenant_id, RunStatus(r.status), r.thread_id, r.created_at)
+            for r in rows
+        ]
 
     def paused_runs(self, *, after_id: str = "", limit: int) -> list[Run]:
         """Runs waiting for approval (`requires_action`), by id from after `after_id`: the

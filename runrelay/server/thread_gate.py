@@ -107,7 +107,7 @@ class ThreadGate:
         await self._hand_over(tenant_id, thread_id, holder_id)
         return True
 
-    async def parked(self, runs: Iterable[Run]) -> set[str]:
+    async def parked(self, runs: Iterable[RunIdentity]) -> set[str]:
         """The ids of those of `runs` that wait for their thread."""
         waiting = [
             (run.id, self.keys.thread_waiting(run.tenant_id, run.thread_id))

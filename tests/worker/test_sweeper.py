@@ -16,7 +16,7 @@ from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.quota import dispatching_member
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, new_id
+from runrelay.server.store import Store, Unfinished, new_id
 from runrelay.server.tables import Run, utcnow
 from runrelay.types import RunStatus
 from worker.sweeper import Requeuer, Sweeper
@@ -34,6 +34,11 @@ def make_run(store: Store, status: str, *, age_s: float = 0) -> Run:
             created_at=utcnow() - timedelta(seconds=age_s),
         )
     )
+
+
+def swept(run: Run) -> Unfinished:
+    """`run` as the sweeper reads it."""
+    return Unfinished(run.id, run.tenant_id, RunStatus(run.status), run.thread_id, run.created_at)
 
 
 def sent_to(sent: list[str]) -> Callable[[str], Awaitable[None]]:
@@ -99,13 +104,16 @@ def test_a_run_that_finished_after_the_sweep_read_it_is_not_enqueued_again(
     )
     finished = make_run(store, "completed")
     lapsed = make_run(store, "running")
-    read_while_running = finished.model_copy(update={"status": RunStatus.RUNNING})
+    read_while_running = Unfinished(
+        finished.id, finished.tenant_id, RunStatus.RUNNING, None, finished.created_at
+    )
+    page = [read_while_running, swept(lapsed)]
 
     async def scenario() -> list[str]:
         redis = Redis.from_url(local.redis_url)
         try:
             sweeper = sweepers(local, store, redis, 1, [])[0]
-            return await sweeper._sweep_page([read_while_running, lapsed], utcnow())
+            return await sweeper._sweep_page(page, utcnow())
         finally:
             await redis.aclose()
 
