@@ -28,7 +28,6 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -46,6 +45,8 @@ from runrelay.types import RunStatus
 
 log = logging.getLogger(__name__)
 _SWEEP_PAGE = 500
+# What `queued_checks.lua` says of a queued run.
+_LEASE, _LOG, _FENCE, _PENDING, _DISPATCHING, _PARKED = 1, 2, 4, 8, 16, 32
 
 
 class Requeuer:
@@ -96,6 +97,7 @@ class Sweeper:
         self._renew = lua.script(redis, "renew_lease")
         self._release = lua.script(redis, "release_lease")
         self._lapsed = lua.script(redis, "lapsed_leases")
+        self._queued_checks = lua.script(redis, "queued_checks")
 
     async def run_forever(self) -> None:
         """Sweep every `sweep_interval_s` until cancelled; then let go of the lock, so that
@@ -182,20 +184,24 @@ class Sweeper:
         if running:  # every run in flight, each sweep: one call for the page
             positions = await self._lapsed(keys=[self.keys.lease(run.id) for run in running])
             lapsed = {running[int(i) - 1].id for i in positions}
-        found = []
-        if queued:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for run in queued:
-                    pipe.exists(self.keys.lease(run.id))
-                    pipe.exists(self.keys.events(run.id))
-                    pipe.exists(self.keys.fence(run.id))
+        flags: dict[str, int] = {}
+        if queued:  # one call for the page too (a backlog can be thousands of runs)
+            keys, args = [self.keys.dispatching()], []
+            for run in queued:
+                thread = run.thread_id
+                keys += [
+                    self.keys.lease(run.id),
+                    self.keys.events(run.id),
+                    self.keys.fence(run.id),
                     # quotas: a queued run in its tenant's queue, or handed out by the
                     # dispatcher, is the dispatcher's to send (it re-sends overdue ones itself).
-                    pipe.lpos(self.keys.tenant_pending(run.tenant_id), run.id)
-                    pipe.zscore(self.keys.dispatching(), dispatching_member(run.tenant_id, run.id))
-                found = await pipe.execute()
-        checks = {run.id: found[5 * n : 5 * n + 5] for n, run in enumerate(queued)}
-        parked = await self.threads.parked(queued)
+                    self.keys.tenant_pending(run.tenant_id),
+                    self.keys.thread_waiting(run.tenant_id, thread) if thread else keys[0],
+                ]
+                args += [run.id, dispatching_member(run.tenant_id, run.id), int(bool(thread))]
+            found = await self._queued_checks(keys=keys, args=args)
+            flags = {run.id: int(f) for run, f in zip(queued, found, strict=True)}
+        parked = {run_id for run_id, f in flags.items() if f & _PARKED}
         stuck_before = now - timedelta(seconds=self.settings.stuck_queued_s)
         requeued = []
         for run in runs:
@@ -203,7 +209,7 @@ class Sweeper:
                 lost = run.id in lapsed and not await self._ended_since(run)
                 why = "its lease lapsed" if lost else None
             else:
-                why = self._why_queued(run, checks[run.id], run.id in parked, stuck_before)
+                why = self._why_queued(run, flags[run.id], stuck_before)
             if why and await self.requeuer.requeue(run.id):
                 log.warning("run %s enqueued again: %s", run.id, why)
                 requeued.append(run.id)
@@ -215,16 +221,14 @@ class Sweeper:
                 )
         return requeued
 
-    def _why_queued(
-        self, run: Unfinished, checks: list[Any], parked: bool, stuck_before: datetime
-    ) -> str | None:
-        """Why a queued run is to be enqueued again, from what Redis has of it; None: leave it."""
-        has_lease, has_log, was_taken, pending_at, dispatching = checks
-        if not has_log:
+    def _why_queued(self, run: Unfinished, flags: int, stuck_before: datetime) -> str | None:
+        """Why a queued run is to be enqueued again, from what Redis has of it (`flags`, as
+        `queued_checks.lua` returns them); None: leave it."""
+        if not flags & _LOG:
             return "its event log is gone from Redis"
-        if pending_at is not None or dispatching is not None or parked:
+        if flags & (_PENDING | _DISPATCHING | _PARKED):
             return None
-        if was_taken and not has_lease:
+        if flags & _FENCE and not flags & _LEASE:
             # A worker took its task (and a lease) but died before marking it running.
             return "its worker died before starting it"
         if as_utc(run.created_at) < stuck_before:

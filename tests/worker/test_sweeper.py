@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.quota import dispatching_member
+from runrelay.server.run_table import Ending, RunTable
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, Unfinished, new_id
 from runrelay.server.tables import Run, utcnow
@@ -22,15 +23,23 @@ from runrelay.types import RunStatus
 from worker.sweeper import Requeuer, Sweeper
 
 
-def make_run(store: Store, status: str, *, age_s: float = 0) -> Run:
-    tenant = store.create_tenant(f"sw-{secrets.token_hex(6)}")
+def make_run(
+    store: Store,
+    status: str,
+    *,
+    age_s: float = 0,
+    thread_id: str | None = None,
+    tenant_id: str | None = None,
+) -> Run:
+    tenant_id = tenant_id or store.create_tenant(f"sw-{secrets.token_hex(6)}").id
     return store.create_run(
         Run(
             id=new_id("run"),
-            tenant_id=tenant.id,
+            tenant_id=tenant_id,
             status=status,
             agent_name="slow-analyst",
             agent_id="bank.slow-analyst",
+            thread_id=thread_id,
             created_at=utcnow() - timedelta(seconds=age_s),
         )
     )
@@ -288,3 +297,46 @@ def test_sweeper_survives_a_broker_that_refuses_a_requeue_and_sends_it_next_swee
 
     assert not ended, "the sweeper ended"
     assert sent[0] == "refused" and orphan.id in sent
+
+
+def test_a_run_parked_on_its_thread_is_left_alone_until_its_holder_finishes(
+    settings: Settings, store: Store
+) -> None:
+    """An old queued run waiting for its thread is not stuck: the sweeper leaves it parked
+    while the thread's holder runs, and hands the thread on to it once the holder has finished
+    (its releaser died): the run goes to its tenant's queue, not to Celery."""
+    local = settings.model_copy(
+        update={
+            "redis_prefix": f"{settings.redis_prefix}sw{secrets.token_hex(3)}:",
+            "stuck_queued_s": 60.0,
+        }
+    )
+    keys = RedisKeys(local.redis_prefix)
+    holder = make_run(store, "queued", age_s=130, thread_id="thr-sweep")
+    parked = make_run(store, "queued", age_s=120, thread_id="thr-sweep", tenant_id=holder.tenant_id)
+
+    async def scenario() -> tuple[list[str], list[str], list[bytes]]:
+        redis = Redis.from_url(local.redis_url)
+        try:
+            lifecycle = Lifecycle.build(local, store, redis)
+            await lifecycle.threads.enter(holder)
+            assert (await lifecycle.threads.enter(parked)).holder == holder.id
+            await redis.xadd(keys.events(parked.id), {"d": "{}", "t": "run_queued"}, id="0-1")
+            await lifecycle.start(holder.id, lease_token="holder-lease")
+            await redis.set(keys.lease(holder.id), "1.holder-lease", px=30_000)
+            sent: list[str] = []
+            sweeper = sweepers(local, store, redis, 1, sent)[0]
+            while_held = await sweeper.sweep()
+            # Its worker died after ending it, before handing the thread over.
+            RunTable(store.engine).end(holder.id, RunStatus.COMPLETED, ending=Ending(), events=[])
+            await redis.delete(keys.lease(holder.id))
+            after_end = await sweeper.sweep()
+            queue = await redis.lrange(keys.tenant_pending(parked.tenant_id), 0, -1)
+            return while_held, after_end, queue
+        finally:
+            await redis.aclose()
+
+    while_held, after_end, queue = asyncio.run(scenario())
+
+    assert parked.id not in while_held + after_end, "a parked run is not sent to Celery"
+    assert queue == [parked.id.encode()], "handed the thread, it waits for a slot"
