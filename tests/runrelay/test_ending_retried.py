@@ -23,11 +23,12 @@ from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.quota import QuotaStore
 from runrelay.server.run_table import Ending
 from runrelay.server.settings import Settings
-from runrelay.server.store import Store, new_id
+from runrelay.server.store import Store
 from runrelay.server.tables import Run
 from runrelay.server.thread_gate import ThreadGate
 from runrelay.types import RunStatus
 from tests.listener import RecordingListener
+from tests.runrelay.test_lifecycle import run_in
 from tests.tcp_proxy import TcpProxy, tcp_proxy
 
 OUTCOME = Outcome.failed("tool_error", "the ledger tool failed")
@@ -41,16 +42,7 @@ def own_settings(settings: Settings) -> Settings:
 
 async def running_run(store: Store, lifecycle: Lifecycle) -> Run:
     """A run started under `TOKEN`, holding its tenant's slot, with two events in its stream."""
-    tenant = store.create_tenant(f"er-{secrets.token_hex(6)}")
-    run = store.create_run(
-        Run(
-            id=new_id("run"),
-            tenant_id=tenant.id,
-            status=RunStatus.QUEUED,
-            agent_name="credit-risk-analyst",
-            agent_id="bank.credit-risk-analyst",
-        )
-    )
+    run = run_in(store, store.create_tenant(f"er-{secrets.token_hex(6)}").id, RunStatus.QUEUED)
     queued = encode(make_event(run.id, 1, "run_queued", {}))
     await lifecycle.events.append(run.id, 1, "run_queued", queued)
     started = await lifecycle.start(run.id, lease_token=TOKEN)
