@@ -2,7 +2,7 @@
 
 Both are cooperative. A cancel request is a Redis flag (set by the shim's cancel endpoint);
 one task per process checks the flags of all the runs it holds every `cancel_poll_s`, with one
-Lua call on the process's timer connection (`cancel_flags.lua`), and stops the flagged ones. A
+Lua call on the process's timer connection (`existing_keys.lua`), and stops the flagged ones. A
 hand-back (graceful shutdown) stops every run the process holds so that another worker resumes
 it. Stopping cancels the asyncio task running the agent loop, with the reason recorded on the
 run's `RunControl`.
@@ -54,7 +54,7 @@ class RunControls:
         self.redis = redis
         self.keys = keys
         self.poll_s = poll_s
-        self._flags = lua.script(timers, "cancel_flags")
+        self._flags = lua.script(timers, "existing_keys")
         self._runs: dict[str, RunControl] = {}
         # Set on graceful shutdown: runs that arrive from now on are handed back at once.
         self.draining = False

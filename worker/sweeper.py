@@ -96,7 +96,7 @@ class Sweeper:
         self.lock_ttl_ms = int(max(settings.sweep_interval_s * 3, 1.0) * 1000)
         self._renew = lua.script(redis, "renew_lease")
         self._release = lua.script(redis, "release_lease")
-        self._lapsed = lua.script(redis, "lapsed_leases")
+        self._existing = lua.script(redis, "existing_keys")
         self._queued_checks = lua.script(redis, "queued_checks")
 
     async def run_forever(self) -> None:
@@ -182,8 +182,8 @@ class Sweeper:
         queued = [run for run in runs if run.status is not RunStatus.RUNNING]
         lapsed: set[str] = set()
         if running:  # every run in flight, each sweep: one call for the page
-            positions = await self._lapsed(keys=[self.keys.lease(run.id) for run in running])
-            lapsed = {running[int(i) - 1].id for i in positions}
+            leased = await self._existing(keys=[self.keys.lease(run.id) for run in running])
+            lapsed = {run.id for run in running} - {running[int(i) - 1].id for i in leased}
         flags: dict[str, int] = {}
         if queued:  # one call for the page too (a backlog can be thousands of runs)
             keys, args = [self.keys.dispatching()], []
