@@ -53,6 +53,7 @@ def locked_run(session: Session, run_id: str) -> Run | None:
 
 
 INSERT_LOG = insert(table_of(RunLog))
+ARCHIVED_LOG = select(RunLog.events).where(col(RunLog.run_id) == bindparam("run_id"))
 
 # The row a PostgreSQL transition locks first, and the status it had.
 _LOCKED = (

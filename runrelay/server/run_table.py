@@ -45,6 +45,7 @@ from runrelay.server.errors import Conflict, Invalid, NotFound, ServerError
 from runrelay.server.loop_database import LoopDatabase, on_loop
 from runrelay.server.run_statements import (
     ANY_HOLDER,
+    ARCHIVED_LOG,
     INSERT_LOG,
     RUN_EXISTS,
     STARTED,
@@ -484,14 +485,13 @@ class RunTable:
         query = select(Run).where(
             col(Run.id) == run_id, col(Run.status) == target, col(Run.lease_token) == lease_token
         )
-        archived = select(RunLog.events).where(col(RunLog.run_id) == run_id)
         with Session(self.single, expire_on_commit=False) as session:
             run = session.exec(query).first()
-            text = session.execute(archived).scalar() if run is not None else None
+            found = {"run_id": run_id}
+            text = session.execute(ARCHIVED_LOG, found).scalar() if run is not None else None
         if run is None or text is None:
             return None
-        seq, _, done = text.rpartition("\n")[2].partition(" ")
-        return Moved(run, RUNNING), int(seq), done
+        return Moved(run, RUNNING), *RunLog.last(text)
 
     def _at_once(self, run: Run) -> bool:
         """Whether `run`'s ending may be one statement: on PostgreSQL, with no listener

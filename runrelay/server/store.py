@@ -31,6 +31,7 @@ from sqlmodel import Session, col, select
 from runrelay.server.engine import autocommit
 from runrelay.server.errors import Conflict
 from runrelay.server.loop_database import on_loop
+from runrelay.server.run_statements import ARCHIVED_LOG
 from runrelay.server.tables import (
     RUN_COLUMNS,
     ApiKey,
@@ -98,7 +99,6 @@ _UNFINISHED = (
 _TENANTS = table_of(Tenant)
 _TENANT_BY_ID = select(*_TENANTS.c).where(_TENANTS.c.id == bindparam("key"))
 _TENANT_BY_NAME = select(*_TENANTS.c).where(_TENANTS.c.name == bindparam("key"))
-_ARCHIVED = select(RunLog.events).where(col(RunLog.run_id) == bindparam("run_id"))
 
 
 @dataclass(frozen=True)
@@ -451,5 +451,5 @@ class Store:
 
     def archived_events(self, run_id: str, *, after: int = 0) -> Sequence[str]:
         with self.single.connect() as conn:
-            text = conn.execute(_ARCHIVED, {"run_id": run_id}).scalar()
+            text = conn.execute(ARCHIVED_LOG, {"run_id": run_id}).scalar()
         return RunLog.after(text, after) if text is not None else []

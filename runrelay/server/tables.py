@@ -275,6 +275,12 @@ class RunLog(SQLModel, table=True):
         return "\n".join(f"{seq} {data}" for seq, data in sorted(events))
 
     @staticmethod
+    def last(events: str) -> tuple[int, str]:
+        """The seq and JSON of the last event in `events` (the column's text)."""
+        number, _, data = events.rpartition("\n")[2].partition(" ")
+        return int(number), data
+
+    @staticmethod
     def after(events: str, seq: int) -> list[str]:
         """The JSON of the events after `seq` in `events` (the column's text), in order."""
         found = []

@@ -24,7 +24,6 @@ runs (`unstick`). The owner key has no TTL: a paused run may hold its thread for
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,23 +105,6 @@ class ThreadGate:
             return False
         await self._hand_over(tenant_id, thread_id, holder_id)
         return True
-
-    async def parked(self, runs: Iterable[RunIdentity]) -> set[str]:
-        """The ids of those of `runs` that wait for their thread."""
-        waiting = [
-            (run.id, self.keys.thread_waiting(run.tenant_id, run.thread_id))
-            for run in runs
-            if run.thread_id is not None
-        ]
-        if not waiting:
-            return set()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for run_id, key in waiting:
-                pipe.zscore(key, run_id)
-            scores = await pipe.execute()
-        return {
-            run_id for (run_id, _), score in zip(waiting, scores, strict=True) if score is not None
-        }
 
     async def _hand_over(self, tenant_id: str, thread_id: str, finished: str) -> None:
         keys = self._keys(tenant_id, thread_id)
