@@ -80,7 +80,7 @@ class Stack:
 
     def stop_processes(self) -> None:
         """SIGTERM to all, then SIGKILL to whatever is still up STOP_TIMEOUT_S after the
-        workers' grace period (runs still going are handed back only once it ends)."""
+        workers' grace period (within which they hand back the runs still going)."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -162,7 +162,7 @@ def stack_up(*, worker_concurrency: int, keep_logs: bool, workers: int = 1,
         stack.env = {**os.environ, "REDIS_URL": stack.redis_url, "DATABASE_URL": database_url,
                      "RUNRELAY_REDIS_PREFIX": stack.prefix,
                      "RUNRELAY_AGENTS_CONFIG": str(BENCH_DIR / "agents.yaml")}
-        # Runs still going at the end (fan-out's tickers) are handed back after this; a bench
+        # Runs still going at the end (fan-out's tickers) are handed back within this; a bench
         # that measures the shutdown sets its own.
         stack.env["RUNRELAY_SHUTDOWN_GRACE_S"] = "5"
         stack.env.update(env or {})

@@ -1,10 +1,11 @@
 """The Celery application of the worker side: configuration, the execute-run task, and the
 process-wide asyncio runtime it hands runs to.
 
-Graceful shutdown: on SIGTERM Celery stops taking tasks and waits for the running ones. In-flight
-runs go on for `shutdown_grace_s`; then the runtime hands the rest back (each releases its lease
-and is enqueued again, to be resumed from its checkpoint by another worker), and the task
-threads return, so the process exits.
+Graceful shutdown: on SIGTERM Celery stops taking tasks and waits for the running ones. The
+process exits within `shutdown_grace_s`: in-flight runs go on until the hand-back must begin for
+that (`hand_back_reserve_s` before the end, by how many runs are held); then the runtime hands the
+rest back (each releases its lease and is enqueued again, to be resumed from its checkpoint by
+another worker), and the task threads return, so the process exits.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +33,18 @@ log = logging.getLogger(__name__)
 # After the hand-back, the process should be gone in moments; if something in Celery's shutdown
 # hangs instead, the runs are safe (handed back, leases released), so exit anyway.
 _EXIT_WATCHDOG_S = 15.0
+# What the end of a shutdown takes, for the hand-back to begin early enough: Celery's own stop and
+# the runtime's close (~1 s for an idle worker on the 2-core development machine), and per run
+# held its hand-back (~1.4 ms there: bench/inflight.py); both with a margin.
+_EXIT_RESERVE_S = 1.5
+_HAND_BACK_PER_RUN_S = 0.002
+# How often the wait for the hand-back looks again at how many runs are still held.
+_HAND_BACK_POLL_S = 0.1
+
+
+def hand_back_reserve_s(held: int) -> float:
+    """How long before the end of the grace period the hand-back of `held` runs begins."""
+    return _EXIT_RESERVE_S + held * _HAND_BACK_PER_RUN_S
 
 
 class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
@@ -59,20 +73,34 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
         self.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=self.settings.control_queue)
 
     def hand_back_after_grace(self) -> None:
-        """From a signal handler: stop taking runs and sweeping now; wait `shutdown_grace_s` in
-        a thread, then hand the runs still held back."""
+        """From a signal handler: stop taking runs and sweeping now; in a thread, let the runs
+        held go on as long as the grace period allows, then hand back those still held."""
         runtime = self._runtime  # no lock: the main thread may hold it when the signal comes
         if runtime is not None:
             runtime.begin_shutdown()
+        ends_at = time.monotonic() + self.settings.shutdown_grace_s
 
         def _later() -> None:
             stop = threading.Event()
-            stop.wait(self.settings.shutdown_grace_s)
-            with self._runtime_lock:
-                runtime = self._runtime
-            if runtime is not None:
-                count = runtime.hand_back_all()
-                log.warning("shutdown grace over: handed back %d run(s)", count)
+            # Runs that end meanwhile shorten the hand-back: look again until it must begin.
+            # None held: nothing to wait for (one that starts from now on is handed back at once).
+            while True:
+                with self._runtime_lock:
+                    runtime = self._runtime
+                held = runtime.held() if runtime is not None else 0
+                left = ends_at - time.monotonic()
+                if runtime is not None:
+                    left -= hand_back_reserve_s(held)
+                if left <= 0 or (runtime is not None and not held):
+                    break
+                stop.wait(min(left, _HAND_BACK_POLL_S))
+            count = runtime.hand_back_all() if runtime is not None else 0
+            if count:
+                log.warning(
+                    "shutting down: handed back %d run(s), %.1f s before the grace period ends",
+                    count,
+                    max(ends_at - time.monotonic(), 0.0),
+                )
             if not stop.wait(_EXIT_WATCHDOG_S):
                 try:
                     log.error(

@@ -147,6 +147,10 @@ class AsyncRuntime:
 
         self._loop.call_soon_threadsafe(_begin)
 
+    def held(self) -> int:
+        """How many runs this process holds now (from any thread)."""
+        return len(self.controls)
+
     def hand_back_all(self) -> int:
         """Graceful shutdown: take no more runs, and hand back every run held; returns how many."""
 

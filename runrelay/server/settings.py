@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     max_run_attempts: int = 5
     # How often a worker looks for cancel requests of the runs it holds.
     cancel_poll_s: float = 0.25
-    # After SIGTERM, in-flight runs go on this long, then are handed back to be resumed elsewhere.
+    # After SIGTERM, the worker exits within this: in-flight runs go on until they must be handed
+    # back (to be resumed elsewhere) for that (worker/app.py `hand_back_reserve_s`).
     shutdown_grace_s: float = 20.0
 
     # Sweeper (runs in every worker process; one at a time holds its lock)
