@@ -17,9 +17,10 @@ the run again, or its task was delivered twice), refused lease renewals.
 Then the (idle) worker gets SIGTERM. SIGTERM phase: with no worker up, `--sigterm-runs` more runs
 are queued; a second worker takes them all and, once they all run, gets SIGTERM, with
 `RUNRELAY_SHUTDOWN_GRACE_S` = `--grace` (2 s: shorter than a run, so every one of them takes the
-hand-back path). Reported: SIGTERM-to-exit time (grace + hand-back; the exit watchdog fires 15 s
-after the hand-back if the process is still up), then a third worker resumes the handed-back
-runs, and all of them must complete.
+hand-back path). Reported: SIGTERM-to-exit time (goal: within the grace period; the hand-back
+begins 1.5 s plus 2 ms per run held before it ends, so with 2 s and 500 runs at once; the exit
+watchdog fires 15 s after the hand-back if the process is still up), then a third worker resumes
+the handed-back runs, and all of them must complete.
 
 Machine caveat: figures are from whatever machine runs it (the JSON records nproc, load average
 and the CPU model). On the 2-core development machine, shared with other engineers' benches, one
