@@ -31,7 +31,7 @@ from runrelay.server.settings import Settings
 from runrelay.server.store import Store
 from tests.fake_openai import FakeOpenAI, serve_fake_openai
 from tests.listener import RecordingListener
-from worker.app import WorkerApp
+from worker.app import POOL, WorkerApp
 from worker.app import create_app as create_worker_app
 
 WORKER_CONCURRENCY = 64
@@ -125,7 +125,7 @@ def worker(settings: Settings, lifecycle_listener: RecordingListener) -> Iterato
     app = create_worker_app(settings, [lifecycle_listener])
     with start_worker(
         app,
-        pool="threads",
+        pool=POOL,
         concurrency=WORKER_CONCURRENCY,
         perform_ping_check=False,
         loglevel="WARNING",

@@ -285,7 +285,6 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
     app = create_app(settings)
     argv = [
         "worker",
-        "--pool=threads",
         f"--concurrency={concurrency or settings.worker_concurrency}",
         f"--queues={settings.task_queue},{settings.control_queue}",
         "--loglevel=INFO",
