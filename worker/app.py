@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # After the hand-back, the process should be gone in moments; if something in Celery's shutdown
 # hangs instead, the runs are safe (handed back, leases released), so exit anyway.
 _EXIT_WATCHDOG_S = 15.0
+# The worker's Celery pool: threads, all started with the worker (worker/pool.py).
 POOL = "worker.pool:TaskPool"
 # What the end of a shutdown takes, for the hand-back to begin early enough: Celery's own stop and
 # the runtime's close (~1 s for an idle worker on the 2-core development machine), and per run
@@ -58,7 +59,6 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type hints
         self._runtime: AsyncRuntime | None = None
         self._runtime_lock = threading.Lock()
         self.conf.update(settings.celery_config())
-        # Celery's threads pool, its threads started with the worker (worker/pool.py).
         self.conf.worker_pool = POOL
 
     @property
