@@ -201,7 +201,6 @@ class Sweeper:
                 args += [run.id, dispatching_member(run.tenant_id, run.id), int(bool(thread))]
             found = await self._queued_checks(keys=keys, args=args)
             flags = {run.id: int(f) for run, f in zip(queued, found, strict=True)}
-        parked = {run_id for run_id, f in flags.items() if f & _PARKED}
         stuck_before = now - timedelta(seconds=self.settings.stuck_queued_s)
         requeued = []
         for run in runs:
@@ -213,7 +212,11 @@ class Sweeper:
             if why and await self.requeuer.requeue(run.id):
                 log.warning("run %s enqueued again: %s", run.id, why)
                 requeued.append(run.id)
-        stuck = {(r.tenant_id, r.thread_id) for r in runs if r.id in parked and r.thread_id}
+        stuck = {
+            (run.tenant_id, run.thread_id)
+            for run in queued
+            if run.thread_id and flags[run.id] & _PARKED
+        }
         for tenant_id, thread_id in stuck:
             if await self.threads.unstick(tenant_id, thread_id):
                 log.warning(
