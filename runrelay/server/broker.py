@@ -21,16 +21,53 @@ kombu builds a new redis-py client (on the channel's pool) for each publish, ack
 command: building them was ~3% of the API's CPU samples under load (a publish per run).
 A redis-py client is thread-safe (it takes a pool connection per command), so the channel keeps
 one for its current pool and builds another only when the pool is replaced.
+
+A worker takes its tasks in batches. kombu pops one message per round trip (BRPOP), then writes
+it to the unacked hash and index in a second one (MULTI/EXEC): two round trips, both on the
+worker's main thread, for every task. On Redis 7 and newer the channel pops up to as many
+messages as the worker may still take (its prefetch limit, at most `MAX_BATCH`) in one BLMPOP
+and writes them all to the unacked hash in one pipeline before handing any to the worker. A
+message is in neither the queue nor the unacked hash between the pop and that write, as with
+kombu's own BRPOP and write: a worker killed in that moment loses the messages of the batch, and
+the sweeper enqueues their runs again (`RUNRELAY_STUCK_QUEUED_S`). The pop is atomic, so two
+workers never take the same message. Older Redis servers (the embedded one is 6.2) get kombu's
+BRPOP.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from queue import Empty
+from time import monotonic, time
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+# The most messages one BLMPOP takes.
+MAX_BATCH = 16
+# The first Redis version with BLMPOP.
+_BLMPOP_SINCE = (7, 0)
+
+
+class QoS(kombu_redis.QoS):  # kombu ships no type hints
+    """kombu's Redis QoS, which leaves out the unacked write for messages a batch wrote."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self.written: set[str] = set()
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self.written:
+            self.written.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]  # in memory only
+        else:
+            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
 
 
 class Channel(kombu_redis.Channel):  # kombu ships no type hints
@@ -51,6 +88,88 @@ class Channel(kombu_redis.Channel):  # kombu ships no type hints
         if kept is None or kept.connection_pool is not pool:
             kept = self._client_of_pool = self._create_client()  # type: ignore[no-untyped-call]
         yield kept
+
+
+    QoS = QoS
+    _batch_pop: bool | None = None  # BLMPOP: the server is Redis 7 or newer
+    _popping = 0  # the COUNT of the BLMPOP in flight, 0 for a BRPOP
+
+    def _batch_size(self) -> int:
+        if not isinstance(self.qos, QoS):  # ack emulation is off
+            return 1
+        if self._batch_pop is None:
+            try:
+                with self.conn_or_acquire() as client:
+                    version = str(client.info("server")["redis_version"])
+                major, minor = (int(part) for part in version.split(".")[:2])
+                self._batch_pop = (major, minor) >= _BLMPOP_SINCE
+            except (ResponseError, ValueError):  # INFO renamed away, or an odd version string
+                self._batch_pop = False
+        if not self._batch_pop:
+            return 1
+        room = self.qos.can_consume_max_estimate()  # type: ignore[no-untyped-call]
+        return MAX_BATCH if room is None else max(1, min(room, MAX_BATCH))
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        count = self._batch_size()
+        if count == 1:
+            self._popping = 0
+            super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+            return
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        keys = [self.global_keyprefix + self._q_for_pri(queue, pri)  # type: ignore[no-untyped-call]
+                for pri in self.priority_steps for queue in queues]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
+        self._popping = count
+        self.client.connection.send_command(
+            "BLMPOP", timeout or 0, len(keys), *keys, "RIGHT", "COUNT", count
+        )
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self._popping:
+            return bool(super()._brpop_read(**options))  # type: ignore[no-untyped-call]
+        self._popping = 0
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "BLMPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not reply:
+                raise Empty()
+            key, items = reply
+            name = bytes_to_str(key)  # type: ignore[no-untyped-call]
+            queue = name[len(self.global_keyprefix) :].rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            payloads = [loads(bytes_to_str(item)) for item in items]  # type: ignore[no-untyped-call]
+            self._write_unacked(payloads)
+            for payload in payloads:
+                self.connection._deliver(payload, queue)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._flush_brpop_reauth()  # type: ignore[no-untyped-call]
+
+    def _write_unacked(self, payloads: list[dict[str, Any]]) -> None:
+        """What kombu's `QoS.append` writes for each message, for all of them in one pipeline."""
+        now = time()
+        entries = {}
+        for payload in payloads:
+            properties = payload["properties"]
+            delivery = properties["delivery_info"]
+            entries[properties["delivery_tag"]] = dumps(  # type: ignore[no-untyped-call]
+                [payload, delivery["exchange"], delivery["routing_key"]]
+            )
+        with self.qos.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, dict.fromkeys(entries, now))
+            pipe.hset(self.unacked_key, mapping=entries)
+            pipe.execute()
+        self.qos.written.update(entries)
 
 
 class Transport(kombu_redis.Transport):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import redis
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Exchange, Producer, Queue
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from runrelay.server.broker import Channel
@@ -56,3 +56,51 @@ def test_publishes_share_one_client_per_pool(
     channel._disconnect_pools()
     with pytest.raises(RedisConnectionError), channel.conn_or_acquire():
         pass
+
+
+def _server_version(redis_url: str) -> tuple[int, int]:
+    with redis.Redis.from_url(redis_url) as r:
+        major, minor = str(r.info("server")["redis_version"]).split(".")[:2]
+    return int(major), int(minor)
+
+
+def test_a_consumer_takes_up_to_its_prefetch_limit_at_once_and_loses_none_unacked(
+    connection: Connection, prefix: str, redis_url: str
+) -> None:
+    """On Redis 7 a pop takes as many messages as the consumer may still hold, each recorded as
+    unacked before it is handed over; on older servers kombu's one-at-a-time BRPOP. Either way,
+    what was taken and not acked goes back to the queue when the channel closes."""
+    queue = Queue("runs", Exchange("runs"), routing_key="runs")
+    channel = connection.channel()
+    producer = Producer(channel)
+    for n in range(5):
+        producer.publish({"n": n}, exchange=queue.exchange, routing_key="runs", declare=[queue])
+    batched = _server_version(redis_url) >= (7, 0)
+    received: list[Any] = []
+    r = redis.Redis.from_url(redis_url)
+
+    def on_message(body: Any, message: Any) -> None:
+        if not received:  # what Redis holds as the first message is handed over
+            unacked = r.hlen(f"{prefix}unacked")
+            assert unacked == (3 if batched else 1)
+            assert r.zcard(f"{prefix}unacked_index") == unacked
+            assert r.llen(f"{prefix}runs") == 5 - unacked
+        received.append((body, message))
+
+    consumer_channel = connection.channel()
+    with Consumer(consumer_channel, queues=[queue], callbacks=[on_message], prefetch_count=3):
+        while len(received) < 3:
+            connection.drain_events(timeout=2)
+        assert [body["n"] for body, _ in received] == [0, 1, 2], "in the order they were sent"
+        assert r.llen(f"{prefix}runs") == 2, "no more than the prefetch limit taken"
+        received[0][1].ack()
+        assert r.hlen(f"{prefix}unacked") == 2
+        assert r.zcard(f"{prefix}unacked_index") == 2
+    consumer_channel.close()  # the two unacked messages go back to the queue
+
+    with Consumer(channel, queues=[queue], callbacks=[lambda body, m: received.append((body, m))],
+                  prefetch_count=10):
+        while len(received) < 7:
+            connection.drain_events(timeout=2)
+    assert sorted(body["n"] for body, _ in received[3:]) == [1, 2, 3, 4]
+    r.close()
