@@ -148,8 +148,14 @@ class Channel(kombu_redis.Channel):  # kombu ships no type hints
             self._queue_cycle.rotate(queue)
             payloads = [loads(bytes_to_str(item)) for item in items]  # type: ignore[no-untyped-call]
             self._write_unacked(payloads)
-            for payload in payloads:
-                self.connection._deliver(payload, queue)
+            failure: Exception | None = None
+            for payload in payloads:  # one that fails does not keep the others from the worker
+                try:
+                    self.connection._deliver(payload, queue)
+                except Exception as exc:
+                    failure = failure or exc
+            if failure is not None:
+                raise failure
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]

@@ -104,3 +104,31 @@ def test_a_consumer_takes_up_to_its_prefetch_limit_at_once_and_loses_none_unacke
             connection.drain_events(timeout=2)
     assert sorted(body["n"] for body, _ in received[3:]) == [1, 2, 3, 4]
     r.close()
+
+
+def test_a_message_that_fails_does_not_keep_the_rest_of_its_batch_from_the_consumer(
+    connection: Connection, prefix: str, redis_url: str
+) -> None:
+    queue = Queue("runs", Exchange("runs"), routing_key="runs")
+    channel = connection.channel()
+    producer = Producer(channel)
+    for n in range(3):
+        producer.publish({"n": n}, exchange=queue.exchange, routing_key="runs", declare=[queue])
+    received: list[int] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        received.append(body["n"])
+        if body["n"] == 0:
+            raise RuntimeError("the first message's handler failed")
+        message.ack()
+
+    with Consumer(connection.channel(), queues=[queue], callbacks=[on_message], prefetch_count=3):
+        with pytest.raises(RuntimeError, match="first message"):
+            connection.drain_events(timeout=2)
+        if _server_version(redis_url) >= (7, 0):
+            assert received == [0, 1, 2], "the batch's other messages were handed over"
+        while len(received) < 3:
+            connection.drain_events(timeout=2)
+    assert received == [0, 1, 2]
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.hlen(f"{prefix}unacked") == 1, "only the failed one is still unacked"
