@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import JSON, BigInteger, Column, Dialect, Index, String, Table, Text, inspect
@@ -209,10 +210,24 @@ def new_row(model: type[M], **values: Any) -> M:
     default. What `model(**values)` makes, without its per-attribute instrumentation events
     (~70 µs for a run, against ~15): the API builds one for each run it creates. No validation
     either, as for any table model: the values come from validated requests."""
-    for name, field in model.model_fields.items():
+    for name, default in _defaults(model):
         if name not in values:
-            values[name] = field.get_default(call_default_factory=True)
+            values[name] = default()
     return loaded(model, values)
+
+
+@cache
+def _defaults(model: type[SQLModel]) -> tuple[tuple[str, Callable[[], Any]], ...]:
+    """Each field of `model` and what makes its default: its factory, or pydantic's copy of its
+    value. (`FieldInfo.get_default` reads a factory's signature on every call.)"""
+    makers: list[tuple[str, Callable[[], Any]]] = []
+    for name, field in model.model_fields.items():
+        factory = field.default_factory
+        if factory is None:
+            makers.append((name, field.get_default))
+        else:
+            makers.append((name, factory))  # type: ignore[arg-type]  # takes no validated data
+    return tuple(makers)
 
 
 def run_row(run: Run) -> dict[str, Any]:
