@@ -12,8 +12,9 @@ seconds"); `--victims N` kills the first N in turn.
 
 Pass criteria, all checked: every run reaches `done` with status `completed` (none lost); every
 log is seq 1..n with exactly one `done`, last; the output a client shows once it leaves
-superseded deltas out equals `done.output`; every tool call id of every run was executed, and
-none ran again once its result was recorded; the database says `completed` for every run.
+superseded deltas out equals `done.output`; every tool call id of every run was executed, its
+result is in the log, and none ran again once its result was recorded; the database says
+`completed` for every run.
 
 A call whose worker was SIGKILLed after the tool returned but before its result reached Redis
 runs again on resume: the at-least-once window the README states. The bench tells the two apart
@@ -192,6 +193,9 @@ def check(run: dict[str, Any], executions: Executions, kills: Kills) -> list[str
     calls = [call for (run_id, call) in executions if run_id == run["run_id"]]
     if len(calls) != TOOL_CALLS_PER_RUN:
         problems.append(f"{len(calls)} distinct tool calls executed, not {TOOL_CALLS_PER_RUN}")
+    announced = {e["tool_call_id"] for e in events if e["type"] == "tool_call_result"}
+    if unannounced := sorted(set(calls) - announced):
+        problems.append(f"tool calls executed with no tool_call_result in the log: {unannounced}")
     broken = [r for r in reruns(run, executions, kills) if r["kind"] != "killed_before_recorded"]
     if broken:
         problems.append(f"tool calls run again although their result was recorded: {broken}")

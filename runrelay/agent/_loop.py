@@ -127,7 +127,10 @@ class AgentLoop:
 
     async def _save(self, state: LoopState, event: PendingEvent | None = None) -> None:
         if self._checkpoint is not None:
-            await self._checkpoint(state, event)
+            # The state as of this event: a parallel call that ends while this checkpoint waits
+            # to be written (for the run's writer, for Redis) is saved with its own event, not
+            # in this one, where a resumed run would find its result and never announce it.
+            await self._checkpoint(state.snapshot(), event)
         elif event is not None:
             await self.emit(*event)
 

@@ -6,7 +6,7 @@ the database can keep a paused run's, and the embedded loop can keep it in memor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from runrelay.agent.messages import ApprovalRequest, ChatMessage, Decision, ToolCall
@@ -49,6 +49,12 @@ class LoopState:
         self.usage = self.usage + usage
         known = Usage(**self.usage_by_model.get(model, {}))
         self.usage_by_model[model] = (known + usage).model_dump()
+
+    def snapshot(self) -> LoopState:
+        """A copy that keeps what it holds now, for a checkpoint written a moment later: the
+        parts that running tool calls change (`finished`, `suggestions`) are copied; the rest,
+        which changes only between tool calls, is shared."""
+        return replace(self, finished=dict(self.finished), suggestions=list(self.suggestions))
 
     def to_dict(self) -> dict[str, Any]:
         return {

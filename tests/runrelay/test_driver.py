@@ -295,3 +295,54 @@ GUARDED_SCRIPT = {
         {"text": "Done.", "chunks": 1},
     ]
 }
+
+
+async def fast_step() -> str:
+    """Return at once."""
+    return "fast"
+
+
+async def slow_step() -> str:
+    """Return a moment later."""
+    await asyncio.sleep(0.05)
+    return "slow"
+
+
+def test_a_checkpoint_holds_only_tool_results_announced_with_it_or_before() -> None:
+    """Two parallel calls: the fast one's checkpoint waits (as the worker's does for the run's
+    writer and Redis) while the slow one finishes. That checkpoint must not hold the slow
+    result: a worker killed before the slow one's own checkpoint would resume with a result
+    whose `tool_call_result` event never reached the log."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    lock = asyncio.Lock()
+    unannounced: list[set[str]] = []
+
+    async def emit(type: str, data: dict[str, Any]) -> None:
+        events.append((type, data))
+
+    async def checkpoint(state: LoopState, event: PendingEvent | None = None) -> None:
+        async with lock:  # one at a time, in order, as the run's writer saves them
+            if event is not None and event[1].get("name") == "fast_step":
+                await asyncio.sleep(0.2)  # a slow round trip; the slow call ends meanwhile
+            saved = LoopState.from_dict(json.loads(json.dumps(state.to_dict())))
+            if event is not None:
+                await emit(*event)
+            announced = {d["tool_call_id"] for t, d in events if t == "tool_call_result"}
+            unannounced.append(set(saved.finished) - announced)
+
+    spec = agent(
+        tools=["tests.runrelay.test_driver:fast_step", "tests.runrelay.test_driver:slow_step"],
+        script={
+            "turns": [
+                {"tool_calls": [{"name": "fast_step", "arguments": {}},
+                                {"name": "slow_step", "arguments": {}}]},
+                {"text": "Both done.", "chunks": 1},
+            ]
+        },
+    )
+    outcome = drive(spec, request(), RunHooks(emit=emit, checkpoint=checkpoint))
+
+    assert outcome.output == "Both done."
+    results = [d["name"] for t, d in events if t == "tool_call_result"]
+    assert results == ["fast_step", "slow_step"]
+    assert all(not ids for ids in unannounced), f"saved before announced: {unannounced}"
