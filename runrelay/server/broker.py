@@ -89,7 +89,6 @@ class Channel(kombu_redis.Channel):  # kombu ships no type hints
             kept = self._client_of_pool = self._create_client()  # type: ignore[no-untyped-call]
         yield kept
 
-
     QoS = QoS
     _batch_pop: bool | None = None  # BLMPOP: the server is Redis 7 or newer
     _popping = 0  # the COUNT of the BLMPOP in flight, 0 for a BRPOP
