@@ -2,6 +2,7 @@
 
     python bench/throughput.py --runs 500 --concurrency 50 [--worker-concurrency 100] [--stream]
     python bench/throughput.py --floor 200 ...   # the floor first, back to back, then the ratio
+    python bench/throughput.py --runs 1000 --rate 60  # open loop: 60 runs started a second
 
 It starts its own stack as separate processes, like production: Redis from REDIS_URL (else an
 embedded redis-server), the database from DATABASE_URL (else a temporary SQLite file), then
@@ -9,9 +10,11 @@ embedded redis-server), the database from DATABASE_URL (else a temporary SQLite 
 key lives under a fresh RUNRELAY_REDIS_PREFIX and, on PostgreSQL, every table in a fresh schema;
 both are deleted at the end, as are the processes (also on Ctrl-C or error).
 
-A closed-loop client keeps `--concurrency` runs in flight. Per run: t0, POST /v1/runs (202), then
-GET /v1/runs/{id}/events until `done`, checking the log is complete. `--stream` uses POST
-/v1/runs/stream instead. The table goes to stdout and the JSON to bench/results/.
+A closed-loop client keeps `--concurrency` runs in flight; with `--rate R` an open-loop client
+starts R runs a second instead (latency at a load the stack can sustain). Per run: t0, POST
+/v1/runs (202), then GET /v1/runs/{id}/events until `done`, checking the log is complete.
+`--stream` uses POST /v1/runs/stream instead. The table goes to stdout and the JSON to
+bench/results/.
 
 It reports CPU per completed run of each server part (API, worker, Redis, and PostgreSQL: every
 `postgres` process of the machine, so run it on a quiet one). `--floor N` first runs the stack's
@@ -293,6 +296,8 @@ async def warm_up(stack: Stack, args: argparse.Namespace) -> None:
 
 
 async def measure(stack: Stack, args: argparse.Namespace) -> list[Sample]:
+    if args.rate:
+        return await measure_open(stack, args)
     samples: list[Sample] = []
     todo = iter(range(args.runs))
 
@@ -302,6 +307,35 @@ async def measure(stack: Stack, args: argparse.Namespace) -> list[Sample]:
 
     async with _client(stack, args) as http:
         await asyncio.gather(*(slot(http) for _ in range(args.concurrency)))
+    return samples
+
+
+async def measure_open(stack: Stack, args: argparse.Namespace) -> list[Sample]:
+    """Open loop: a run starts every 1/`rate` s whatever the earlier ones are doing (as
+    independent callers would), up to `concurrency` in flight; a run that finds them all busy
+    waits for one and counts as `late` (the server fell behind the offered rate)."""
+    samples: list[Sample] = []
+    free = asyncio.Semaphore(args.concurrency)
+    loop = asyncio.get_running_loop()
+    late = 0
+
+    async def one(http: Client) -> None:
+        try:
+            samples.append(await one_run(http, args.stream, args.run_timeout))
+        finally:
+            free.release()
+
+    async with _client(stack, args) as http, asyncio.TaskGroup() as runs:
+        start = loop.time()
+        for i in range(args.runs):
+            due = start + i / args.rate
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            if free.locked():
+                late += 1
+            await free.acquire()
+            runs.create_task(one(http))
+    args.late_starts = late
     return samples
 
 
@@ -364,9 +398,11 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
 def print_table(report: dict[str, Any]) -> None:
     m, r, s = report["machine"], report["results"], report["settings"]
     rds, db = report["backends"]["redis"], report["backends"]["database"]
-    print(f"\nrunrelay throughput — {report['mode']} mode, {s['runs']} runs, client concurrency "
-          f"{s['concurrency']} ({s['client']}), 1 worker process x {s['worker_concurrency']} "
-          "threads")
+    load = (f"open loop at {s['rate']:g} runs/s offered (at most {s['concurrency']} in flight; "
+            f"{s['late_starts']} late starts)" if s.get("rate")
+            else f"client concurrency {s['concurrency']}")
+    print(f"\nrunrelay throughput — {report['mode']} mode, {s['runs']} runs, {load} "
+          f"({s['client']}), 1 worker process x {s['worker_concurrency']} threads")
     print(f"machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}")
     print(f"redis: {rds['url']} {'(embedded) ' if rds['embedded'] else ''}v{rds['version']}; "
           f"database: {db['dialect']} {db['version']}")
@@ -400,6 +436,11 @@ def print_table(report: dict[str, Any]) -> None:
               f"done p50 {floor['done_p50_ms']:.2f} ms")
         print(f"ratio to the floor: throughput {floor['throughput_ratio']:.3f}x; "
               f"POST → done p50 {floor['done_p50_ratio']:.1f}x the floor's sequential done p50")
+        if not s.get("rate"):
+            # Little's law: C runs always in flight at X runs/s take C / X s each on average.
+            print(f"(a closed loop of {s['concurrency']} in flight takes {s['concurrency']} / "
+                  "throughput per run: at the floor's own throughput, "
+                  f"{s['concurrency'] / floor['runs_per_s'] * 1000:.0f} ms)")
 
 
 SERVER_PARTS = ("api", "worker", "redis", "postgres")
@@ -438,7 +479,11 @@ def measure_floor(script: Path, n: int) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=500, help="measured runs")
-    parser.add_argument("--concurrency", type=int, default=50, help="runs in flight (client)")
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="runs in flight (client); with --rate, the most in flight")
+    parser.add_argument("--rate", type=float, default=0.0, metavar="R",
+                        help="open loop: start R runs a second, whatever the earlier ones do, "
+                             "instead of keeping --concurrency in flight (a closed loop)")
     parser.add_argument("--worker-concurrency", type=int, default=100,
                         help="threads of the one worker process")
     parser.add_argument("--stream", action="store_true", help="POST /v1/runs/stream instead")
@@ -457,6 +502,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.concurrency < 1 or args.worker_concurrency < 1 or args.warmup < 1:
         parser.error("--runs, --concurrency, --worker-concurrency and --warmup must be >= 1")
+    if args.rate < 0:
+        parser.error("--rate must be > 0 (runs started a second)")
     return args
 
 
@@ -488,6 +535,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["log_dir"] = str(stack.tmp) if args.keep_logs or stack.keep_tmp else None
     report["settings"] = {
         "runs": args.runs, "concurrency": args.concurrency, "warmup_runs": args.warmup,
+        "rate": args.rate or None, "late_starts": getattr(args, "late_starts", None),
         "worker_processes": 1, "worker_concurrency": args.worker_concurrency,
         "client": args.client, "agent": AGENT, "agents_config": "bench/agents.yaml",
         "run_timeout_s": args.run_timeout,
