@@ -19,6 +19,11 @@ loses nothing; what came since the read reaches them through the tail): a burst 
 opening a run's stream costs one read a second, and holds one Redis connection, not one per
 client.
 
+After a read that brought events the hub waits `batch_s` (`RUNRELAY_HUB_BATCH_MS`, 5 ms) before
+the next one: a run streaming tokens writes several while it waits, and they then reach each of
+its clients in one read and one socket write, not one of each per token. An event is delayed by
+up to that much; a subscriber that comes in the meantime is read from at the next read.
+
 A subscriber waits on `Subscription.wait`: it returns what came, or nothing once it has waited
 `idle_wake_s` (one ticker task per hub wakes those, rather than a timer per subscriber). Each
 wait is queued in the order it began, so the ticker looks only at the waits that came due, not
@@ -127,10 +132,19 @@ class Subscription:
 
 class StreamHub:
     def __init__(
-        self, reader: Redis, writer: Redis, keys: RedisKeys, *, block_ms: int, idle_wake_s: float
+        self,
+        reader: Redis,
+        writer: Redis,
+        keys: RedisKeys,
+        *,
+        block_ms: int,
+        idle_wake_s: float,
+        batch_s: float = 0.0,
     ) -> None:
-        """`reader` is used for the blocking XREAD only; `writer` for the wake-ups."""
+        """`reader` is used for the blocking XREAD only; `writer` for the wake-ups. After a
+        read that brought events, the next one waits `batch_s` (see the module docstring)."""
         self.idle_wake_s = idle_wake_s
+        self.batch_s = batch_s
         self.reader = reader
         self.writer = writer
         self.keys = keys
@@ -144,6 +158,7 @@ class StreamHub:
         self._cursors: dict[str, int] = {}
         self._reading: dict[str, int] = {}
         self._woken = False
+        self._batching = False  # between a read that brought events and the next read
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._histories: dict[str, _History] = {}
@@ -173,6 +188,8 @@ class StreamHub:
         )
         self._subs.setdefault(sub.key, set()).add(sub)
         self._cursors[sub.key] = min(self._cursors.get(sub.key, after), after)
+        if self._batching:
+            return sub  # the next read starts from the cursors, this one's included
         reading = self._reading.get(sub.key)
         if reading is not None and after >= reading:
             return sub  # the read in flight returns what this subscriber waits for
@@ -244,13 +261,26 @@ class StreamHub:
                 log.warning("SSE hub cannot read Redis (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1)
                 continue
+            came = False
             for raw_key, entries in response or []:
                 key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
                 if key == self._wakeup_key:
                     last = entries[-1][0]
                     self._wakeup_id = last.decode() if isinstance(last, bytes) else last
                     continue
+                came = True
                 self._dispatch(key, [decode_entry(raw_id, fields) for raw_id, fields in entries])
+            if came and self.batch_s:
+                await self._batch()
+
+    async def _batch(self) -> None:
+        """Let events gather for `batch_s` before the next read. A subscriber that comes
+        meanwhile needs no wake-up: the next read starts from its cursor."""
+        self._batching = True
+        try:
+            await asyncio.sleep(self.batch_s)
+        finally:
+            self._batching = False
 
     async def _tick(self) -> None:
         """Wakes the subscribers that waited `idle_wake_s` with nothing (a few times a second)."""

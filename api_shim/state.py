@@ -170,7 +170,12 @@ class ShimState:
             hub_redis=hub_redis,
             events=events,
             hub=StreamHub(
-                hub_redis, redis, keys, block_ms=settings.hub_block_ms, idle_wake_s=KEY_CACHE_S
+                hub_redis,
+                redis,
+                keys,
+                block_ms=settings.hub_block_ms,
+                idle_wake_s=KEY_CACHE_S,
+                batch_s=settings.hub_batch_ms / 1000,
             ),
             registry=registry,
             catalog=AgentCatalog(store.engine, registry),

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # How long an Idempotency-Key keeps leading to the run it created.
     idempotency_ttl_s: int = 24 * 3600
     hub_block_ms: int = 5000
+    # After a read that brought events, the SSE hub waits this long before its next read, so
+    # that what a run writes meanwhile reaches its clients in one read and one write each,
+    # not one per event: fewer Redis round trips and socket writes, at up to this much delay.
+    hub_batch_ms: float = Field(5.0, ge=0, le=1000)
     # Redis connections of one shim process for commands (a request waits for a free one; each
     # is held one round trip). The hub, the dispatcher and the batch feeder add one each and
     # Celery's producer two: 8 in all, whatever the number of SSE clients.

@@ -10,7 +10,7 @@ import redis
 from httpx_sse import aconnect_sse
 from redis.asyncio import Redis
 
-from api_shim.hub import StreamHub
+from api_shim.hub import StreamHub, Subscription
 from runrelay.server.keys import RedisKeys
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
@@ -112,3 +112,45 @@ def test_a_history_read_shared_by_later_opens_loses_no_event(settings: Settings)
     first, later, tail = asyncio.run(scenario())
     assert first == [1, 2]
     assert later + tail == [2, 3]
+
+
+def test_events_written_while_the_hub_waits_to_read_come_in_one_batch(settings: Settings) -> None:
+    """After a read that brought events the hub waits `batch_s`: tokens written one by one
+    meanwhile reach a subscriber together, and a subscriber that comes meanwhile loses none."""
+
+    async def scenario() -> tuple[list[list[int]], list[int]]:
+        keys = RedisKeys(f"{settings.redis_prefix}hubbatch:")
+        reader, writer = Redis.from_url(settings.redis_url), Redis.from_url(settings.redis_url)
+        hub = StreamHub(reader, writer, keys, block_ms=500, idle_wake_s=5, batch_s=0.4)
+        hub.start()
+        first, second = keys.events("r1"), keys.events("r2")
+        takes: list[list[int]] = []
+
+        async def collect(sub: Subscription) -> None:
+            while sum(len(take) for take in takes) < 4:
+                if took := await sub.wait():
+                    takes.append([e.seq for e in took])
+
+        try:
+            sub = await hub.subscribe("r1", 0)
+            async with asyncio.timeout(10), asyncio.TaskGroup() as group:
+                group.create_task(collect(sub))
+                await writer.xadd(first, {"t": "e", "d": "{}"}, id="0-1")
+                while not takes:  # read at once; the hub now waits before reading again
+                    await asyncio.sleep(0.01)
+                for seq in (2, 3, 4):
+                    await asyncio.sleep(0.05)  # each its own read, were it not for the wait
+                    await writer.xadd(first, {"t": "e", "d": "{}"}, id=f"0-{seq}")
+                await writer.xadd(second, {"t": "e", "d": "{}"}, id="0-1")
+                late = await hub.subscribe("r2", 0)  # during the wait
+                late_events = await late.wait()
+            return takes, [e.seq for e in late_events]
+        finally:
+            await hub.stop()
+            await writer.delete(first, second)
+            await reader.aclose()
+            await writer.aclose()
+
+    takes, late = asyncio.run(scenario())
+    assert takes == [[1], [2, 3, 4]]
+    assert late == [1]
