@@ -237,12 +237,14 @@ async def _follow(source: EventSource, sample: Sample) -> list[dict[str, Any]]:
     return events
 
 
-async def one_run(http: Client, stream: bool, timeout_s: float) -> Sample:
+async def one_run(http: Client, stream: bool, timeout_s: float, due: float | None = None) -> Sample:
+    """`due`: when the open loop meant to start it (`time.perf_counter`); its latencies count
+    from then, so that a start delayed by a full client counts against the server."""
     sample = Sample()
     body = {"agent": AGENT, "input": {"company": "ACME Corp", "query": "Assess credit risk"}}
     try:
         async with asyncio.timeout(timeout_s):
-            sample.t0 = time.perf_counter()
+            sample.t0 = time.perf_counter() if due is None else due
             if stream:
                 async with http.sse("POST", "/v1/runs/stream", body) as source:
                     sample.response = time.perf_counter() - sample.t0
@@ -311,30 +313,30 @@ async def measure(stack: Stack, args: argparse.Namespace) -> list[Sample]:
 
 
 async def measure_open(stack: Stack, args: argparse.Namespace) -> list[Sample]:
-    """Open loop: a run starts every 1/`rate` s whatever the earlier ones are doing (as
+    """Open loop: a run is due every 1/`rate` s whatever the earlier ones are doing (as
     independent callers would), up to `concurrency` in flight; a run that finds them all busy
-    waits for one and counts as `late` (the server fell behind the offered rate)."""
+    waits for one and counts as `late` (the server fell behind the offered rate). Latencies
+    count from when a run was due."""
     samples: list[Sample] = []
     free = asyncio.Semaphore(args.concurrency)
-    loop = asyncio.get_running_loop()
     late = 0
 
-    async def one(http: Client) -> None:
+    async def one(http: Client, due: float) -> None:
         try:
-            samples.append(await one_run(http, args.stream, args.run_timeout))
+            samples.append(await one_run(http, args.stream, args.run_timeout, due))
         finally:
             free.release()
 
     async with _client(stack, args) as http, asyncio.TaskGroup() as runs:
-        start = loop.time()
+        start = time.perf_counter()
         for i in range(args.runs):
             due = start + i / args.rate
-            if due > loop.time():
-                await asyncio.sleep(due - loop.time())
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
             if free.locked():
                 late += 1
             await free.acquire()
-            runs.create_task(one(http))
+            runs.create_task(one(http, due))
     args.late_starts = late
     return samples
 
