@@ -15,7 +15,6 @@ Redis pool, the database, an HTTP client, the run firer) are built on that loop 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -23,7 +22,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from celery.signals import worker_shutdown
 from kombu.entity import Queue
 from redis.asyncio import Redis
 
@@ -205,6 +203,7 @@ def register(app: WorkerApp) -> None:
         with lock:
             if not holder:
                 holder.append(Control(settings, app))
+                app.runtime.close_with(holder[0].close)  # its clients live on the runtime's loop
             return holder[0]
 
     @app.task(name=FIRE_SCHEDULES_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
@@ -218,15 +217,6 @@ def register(app: WorkerApp) -> None:
     @app.task(name=SWEEP_WEBHOOKS_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
     def sweep() -> list[str]:
         return app.runtime.call(control().sweep())
-
-    def _on_shutdown(**_: Any) -> None:
-        with lock:
-            found = holder.pop() if holder else None
-        if found is not None:
-            with contextlib.suppress(Exception):
-                app.runtime.call(found.close(), timeout_s=10)
-
-    worker_shutdown.connect(_on_shutdown, weak=False)
 
 
 def run_beat(settings: Settings, *, loglevel: str = "INFO") -> None:

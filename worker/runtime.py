@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -47,7 +47,19 @@ from worker.sweeper import Requeuer, Sweeper
 
 T = TypeVar("T")
 _CLOSE_TIMEOUT_S = 10.0
+_LOOP_CLOSE_TIMEOUT_S = 5.0
 log = logging.getLogger(__name__)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (`uvicorn[standard]` brings it on Linux and macOS):
+    with hundreds of runs on one loop, asyncio's pure-Python selector loop is a large share of
+    the worker's CPU (bench/README, `throughput.py`). asyncio's own elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class AsyncRuntime:
@@ -64,13 +76,21 @@ class AsyncRuntime:
         self._send_delivery = send_delivery or (lambda _delivery_id: None)
         self._background: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="runrelay-asyncio", daemon=True
-        )
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._loop = new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="runrelay-asyncio", daemon=True)
         self._thread.start()
         self.executor: RunExecutor = self.call(self._build())
         tune_gc()  # runs in flight by the thousand: fewer, shorter collections
+
+    def _run_loop(self) -> None:
+        """The loop's thread: runs it until `close` stops it, then closes it there, where it
+        ran. uvloop's `close` waits for every connection left open on the loop to close; here
+        that wait cannot hold up the process's exit (see `close`)."""
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
 
     async def _build(self) -> RunExecutor:
         settings = self.settings
@@ -163,8 +183,18 @@ class AsyncRuntime:
         """Run a coroutine on the shared loop and wait for it from this (task) thread."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
+    def close_with(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """`closer` is awaited first when the runtime closes: what else lives on its loop
+        (the control tasks' clients) closes with it, before the loop does."""
+        self._closers.append(closer)
+
     def close(self) -> None:
         async def _close() -> None:
+            for closer in self._closers:
+                try:
+                    await closer()
+                except Exception:  # the runtime's own clients still close
+                    log.exception("closing %r failed", closer)
             # The renewer and the cancel watch end on a flag (a cancel around a Redis call can
             # be swallowed); the sweeper was cancelled at `begin_shutdown`, or is now.
             self.renewals.stop()
@@ -192,7 +222,12 @@ class AsyncRuntime:
             self.call(_close(), timeout_s=_CLOSE_TIMEOUT_S)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
-            self._loop.close()
+            self._thread.join(timeout=_LOOP_CLOSE_TIMEOUT_S)
+            if self._thread.is_alive():
+                log.warning(
+                    "the event loop did not stop and close within %g s (a connection left open "
+                    "on it?); going on without it",
+                    _LOOP_CLOSE_TIMEOUT_S,
+                )
             self._store.engine.dispose()
             self._sender.close()
