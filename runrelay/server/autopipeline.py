@@ -13,6 +13,9 @@ one connection), and hands each caller its own reply or error. What ioredis call
   no effect on one's atomicity, which stays that of one command or one Lua script.
 - At most `max_batches` batches are out at once (so as many connections); what is issued
   meanwhile waits and goes in the next batch, which grows with the load (group commit).
+- A batch's connection stays the client's for the next batch, and its socket timeout bounds
+  the whole batch once: per batch, no pool checkout (locks, a probe read) and no timer per
+  reply, which cost more than a small batch's commands.
 - Commands that block or hold a connection's state (BLPOP, XREAD BLOCK, MULTI, WATCH,
   SUBSCRIBE...) bypass the batches and take a pooled connection of their own, as before.
 - A caller cancelled before its batch leaves is left out of it. A caller awaits a plain
@@ -131,6 +134,10 @@ class PipelinedRedis(Redis):
         self._scheduled = False
         self._batches: set[asyncio.Task[None]] = set()
         self._packer: _Packer | None = None
+        # Connections the batches keep between them: taking one from the pool and giving it
+        # back cost more than a small batch (locks, a probe read, metrics). At most
+        # `max_batches`, and one fewer than the pool holds: other commands need one too.
+        self._idle: list[Any] = []
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if self.single_connection_client or _direct(args):
@@ -138,7 +145,7 @@ class PipelinedRedis(Redis):
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or a new loop (the old one's state is gone)
             self._loop, self._queue, self._scheduled = loop, [], False
-            self._batches = set()
+            self._batches, self._idle = set(), []
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((args, options, future))
         self._schedule()
@@ -166,22 +173,53 @@ class PipelinedRedis(Redis):
         self._schedule()
 
     async def _send(self, calls: list[_Call], packed: list[bytes]) -> None:
-        """One batch: its packed commands in one write on a pooled connection, then each
+        """One batch: its packed commands in one write on the client's connection, then each
         reply read in order and handed to its caller (through the client's reply callbacks,
         as a pipeline would). Not redis-py's `Pipeline`: per batch it builds a command stack,
         times the call for observability, wraps it in a retry and resets itself under a
         shield, which cost more than the batch's commands.
 
-        A connection found dead before any reply came (closed by Redis while pooled: a
-        restart, a timeout) is replaced and the batch sent once more, as redis-py's retry
-        would; a failure after that reaches every caller not yet answered."""
-        pool = self.connection_pool
+        A connection found dead before any reply came (closed by Redis while idle: a restart,
+        a timeout) is given back to the pool and the batch sent once more on one the pool
+        checked, as redis-py's retry would; a failure after that reaches every caller not yet
+        answered."""
         for attempt in (1, 2):
-            answered = 0
-            conn = await self._connection(calls)
+            conn = await self._connection(calls, kept=attempt == 1)
             if conn is None:
                 return
+            answered = [0]
             try:
+                await self._exchange(conn, calls, packed, answered)
+            except asyncio.CancelledError:
+                await self._drop(conn)  # replies may be left unread on it
+                _cancel(calls)
+                raise
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                await self._drop(conn)
+                if attempt == 1 and not answered[0]:
+                    continue
+                _fail(calls, exc)
+                return
+            except Exception as exc:
+                await self._drop(conn)
+                _fail(calls, exc)
+                return
+            if len(self._idle) < self._kept_at_most():
+                self._idle.append(conn)
+            else:
+                await self.connection_pool.release(conn)
+            return
+
+    async def _exchange(
+        self, conn: Any, calls: list[_Call], packed: list[bytes], answered: list[int]
+    ) -> None:
+        """Send the batch on `conn` and hand each caller its reply, counting them in
+        `answered`. The connection's `socket_timeout` bounds the whole batch, once: redis-py
+        bounds each write with `wait_for` (a task) and each reply with a timer of its own."""
+        bound = conn.socket_timeout
+        conn.socket_timeout = None  # for the batch: its one bound is the `timeout` below
+        try:
+            async with asyncio.timeout(bound):
                 await conn.send_packed_command(packed)
                 for args, options, future in calls:
                     try:
@@ -192,24 +230,22 @@ class PipelinedRedis(Redis):
                     else:
                         if not future.done():
                             future.set_result(reply)
-                    answered += 1
-                return
-            except asyncio.CancelledError:
-                await conn.disconnect()  # replies may be left unread on it
-                _cancel(calls)
-                raise
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                await conn.disconnect()
-                if attempt == 1 and answered == 0:
-                    continue
-                _fail(calls, exc)
-                return
-            except Exception as exc:
-                await conn.disconnect()
-                _fail(calls, exc)
-                return
-            finally:
-                await pool.release(conn)
+                    answered[0] += 1
+        except TimeoutError as exc:  # asyncio's, at the bound: redis-py's error for it
+            raise RedisTimeoutError(f"Timeout reading from Redis ({bound} s)") from exc
+        finally:
+            conn.socket_timeout = bound
+
+    def _kept_at_most(self) -> int:
+        pool_size = getattr(self.connection_pool, "max_connections", None) or self.max_batches
+        return min(self.max_batches, pool_size - 1)
+
+    async def _drop(self, conn: Any) -> None:
+        """A connection that failed goes back to the pool, closed (the pool reconnects it)."""
+        try:
+            await conn.disconnect()
+        finally:
+            await self.connection_pool.release(conn)
 
     def _packed(self, calls: list[_Call]) -> tuple[list[bytes], list[_Call]]:
         """The batch's commands packed, and the calls they are: one that cannot be encoded
@@ -227,8 +263,11 @@ class PipelinedRedis(Redis):
                 sent.append(call)
         return packed, sent
 
-    async def _connection(self, calls: list[_Call]) -> Any:
-        """A pooled connection for the batch; None, every caller failed, if there is none."""
+    async def _connection(self, calls: list[_Call], *, kept: bool) -> Any:
+        """A connection for the batch: one kept from an earlier batch if `kept`, else one from
+        the pool, which checks it is alive; None, every caller failed, if there is none."""
+        if kept and self._idle:
+            return self._idle.pop()
         try:
             return await self.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         except asyncio.CancelledError:
@@ -241,4 +280,7 @@ class PipelinedRedis(Redis):
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self.connection_pool.release(conn)
         await super().aclose(close_connection_pool)

@@ -16,12 +16,21 @@ from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runrelay.server.autopipeline import PipelinedRedis
 from runrelay.server.embedded_redis import free_port
 from runrelay.server.lua import AsyncScript
 
 T = TypeVar("T")
+
+_BUSY_20_MS = """
+local t0 = redis.call('TIME')
+repeat
+  local t = redis.call('TIME')
+until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 20000
+return 1
+"""
 
 
 
@@ -174,6 +183,68 @@ def test_a_connection_redis_closed_while_pooled_is_replaced_without_an_error(
     replies, killed = run(scenario)
     assert killed >= 1, "the pooled connection was not found to close"
     assert replies == [b"1", 1], "the batch went exactly once, on a new connection"
+
+
+def test_after_redis_closed_every_kept_connection_each_batch_goes_on_a_live_one(
+    run: Callable[..., Any], prefix: str, redis_url: str
+) -> None:
+    """A batch's connection stays the client's for the next batch. Redis closed them all (a
+    restart): batch after batch still gets its replies, each sent once, none an error."""
+
+    async def scenario(r: PipelinedRedis) -> tuple[list[Any], int]:
+        # Two batches out at once, so the client keeps two connections (max_batches=2): the
+        # first holds Redis for 20 ms while the second is sent.
+        async def second() -> Any:
+            await asyncio.sleep(0.005)
+            return await r.set(f"{prefix}b", "1")
+
+        await asyncio.gather(r.eval(_BUSY_20_MS, 0), second())
+        sync = redis.Redis.from_url(redis_url)
+        killed = sum(
+            sync.client_kill_filter(_id=c["id"])
+            for c in sync.client_list()
+            if c["name"] == prefix.rstrip(":")
+        )
+        sync.close()
+        replies = [await r.incr(f"{prefix}n") for _ in range(4)]
+        return replies, killed
+
+    replies, killed = run(scenario)
+    assert killed >= 1, "the kept connections were not found to close"
+    assert replies == [1, 2, 3, 4], "each batch went exactly once, on a live connection"
+
+
+def test_a_batch_redis_does_not_answer_within_the_socket_timeout_fails_its_callers() -> None:
+    """The socket timeout bounds a batch: a server that takes the commands and never answers
+    gives each caller redis-py's `TimeoutError` after it, not a wait without end."""
+
+    async def scenario() -> tuple[list[Any], float]:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)  # takes the commands, never answers
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = PipelinedRedis.from_url(
+            f"redis://127.0.0.1:{port}/0", socket_timeout=0.3, protocol=2
+        )
+        started = asyncio.get_running_loop().time()
+        try:
+            errors = await asyncio.gather(
+                *(client.get(f"k{i}") for i in range(3)), return_exceptions=True
+            )
+            return errors, asyncio.get_running_loop().time() - started
+        finally:
+            await client.aclose()
+            for writer in accepted:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+
+    errors, took = asyncio.run(scenario())
+    assert all(isinstance(e, RedisTimeoutError) for e in errors), errors
+    assert took < 5, "the batch was not bounded by the socket timeout"
 
 
 def test_when_redis_is_unreachable_every_caller_in_the_batch_sees_the_error() -> None:
