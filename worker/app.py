@@ -21,7 +21,10 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
+from kombu import serialization
+from kombu.utils import json as kombu_json
 
+from runrelay.server.json_codec import kombu_message_loads
 from runrelay.server.keys import DELIVER_WEBHOOK_TASK, EXECUTE_RUN_TASK
 from runrelay.server.run_table import RunListener
 from runrelay.server.settings import Settings
@@ -135,6 +138,14 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> Wor
     """The worker's Celery app; `listeners` attach to the run lifecycle of its runtime."""
     app = WorkerApp(settings, listeners)
     logs.install()  # log lines about a run name it (worker/logs.py)
+    # Task bodies decoded by orjson (the same values; kombu's tagged ones still by kombu).
+    serialization.register(  # type: ignore[no-untyped-call]  # kombu ships no type hints
+        "json",
+        kombu_json.dumps,
+        kombu_message_loads,
+        content_type="application/json",
+        content_encoding="utf-8",
+    )
     beat.register(app)  # schedules and webhooks: the control queue and its tasks
 
     @app.task(name=EXECUTE_RUN_TASK, ignore_result=True)  # type: ignore[untyped-decorator]

@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin, overload
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from runrelay.errors import RunrelayError
@@ -58,8 +59,20 @@ class Tool:
     parameters: dict[str, Any] | None = None
 
     def schema(self) -> dict[str, Any]:
-        """The OpenAI function-tool schema (built once per tool; a copy each call)."""
-        return copy.deepcopy(self._schema)
+        """The OpenAI function-tool schema (built once per tool; a copy each call: decoded
+        from its JSON, ~10 times faster than `copy.deepcopy`, when that gives it back equal)."""
+        if self._schema_json is None:
+            return copy.deepcopy(self._schema)
+        copied: dict[str, Any] = orjson.loads(self._schema_json)
+        return copied
+
+    @functools.cached_property
+    def _schema_json(self) -> bytes | None:
+        try:
+            encoded = orjson.dumps(self._schema)
+        except orjson.JSONEncodeError:
+            return None
+        return encoded if orjson.loads(encoded) == self._schema else None  # tuples, dates...
 
     @functools.cached_property
     def _schema(self) -> dict[str, Any]:

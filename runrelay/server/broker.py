@@ -36,6 +36,7 @@ BRPOP.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from queue import Empty
@@ -45,9 +46,10 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+
+from runrelay.server.json_codec import kombu_message_loads
 
 # The most messages one BLMPOP takes.
 MAX_BATCH = 16
@@ -120,8 +122,11 @@ class Channel(kombu_redis.Channel):  # kombu ships no type hints
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
-        keys = [self.global_keyprefix + self._q_for_pri(queue, pri)  # type: ignore[no-untyped-call]
-                for pri in self.priority_steps for queue in queues]
+        keys = [
+            self.global_keyprefix + self._q_for_pri(queue, pri)  # type: ignore[no-untyped-call]
+            for pri in self.priority_steps
+            for queue in queues
+        ]
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]
         self._popping = count
@@ -145,8 +150,8 @@ class Channel(kombu_redis.Channel):  # kombu ships no type hints
             name = bytes_to_str(key)  # type: ignore[no-untyped-call]
             queue = name[len(self.global_keyprefix) :].rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
-            payloads = [loads(bytes_to_str(item)) for item in items]  # type: ignore[no-untyped-call]
-            self._write_unacked(payloads)
+            payloads = [kombu_message_loads(item) for item in items]
+            self._write_unacked(items, payloads)
             failure: Exception | None = None
             for payload in payloads:  # one that fails does not keep the others from the worker
                 try:
@@ -160,16 +165,21 @@ class Channel(kombu_redis.Channel):  # kombu ships no type hints
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()  # type: ignore[no-untyped-call]
 
-    def _write_unacked(self, payloads: list[dict[str, Any]]) -> None:
-        """What kombu's `QoS.append` writes for each message, for all of them in one pipeline."""
+    def _write_unacked(self, items: list[bytes], payloads: list[dict[str, Any]]) -> None:
+        """What kombu's `QoS.append` writes for each message, for all of them in one pipeline:
+        `[message, exchange, routing_key]` in JSON, with the message as it was popped (not
+        encoded again)."""
         now = time()
         entries = {}
-        for payload in payloads:
+        for item, payload in zip(items, payloads, strict=True):
             properties = payload["properties"]
             delivery = properties["delivery_info"]
-            entries[properties["delivery_tag"]] = dumps(  # type: ignore[no-untyped-call]
-                [payload, delivery["exchange"], delivery["routing_key"]]
+            message = bytes_to_str(item)  # type: ignore[no-untyped-call]
+            exchange, routing_key = (
+                json.dumps(delivery["exchange"]),
+                json.dumps(delivery["routing_key"]),
             )
+            entries[properties["delivery_tag"]] = f"[{message}, {exchange}, {routing_key}]"
         with self.qos.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, dict.fromkeys(entries, now))
             pipe.hset(self.unacked_key, mapping=entries)

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlmodel import create_engine
 
+from runrelay.server import json_codec
 from runrelay.server.settings import Settings
 
 if TYPE_CHECKING:
@@ -49,7 +50,18 @@ def make_engine(settings: Settings) -> Engine:
         connect_args["options"] = f"-csearch_path={settings.database_schema}"
     engine = create_engine(url, connect_args=connect_args, pool_size=10, max_overflow=20)
     event.listen(engine, "checkout", _check_idle_connection)
+    event.listen(engine, "connect", lambda dbapi_conn, _record: fast_json(dbapi_conn))
     return engine
+
+
+def fast_json(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """JSON and JSONB values of `conn`, both ways, by orjson (`runrelay.server.json_codec`): the
+    same values as psycopg's default, the standard library's `json`, in a fraction of the time
+    (a run's start and end read and write several)."""
+    from psycopg.types.json import set_json_dumps, set_json_loads
+
+    set_json_dumps(json_codec.dumps, conn)
+    set_json_loads(json_codec.loads, conn)
 
 
 def autocommit(engine: Engine) -> Engine:

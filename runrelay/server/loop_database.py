@@ -36,7 +36,7 @@ from sqlalchemy.sql import ClauseElement, Select
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
 
-from runrelay.server.engine import IdleState, idle_state
+from runrelay.server.engine import IdleState, fast_json, idle_state
 from runrelay.server.settings import Settings
 
 _DIALECT = psycopg_dialect()  # type: ignore[no-untyped-call]
@@ -188,6 +188,7 @@ class LoopDatabase:
             conn = await self._idle_one()
             if conn is None:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._options)
+                fast_json(conn)
             try:
                 yield conn
             finally:
