@@ -8,7 +8,6 @@ ends: the standard library's `json` was ~7% of a worker's CPU under load (bench/
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -19,29 +18,35 @@ from kombu.utils.json import loads as kombu_loads
 _DUMPS = orjson.OPT_NON_STR_KEYS
 
 
-# A run of 20 digits: maybe an integer beyond 64 bits, which orjson reads as a float, where
-# `json` keeps it exact. (Also a long string of digits, or a long fraction: `json` then reads
-# it, to the same values.)
-_LONG_DIGITS = re.compile(rb"\d{20}")
-_LONG_DIGITS_STR = re.compile(r"\d{20}")
-
-
 def loads(data: str | bytes | bytearray | memoryview) -> Any:
-    """`json.loads`; what orjson refuses (NaN, a lone surrogate) or would read otherwise (an
-    integer beyond 64 bits) goes to `json`."""
+    """`json.loads`; what orjson refuses (NaN, a lone surrogate) or reads otherwise (an
+    integer beyond 64 bits, as a float) is read by `json`."""
     raw = data if isinstance(data, (str, bytes)) else bytes(data)
-    if not _long_digits(raw):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(raw)
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+    return json.loads(raw) if _maybe_big_int(value) else value
 
 
-def _long_digits(raw: str | bytes) -> bool:
-    if isinstance(raw, str):
-        return _LONG_DIGITS_STR.search(raw) is not None
-    return _LONG_DIGITS.search(raw) is not None
+# orjson reads an integer beyond 64 bits (below -2**63 or from 2**64) as a float.
+_BIG = 2.0**63
+
+
+def _maybe_big_int(value: Any) -> bool:
+    """Whether `value` holds a float that large: maybe an integer orjson did not keep exact.
+    (A float that large in the text is then read by `json` too, to the same value.)"""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        kind = type(item)
+        if kind is dict:
+            todo.extend(item.values())
+        elif kind is list:
+            todo.extend(item)
+        elif kind is float and not -_BIG < item < _BIG:
+            return True
+    return False
 
 
 def dumps(value: Any) -> bytes:
@@ -68,12 +73,15 @@ def _has_big_int(value: Any) -> bool:
 def kombu_message_loads(data: str | bytes | bytearray | memoryview) -> Any:
     """kombu's `loads` for a broker message (its envelope, or a task's body): a message with
     kombu's own tagged values (`{"__type__": "datetime", ...}`, which its decoder turns back
-    into objects) goes to kombu; the others, all of runrelay's tasks, to orjson."""
+    into objects) goes to kombu, the others (all of runrelay's tasks) to orjson."""
     raw = data if isinstance(data, (str, bytes)) else bytes(data)
     tag = '"__type__"' if isinstance(raw, str) else b'"__type__"'
-    if tag not in raw and not _long_digits(raw):  # type: ignore[operator]  # str in str...
+    if tag not in raw:  # type: ignore[operator]  # str in str, bytes in bytes
         try:
-            return orjson.loads(raw)
+            value = orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
+        else:
+            if not _maybe_big_int(value):
+                return value
     return kombu_loads(raw)  # type: ignore[no-untyped-call]
