@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from redis.exceptions import ResponseError
 from runrelay.agent._loop import LoopState
 from runrelay.agent.events import encode
 from runrelay.server import lua
-from runrelay.server.eventlog import LeaseLost
+from runrelay.server.eventlog import LeaseLost, SeqConflict
 from runrelay.server.keys import RedisKeys
 from runrelay.server.outages import retrying
 from runrelay.server.store import Store
@@ -57,18 +58,24 @@ class Checkpoints:
         run_id: str,
         token: str,
         checkpoint: Checkpoint,
-        event: tuple[int, str, str] | None = None,
+        events: Sequence[tuple[int, str, str]] = (),
     ) -> str:
-        """Save `checkpoint` in Redis (under the lease); `event` (seq, type, JSON) is appended
-        in the same step. Returns the checkpoint as saved, for `keep_saved`."""
+        """Save `checkpoint` in Redis (under the lease); `events` (seq, type, JSON; the events
+        that go before it, in seq order) are appended in the same step. Returns the checkpoint
+        as saved, for `keep_saved`."""
         body = _encode(checkpoint)
-        seq, type_, data = event if event is not None else ("", "", "")
+        args: list[str | int] = [token, body, self.ttl_s]
+        for seq, type_, data in events:
+            args += (seq, data, type_)
         keys = [self.keys.events(run_id), self.keys.lease(run_id), self.keys.checkpoint(run_id)]
         try:
-            await self._save(keys=keys, args=[token, body, self.ttl_s, seq, data, type_])
+            await self._save(keys=keys, args=args)
         except ResponseError as exc:
             if "LEASE_LOST" in str(exc):
                 raise LeaseLost(run_id) from exc
+            if "equal or smaller" in str(exc):
+                first = events[0][0] if events else 0
+                raise SeqConflict(f"{run_id}: seq {first}.. is not above the last event") from exc
             raise
         return body
 

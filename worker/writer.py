@@ -90,16 +90,19 @@ class RunWriter:
             await self._drain()
 
     async def checkpoint(self, state: LoopState, event: PendingEvent | None = None) -> None:
+        """Save `state` with `event` (its own event, if any). The events emitted since the
+        last append go with them, in the same call: the checkpoint waits only for the append
+        already out, and is never saved ahead of an event emitted before it."""
         async with self._lock:
-            await self._drain()
+            batch, self._pending = self._pending, []
+            await self._drain()  # the append already out: its events come first
             seq = self.next_seq
-            appended = None
             if event is not None:
                 await self._cover(seq)
-                appended = (seq, event[0], encode(make_event(self.run_id, seq, *event)))
+                batch.append((seq, event[0], encode(make_event(self.run_id, seq, *event))))
                 seq += 1
             body = await self.checkpoints.save(
-                self.run_id, self.lease.token, Checkpoint(seq, state), appended
+                self.run_id, self.lease.token, Checkpoint(seq, state), batch
             )
             self.next_seq = seq
         # A tool's result is the one thing a resumed run must not redo: it outlives Redis too.

@@ -1,0 +1,77 @@
+"""The worker's run writer against a real Redis: a checkpoint takes the events emitted since the
+last append with it, in the same call, after the append already out, so the log stays gapless
+and in order and the checkpoint is never ahead of an event emitted before it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+
+from runrelay.agent._state import LoopState
+from runrelay.server.eventlog import EventLog
+from runrelay.server.keys import RedisKeys
+from worker.checkpoints import Checkpoint, Checkpoints
+from worker.lease import Lease
+from worker.writer import RunWriter
+
+
+def test_a_checkpoint_takes_the_events_emitted_while_an_append_was_out(
+    redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> tuple[list[int], list[str], int, int]:
+        redis = Redis.from_url(redis_url)
+        try:
+            return await steps(redis)
+        finally:
+            await redis.aclose()
+
+    async def steps(redis: Redis) -> tuple[list[int], list[str], int, int]:
+        keys = RedisKeys(prefix)
+        events = EventLog(redis, keys, 600)
+        checkpoints = Checkpoints(redis, keys, 600, store=None)  # type: ignore[arg-type]
+        await redis.set(keys.lease("run_w"), "token-1")
+        append_calls = 0
+        first_out, release = asyncio.Event(), asyncio.Event()
+        script = events._append
+
+        async def held_append(*, keys: Any, args: Any) -> Any:
+            nonlocal append_calls
+            append_calls += 1
+            if append_calls == 1:  # the first append stays out until released
+                first_out.set()
+                await release.wait()
+            return await script(keys=keys, args=args)
+
+        events._append = held_append  # type: ignore[assignment]
+
+        async def reserve(_upto: int) -> None:
+            return None
+
+        writer = RunWriter(
+            events, checkpoints, "run_w", Lease("run_w", "token-1"), 1, reserved=100,
+            reserve=reserve,
+        )  # fmt: skip
+        await writer.emit("run_started", {"attempt": 1})
+        await first_out.wait()
+        await writer.emit("output_text_delta", {"delta": "a"})  # while the append is out
+        await writer.emit("output_text_delta", {"delta": "b"})
+        saving = asyncio.ensure_future(
+            writer.checkpoint(LoopState(messages=[]), ("approval_required", {"tool_call_id": "c1"}))
+        )
+        await asyncio.sleep(0.05)
+        assert not saving.done(), "the checkpoint waits for the append already out"
+        release.set()
+        await saving
+        logged = await redis.xrange(keys.events("run_w"))
+        saved = Checkpoint.from_json(await redis.get(keys.checkpoint("run_w")))
+        seqs = [int(entry_id.split(b"-")[1]) for entry_id, _ in logged]
+        types = [fields[b"t"].decode() for _, fields in logged]
+        return seqs, types, saved.next_seq, append_calls
+
+    seqs, types, next_seq, append_calls = asyncio.run(scenario())
+    assert seqs == [1, 2, 3, 4]
+    assert types == ["run_started", "output_text_delta", "output_text_delta", "approval_required"]
+    assert next_seq == 5, "the checkpoint is after every event emitted before it"
+    assert append_calls == 1, "the deltas went with the checkpoint, not in an append of their own"
