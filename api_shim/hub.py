@@ -234,10 +234,12 @@ class StreamHub:
                 self._cursors.pop(sub.key, None)
 
     async def _wake(self) -> None:
-        async with self.writer.pipeline(transaction=False) as pipe:
-            pipe.xadd(self._wakeup_key, {"w": "1"}, maxlen=_WAKEUP_MAXLEN, approximate=True)
-            pipe.expire(self._wakeup_key, _WAKEUP_TTL_S)
-            await pipe.execute()
+        # Issued together, the two leave in one of the writer's automatic pipelines: one round
+        # trip, without a redis-py `Pipeline` (a pool checkout of its own) per new stream.
+        await asyncio.gather(
+            self.writer.xadd(self._wakeup_key, {"w": "1"}, maxlen=_WAKEUP_MAXLEN, approximate=True),
+            self.writer.expire(self._wakeup_key, _WAKEUP_TTL_S),
+        )
 
     async def _run(self) -> None:
         while not self._stopping:
