@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 from typing import Annotated, Any
@@ -74,6 +75,24 @@ def test_bare_decorator_takes_name_and_first_docstring_paragraph() -> None:
     assert isinstance(greet, Tool)
     assert greet.name == "greet"
     assert greet.description == "Greet someone by name."
+
+
+def test_each_schema_is_a_copy_a_caller_may_change() -> None:
+    """A middleware may edit the tools it is given: the next call gets the schema unchanged.
+    Parameters JSON would not give back equal (a tuple, a date) are copied as they are."""
+    first = convert.schema()
+    first["function"]["parameters"]["properties"].clear()
+    first["function"]["name"] = "changed"
+    again = convert.schema()
+    assert again["function"]["name"] == "convert"
+    assert set(again["function"]["parameters"]["properties"]) >= {"amount", "currency"}
+
+    odd = {"type": "object", "enum_of": ("a", "b"), "since": dt.date(2026, 1, 1)}
+    raw = Tool("odd", "Odd parameters.", lambda: None, BaseModel, parameters=odd)
+    copied = raw.schema()["function"]["parameters"]
+    assert copied == odd and copied["enum_of"] == ("a", "b")
+    copied["since"] = None
+    assert raw.schema()["function"]["parameters"]["since"] == dt.date(2026, 1, 1)
 
 
 def test_name_and_description_can_be_overridden() -> None:
