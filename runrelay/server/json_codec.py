@@ -13,9 +13,11 @@ from typing import Any
 import orjson
 from kombu.utils.json import loads as kombu_loads
 
-# What `json.dumps` does that orjson does only when asked: keys that are not strings
-# (`{1: ...}` as `{"1": ...}`).
-_DUMPS = orjson.OPT_NON_STR_KEYS
+# As `json.dumps`: keys that are not strings written as strings (`{1: ...}` as `{"1": ...}`),
+# and datetimes and dataclasses refused (orjson has formats of its own for them).
+_DUMPS = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
 
 
 def loads(data: str | bytes | bytearray | memoryview) -> Any:
@@ -51,7 +53,9 @@ def _maybe_big_int(value: Any) -> bool:
 
 def dumps(value: Any) -> bytes:
     """`json.dumps(value)` as UTF-8, compact; what orjson refuses (an integer beyond 64 bits)
-    goes to `json`. A type JSON has no form for raises `TypeError`, as `json.dumps` does."""
+    goes to `json`. A type JSON has no form for (a datetime, a `Decimal`) raises `TypeError`,
+    as `json.dumps` does; a UUID is written as its string, an `Enum` member as its value, and
+    NaN and infinities as `null` (PostgreSQL refuses the `NaN` that `json.dumps` writes)."""
     try:
         return orjson.dumps(value, option=_DUMPS)
     except orjson.JSONEncodeError as exc:

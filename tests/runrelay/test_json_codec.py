@@ -47,6 +47,8 @@ def test_a_type_json_has_no_form_for_raises_type_error_as_json_dumps_does() -> N
         json_codec.dumps({"d": Decimal("1.5")})
     with pytest.raises(TypeError):
         json_codec.dumps({"big": 2**70, "d": Decimal("1.5")})
+    with pytest.raises(TypeError):
+        json_codec.dumps({"at": dt.datetime(2026, 12, 4, tzinfo=dt.UTC)})
     assert json.loads(json_codec.dumps({"inf": math.inf})) == {"inf": None}  # valid JSON
 
 
