@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from runrelay.server.store import Store
 
 
+def _log_level() -> str:
+    """The level given to `runrelay --log-level`, for the servers that set up logging again."""
+    return str(click.get_current_context().find_root().params.get("log_level") or "INFO").upper()
+
+
 def _settings() -> Settings:
     from runrelay.server.settings import Settings
 
@@ -264,7 +269,7 @@ def api(
         backlog=backlog,
         limit_concurrency=limit_concurrency,
         proxy_headers=True,
-        log_level="info",
+        log_level=_log_level().lower(),  # `runrelay --log-level`, for uvicorn's lines too
         http=http_protocol(_settings().header_read_timeout_s),
     )
 
@@ -287,7 +292,7 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
         "worker",
         f"--concurrency={concurrency or settings.worker_concurrency}",
         f"--queues={settings.task_queue},{settings.control_queue}",
-        "--loglevel=INFO",
+        f"--loglevel={_log_level()}",  # `runrelay --log-level`: Celery sets it up again
         "--without-gossip",
         "--without-mingle",
     ]

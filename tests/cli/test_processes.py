@@ -217,3 +217,28 @@ def test_procfile_and_compose_use_commands_the_cli_has() -> None:
         assert result.exit_code == 0, (command, result.output)
         for option in options:
             assert option in result.output, (command, option)
+
+
+def test_the_log_level_reaches_the_worker_and_the_api_servers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Celery and uvicorn set up logging again from their own level: `runrelay --log-level
+    WARNING worker` must not log Celery's line per task received and done, nor `api` uvicorn's
+    line per request."""
+    import celery
+    import uvicorn
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(celery.Celery, "worker_main", lambda self, argv: seen.update(argv=argv))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: seen.update(uvicorn=kw))
+    runner = CliRunner()
+    for level, celery_flag, uvicorn_level in [
+        ("WARNING", "--loglevel=WARNING", "warning"),
+        ("info", "--loglevel=INFO", "info"),
+    ]:
+        result = runner.invoke(cli, ["--log-level", level, "worker", "--concurrency", "1"])
+        assert result.exit_code == 0, result.output
+        assert celery_flag in seen["argv"]  # type: ignore[operator]
+        result = runner.invoke(cli, ["--log-level", level, "api"])
+        assert result.exit_code == 0, result.output
+        assert seen["uvicorn"]["log_level"] == uvicorn_level  # type: ignore[index]
