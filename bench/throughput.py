@@ -84,6 +84,7 @@ class Sample:
     done: float | None = None
     events: int = 0
     worker_duration_ms: int | None = None
+    late: bool = False  # open loop: due while `concurrency` runs were in flight, so it waited
 
 
 def check_log(run_id: str, events: list[dict[str, Any]]) -> str | None:
@@ -319,11 +320,12 @@ async def measure_open(stack: Stack, args: argparse.Namespace) -> list[Sample]:
     count from when a run was due."""
     samples: list[Sample] = []
     free = asyncio.Semaphore(args.concurrency)
-    late = 0
 
-    async def one(http: Client, due: float) -> None:
+    async def one(http: Client, due: float, late: bool) -> None:
         try:
-            samples.append(await one_run(http, args.stream, args.run_timeout, due))
+            sample = await one_run(http, args.stream, args.run_timeout, due)
+            sample.late = late
+            samples.append(sample)
         finally:
             free.release()
 
@@ -333,11 +335,9 @@ async def measure_open(stack: Stack, args: argparse.Namespace) -> list[Sample]:
             due = start + i / args.rate
             if due > time.perf_counter():
                 await asyncio.sleep(due - time.perf_counter())
-            if free.locked():
-                late += 1
+            late = free.locked()
             await free.acquire()
-            runs.create_task(one(http, due))
-    args.late_starts = late
+            runs.create_task(one(http, due, late))
     return samples
 
 
@@ -537,7 +537,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["log_dir"] = str(stack.tmp) if args.keep_logs or stack.keep_tmp else None
     report["settings"] = {
         "runs": args.runs, "concurrency": args.concurrency, "warmup_runs": args.warmup,
-        "rate": args.rate or None, "late_starts": getattr(args, "late_starts", None),
+        "rate": args.rate or None,
+        "late_starts": sum(sample.late for sample in samples) if args.rate else None,
         "worker_processes": 1, "worker_concurrency": args.worker_concurrency,
         "client": args.client, "agent": AGENT, "agents_config": "bench/agents.yaml",
         "run_timeout_s": args.run_timeout,
