@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import httpx
+import orjson
 from bench_stack import (
     BENCH_DIR,
     BenchError,
@@ -59,7 +60,6 @@ from bench_stack import (
     stack_up,
 )
 from httpx_sse import aconnect_sse
-from httpx_sse._decoders import SSEDecoder
 
 AGENT = "bench-analyst"
 EXPECTED_DELTAS = 20
@@ -122,7 +122,7 @@ class Response:
 class EventSource(Protocol):
     response: Response
 
-    def events(self) -> AsyncIterator[tuple[str, str]]:
+    def events(self) -> AsyncIterator[tuple[str, str | bytes]]:
         """(id, data) of each event; keep-alive comments are left out."""
         ...
 
@@ -166,7 +166,7 @@ class _HttpxEvents:
         self._source = source
         self.response = Response(source.response.status_code, source.response.headers)
 
-    async def events(self) -> AsyncIterator[tuple[str, str]]:
+    async def events(self) -> AsyncIterator[tuple[str, str | bytes]]:
         if self.response.status >= 300:
             self.response.body = await self._source.response.aread()
             return
@@ -204,15 +204,52 @@ class _AiohttpEvents:
         self._response = response
         self.response = Response(response.status, response.headers)
 
-    async def events(self) -> AsyncIterator[tuple[str, str]]:
+    async def events(self) -> AsyncIterator[tuple[str, str | bytes]]:
         if self.response.status >= 300:
             self.response.body = await self._response.read()
             return
-        decoder = SSEDecoder()  # httpx-sse's, to the letter of the SSE spec
-        async for line in self._response.content:
-            sse = decoder.decode(line.decode().rstrip("\r\n"))
-            if sse is not None and sse.data:
-                yield sse.id, sse.data
+        parser = SSEParser()
+        async for chunk in self._response.content.iter_any():
+            for event in parser.feed(chunk):
+                yield event
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEParser:
+    """Server-Sent Events as the spec reads them (lines end in CRLF, LF or CR; `:` starts a
+    comment; a blank line dispatches), fed the body's chunks as they arrive, several events at a
+    time: the client's CPU competes with the server's on a small machine, and a line-by-line
+    reader (aiohttp's `readline`, then a decoder per line) was half of it."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._id = ""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
+        """(id, data) of each event the chunk completes that has data."""
+        text = self._rest + chunk
+        # A CR at the end may be the first half of a CRLF: keep it for the next chunk.
+        held = 1 if text.endswith(b"\r") else 0
+        lines = _LINE_END.split(text[: len(text) - held])
+        self._rest = lines.pop() + text[len(text) - held :]
+        events = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append((self._id, b"\n".join(self._data)))
+                    self._data = []
+                continue
+            name, _, value = line.partition(b":")
+            if value.startswith(b" "):
+                value = value[1:]
+            if name == b"data":
+                self._data.append(value)
+            elif name == b"id" and b"\0" not in value:
+                self._id = value.decode()
+        return events
 
 
 CLIENTS: dict[str, Callable[[Stack, int], Client]] = {
@@ -223,7 +260,7 @@ async def _follow(source: EventSource, sample: Sample) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     async for sse_id, data in source.events():
         now = time.perf_counter() - sample.t0
-        event = json.loads(data)
+        event = orjson.loads(data)
         if sse_id != str(event.get("seq")):
             raise BenchError(f"SSE id {sse_id!r} is not the event's seq {event.get('seq')!r}")
         events.append(event)
