@@ -20,7 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    after_setup_logger,
+    worker_init,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from kombu import serialization
 from kombu.utils import json as kombu_json
 
@@ -166,6 +171,10 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> Wor
     def _on_shutdown(**_: Any) -> None:
         app.close_runtime()
 
+    def _on_logging(loglevel: int | str | None = None, **_: Any) -> None:
+        logs.quiet_celery_task_lines(loglevel if loglevel is not None else logging.INFO)
+
+    after_setup_logger.connect(_on_logging, weak=False)  # Celery's per-task lines at DEBUG only
     worker_init.connect(_on_init, weak=False)
     worker_shutting_down.connect(_on_shutting_down, weak=False)
     worker_shutdown.connect(_on_shutdown, weak=False)

@@ -355,6 +355,13 @@ class RunExecutor:
         )
         if not ended:
             return Attempt(AttemptEnd.LEASE_LOST)
+        log.info(  # the line's prefix names the run and its tenant (worker/logs.py)
+            "ended %s in %d ms (attempt %d, last seq %d)",
+            outcome.status,
+            duration_ms,
+            run.attempts,
+            writer.next_seq - 1,
+        )
         await self.controls.forget(run.id, also=self.checkpoints.key(run.id))
         return Attempt(AttemptEnd.ENDED)
 

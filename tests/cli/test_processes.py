@@ -128,6 +128,13 @@ def test_separate_processes_serve_a_run_end_to_end(
         # uvicorn shuts down gracefully, then re-raises the SIGTERM it handled.
         assert _stop(api) in (0, -signal.SIGTERM)
         assert "Application shutdown complete" in (logs / "api.log").read_text()
+    # At the default level (INFO) the worker logs one line as the run ends, naming it; Celery's
+    # two lines per task (naming only a task UUID) are left to DEBUG.
+    worker_lines = (logs / "worker.log").read_text()
+    run_id = events[-1]["run_id"]
+    assert re.search(rf"run={run_id} tenant=\S+ ended completed in \d+ ms \(attempt 1,",
+                     worker_lines)
+    assert "runrelay.execute_run[" not in worker_lines
 
 
 def test_dev_streams_a_demo_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:

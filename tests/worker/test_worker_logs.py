@@ -48,3 +48,25 @@ def test_a_line_the_worker_logs_about_a_run_names_the_run_and_its_tenant(
     assert about_run, "the worker logged nothing about the duplicate task"
     assert all(line.startswith(f"run={run_id} tenant={tenant.tenant_id} ") for line in about_run)
     assert last == "not about a run"
+
+
+@pytest.mark.parametrize(
+    ("level", "shown"), [("DEBUG", True), (logging.DEBUG, True), ("INFO", False), (30, False)]
+)
+def test_celerys_per_task_lines_show_only_at_debug(level: int | str, shown: bool) -> None:
+    from worker.logs import CELERY_TASK_LOGGERS, quiet_celery_task_lines
+
+    loggers = [logging.getLogger(name) for name in CELERY_TASK_LOGGERS]
+    before = [logger.level for logger in loggers]
+    root = logging.getLogger()
+    root_level = root.level
+    try:
+        root.setLevel(logging.DEBUG if shown else logging.INFO)
+        quiet_celery_task_lines(level)
+        for logger in loggers:
+            assert logger.isEnabledFor(logging.INFO) is shown  # "received", "succeeded"
+            assert logger.isEnabledFor(logging.ERROR)  # a task's failure always shows
+    finally:
+        root.setLevel(root_level)
+        for logger, was in zip(loggers, before, strict=True):
+            logger.setLevel(was)
