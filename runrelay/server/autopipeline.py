@@ -11,8 +11,14 @@ one connection), and hands each caller its own reply or error. What ioredis call
   (`NoScriptError` included, so `Script` objects still load themselves).
 - Each batch is a plain pipeline, not a transaction: the commands of other callers in it have
   no effect on one's atomicity, which stays that of one command or one Lua script.
-- At most `max_batches` batches are out at once (so as many connections); what is issued
-  meanwhile waits and goes in the next batch, which grows with the load (group commit).
+- One batch is out at a time (`max_batches`, 1 by default; so as many connections): what is
+  issued meanwhile waits for its replies and goes in the next batch, which grows with the load
+  (group commit, as Nagle's algorithm does for a socket). Redis runs one command at a time, so a
+  second batch out on another connection is not served sooner; it overlaps only the network's
+  round trip (on a distant Redis, a command may now wait up to one more), and costs a batch
+  more (a write, a read and a wake-up, on both sides). Under `bench/throughput.py` at 50 runs
+  in flight, one batch out instead of four halved a worker's batches (3.3 → 1.4 per run) and
+  cut ~10% of the server's CPU per run (bench/README.md, fifteenth round).
 - A batch's connection stays the client's for the next batch, and its socket timeout bounds
   the whole batch once: per batch, no pool checkout (locks, a probe read) and no timer per
   reply, which cost more than a small batch's commands.
@@ -126,7 +132,7 @@ def _own_copy(exc: Exception) -> Exception:
 class PipelinedRedis(Redis):
     """A `redis.asyncio.Redis` whose commands go to Redis in automatic pipelines."""
 
-    def __init__(self, *args: Any, max_batches: int = 4, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_batches: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_batches = max_batches
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -89,8 +89,8 @@ class Settings(BaseSettings):
     # not one per event: fewer Redis round trips and socket writes, at up to this much delay.
     hub_batch_ms: float = Field(5.0, ge=0, le=1000)
     # Redis connections of one shim process for commands (a request waits for a free one).
-    # The automatic pipeline keeps all but one of them between its batches; the last one, and
-    # any the batches are not using, serve transactions and blocking reads for a round trip.
+    # The automatic pipeline keeps one of them between its batches (one batch is out at a
+    # time); the others serve transactions and blocking reads for a round trip.
     # The hub, the dispatcher and the batch feeder add one each and Celery's producer two: 8
     # in all, whatever the number of SSE clients.
     shim_redis_connections: int = Field(3, ge=1)

@@ -301,3 +301,36 @@ def test_clearing_one_callers_error_leaves_the_other_callers_alone() -> None:
             await client.aclose()
 
     assert asyncio.run(scenario()) == ("alive", True)
+
+
+def test_by_default_what_is_issued_while_a_batch_is_out_goes_in_the_next_one(
+    redis_url: str, prefix: str
+) -> None:
+    """One batch out at a time (group commit): the commands issued while Redis is busy with a
+    batch wait for it and leave together, on the same one connection."""
+
+    async def scenario() -> tuple[list[Any], int]:
+        pool = BlockingConnectionPool.from_url(
+            redis_url, max_connections=50, client_name=prefix.rstrip(":")
+        )
+        client = PipelinedRedis.from_pool(pool)
+        try:
+
+            async def later(i: int) -> Any:
+                await asyncio.sleep(0.005)  # while the first batch holds Redis for 20 ms
+                return await client.set(f"{prefix}k{i}", "1")
+
+            replies = await asyncio.gather(
+                client.eval(_BUSY_20_MS, 0), *(later(i) for i in range(100))
+            )
+            sync = redis.Redis.from_url(redis_url)
+            name = prefix.rstrip(":")
+            connections = sum(1 for c in sync.client_list() if c["name"] == name)
+            sync.close()
+            return replies, connections
+        finally:
+            await client.aclose()
+
+    replies, connections = asyncio.run(scenario())
+    assert replies == [1] + [True] * 100
+    assert connections == 1, "a second batch went out while the first was out"
