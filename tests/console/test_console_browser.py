@@ -17,6 +17,7 @@ import pytest
 
 from runrelay.server.settings import Settings
 from tests.conftest import ServerThread, TenantKey
+from tests.environment import unavailable
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -49,9 +50,7 @@ def browser() -> Iterator[Browser]:
         else f"no Chromium at {CHROMIUM} (apt-get install chromium)"
     )
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests cannot run in CI: {missing}")
-        pytest.skip(missing)
+        unavailable(missing)
     expect.set_options(timeout=WAIT_MS)  # a loaded CI machine is slower than 5 s defaults
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -6,7 +6,6 @@ sequence, for a client reading from the start and for one that held a seq across
 from __future__ import annotations
 
 import http.client
-import os
 import shutil
 import socket
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.environment import unavailable
 from tests.recovery.conftest import HEADER_READ_TIMEOUT_S, Deployment, deployed
 from tests.recovery.outage import (
     RedisServer,
@@ -211,9 +211,7 @@ def test_database_stopped_mid_run_answers_503_then_recovers_and_loses_no_run(
     redis_url: str, tmp_path: Path
 ) -> None:
     if shutil.which("initdb") is None:  # the test stops a PostgreSQL cluster of its own
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the database outage test: PostgreSQL's initdb is not on PATH")
-        pytest.skip("needs PostgreSQL's initdb on PATH")
+        unavailable("PostgreSQL's initdb is not on PATH")
     with postgres_server() as pg, deployed(redis_url, tmp_path, pg.url) as deployment:
         worker = deployment.start_worker()
         tenant = deployment.new_tenant()

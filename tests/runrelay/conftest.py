@@ -3,7 +3,6 @@ and of those that need PostgreSQL itself."""
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 
@@ -11,6 +10,7 @@ import pytest
 import redis
 
 from runrelay.server.settings import Settings
+from tests.environment import unavailable
 
 
 @pytest.fixture
@@ -29,7 +29,5 @@ def postgres(settings: Settings) -> Settings:
     """The session's settings, for a test that needs PostgreSQL (its server, its loop database):
     skipped on SQLite, except in CI, which runs PostgreSQL and fails without it."""
     if not settings.database_url.startswith("postgresql"):
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the suite against PostgreSQL (DATABASE_URL)")
-        pytest.skip("needs PostgreSQL: DATABASE_URL=postgresql://...")
+        unavailable("the database is not PostgreSQL (DATABASE_URL=postgresql://...)")
     return settings
