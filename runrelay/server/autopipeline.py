@@ -21,7 +21,8 @@ one connection), and hands each caller its own reply or error. What ioredis call
   cut ~10% of the server's CPU per run (bench/README.md, fifteenth round).
 - A batch's connection stays the client's for the next batch, and its socket timeout bounds
   the whole batch once: per batch, no pool checkout (locks, a probe read) and no timer per
-  reply, which cost more than a small batch's commands.
+  reply, which cost more than a small batch's commands. A batch that timed out is not sent
+  again (Redis may have run it); one whose connection Redis had closed is, once.
 - Commands that block or hold a connection's state (BLPOP, XREAD BLOCK, MULTI, WATCH,
   SUBSCRIBE...) bypass the batches and take a pooled connection of their own, as before.
 - A caller cancelled before its batch leaves is left out of it. A caller awaits a plain
@@ -186,9 +187,11 @@ class PipelinedRedis(Redis):
         shield, which cost more than the batch's commands.
 
         A connection found dead before any reply came (closed by Redis while idle: a restart,
-        a timeout) is given back to the pool and the batch sent once more on one the pool
-        checked, as redis-py's retry would; a failure after that reaches every caller not yet
-        answered."""
+        its `timeout`) is given back to the pool and the batch sent once more on one the pool
+        checked, as redis-py's retry would. A batch that timed out is not sent again: Redis
+        took it and may have run it (a stall, a slow script), and running an append or a quota
+        call twice is not what its caller asked for. A failure reaches every caller not yet
+        answered, who retries as it would without batching."""
         for attempt in (1, 2):
             conn = await self._connection(calls, kept=attempt == 1)
             if conn is None:
@@ -202,7 +205,7 @@ class PipelinedRedis(Redis):
                 raise
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 await self._drop(conn)
-                if attempt == 1 and not answered[0]:
+                if attempt == 1 and not answered[0] and not isinstance(exc, RedisTimeoutError):
                     continue
                 _fail(calls, exc)
                 return
