@@ -34,6 +34,12 @@ from runrelay.server.tables import AgentRevision, AgentTag, Tenant, loaded, tabl
 from runrelay.types import RunCreate
 
 _UNPUBLISHED_FOR_S = 5.0
+# How long an admission trusts what it read of an agent's newest revision number and of the
+# tenant's row (limits): a run is admitted with one database read fewer, and a publish or a
+# `runrelay tenants update` reaches each API process within this, as a revoked key does
+# (`store.KEY_CACHE_S`).
+ADMISSION_CACHE_S = 1.0
+_ADMISSION_CACHE_MAX = 10_000
 
 
 class RevisionNotFound(NotFound):
@@ -88,7 +94,9 @@ def _spec(row: AgentRevision) -> AgentSpec:
 class AgentCatalog:
     """The config file's agents, overlaid with the revisions and tags stored in the database."""
 
-    def __init__(self, engine: Engine, registry: Registry) -> None:
+    def __init__(
+        self, engine: Engine, registry: Registry, *, admission_cache_s: float = ADMISSION_CACHE_S
+    ) -> None:
         self.engine = engine
         self.single = autocommit(engine)
         self.registry = registry
@@ -97,6 +105,9 @@ class AgentCatalog:
         # (a publish then shows within that; it stores the same definition the file has).
         self._stored: dict[tuple[str, int], AgentSpec] = {}
         self._unpublished: dict[str, float] = {}  # agent id → until when (monotonic)
+        self.admission_cache_s = admission_cache_s
+        # (agent id, tenant id) → (when its read began, monotonic; the row it read)
+        self._admissions: dict[tuple[str, str], tuple[float, Sequence[Any]]] = {}
 
     # Reading ----------------------------------------------------------------------------------
 
@@ -141,18 +152,38 @@ class AgentCatalog:
         self, body: RunCreate, tenant_id: str
     ) -> tuple[AgentSpec, Tenant] | None:
         """`for_request_async` and the tenant with id `tenant_id`, read in one statement on the
-        loop's database. None when that cannot answer: no loop database, a request by tag or
-        revision (other reads), or no tenant with that id; the caller reads them apart then."""
+        loop's database, or as read less than `admission_cache_s` ago for the same agent and
+        tenant. None when that cannot answer: no loop database, a request by tag or revision
+        (other reads), or no tenant with that id; the caller reads them apart then."""
         database = on_loop(self.engine)
         if database is None or body.tag is not None or body.revision is not None:
             return None
         ref, file_agent, agent_id = self._by_ref(body)
-        params = {"agent_id": agent_id, "tenant_id": tenant_id}
-        row = await database.first(_TENANT_AND_NEWEST, params)
-        if row is None:
-            return None
+        key = (agent_id, tenant_id)
+        began = time.monotonic()
+        cached = self._admissions.get(key)
+        if cached is not None and began - cached[0] < self.admission_cache_s:
+            row = cached[1]
+        else:
+            params = {"agent_id": agent_id, "tenant_id": tenant_id}
+            found = await database.first(_TENANT_AND_NEWEST, params)
+            if found is None:
+                return None
+            self._remember_admission(key, began, found)
+            row = found
         tenant = loaded(Tenant, dict(zip(_TENANTS.c.keys(), row[1:], strict=True)))
         return await self._newest_async(ref, file_agent, agent_id, row[0]), tenant
+
+    def _remember_admission(self, key: tuple[str, str], began: float, row: Sequence[Any]) -> None:
+        if self.admission_cache_s <= 0:
+            return
+        if len(self._admissions) >= _ADMISSION_CACHE_MAX:  # expired answers go first
+            self._admissions = {
+                k: v for k, v in self._admissions.items() if began - v[0] < self.admission_cache_s
+            }
+            if len(self._admissions) >= _ADMISSION_CACHE_MAX:
+                self._admissions.clear()
+        self._admissions[key] = (began, row)
 
     def _by_ref(self, body: RunCreate) -> tuple[str, AgentSpec | None, str]:
         """A request by name or id: the reference, the config file's agent, the agent id."""

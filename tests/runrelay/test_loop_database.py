@@ -16,6 +16,7 @@ from runrelay.server.revisions import AgentCatalog
 from runrelay.server.run_table import RunTable
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
+from runrelay.server.tenants import update_limits
 from runrelay.server.tables import Run
 from runrelay.server.threads import Threads
 from runrelay.types import RunCreate, RunStatus
@@ -103,11 +104,12 @@ def test_an_admissions_one_statement_reads_what_its_two_reads_read(
     store: Store, postgres: Settings
 ) -> None:
     """The tenant and the agent's newest revision, read together, are what reading them apart
-    gives; a revision published after the first read is the next read's (a publish shows at
-    once); what one statement cannot answer is left to the two reads (None)."""
+    gives; a revision published after the first read is the next read's (with no admission
+    cache, a publish shows at once); what one statement cannot answer is left to the two reads
+    (None)."""
     module = f"loop{secrets.token_hex(4)}"
     v1 = _config(module, "one")
-    catalog = AgentCatalog(store.engine, Registry(v1))
+    catalog = AgentCatalog(store.engine, Registry(v1), admission_cache_s=0)
     catalog.publish(v1)
     tenant = store.create_tenant(f"loop-{secrets.token_hex(6)}")
     by_name = RunCreate(agent=f"{module} echo", message="hi")
@@ -130,3 +132,37 @@ def test_an_admissions_one_statement_reads_what_its_two_reads_read(
     assert first[0].revision == 1 and first[0] == catalog.pinned(first[0].id, 1)
     assert second[0].revision == 2 and second[0] == apart
     assert no_tenant is None and pinned is None
+
+
+def test_an_admission_trusts_its_read_for_the_cache_window_then_reads_again(
+    store: Store, postgres: Settings
+) -> None:
+    """Within `admission_cache_s` of a read, the same agent and tenant are answered without
+    one (a publish and a limit change wait for the window's end); another tenant, or the
+    window's end, reads again and sees both."""
+    module = f"loop{secrets.token_hex(4)}"
+    v1 = _config(module, "one")
+    AgentCatalog(store.engine, Registry(v1)).publish(v1)
+    tenant = store.create_tenant(f"loop-{secrets.token_hex(6)}")
+    other = store.create_tenant(f"loop-{secrets.token_hex(6)}")
+    by_name = RunCreate(agent=f"{module} echo", message="hi")
+    window = 0.3
+    catalog = AgentCatalog(store.engine, Registry(v1), admission_cache_s=window)
+
+    async def reads(_database: LoopDatabase) -> list[Any]:
+        first = await catalog.with_tenant_async(by_name, tenant.id)
+        AgentCatalog(store.engine, Registry(v1)).publish(_config(module, "two"))
+        update_limits(store, tenant.id, max_concurrent_runs=3)
+        within = await catalog.with_tenant_async(by_name, tenant.id)
+        other_tenant = await catalog.with_tenant_async(by_name, other.id)
+        await asyncio.sleep(window + 0.1)
+        return [first, within, other_tenant, await catalog.with_tenant_async(by_name, tenant.id)]
+
+    first, within, other_tenant, after = on_loop(store, postgres, reads)
+
+    assert first is not None and within is not None and other_tenant is not None
+    assert after is not None
+    assert (first[0].revision, first[1].max_concurrent_runs) == (1, None)
+    assert (within[0].revision, within[1].max_concurrent_runs) == (1, None), "the read it trusts"
+    assert other_tenant[0].revision == 2, "another tenant's admission reads for itself"
+    assert (after[0].revision, after[1].max_concurrent_runs) == (2, 3), "the window ended"
