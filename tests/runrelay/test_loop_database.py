@@ -16,8 +16,8 @@ from runrelay.server.revisions import AgentCatalog
 from runrelay.server.run_table import RunTable
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
-from runrelay.server.tenants import update_limits
 from runrelay.server.tables import Run
+from runrelay.server.tenants import update_limits
 from runrelay.server.threads import Threads
 from runrelay.types import RunCreate, RunStatus
 from tests.postgres_admin import end_backend
