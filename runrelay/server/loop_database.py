@@ -4,7 +4,7 @@ The rest of the code runs its statements through SQLAlchemy in a thread (`asynci
 Per statement that costs a thread hop (a future, a wake-up of the loop through its self-pipe,
 the GIL passed back and forth) and SQLAlchemy's execution layer: ~500 µs of CPU on the 2-core
 development machine, against ~80 µs for the same statement on one of psycopg's async
-connections (bench/README.md). A worker makes five statements per run.
+connections (bench/README.md). A run is four statements between the API and the worker.
 
 So a process that serves many runs on one loop (the worker, the API) opens a `LoopDatabase` on
 that loop for its engine (`LoopDatabase.attached`). A hot statement is still written with
