@@ -146,7 +146,7 @@ def test_an_admission_trusts_its_read_for_the_cache_window_then_reads_again(
     tenant = store.create_tenant(f"loop-{secrets.token_hex(6)}")
     other = store.create_tenant(f"loop-{secrets.token_hex(6)}")
     by_name = RunCreate(agent=f"{module} echo", message="hi")
-    window = 0.3
+    window = 1.0  # a stall between two reads longer than this would fail the test
     catalog = AgentCatalog(store.engine, Registry(v1), admission_cache_s=window)
 
     async def reads(_database: LoopDatabase) -> list[Any]:
