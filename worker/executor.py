@@ -15,9 +15,10 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import cast
+from typing import TypeVar, cast
 
 import httpx
 
@@ -26,6 +27,7 @@ from runrelay.agent._loop import LoopState
 from runrelay.agent.config import AgentSpec, Registry
 from runrelay.agent.messages import ApprovalRequest, ChatMessage
 from runrelay.server.approvals import PausedCalls, SavedCheckpoint, decisions
+from runrelay.server.autopipeline import together
 from runrelay.server.eventlog import EventLog, LeaseLost
 from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.outages import TRANSIENT, retrying
@@ -42,10 +44,12 @@ from worker.control import RunControl, RunControls, StopReason
 from worker.lease import Lease, Leases
 from worker.renewals import Renewals
 from worker.slots import Slot, Slots
+from worker.starts import Started, Starts
 from worker.sweeper import Requeuer
 from worker.writer import SEQ_BLOCK, RunWriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # How long the last step of a finished run waits for the database to come back.
 _FINISH_RETRY_S = 60.0
 # How long a database write in the middle of a run waits before the run is handed back.
@@ -102,6 +106,7 @@ class RunExecutor:
         self.http = http
         self.worker_id = worker_id
         self.threads = lifecycle.threads
+        self.starts = Starts(leases, self.threads, slots.ttl_ms)
         self.catalog = AgentCatalog(store.engine, registry)
 
     async def execute(self, run_id: str, known: RunRef | None = None) -> None:
@@ -113,26 +118,15 @@ class RunExecutor:
             log.info("run %s: this worker is shutting down; handed back", run_id)
             await self.requeuer.requeue(run_id, force=True)
             return
-        # The lease first: from here on, if this process dies, the sweeper sees a run that a
-        # worker took (its fencing counter moved) without a live lease, and enqueues it again.
-        lease = await self.leases.acquire(run_id)
-        if lease is None:
-            log.info("run %s: another worker holds the lease, nothing to do", run_id)
+        taken = await self._take(run_id, known)
+        if taken is None:
             return
-        startable = await self._startable(run_id, lease, known)
-        if startable is None:
-            return
-        run, new_thread = startable
-        try:
-            slot = await self.slots.hold(run)  # quotas: the tenant's concurrency slot, renewed
-        except BaseException:
-            await self.leases.release(lease)
-            raise
+        run, lease, slot, started = taken
         control = self.controls.add(run_id)  # only the lease holder: one control per run
         self.renewals.hold_lease(lease, control)  # renewed with the process's other leases
         attempt: Attempt | None = None
         try:
-            attempt = await self._attempt(run_id, lease, slot, control, new_thread)
+            attempt = await self._attempt(run_id, lease, slot, control, started)
         finally:
             self.controls.remove(control)
             self.renewals.drop_lease(lease)
@@ -143,6 +137,58 @@ class RunExecutor:
                 await self.leases.release(lease)
         await self._after(attempt, run, lease, slot)
 
+    async def _take(
+        self, run_id: str, known: RunRef | None
+    ) -> tuple[RunIdentity, Lease, Slot, Started] | None:
+        """The run, its lease, its slot (renewed from now on) and what its start found, if it
+        is to start now; else None, with the lease given back: another worker holds it, or it
+        is finished, paused for approval, or waiting for its thread.
+
+        The lease comes first: from then on, if this process dies, the sweeper sees a run that
+        a worker took (its fencing counter moved) without a live lease, and enqueues it again.
+        A run `known` from its task is not read (the start's UPDATE tells whether it may go
+        on): its lease, thread, slot and last seq are one Redis call (worker/starts.py)."""
+        if known is not None:
+            logs.about_run(run_id, known.tenant_id)
+            started = await self.starts.start(known)
+            if started.lease is None:
+                log.info("run %s: another worker holds the lease, nothing to do", run_id)
+                return None
+            run: RunIdentity = known
+            lease = started.lease
+        else:
+            acquired = await self.leases.acquire(run_id)
+            if acquired is None:
+                log.info("run %s: another worker holds the lease, nothing to do", run_id)
+                return None
+            lease = acquired
+            read = await self._read(run_id, lease)
+            if read is None:
+                return None
+            run = read
+            started = await self._holding(self.starts.start(run, lease), lease)
+        if started.holder is None:
+            return run, lease, self.slots.held(run, started.period), started
+        # Parked behind the run holding its thread: it waits, unless that run is finished
+        # (its releaser died), in which case it takes the thread over, then the rest.
+        entry = await self._holding(self.threads.enter(run), lease)
+        if entry.holder is not None:
+            log.info("run %s: waits for run %s, which holds its thread", run_id, entry.holder)
+            await self.leases.release(lease)
+            return None
+        last = await self._holding(self.events.last_seq(run_id), lease)
+        slot = await self._holding(self.slots.hold(run), lease)
+        return run, lease, slot, Started(lease, None, entry.new_thread, slot.period, last)
+
+    async def _holding(self, step: Awaitable[T], lease: Lease) -> T:
+        """`step` of a start, the lease given back if it fails (the run is enqueued again by
+        whoever sent it, or the sweeper)."""
+        try:
+            return await step
+        except BaseException:
+            await self.leases.release(lease)
+            raise
+
     async def _after(self, attempt: Attempt, run: RunIdentity, lease: Lease, slot: Slot) -> None:
         """Act on how the attempt ended; the lease is given back on every way."""
         if attempt.end is AttemptEnd.PAUSE:
@@ -150,6 +196,8 @@ class RunExecutor:
             return
         if attempt.end is AttemptEnd.NOT_STARTED:
             await self._not_started(run, lease, slot)
+        elif attempt.end is AttemptEnd.ENDED:
+            await self._ended(run, lease)
         else:
             await self.leases.release(lease)
         if attempt.end is AttemptEnd.HANDED_BACK:
@@ -158,6 +206,15 @@ class RunExecutor:
             await self.requeuer.requeue(run.id, force=True)
         elif attempt.end is AttemptEnd.LEASE_LOST:
             log.warning("run %s: lease lost, leaving the run to its new holder", run.id)
+
+    async def _ended(self, run: RunIdentity, lease: Lease) -> None:
+        """The run ended: its cancel flag, its `requeued` marker and its checkpoint go, then its
+        lease, in one round trip. If Redis is away, each expires in its time."""
+        forgot = self.controls.forget(run.id, also=self.checkpoints.key(run.id))
+        try:
+            await together(forgot, self.leases.release(lease))
+        except TRANSIENT as exc:
+            log.warning("run %s: ended; its lease and markers are left to expire (%r)", run.id, exc)
 
     async def _not_started(self, run: RunIdentity, lease: Lease, slot: Slot) -> None:
         """The start refused the run: it finished (cancelled while queued, say) or paused for
@@ -215,43 +272,30 @@ class RunExecutor:
         if current is not None and current.lease_token == lease.token:
             await self.requeuer.requeue(run.id, force=True)
 
-    async def _startable(
-        self, run_id: str, lease: Lease, known: RunRef | None
-    ) -> tuple[RunIdentity, bool] | None:
-        """The run if it is to start now, and whether it is the first to hold a thread made
-        for it (no history to read); else None, with the lease given back: it is finished,
-        paused for approval, or waiting for its thread. A run `known` from its task is not
-        read: the start tells whether it may go on."""
-        run: RunIdentity | None = known
-        if known is None:
-            read = await self.store.get_run_async(run_id)
+    async def _read(self, run_id: str, lease: Lease) -> RunIdentity | None:
+        """The run as the database has it, if it may start; else None, with the lease given
+        back (it is finished, or paused for approval)."""
+        read = await self.store.get_run_async(run_id)
+        if read is not None:
+            logs.about_run(run_id, read.tenant_id)
+        if read is not None and read.status is RunStatus.REQUIRES_ACTION:
+            log.info("run %s waits for approval; a decision will enqueue it", run_id)
+        elif read is None or read.status.is_terminal:
+            status = read.status if read else "no such run"
+            log.info("run %s: %s, nothing to do", run_id, status)
             if read is not None:
-                logs.about_run(run_id, read.tenant_id)
-            if read is not None and read.status is RunStatus.REQUIRES_ACTION:
-                log.info("run %s waits for approval; a decision will enqueue it", run_id)
-            elif read is None or read.status.is_terminal:
-                status = read.status if read else "no such run"
-                log.info("run %s: %s, nothing to do", run_id, status)
-                if read is not None:
-                    await self.slots.forget(read)  # quotas: free a slot dispatch gave it
-                    await self.threads.release(read)  # threads: in case its releaser died
-            else:
-                run = read
+                await self.slots.forget(read)  # quotas: free a slot dispatch gave it
+                await self.threads.release(read)  # threads: in case its releaser died
         else:
-            logs.about_run(run_id, known.tenant_id)
-        if run is not None:
-            entry = await self.threads.enter(run)  # one run per thread at a time
-            if entry.holder is None:
-                return run, entry.new_thread
-            log.info("run %s: waits for run %s, which holds its thread", run_id, entry.holder)
+            return read
         await self.leases.release(lease)
         return None
 
     async def _attempt(
-        self, run_id: str, lease: Lease, slot: Slot, control: RunControl, new_thread: bool
+        self, run_id: str, lease: Lease, slot: Slot, control: RunControl, started: Started
     ) -> Attempt:
         try:
-            return await self._attempt_leased(run_id, lease, slot, control, new_thread)
+            return await self._attempt_leased(run_id, lease, slot, control, started)
         except LeaseLost:  # an append or checkpoint refused: a newer holder runs it now
             return Attempt(AttemptEnd.LEASE_LOST)
         except TRANSIENT as exc:
@@ -262,11 +306,11 @@ class RunExecutor:
             return Attempt(AttemptEnd.HANDED_BACK)
 
     async def _attempt_leased(
-        self, run_id: str, lease: Lease, slot: Slot, control: RunControl, new_thread: bool
+        self, run_id: str, lease: Lease, slot: Slot, control: RunControl, started: Started
     ) -> Attempt:
-        """Run the run under `lease` until it ends, pauses, or is handed back. `new_thread`: its
-        thread has no messages (`_startable`)."""
-        last = await self.events.last_seq(run_id)
+        """Run the run under `lease` until it ends, pauses, or is handed back. `started`: what
+        its start found (the log's last seq; whether its thread is new, with no messages)."""
+        last, new_thread = started.last_seq, started.new_thread
         run = await self.lifecycle.start(
             run_id, lease_token=lease.token, seqs=SeqBlock(last, SEQ_BLOCK)
         )
@@ -292,7 +336,7 @@ class RunExecutor:
                 for_s=_STORE_RETRY_S,
             ),
         )
-        started = time.monotonic()
+        began = time.monotonic()
         if last == 0:  # the log is gone (Redis was emptied): the database still has the run
             await writer.emit(
                 "run_queued",
@@ -337,7 +381,7 @@ class RunExecutor:
             )
         await writer.flush()
         await self.slots.stop_renewing(slot)  # a renewal must not take back a released slot
-        duration_ms = int((time.monotonic() - started) * 1000)
+        duration_ms = int((time.monotonic() - began) * 1000)
         # The run's work is done: a database blip here is waited out (the renewer keeps the
         # lease meanwhile) rather than handing the run back to do it again.
         ended = await retrying(
@@ -362,7 +406,6 @@ class RunExecutor:
             run.attempts,
             writer.next_seq - 1,
         )
-        await self.controls.forget(run.id, also=self.checkpoints.key(run.id))
         return Attempt(AttemptEnd.ENDED)
 
     async def _resume_point(

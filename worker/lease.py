@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -35,10 +36,17 @@ class Leases:
 
     async def acquire(self, run_id: str) -> Lease | None:
         """Take the run's lease, or None while another holder's lease is alive."""
-        token = await self._acquire(
-            keys=[self.keys.fence(run_id), self.keys.lease(run_id)],
-            args=[secrets.token_hex(6), self.ttl_ms, _FENCE_TTL_S],
-        )
+        keys, args = self.acquire_call(run_id)
+        return self.taken(run_id, await self._acquire(keys=keys, args=args))
+
+    def acquire_call(self, run_id: str) -> tuple[list[str], list[Any]]:
+        """`acquire_lease.lua`'s KEYS and ARGV (also run by `start_run.lua`: worker/starts.py)."""
+        keys = [self.keys.fence(run_id), self.keys.lease(run_id)]
+        return keys, [secrets.token_hex(6), self.ttl_ms, _FENCE_TTL_S]
+
+    @staticmethod
+    def taken(run_id: str, token: Any) -> Lease | None:
+        """The lease `acquire_lease.lua` replied (its token), or None (another holder's)."""
         return Lease(run_id, token.decode()) if token is not None else None
 
     async def release(self, lease: Lease) -> None:

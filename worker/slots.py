@@ -84,7 +84,11 @@ class Slots:
 
     async def hold(self, run: RunIdentity) -> Slot:
         """Take the run's slot (it may already be ours: admission or dispatch reserved it)."""
-        period = await self.quotas.hold(run.tenant_id, run.id, self.ttl_ms)
+        return self.held(run, await self.quotas.hold(run.tenant_id, run.id, self.ttl_ms))
+
+    def held(self, run: RunIdentity, period: str | None) -> Slot:
+        """The run's slot, just taken (`hold`, or its start: worker/starts.py), its tokens
+        reserved in `period`: renewed from now on."""
         slot = Slot(run.tenant_id, run.id, period)
         self.renewals.hold_slot(slot)
         self._held[run.id] = slot

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+from collections.abc import Awaitable
 from typing import Any
 
 from redis._parsers.encoders import Encoder
@@ -128,6 +129,18 @@ def _own_copy(exc: Exception) -> Exception:
         copied = RedisError(str(exc))
     copied.__cause__ = exc  # the batch's own traceback, in a finished task
     return copied
+
+
+async def together(*steps: Awaitable[Any]) -> list[Any]:
+    """Await `steps` issued in this order in one turn of the loop: on a `PipelinedRedis`, the
+    first command of each leaves in the same batch, in that order (Redis runs them one after
+    the other), one round trip for all. Each runs to its end whatever the others do; then the
+    first error, if any, is raised. Their results, in order."""
+    done = await asyncio.gather(*steps, return_exceptions=True)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return done
 
 
 class PipelinedRedis(Redis):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -28,6 +28,7 @@ from runrelay.agent.config import AgentSpec
 from runrelay.agent.events import encode, make_event
 from runrelay.agent.messages import ApprovalRequest
 from runrelay.server.approvals import Decision, PausedCalls, SavedCheckpoint
+from runrelay.server.autopipeline import together
 from runrelay.server.eventlog import EventLog, LeaseLost
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore
@@ -246,7 +247,8 @@ class Lifecycle:
         In this order, which is what clients and the other runs rely on: the outcome and the
         archived log (with `done`) in one transaction, so a client that sees `done` finds the
         run ended in the database; then `done` in the stream; then the tenant's slot and token
-        reservation (settled at `used_tokens`); then the thread (its next run may start)."""
+        reservation (settled at `used_tokens`); then the thread (its next run may start). The
+        last three are one Redis round trip: sent together, run by Redis in that order."""
         history = await self.events.read(run.id)
         # Above the writer's last seq too: if Redis lost the log meanwhile, `done` must still
         # come after every seq a client may hold.
@@ -276,19 +278,22 @@ class Lifecycle:
             usage=recorded if outcome.result is not None else usage,
             error=outcome.error,
         )
+        appended: Awaitable[None] | None = None
         if moved is not None:
-            await self._append_done(run.id, seq, encode(done))
+            appended = self._append_done(run.id, seq, encode(done))
         else:
             moved = await self._ended_before(run.id, outcome.status, ending)
             if moved is None:
                 return False
+        released: Awaitable[Any]
         if moved.previous == RUNNING:
-            await self.quotas.release(
+            released = self.quotas.release(
                 moved.run.tenant_id, run.id, used_tokens=used_tokens, period=token_period
             )
         else:  # it may still sit in its tenant's pending queue
-            await self.quotas.abandon(moved.run.tenant_id, run.id, used_tokens=used_tokens)
-        await self.threads.release(moved.run)
+            released = self.quotas.abandon(moved.run.tenant_id, run.id, used_tokens=used_tokens)
+        # `done`, the slot, the thread: issued together, in one Redis round trip, in this order.
+        await together(*([appended] if appended else []), released, self.threads.release(moved.run))
         await self._after_commit(moved)
         return True
 

@@ -46,6 +46,12 @@ def as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def reserved_period(entry: Any) -> str | None:
+    """The budget period of a reservation entry (`'<period>|<tokens>'`), as `quota_hold.lua`
+    returns it; None for a run without one."""
+    return as_text(entry).partition("|")[0] if entry is not None else None
+
+
 class QuotaStore:
     def __init__(self, redis: Redis, keys: RedisKeys, *, dispatch_timeout_s: float) -> None:
         self.redis = redis
@@ -134,15 +140,17 @@ class QuotaStore:
 
     async def hold(self, tenant_id: str, run_id: str, ttl_ms: int) -> str | None:
         """Take the run's slot; returns the budget period its tokens are reserved in, if any."""
-        entry = await self._hold(
-            keys=[
-                self.keys.tenant_slots(tenant_id),
-                self.keys.dispatching(),
-                self.keys.tenant_reservations(tenant_id),
-            ],
-            args=[run_id, ttl_ms, dispatching_member(tenant_id, run_id)],
-        )
-        return as_text(entry).partition("|")[0] if entry is not None else None
+        keys, args = self.hold_call(tenant_id, run_id, ttl_ms)
+        return reserved_period(await self._hold(keys=keys, args=args))
+
+    def hold_call(self, tenant_id: str, run_id: str, ttl_ms: int) -> tuple[list[str], list[Any]]:
+        """`quota_hold.lua`'s KEYS and ARGV (also run by a worker's `start_run.lua`)."""
+        keys = [
+            self.keys.tenant_slots(tenant_id),
+            self.keys.dispatching(),
+            self.keys.tenant_reservations(tenant_id),
+        ]
+        return keys, [run_id, ttl_ms, dispatching_member(tenant_id, run_id)]
 
     async def reservation_period(self, tenant_id: str, run_id: str) -> str | None:
         entry = await self.redis.hget(self.keys.tenant_reservations(tenant_id), run_id)

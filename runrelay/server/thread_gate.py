@@ -72,14 +72,10 @@ class ThreadGate:
         unfinished run holding the thread (`run` is parked and its slot given back)."""
         if run.thread_id is None:
             return Entry(None)
-        keys = [
-            *self._keys(run.tenant_id, run.thread_id),
-            self.keys.thread_new(run.tenant_id, run.thread_id),
-        ]
-        created_ms = int(as_utc(run.created_at).timestamp() * 1000)
         stale = ""
         for _ in range(_MAX_TAKEOVERS):
-            holder, new = await self._enter(keys=keys, args=[run.id, created_ms, stale])
+            keys, args = self.enter_call(run, stale)
+            holder, new = await self._enter(keys=keys, args=args)
             holder = as_text(holder)
             if not holder:
                 return Entry(None, new_thread=bool(int(new)))
@@ -88,6 +84,17 @@ class ThreadGate:
             stale = holder  # its releaser died after finishing it: take the thread over
         await self.quotas.free_slot(run.tenant_id, run.id)
         return Entry(holder)
+
+    def enter_call(self, run: RunIdentity, stale: str = "") -> tuple[list[str], list[Any]]:
+        """`thread_enter.lua`'s KEYS and ARGV for a run of a thread (also run by a worker's
+        `start_run.lua`); `stale`: a finished holder to take the thread over from."""
+        assert run.thread_id is not None
+        keys = [
+            *self._keys(run.tenant_id, run.thread_id),
+            self.keys.thread_new(run.tenant_id, run.thread_id),
+        ]
+        created_ms = int(as_utc(run.created_at).timestamp() * 1000)
+        return keys, [run.id, created_ms, stale]
 
     async def release(self, run: Run) -> None:
         """`run` finished: it leaves the thread, which goes to the next waiter that is not

@@ -1,5 +1,9 @@
 """The Lua scripts runrelay runs in Redis: one `.lua` file each, whose header lists its KEYS and
-ARGV. `script(redis, "name")` registers `name.lua` on a client (EVALSHA, loaded on first use)."""
+ARGV. `script(redis, "name")` registers `name.lua` on a client (EVALSHA, loaded on first use).
+
+A script may call others, to do in one round trip what they do one after the other:
+`script(redis, "name", uses=("other",))` puts `other.lua` before `name.lua` as a local function
+`other(KEYS, ARGV)`, which runs it on the tables it is given and returns what it returns."""
 
 from __future__ import annotations
 
@@ -16,15 +20,18 @@ _DIR = Path(__file__).parent
 
 
 @cache
-def source(name: str) -> str:
-    return (_DIR / f"{name}.lua").read_text()
+def source(name: str, uses: tuple[str, ...] = ()) -> str:
+    """`name.lua`, after the scripts it `uses` as local functions."""
+    functions = [f"local function {used}(KEYS, ARGV)\n{source(used)}\nend\n" for used in uses]
+    return "".join(functions) + (_DIR / f"{name}.lua").read_text()
 
 
-def script(redis: Any, name: str) -> Any:
-    """`name.lua` registered on `redis` (a sync or an asyncio client)."""
+def script(redis: Any, name: str, uses: tuple[str, ...] = ()) -> Any:
+    """`name.lua` registered on `redis` (a sync or an asyncio client), with the scripts it
+    `uses` (see above)."""
     if isinstance(redis, AsyncRedis):
-        return AsyncScript(redis, source(name))
-    return redis.register_script(source(name))
+        return AsyncScript(redis, source(name, uses))
+    return redis.register_script(source(name, uses))
 
 
 class AsyncScript:
