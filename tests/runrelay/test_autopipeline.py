@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runrelay.server.autopipeline import PipelinedRedis
+from runrelay.server.autopipeline import PipelinedRedis, together
 from runrelay.server.embedded_redis import free_port
 from runrelay.server.lua import AsyncScript
 
@@ -336,6 +336,34 @@ def test_by_default_what_is_issued_while_a_batch_is_out_goes_in_the_next_one(
     assert replies == [1] + [True] * 100
     assert connections == 1, "a second batch went out while the first was out"
 
+
+
+def test_steps_issued_together_leave_in_one_batch_in_order_and_each_runs_to_its_end(
+    run: Callable[..., Any], prefix: str
+) -> None:
+    """`together` (a run's `done`, slot and thread at its end): one round trip, Redis runs the
+    steps in the order given, and a step that fails neither stops the others nor goes unseen."""
+
+    async def scenario(r: PipelinedRedis) -> tuple[list[int], list[Any], str]:
+        await r.set(f"{prefix}text", "not a number")
+        batches: list[int] = []
+        send = r._send
+
+        async def counted(calls: Any, packed: Any) -> None:
+            batches.append(len(calls))
+            await send(calls, packed)
+
+        r._send = counted  # type: ignore[method-assign]
+        order = f"{prefix}order"
+        with pytest.raises(ResponseError) as failed:
+            await together(r.rpush(order, "a"), r.incr(f"{prefix}text"), r.rpush(order, "b"))
+        sent = list(batches)
+        return sent, await r.lrange(order, 0, -1), str(failed.value)
+
+    batches, order, error = run(scenario)
+    assert batches == [3]
+    assert order == [b"a", b"b"]
+    assert "not an integer" in error
 
 
 def test_a_batch_that_timed_out_is_not_sent_again(redis_url: str, prefix: str) -> None:
