@@ -379,7 +379,7 @@ class RunExecutor:
                     "output": outcome.output,
                 },
             )
-        await writer.flush()
+        history = await writer.close()  # the log as it ends: what the database archives
         await self.slots.stop_renewing(slot)  # a renewal must not take back a released slot
         duration_ms = int((time.monotonic() - began) * 1000)
         # The run's work is done: a database blip here is waited out (the renewer keeps the
@@ -393,6 +393,7 @@ class RunExecutor:
                 used_tokens=slot.used_tokens,
                 token_period=slot.period or "-",
                 next_seq=writer.next_seq,
+                history=history,
             ),
             what=f"run {run.id}: finish",
             for_s=_FINISH_RETRY_S,

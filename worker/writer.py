@@ -9,7 +9,7 @@ from typing import Any
 
 from runrelay.agent._loop import LoopState, PendingEvent
 from runrelay.agent.events import EventType, encode, make_event
-from runrelay.server.eventlog import EventLog
+from runrelay.server.eventlog import EventLog, LoggedEvent
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.lease import Lease
 
@@ -88,6 +88,15 @@ class RunWriter:
         """Return once every event emitted so far is in Redis (or raise why one is not)."""
         async with self._lock:
             await self._drain()
+
+    async def close(self) -> list[LoggedEvent]:
+        """The end of the attempt: every event emitted so far appended, and the whole log as
+        Redis has it then (what the attempt's end archives), the last batch and the read in one
+        round trip. Nothing is emitted after it."""
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            await self._drain()  # the append already out: its events come first
+            return await self.events.append_and_read(self.run_id, batch, token=self.lease.token)
 
     async def checkpoint(self, state: LoopState, event: PendingEvent | None = None) -> None:
         """Save `state` with `event` (its own event, if any). The events emitted since the

@@ -40,6 +40,7 @@ class EventLog:
         self.keys = keys
         self.ttl_s = ttl_s
         self._append = lua.script(redis, "append_events")
+        self._append_read = lua.script(redis, "append_read", uses=("append_events",))
 
     async def append(
         self,
@@ -63,19 +64,41 @@ class EventLog:
     ) -> None:
         """Append `events` (seq, type, JSON), in seq order, in one round trip; `token` is the
         writer's lease ('' for the shim's `run_queued`)."""
-        args: list[str | int] = [token, ttl_s or self.ttl_s]
-        for seq, type_, data in events:
-            args += (seq, data, type_)
-        keys = [self.keys.events(run_id), self.keys.lease(run_id)]
+        keys, args = self._append_call(run_id, events, token, ttl_s)
         try:
             await self._append(keys=keys, args=args)
         except ResponseError as exc:
-            if "LEASE_LOST" in str(exc):
-                raise LeaseLost(run_id) from exc
-            if "equal or smaller" in str(exc):
-                first = events[0][0] if events else 0
-                raise SeqConflict(f"{run_id}: seq {first}.. is not above the last event") from exc
-            raise
+            refused = _refused(exc, run_id, events)
+            if refused is None:
+                raise
+            raise refused from exc
+
+    async def append_and_read(
+        self, run_id: str, events: Sequence[tuple[int, str, str]], *, token: str
+    ) -> list[LoggedEvent]:
+        """`append_many`, then the whole log as it is then, in the same round trip."""
+        keys, args = self._append_call(run_id, events, token, None)
+        try:
+            entries: Any = await self._append_read(keys=keys, args=args)
+        except ResponseError as exc:
+            refused = _refused(exc, run_id, events)
+            if refused is None:
+                raise
+            raise refused from exc
+        return [decode_entry(raw_id, _pairs(fields)) for raw_id, fields in entries]
+
+    def _append_call(
+        self,
+        run_id: str,
+        events: Sequence[tuple[int, str, str]],
+        token: str,
+        ttl_s: int | None,
+    ) -> tuple[list[str], list[str | int]]:
+        """`append_events.lua`'s KEYS and ARGV."""
+        args: list[str | int] = [token, ttl_s or self.ttl_s]
+        for seq, type_, data in events:
+            args += (seq, data, type_)
+        return [self.keys.events(run_id), self.keys.lease(run_id)], args
 
     async def read(
         self, run_id: str, *, after: int = 0, count: int | None = None
@@ -91,6 +114,24 @@ class EventLog:
 
     async def exists(self, run_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.events(run_id)))
+
+
+def _refused(
+    exc: ResponseError, run_id: str, events: Sequence[tuple[int, str, str]]
+) -> Fenced | None:
+    """What `append_events.lua`'s refusal means for its caller; None for another error."""
+    if "LEASE_LOST" in str(exc):
+        return LeaseLost(run_id)
+    if "equal or smaller" in str(exc):
+        first = events[0][0] if events else 0
+        return SeqConflict(f"{run_id}: seq {first}.. is not above the last event")
+    return None
+
+
+def _pairs(fields: list[Any]) -> dict[Any, Any]:
+    """A stream entry's fields as a script returns them (a flat list), as XRANGE's reply gives
+    them to redis-py's callers (a dict)."""
+    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 def decode_entry(raw_id: bytes | str, fields: dict[Any, Any]) -> LoggedEvent:

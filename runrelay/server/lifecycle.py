@@ -29,7 +29,7 @@ from runrelay.agent.events import encode, make_event
 from runrelay.agent.messages import ApprovalRequest
 from runrelay.server.approvals import Decision, PausedCalls, SavedCheckpoint
 from runrelay.server.autopipeline import together
-from runrelay.server.eventlog import EventLog, LeaseLost
+from runrelay.server.eventlog import EventLog, LeaseLost, LoggedEvent
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore
 from runrelay.server.run_table import (
@@ -239,17 +239,20 @@ class Lifecycle:
         usage: dict[str, Any] | None = None,
         token_period: str | None = None,
         next_seq: int = 0,
+        history: Sequence[LoggedEvent] | None = None,
     ) -> bool:
         """End the run as `outcome` says, if `ending` holds; whether it did. `token_period`:
         the budget period its tokens were reserved in ("-" for none), if the caller knows it;
-        `next_seq`: the seq after the last one its writer appended (the worker's).
+        `next_seq`: the seq after the last one its writer appended (the worker's); `history`:
+        its log, if the caller read it with its last append (the worker's `RunWriter.close`).
 
         In this order, which is what clients and the other runs rely on: the outcome and the
         archived log (with `done`) in one transaction, so a client that sees `done` finds the
         run ended in the database; then `done` in the stream; then the tenant's slot and token
         reservation (settled at `used_tokens`); then the thread (its next run may start). The
         last three are one Redis round trip: sent together, run by Redis in that order."""
-        history = await self.events.read(run.id)
+        if history is None:
+            history = await self.events.read(run.id)
         # Above the writer's last seq too: if Redis lost the log meanwhile, `done` must still
         # come after every seq a client may hold.
         seq = max((history[-1].seq if history else 0) + 1, next_seq)

@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from runrelay.agent._state import LoopState
-from runrelay.server.eventlog import EventLog
+from runrelay.server.eventlog import EventLog, LeaseLost
 from runrelay.server.keys import RedisKeys
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.lease import Lease
@@ -75,3 +75,72 @@ def test_a_checkpoint_takes_the_events_emitted_while_an_append_was_out(
     assert types == ["run_started", "output_text_delta", "output_text_delta", "approval_required"]
     assert next_seq == 5, "the checkpoint is after every event emitted before it"
     assert append_calls == 1, "the deltas went with the checkpoint, not in an append of their own"
+
+
+def test_closing_appends_the_last_events_and_returns_the_whole_log_in_one_call(
+    redis_url: str, prefix: str
+) -> None:
+    """The end of an attempt: the events still pending go in the call that reads the log back
+    (what the run's archive holds), after the append already out; a writer whose lease is gone
+    appends nothing and learns it (`LeaseLost`)."""
+
+    async def scenario() -> tuple[list[tuple[int, str]], int, int, bool, list[int]]:
+        redis = Redis.from_url(redis_url)
+        try:
+            keys = RedisKeys(prefix)
+            events = EventLog(redis, keys, 600)
+            checkpoints = Checkpoints(redis, keys, 600, store=None)  # type: ignore[arg-type]
+            await events.append("run_c", 1, "run_queued", '{"seq":1}')  # the API's
+            await redis.set(keys.lease("run_c"), "token-1")
+            calls = {"append": 0, "append_read": 0}
+            append, append_read = events._append, events._append_read
+
+            async def counted_append(*, keys: Any, args: Any) -> Any:
+                calls["append"] += 1
+                return await append(keys=keys, args=args)
+
+            async def counted_append_read(*, keys: Any, args: Any) -> Any:
+                calls["append_read"] += 1
+                return await append_read(keys=keys, args=args)
+
+            events._append = counted_append  # type: ignore[assignment]
+            events._append_read = counted_append_read  # type: ignore[assignment]
+
+            async def reserve(_upto: int) -> None:
+                return None
+
+            writer = RunWriter(
+                events, checkpoints, "run_c", Lease("run_c", "token-1"), 2, reserved=100,
+                reserve=reserve,
+            )  # fmt: skip
+            await writer.emit("run_started", {"attempt": 1})
+            await writer.emit("output_text_delta", {"delta": "a"})
+            await writer.emit("chat_completed", {"status": "completed"})
+            log = await writer.close()
+
+            # Another worker took the run: closing appends nothing more.
+            stale = RunWriter(
+                events, checkpoints, "run_c", Lease("run_c", "token-0"), 5, reserved=100,
+                reserve=reserve,
+            )  # fmt: skip
+            await stale.emit("output_text_delta", {"delta": "late"})
+            try:
+                await stale.close()
+                refused = False
+            except LeaseLost:
+                refused = True
+            logged = [int(i.split(b"-")[1]) for i, _ in await redis.xrange(keys.events("run_c"))]
+            return [(e.seq, e.type) for e in log], calls["append"], calls["append_read"], (
+                refused
+            ), logged
+        finally:
+            await redis.aclose()
+
+    log, appends, closes, refused, logged = asyncio.run(scenario())
+    assert log == [
+        (1, "run_queued"), (2, "run_started"), (3, "output_text_delta"), (4, "chat_completed")
+    ]  # fmt: skip
+    assert closes == 2
+    assert appends <= 1, "the events pending at the close went with its read"
+    assert refused
+    assert logged == [1, 2, 3, 4]
