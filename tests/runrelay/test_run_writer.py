@@ -17,6 +17,19 @@ from worker.lease import Lease
 from worker.writer import RunWriter
 
 
+def writer_of(
+    events: EventLog, checkpoints: Checkpoints, lease: Lease, *, next_seq: int
+) -> RunWriter:
+    """A writer of `lease`'s run whose seqs are reserved already (no database)."""
+
+    async def reserve(_upto: int) -> None:
+        return None
+
+    return RunWriter(
+        events, checkpoints, lease.run_id, lease, next_seq, reserved=100, reserve=reserve
+    )
+
+
 def test_a_checkpoint_takes_the_events_emitted_while_an_append_was_out(
     redis_url: str, prefix: str
 ) -> None:
@@ -45,14 +58,7 @@ def test_a_checkpoint_takes_the_events_emitted_while_an_append_was_out(
             return await script(keys=keys, args=args)
 
         events._append = held_append  # type: ignore[assignment]
-
-        async def reserve(_upto: int) -> None:
-            return None
-
-        writer = RunWriter(
-            events, checkpoints, "run_w", Lease("run_w", "token-1"), 1, reserved=100,
-            reserve=reserve,
-        )  # fmt: skip
+        writer = writer_of(events, checkpoints, Lease("run_w", "token-1"), next_seq=1)
         await writer.emit("run_started", {"attempt": 1})
         await first_out.wait()
         await writer.emit("output_text_delta", {"delta": "a"})  # while the append is out
@@ -105,24 +111,14 @@ def test_closing_appends_the_last_events_and_returns_the_whole_log_in_one_call(
 
             events._append = counted_append  # type: ignore[assignment]
             events._append_read = counted_append_read  # type: ignore[assignment]
-
-            async def reserve(_upto: int) -> None:
-                return None
-
-            writer = RunWriter(
-                events, checkpoints, "run_c", Lease("run_c", "token-1"), 2, reserved=100,
-                reserve=reserve,
-            )  # fmt: skip
+            writer = writer_of(events, checkpoints, Lease("run_c", "token-1"), next_seq=2)
             await writer.emit("run_started", {"attempt": 1})
             await writer.emit("output_text_delta", {"delta": "a"})
             await writer.emit("chat_completed", {"status": "completed"})
             log = await writer.close()
 
             # Another worker took the run: closing appends nothing more.
-            stale = RunWriter(
-                events, checkpoints, "run_c", Lease("run_c", "token-0"), 5, reserved=100,
-                reserve=reserve,
-            )  # fmt: skip
+            stale = writer_of(events, checkpoints, Lease("run_c", "token-0"), next_seq=5)
             await stale.emit("output_text_delta", {"delta": "late"})
             try:
                 await stale.close()

@@ -5,8 +5,6 @@ other, and stops where they stop (another worker's lease; a thread another run h
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,7 +13,7 @@ from redis.asyncio import Redis
 
 from runrelay.server.keys import RedisKeys, entry_id
 from runrelay.server.quota import QuotaStore, dispatching_member
-from runrelay.server.store import Store, new_id
+from runrelay.server.store import Store
 from runrelay.server.tables import Run
 from runrelay.server.thread_gate import ThreadGate
 from worker.lease import Leases
@@ -41,25 +39,6 @@ def run_starts(redis_url: str, prefix: str, store: Store) -> Callable[[Scenario[
         return asyncio.run(main())
 
     return runner
-
-
-@pytest.fixture
-def make_run(store: Store) -> Callable[..., Run]:
-    tenant = store.create_tenant(f"starts-{secrets.token_hex(6)}")
-
-    def make(thread_id: str | None = "chat-1") -> Run:
-        time.sleep(0.002)  # one run per millisecond: creation order is the waiters' order
-        run = Run(
-            id=new_id("run"),
-            tenant_id=tenant.id,
-            status="queued",
-            agent_name="slow-analyst",
-            agent_id="bank.slow-analyst",
-            thread_id=thread_id,
-        )
-        return store.create_run(run)
-
-    return make
 
 
 async def dispatched(starts: Starts, run: Run, *, seqs: int = 0, reserved: str = "") -> None:

@@ -5,8 +5,6 @@ holder whose releaser died is taken over."""
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -16,7 +14,7 @@ from redis.asyncio import Redis
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore, dispatching_member
 from runrelay.server.run_table import Ending, RunTable
-from runrelay.server.store import Store, new_id
+from runrelay.server.store import Store
 from runrelay.server.tables import Run
 from runrelay.server.thread_gate import Entry, ThreadGate
 from runrelay.types import RunStatus
@@ -43,25 +41,6 @@ def run_gate(redis_url: str, prefix: str, store: Store) -> Callable[[Scenario[T]
         return asyncio.run(main())
 
     return runner
-
-
-@pytest.fixture
-def make_run(store: Store) -> Callable[..., Run]:
-    tenant = store.create_tenant(f"gate-{secrets.token_hex(6)}")
-
-    def make(thread_id: str | None = THREAD) -> Run:
-        time.sleep(0.002)  # one run per millisecond: creation order is score order
-        run = Run(
-            id=new_id("run"),
-            tenant_id=tenant.id,
-            status="queued",
-            agent_name="slow-analyst",
-            agent_id="bank.slow-analyst",
-            thread_id=thread_id,
-        )
-        return store.create_run(run)
-
-    return make
 
 
 def finish(store: Store, run: Run, status: RunStatus = RunStatus.COMPLETED) -> None:
