@@ -21,7 +21,9 @@ from runrelay.server.tables import RunIdentity
 from runrelay.server.thread_gate import ThreadGate
 from worker.lease import Lease, Leases
 
-_NOTHING: tuple[list[str], list[Any]] = (["", ""], ["", "", ""])
+# A step the script skips: its KEYS unused, its first ARGV ''.
+_NO_LEASE: tuple[list[str], list[Any]] = (["", ""], ["", "", ""])
+_NO_THREAD: tuple[list[str], list[Any]] = (["", "", ""], ["", "", ""])
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,9 @@ class Starts:
     async def start(self, run: RunIdentity, lease: Lease | None = None) -> Started:
         """Take `run`'s lease (unless `lease`, already taken), its thread, and if it holds the
         thread its slot, and read its log's last seq."""
-        lease_keys, lease_args = _NOTHING if lease else self.leases.acquire_call(run.id)
+        lease_keys, lease_args = _NO_LEASE if lease else self.leases.acquire_call(run.id)
         thread_keys, thread_args = (
-            self.threads.enter_call(run) if run.thread_id is not None else (["", "", ""], [""] * 3)
+            _NO_THREAD if run.thread_id is None else self.threads.enter_call(run)
         )
         hold_keys, hold_args = self.quotas.hold_call(run.tenant_id, run.id, self.slot_ttl_ms)
         token, holder, new, reservation, last = await self._start(

@@ -29,6 +29,7 @@ from sqlmodel import Session, col, select
 from runrelay.agent.config import TAG_PATTERN, AgentNotFound, AgentsConfig, AgentSpec, Registry
 from runrelay.server.engine import autocommit
 from runrelay.server.errors import Invalid, NotFound
+from runrelay.server.expiring import Expiring
 from runrelay.server.loop_database import on_loop
 from runrelay.server.tables import AgentRevision, AgentTag, Tenant, loaded, table_of, utcnow
 from runrelay.types import RunCreate
@@ -106,8 +107,10 @@ class AgentCatalog:
         self._stored: dict[tuple[str, int], AgentSpec] = {}
         self._unpublished: dict[str, float] = {}  # agent id → until when (monotonic)
         self.admission_cache_s = admission_cache_s
-        # (agent id, tenant id) → (when its read began, monotonic; the row it read)
-        self._admissions: dict[tuple[str, str], tuple[float, Sequence[Any]]] = {}
+        # (agent id, tenant id) → the row read, from when its read began
+        self._admissions: Expiring[tuple[str, str], Sequence[Any]] = Expiring(
+            admission_cache_s, _ADMISSION_CACHE_MAX
+        )
 
     # Reading ----------------------------------------------------------------------------------
 
@@ -161,29 +164,19 @@ class AgentCatalog:
         ref, file_agent, agent_id = self._by_ref(body)
         key = (agent_id, tenant_id)
         began = time.monotonic()
-        cached = self._admissions.get(key)
-        if cached is not None and began - cached[0] < self.admission_cache_s:
+        cached = self._admissions.fresh(key, began)
+        if cached is not None:
             row = cached[1]
         else:
             params = {"agent_id": agent_id, "tenant_id": tenant_id}
             found = await database.first(_TENANT_AND_NEWEST, params)
             if found is None:
                 return None
-            self._remember_admission(key, began, found)
+            if self.admission_cache_s > 0:
+                self._admissions.put(key, found, began)
             row = found
         tenant = loaded(Tenant, dict(zip(_TENANTS.c.keys(), row[1:], strict=True)))
         return await self._newest_async(ref, file_agent, agent_id, row[0]), tenant
-
-    def _remember_admission(self, key: tuple[str, str], began: float, row: Sequence[Any]) -> None:
-        if self.admission_cache_s <= 0:
-            return
-        if len(self._admissions) >= _ADMISSION_CACHE_MAX:  # expired answers go first
-            self._admissions = {
-                k: v for k, v in self._admissions.items() if began - v[0] < self.admission_cache_s
-            }
-            if len(self._admissions) >= _ADMISSION_CACHE_MAX:
-                self._admissions.clear()
-        self._admissions[key] = (began, row)
 
     def _by_ref(self, body: RunCreate) -> tuple[str, AgentSpec | None, str]:
         """A request by name or id: the reference, the config file's agent, the agent id."""

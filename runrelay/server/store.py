@@ -30,6 +30,7 @@ from sqlmodel import Session, col, select
 
 from runrelay.server.engine import autocommit
 from runrelay.server.errors import Conflict
+from runrelay.server.expiring import Expiring
 from runrelay.server.loop_database import on_loop
 from runrelay.server.run_statements import ARCHIVED_LOG
 from runrelay.server.tables import (
@@ -55,6 +56,7 @@ _KEY_TOUCH_INTERVAL = timedelta(seconds=60)
 # process is refused (and the streams reading by it end) within this long; the process that
 # revoked it (`forget_key`) refuses it at once.
 KEY_CACHE_S = 1.0
+# Answers kept at most, by key hash and by key id each.
 _KEY_CACHE_MAX = 10_000
 
 
@@ -162,56 +164,36 @@ class _KeyCache:
         self.ttl_s = ttl_s
         self.generation = 0
         self._lock = threading.Lock()
-        self._principals: dict[str, tuple[float, Principal | None]] = {}
-        self._active: dict[str, tuple[float, bool]] = {}
+        self._principals: Expiring[str, Principal | None] = Expiring(ttl_s, _KEY_CACHE_MAX)
+        self._active: Expiring[str, bool] = Expiring(ttl_s, _KEY_CACHE_MAX)
 
     def principal(self, digest: str) -> KeyAnswer | None:
-        cached = self._principals.get(digest)
-        if cached is None or time.monotonic() - cached[0] >= self.ttl_s:
-            return None
-        return KeyAnswer(cached[1])
+        cached = self._principals.fresh(digest, time.monotonic())
+        return None if cached is None else KeyAnswer(cached[1])
 
     def active(self, key_id: str) -> bool | None:
-        cached = self._active.get(key_id)
-        if cached is None or time.monotonic() - cached[0] >= self.ttl_s:
-            return None
-        return cached[1]
+        cached = self._active.fresh(key_id, time.monotonic())
+        return None if cached is None else cached[1]
 
     def remember_principal(self, generation: int, digest: str, found: Principal | None) -> None:
         """Store what the database said at `generation` (see `forget`) about a key hash."""
         with self._lock:
             if generation == self.generation:
-                now = self._room()
-                self._principals[digest] = (now, found)
+                now = time.monotonic()
+                self._principals.put(digest, found, now)
                 if found is not None:
-                    self._active[found.key_id] = (now, True)
+                    self._active.put(found.key_id, True, now)
 
     def remember_active(self, generation: int, key_id: str, active: bool) -> None:
         with self._lock:
             if generation == self.generation:
-                self._active[key_id] = (self._room(), active)
-
-    def _room(self) -> float:
-        """Now; bounded size: past the limit, expired answers are dropped first."""
-        now = time.monotonic()
-        if len(self._principals) + len(self._active) >= _KEY_CACHE_MAX:
-            self._principals = {
-                k: v for k, v in self._principals.items() if now - v[0] < self.ttl_s
-            }
-            self._active = {k: v for k, v in self._active.items() if now - v[0] < self.ttl_s}
-            if len(self._principals) + len(self._active) >= _KEY_CACHE_MAX:
-                self._principals, self._active = {}, {}
-        return now
+                self._active.put(key_id, active, time.monotonic())
 
     def forget(self, key_id: str) -> None:
         with self._lock:
             self.generation += 1
-            self._active.pop(key_id, None)
-            self._principals = {
-                k: v
-                for k, v in self._principals.items()
-                if v[1] is None or v[1].key_id != key_id
-            }
+            self._active.pop(key_id)
+            self._principals.keep(lambda entry: entry[1] is None or entry[1].key_id != key_id)
 
 
 class Store:
