@@ -9,7 +9,7 @@ from typing import Any
 
 from runrelay.agent._loop import LoopState, PendingEvent
 from runrelay.agent.events import EventType, encode, make_event
-from runrelay.server.eventlog import EventLog, LoggedEvent
+from runrelay.server.eventlog import EventLog, LogText
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.lease import Lease
 
@@ -89,7 +89,7 @@ class RunWriter:
         async with self._lock:
             await self._drain()
 
-    async def close(self) -> list[LoggedEvent]:
+    async def close(self) -> LogText:
         """The end of the attempt: every event emitted so far appended, and the whole log as
         Redis has it then (what the attempt's end archives), the last batch and the read in one
         round trip. Nothing is emitted after it."""

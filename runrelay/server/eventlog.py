@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 from runrelay.server import lua
 from runrelay.server.errors import Fenced
 from runrelay.server.keys import RedisKeys, entry_id, seq_of
+from runrelay.server.tables import RunLog
 
 
 class LeaseLost(Fenced):
@@ -32,6 +33,24 @@ class LoggedEvent:
     seq: int
     type: str
     data: str
+
+
+@dataclass(frozen=True)
+class LogText:
+    """A run's log as its archive keeps it (`RunLog.events`): one line per event, `<seq>
+    <event JSON>`, in seq order; and the last event's seq (0 for an empty log)."""
+
+    text: str
+    last_seq: int
+
+    @classmethod
+    def of(cls, events: Sequence[LoggedEvent]) -> LogText:
+        return cls(RunLog.join((e.seq, e.data) for e in events), events[-1].seq if events else 0)
+
+    def plus(self, seq: int, data: str) -> str:
+        """The text with one more event, `seq` (above `last_seq`), at its end."""
+        line = f"{seq} {data}"
+        return f"{self.text}\n{line}" if self.text else line
 
 
 class EventLog:
@@ -75,17 +94,18 @@ class EventLog:
 
     async def append_and_read(
         self, run_id: str, events: Sequence[tuple[int, str, str]], *, token: str
-    ) -> list[LoggedEvent]:
-        """`append_many`, then the whole log as it is then, in the same round trip."""
+    ) -> LogText:
+        """`append_many`, then the whole log as it is then (as its archive keeps it), in the
+        same round trip."""
         keys, args = self._append_call(run_id, events, token, None)
         try:
-            entries: Any = await self._append_read(keys=keys, args=args)
+            last, text = await self._append_read(keys=keys, args=args)
         except ResponseError as exc:
             refused = _refused(exc, run_id, events)
             if refused is None:
                 raise
             raise refused from exc
-        return [decode_entry(raw_id, _pairs(fields)) for raw_id, fields in entries]
+        return LogText(text.decode() if isinstance(text, bytes) else text, int(last))
 
     def _append_call(
         self,
@@ -126,12 +146,6 @@ def _refused(
         first = events[0][0] if events else 0
         return SeqConflict(f"{run_id}: seq {first}.. is not above the last event")
     return None
-
-
-def _pairs(fields: list[Any]) -> dict[Any, Any]:
-    """A stream entry's fields as a script returns them (a flat list), as XRANGE's reply gives
-    them to redis-py's callers (a dict)."""
-    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 def decode_entry(raw_id: bytes | str, fields: dict[Any, Any]) -> LoggedEvent:

@@ -29,7 +29,7 @@ from runrelay.agent.events import encode, make_event
 from runrelay.agent.messages import ApprovalRequest
 from runrelay.server.approvals import Decision, PausedCalls, SavedCheckpoint
 from runrelay.server.autopipeline import together
-from runrelay.server.eventlog import EventLog, LeaseLost, LoggedEvent
+from runrelay.server.eventlog import EventLog, LeaseLost, LogText
 from runrelay.server.keys import RedisKeys
 from runrelay.server.quota import QuotaStore
 from runrelay.server.run_table import (
@@ -239,7 +239,7 @@ class Lifecycle:
         usage: dict[str, Any] | None = None,
         token_period: str | None = None,
         next_seq: int = 0,
-        history: Sequence[LoggedEvent] | None = None,
+        history: LogText | None = None,
     ) -> bool:
         """End the run as `outcome` says, if `ending` holds; whether it did. `token_period`:
         the budget period its tokens were reserved in ("-" for none), if the caller knows it;
@@ -252,14 +252,13 @@ class Lifecycle:
         reservation (settled at `used_tokens`); then the thread (its next run may start). The
         last three are one Redis round trip: sent together, run by Redis in that order."""
         if history is None:
-            history = await self.events.read(run.id)
+            history = LogText.of(await self.events.read(run.id))
         # Above the writer's last seq too: if Redis lost the log meanwhile, `done` must still
         # come after every seq a client may hold.
-        seq = max((history[-1].seq if history else 0) + 1, next_seq)
+        seq = max(history.last_seq + 1, next_seq)
         done = make_event(
             run.id, seq, "done", outcome.done_data(duration_ms=duration_ms, usage=usage)
         )
-        archive = [(e.seq, e.type, e.data) for e in history] + [(seq, "done", encode(done))]
         result = recorded = None
         if outcome.result is not None:
             tool_calls = [vars(record) for record in outcome.result.tool_calls]
@@ -273,7 +272,7 @@ class Lifecycle:
             run.id,
             outcome.status,
             ending=ending,
-            events=archive,
+            log=history.plus(seq, encode(done)),
             thread_messages=outcome.thread_messages if outcome.status == COMPLETED else (),
             known=run,
             output=outcome.output,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -401,23 +401,23 @@ class RunTable:
         target: RunStatus,
         *,
         ending: Ending,
-        events: Iterable[tuple[int, str, str]],
+        log: str,
         thread_messages: Sequence[dict[str, Any]] = (),
         known: Run | None = None,
         **values: Any,
     ) -> Moved | None:
-        """Write the outcome and archive the whole event log, in one transaction, if `ending`
-        holds (the worker's lease token, or an expected status); None when it does not.
+        """Write the outcome and archive the whole event log (`log`, as `RunLog.events` holds
+        it), in one transaction, if `ending` holds (the worker's lease token, or an expected
+        status); None when it does not.
         `thread_messages` (a completed run's) join its thread's history in that transaction.
 
         `known`: the run as the caller read it. When no listener records anything for it
         (`RunListener.records`), the ending is one statement on PostgreSQL (`end_statement`):
         one round trip, no transaction around it."""
         when = When(lease_token=ending.lease_token, statuses=ending.from_statuses)
-        log_text = RunLog.join((seq, data) for seq, _type, data in events)
         values["finished_at"] = utcnow()
         if known is not None and self._at_once(known):
-            stmt, bound = _end_bound(run_id, target, when, log_text, thread_messages, values)
+            stmt, bound = _end_bound(run_id, target, when, log, thread_messages, values)
             try:
                 with self.single.connect() as conn:
                     row = conn.execute(stmt, bound).first()
@@ -431,7 +431,7 @@ class RunTable:
             if moved is None:
                 session.rollback()
                 return None
-            session.execute(INSERT_LOG, {"run_id": run_id, "events": log_text})
+            session.execute(INSERT_LOG, {"run_id": run_id, "events": log})
             run = moved.run
             if thread_messages and run.thread_id is not None:
                 append_messages(session, run.tenant_id, run.thread_id, run_id, thread_messages)
@@ -444,7 +444,7 @@ class RunTable:
         target: RunStatus,
         *,
         ending: Ending,
-        events: Sequence[tuple[int, str, str]],
+        log: str,
         thread_messages: Sequence[dict[str, Any]] = (),
         known: Run | None = None,
         **values: Any,
@@ -457,7 +457,7 @@ class RunTable:
             run_id,
             target,
             ending=ending,
-            events=events,
+            log=log,
             thread_messages=thread_messages,
             known=known,
             **values,
@@ -466,9 +466,8 @@ class RunTable:
         if database is None or known is None or not self._at_once(known):
             return await asyncio.to_thread(in_thread)
         when = When(lease_token=ending.lease_token, statuses=ending.from_statuses)
-        log_text = RunLog.join((seq, data) for seq, _type, data in events)
         finished = {**values, "finished_at": utcnow()}
-        stmt, bound = _end_bound(run_id, target, when, log_text, thread_messages, finished)
+        stmt, bound = _end_bound(run_id, target, when, log, thread_messages, finished)
         try:
             return await _returned(database, run_id, await database.first(stmt, bound))
         except UniqueViolation:  # its thread's seqs moved meanwhile: see `end_statement`

@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from runrelay.agent._driver import Outcome
 from runrelay.agent.events import encode, make_event
-from runrelay.server.eventlog import EventLog
+from runrelay.server.eventlog import EventLog, LogText
 from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.quota import QuotaStore
@@ -125,14 +125,13 @@ def test_the_database_reply_lost_after_the_commit(settings: Settings, store: Sto
     retry appends the archived `done`, byte for byte."""
 
     async def first_try(lifecycle: Lifecycle, proxy: TcpProxy, run: Run) -> None:
-        history = await lifecycle.events.read(run.id)
+        history = LogText.of(await lifecycle.events.read(run.id))
         done = make_event(run.id, 3, "done", OUTCOME.done_data(duration_ms=5))
-        archive = [(e.seq, e.type, e.data) for e in history] + [(3, "done", encode(done))]
         moved = await lifecycle.table.end_async(
             run.id,
             OUTCOME.status,
             ending=Ending.by_worker(TOKEN),
-            events=archive,
+            log=history.plus(3, encode(done)),
             known=run,
             error=OUTCOME.error,
         )

@@ -93,10 +93,10 @@ def test_an_ended_run_is_ended_once(store: Store, tenant_id: str, target: RunSta
     listener = RecordingListener()
     table = RunTable(store.engine, [listener])
     run = run_in(store, tenant_id, RunStatus.RUNNING)
-    first = [(1, "run_queued", '{"seq":1}'), (2, "done", '{"seq":2}')]
+    first = '1 {"seq":1}\n2 {"seq":2}'
 
-    assert table.end(run.id, target, ending=Ending(), events=first, error=None) is not None
-    assert table.end(run.id, RunStatus.FAILED, ending=Ending(), events=[(3, "x", "{}")]) is None
+    assert table.end(run.id, target, ending=Ending(), log=first, error=None) is not None
+    assert table.end(run.id, RunStatus.FAILED, ending=Ending(), log="3 {}") is None
 
     assert store.archived_events(run.id) == ['{"seq":1}', '{"seq":2}']
     assert listener.endings(run.id) == ([target], [])
@@ -108,9 +108,9 @@ def test_a_worker_ends_a_run_only_under_its_lease(store: Store, tenant_id: str) 
     table.start(run.id, "old")
     table.start(run.id, "new")  # another worker took it over
 
-    assert table.end(run.id, RunStatus.COMPLETED, ending=Ending.by_worker("old"), events=[]) is None
+    assert table.end(run.id, RunStatus.COMPLETED, ending=Ending.by_worker("old"), log="") is None
     assert row(store, run.id)["status"] is RunStatus.RUNNING
-    assert table.end(run.id, RunStatus.COMPLETED, ending=Ending.by_worker("new"), events=[])
+    assert table.end(run.id, RunStatus.COMPLETED, ending=Ending.by_worker("new"), log="")
     assert row(store, run.id)["attempts"] == 2
 
 
@@ -126,7 +126,7 @@ def test_a_hand_back_is_counted_only_for_the_lease_holder_of_a_running_run(
     assert table.count_handback(run.id, "mine")
     assert table.count_handback(run.id, "mine")
     assert row(store, run.id)["resumes"] == 2
-    table.end(run.id, RunStatus.COMPLETED, ending=Ending.by_worker("mine"), events=[])
+    table.end(run.id, RunStatus.COMPLETED, ending=Ending.by_worker("mine"), log="")
     assert not table.count_handback(run.id, "mine")
     assert row(store, run.id)["resumes"] == 2
 

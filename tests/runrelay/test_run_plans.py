@@ -41,7 +41,7 @@ def test_a_run_s_start_and_ending_find_it_by_its_primary_key(postgres: Settings)
         for run in runs:
             assert table.start(run.id, "token") is not None
             ending = Ending.by_worker("token")
-            assert table.end(run.id, RunStatus.COMPLETED, ending=ending, events=[]) is not None
+            assert table.end(run.id, RunStatus.COMPLETED, ending=ending, log="") is not None
         assert len(plans) == 6, "three starts and three endings"
         scans = [plan for plan in plans if "Seq Scan on runs" in plan]
         assert not scans, f"{len(scans)} of 6 moves scan the whole table:\n{scans[0]}"

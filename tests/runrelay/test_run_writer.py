@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from runrelay.agent._state import LoopState
-from runrelay.server.eventlog import EventLog, LeaseLost
+from runrelay.server.eventlog import EventLog, LeaseLost, LogText
 from runrelay.server.keys import RedisKeys
 from worker.checkpoints import Checkpoint, Checkpoints
 from worker.lease import Lease
@@ -126,16 +127,19 @@ def test_closing_appends_the_last_events_and_returns_the_whole_log_in_one_call(
             except LeaseLost:
                 refused = True
             logged = [int(i.split(b"-")[1]) for i, _ in await redis.xrange(keys.events("run_c"))]
-            return [(e.seq, e.type) for e in log], calls["append"], calls["append_read"], (
-                refused
-            ), logged
+            as_read = LogText.of(await events.read("run_c"))  # as the archive joins a log read
+            return log, calls["append"], calls["append_read"], refused, logged, as_read
         finally:
             await redis.aclose()
 
-    log, appends, closes, refused, logged = asyncio.run(scenario())
-    assert log == [
-        (1, "run_queued"), (2, "run_started"), (3, "output_text_delta"), (4, "chat_completed")
+    log, appends, closes, refused, logged, as_read = asyncio.run(scenario())
+    lines = log.text.split("\n")
+    assert lines[0] == '1 {"seq":1}'
+    assert [orjson.loads(line.partition(" ")[2])["type"] for line in lines[1:]] == [
+        "run_started", "output_text_delta", "chat_completed"
     ]  # fmt: skip
+    assert [line.partition(" ")[0] for line in lines] == ["1", "2", "3", "4"]
+    assert log == as_read and log.last_seq == 4
     assert closes == 2
     assert appends <= 1, "the events pending at the close went with its read"
     assert refused

@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 
 from runrelay.server.run_table import Ending, RunTable
 from runrelay.server.store import KEY_CACHE_S, KEY_PREFIX, AlreadyExists, Store, hash_key, new_id
-from runrelay.server.tables import ApiKey, Run, Tenant, new_row, utcnow
+from runrelay.server.tables import ApiKey, Run, RunLog, Tenant, new_row, utcnow
 from runrelay.server.tenants import revoke_key
 from runrelay.types import RunStatus
 
@@ -255,9 +255,8 @@ def test_archived_events_after_returns_only_later_events_in_order(
     run = make_run()
     table = RunTable(store.engine)
     table.start(run.id, "t")
-    table.end(
-        run.id, RunStatus.COMPLETED, ending=Ending(), events=list(reversed(events(range(1, 11))))
-    )
+    log = RunLog.join((seq, data) for seq, _type, data in reversed(events(range(1, 11))))
+    table.end(run.id, RunStatus.COMPLETED, ending=Ending(), log=log)
 
     assert store.archived_events(run.id, after=7) == ['{"seq":8}', '{"seq":9}', '{"seq":10}']
     assert store.archived_events(run.id, after=10) == []

@@ -47,7 +47,7 @@ def finish(store: Store, run: Run, status: RunStatus = RunStatus.COMPLETED) -> N
     table = RunTable(store.engine)
     if status is not RunStatus.CANCELLED:
         table.start(run.id, "t")
-    assert table.end(run.id, status, ending=Ending(), events=[])
+    assert table.end(run.id, status, ending=Ending(), log="")
 
 
 async def owner(gate: ThreadGate, run: Run) -> str | None:

@@ -68,7 +68,7 @@ def end(
             run.id,
             status,
             ending=Ending(),
-            events=[(1, "x", "{}")],
+            log="1 {}",
             thread_messages=messages,
             known=run if at_once else None,
         )
@@ -84,7 +84,7 @@ async def _ended_async(
         run.id,
         status,
         ending=Ending(),
-        events=[(1, "x", "{}")],
+        log="1 {}",
         thread_messages=messages,
         known=run,
     )
@@ -192,11 +192,11 @@ def test_an_ending_is_refused_to_a_worker_that_lost_the_run(
     known = run if at_once else None
     late = {
         "ending": Ending.by_worker("old-holder"),
-        "events": [(1, "x", "{}")],
+        "log": "1 {}",
         "thread_messages": [{"role": "user", "content": "late"}],
         "known": known,
     }
-    missing = {"ending": Ending(), "events": [], "known": known}
+    missing = {"ending": Ending(), "log": "", "known": known}
 
     async def refused_on_loop() -> Moved | None:
         refused = await table.end_async(run.id, RunStatus.COMPLETED, **late)
@@ -289,6 +289,6 @@ def test_a_listener_without_records_is_still_called_in_the_endings_transaction(
     table = RunTable(store.engine, [listener])
     table.start(run.id, "t")
 
-    ended = table.end(run.id, RunStatus.COMPLETED, ending=Ending(), events=[], known=run)
+    ended = table.end(run.id, RunStatus.COMPLETED, ending=Ending(), log="", known=run)
 
     assert ended is not None and listener.endings == [run.id]

@@ -328,7 +328,7 @@ def test_a_run_parked_on_its_thread_is_left_alone_until_its_holder_finishes(
             sweeper = sweepers(local, store, redis, 1, sent)[0]
             while_held = await sweeper.sweep()
             # Its worker died after ending it, before handing the thread over.
-            RunTable(store.engine).end(holder.id, RunStatus.COMPLETED, ending=Ending(), events=[])
+            RunTable(store.engine).end(holder.id, RunStatus.COMPLETED, ending=Ending(), log="")
             await redis.delete(keys.lease(holder.id))
             after_end = await sweeper.sweep()
             queue = await redis.lrange(keys.tenant_pending(parked.tenant_id), 0, -1)
