@@ -6,7 +6,7 @@ the database can keep a paused run's, and the embedded loop can keep it in memor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from runrelay.agent.messages import ApprovalRequest, ChatMessage, Decision, ToolCall
@@ -62,8 +62,8 @@ class LoopState:
             "usage": self.usage.model_dump(),
             "turns": self.turns,
             "pending": self.pending,
-            "finished": {key: asdict(record) for key, record in self.finished.items()},
-            "records": [asdict(record) for record in self.records],
+            "finished": {key: _record(record) for key, record in self.finished.items()},
+            "records": [_record(record) for record in self.records],
             "output": self.output,
             "history_len": self.history_len,
             "awaiting": self.awaiting,
@@ -88,3 +88,26 @@ class LoopState:
             suggestions=data.get("suggestions", []),
             usage_by_model=data.get("usage_by_model", {}),
         )
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(ToolCallRecord))
+
+
+def _record(record: ToolCallRecord) -> dict[str, Any]:
+    """`asdict(record)` without its deep copies: the dict is encoded at once (a checkpoint),
+    and a tool's arguments and result, which `asdict` copied down to each leaf at every
+    checkpoint, can be large. Dataclasses inside them still become dicts, as there."""
+    return {name: _plain(getattr(record, name)) for name in _RECORD_FIELDS}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, tuple):
+        items = [_plain(item) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
