@@ -293,7 +293,8 @@ def print_table(report: dict[str, Any]) -> None:
             f"{s['late_starts']} late starts)" if s.get("rate")
             else f"client concurrency {s['concurrency']}")
     print(f"\nrunrelay throughput — {report['mode']} mode, {s['runs']} runs, {load} "
-          f"({s['client']}), 1 worker process x {s['worker_concurrency']} threads")
+          f"({s['client']}), {s['worker_processes']} worker process"
+          f"{'es' if s['worker_processes'] > 1 else ''} x {s['worker_concurrency']} threads")
     print(f"machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}")
     print(f"redis: {rds['url']} {'(embedded) ' if rds['embedded'] else ''}v{rds['version']}; "
           f"database: {db['dialect']} {db['version']}")
@@ -337,11 +338,17 @@ def print_table(report: dict[str, Any]) -> None:
 SERVER_PARTS = ("api", "worker", "redis", "postgres")
 
 
+def _is_worker(process: str) -> bool:
+    return process == "worker" or (process.startswith("worker") and process[6:].isdigit())
+
+
 def cpu_per_run(cpu: dict[str, float], completed: int) -> dict[str, float]:
     """CPU milliseconds per completed run of each server part, and their sum (`server`)."""
     if not completed:
         return {}
     per_run = {k: cpu[k] * 1000 / completed for k in SERVER_PARTS if k in cpu}
+    if "worker" in per_run:  # every worker process's (worker, worker2, ...)
+        per_run["worker"] = sum(v for k, v in cpu.items() if _is_worker(k)) * 1000 / completed
     per_run["server"] = sum(per_run.values())
     return per_run
 
@@ -375,6 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=0.0, metavar="R",
                         help="open loop: start R runs a second, whatever the earlier ones do, "
                              "instead of keeping --concurrency in flight (a closed loop)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes (each --worker-concurrency threads)")
     parser.add_argument("--worker-concurrency", type=int, default=100,
                         help="threads of the one worker process")
     parser.add_argument("--stream", action="store_true", help="POST /v1/runs/stream instead")
@@ -391,8 +400,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--floor-script", type=Path, default=FLOOR_SCRIPT,
                         help=f"the floor script (default {FLOOR_SCRIPT})")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.concurrency < 1 or args.worker_concurrency < 1 or args.warmup < 1:
-        parser.error("--runs, --concurrency, --worker-concurrency and --warmup must be >= 1")
+    if (args.runs < 1 or args.concurrency < 1 or args.worker_concurrency < 1 or args.warmup < 1
+            or args.workers < 1):
+        parser.error("--runs, --concurrency, --workers, --worker-concurrency and --warmup must be "
+                     ">= 1")
     if args.rate < 0:
         parser.error("--rate must be > 0 (runs started a second)")
     return args
@@ -420,7 +431,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "machine": machine()}
     if args.floor:
         report["floor"] = measure_floor(args.floor_script, args.floor)
-    with stack_up(worker_concurrency=args.worker_concurrency, keep_logs=args.keep_logs) as stack:
+    with stack_up(worker_concurrency=args.worker_concurrency, keep_logs=args.keep_logs,
+                  workers=args.workers) as stack:
         report["backends"], redis_pid = backends(stack)
         client_loop(warm_up(stack, args))
         before = cpu_snapshot(stack, redis_pid)
@@ -439,7 +451,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "runs": args.runs, "concurrency": args.concurrency, "warmup_runs": args.warmup,
         "rate": args.rate or None,
         "late_starts": sum(sample.late for sample in samples) if args.rate else None,
-        "worker_processes": 1, "worker_concurrency": args.worker_concurrency,
+        "worker_processes": args.workers, "worker_concurrency": args.worker_concurrency,
         "client": args.client, "agent": AGENT, "agents_config": "bench/agents.yaml",
         "run_timeout_s": args.run_timeout,
         "runrelay_env": {k: v for k, v in os.environ.items() if k.startswith("RUNRELAY_")},
