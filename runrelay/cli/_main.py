@@ -253,8 +253,19 @@ def _when(moment: datetime | None) -> str:
     help="connections (open SSE streams included) past which new requests get a 503; keep it "
     "below the file-descriptor limit (ulimit -n)",
 )
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="uvicorn's line per request at INFO (leave it out where a proxy logs requests)",
+)
 def api(
-    host: str, port: int, workers: int, backlog: int, limit_concurrency: int | None
+    host: str,
+    port: int,
+    workers: int,
+    backlog: int,
+    limit_concurrency: int | None,
+    access_log: bool,
 ) -> None:
     """Serve the HTTP API."""
     import uvicorn
@@ -269,6 +280,7 @@ def api(
         backlog=backlog,
         limit_concurrency=limit_concurrency,
         proxy_headers=True,
+        access_log=access_log,
         log_level=_log_level().lower(),  # `runrelay --log-level`, for uvicorn's lines too
         http=http_protocol(_settings().header_read_timeout_s),
     )

@@ -249,3 +249,8 @@ def test_the_log_level_reaches_the_worker_and_the_api_servers(
         result = runner.invoke(cli, ["--log-level", level, "api"])
         assert result.exit_code == 0, result.output
         assert seen["uvicorn"]["log_level"] == uvicorn_level  # type: ignore[index]
+        assert seen["uvicorn"]["access_log"] is True  # type: ignore[index]
+    # The line per request alone can be left out, at any level.
+    result = runner.invoke(cli, ["api", "--no-access-log"])
+    assert result.exit_code == 0, result.output
+    assert seen["uvicorn"]["access_log"] is False  # type: ignore[index]
