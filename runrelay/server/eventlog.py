@@ -49,7 +49,7 @@ class LogText:
 
     def plus(self, seq: int, data: str) -> str:
         """The text with one more event, `seq` (above `last_seq`), at its end."""
-        line = f"{seq} {data}"
+        line = RunLog.join([(seq, data)])
         return f"{self.text}\n{line}" if self.text else line
 
 
