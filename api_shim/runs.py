@@ -198,18 +198,18 @@ async def _admit(
     )
     run = queued_run(run_id, tenant_id, body, agent, request_id=request_id_of(request))
     queued = {"agent": agent.name, "agent_id": agent.id, "thread_id": run.thread_id}
+    # quotas: else the dispatcher sends it when a slot frees
+    task = state.sender.run_message(run.id, RunRef.of(run)) if admission.dispatch_now else None
     try:
-        interrupted = await threads.insert_run(state, run, body, queued)  # 409 for `reject`
-    except BaseException:
+        # 409 for `reject`; the row, then `run_queued` and the task in one round trip
+        interrupted = await threads.insert_run(state, run, body, queued, task)
+    except BaseException as exc:
         if await state.store.get_run_async(run.id) is None:
             await state.quotas.abandon(admission)  # nothing written: undo the admission
             raise
-        await _enqueue_failed(state, run, "the run's event log could not be started")
-        raise
-    try:
-        if admission.dispatch_now:  # quotas: else the dispatcher sends it when a slot frees
-            await state.sender.send_async(run.id, RunRef.of(run))
-    except Exception as exc:
+        if not isinstance(exc, Exception):
+            await _enqueue_failed(state, run, "the run could not be queued")
+            raise
         log.exception("run %s could not be enqueued", run.id)
         await _enqueue_failed(state, run, f"the run could not be queued: {exc}")
         raise HTTPProblem(

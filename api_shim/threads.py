@@ -42,15 +42,24 @@ def check_strategy(body: RunCreate) -> None:
 
 
 async def insert_run(
-    state: ShimState, run: Run, body: RunCreate, queued: dict[str, Any]
+    state: ShimState,
+    run: Run,
+    body: RunCreate,
+    queued: dict[str, Any],
+    task: tuple[str, str] | None,
 ) -> list[Run]:
     """Create the run (and its thread, if new) as its strategy says, with `run_queued`
-    (`queued` its fields); returns the runs it interrupts (the thread's active runs, for
-    `interrupt`), to be cancelled once it is queued."""
+    (`queued` its fields) and its Celery task (`task`, None: sent later); returns the runs
+    it interrupts (the thread's active runs, for `interrupt`), to be cancelled once it is
+    queued."""
     strategy = body.multitask_strategy or "enqueue"
     try:
         active = await state.lifecycle.create(
-            run, queued, reject_if_busy=strategy == "reject", new_thread=body.thread_id is None
+            run,
+            queued,
+            reject_if_busy=strategy == "reject",
+            new_thread=body.thread_id is None,
+            task=task,
         )
     except ThreadBusy as exc:
         raise HTTPProblem(409, "thread_busy", str(exc), param="thread_id") from exc

@@ -34,7 +34,7 @@ class Started:
     # The run that holds the thread (maybe finished: `ThreadGate.enter` checks): the run is
     # parked among its waiters, with no slot taken and no seq read. None: the run holds it.
     holder: str | None
-    new_thread: bool  # the first run to hold a thread made for it (`ThreadGate.mark_new`)
+    new_thread: bool  # the first run to hold a thread made for it (`ThreadGate.new_mark`)
     period: str | None  # the slot is the run's: the budget period of its token reservation
     last_seq: int  # the last seq of the run's log (0: empty, or lost)
 

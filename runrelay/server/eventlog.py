@@ -60,6 +60,7 @@ class EventLog:
         self.ttl_s = ttl_s
         self._append = lua.script(redis, "append_events")
         self._append_read = lua.script(redis, "append_read", uses=("append_events",))
+        self._queue_run = lua.script(redis, "queue_run", uses=("append_events",))
 
     async def append(
         self,
@@ -88,6 +89,29 @@ class EventLog:
             await self._append(keys=keys, args=args)
         except ResponseError as exc:
             refused = _refused(exc, run_id, events)
+            if refused is None:
+                raise
+            raise refused from exc
+
+    async def queue(
+        self,
+        run_id: str,
+        data: str,
+        *,
+        task: tuple[str, str] | None = None,
+        mark: str = "",
+        mark_ttl_s: int = 0,
+    ) -> None:
+        """Start a new run's log with its `run_queued` (`data`, seq 1) and, in the same atomic
+        step, set its thread's new mark (`mark`, a key, for `mark_ttl_s`; '' for none) and
+        push its Celery task (`task`: the list and the message; None for none). A refused
+        append (`SeqConflict`) writes nothing."""
+        queue, message = task or ("", "")
+        keys, args = self._append_call(run_id, [(1, "run_queued", data)], "", None)
+        try:
+            await self._queue_run(keys=[*keys, queue, mark], args=[message, mark_ttl_s, *args])
+        except ResponseError as exc:
+            refused = _refused(exc, run_id, [(1, "run_queued", data)])
             if refused is None:
                 raise
             raise refused from exc

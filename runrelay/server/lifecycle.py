@@ -135,24 +135,24 @@ class Lifecycle:
         *,
         reject_if_busy: bool = False,
         new_thread: bool = False,
+        task: tuple[str, str] | None = None,
     ) -> list[Run]:
-        """Insert the queued run (and its thread, if new) and append `run_queued` (seq 1);
-        returns its thread's runs that were active before it (`ThreadBusy` with
+        """Insert the queued run (and its thread, if new), then append `run_queued` (seq 1) and
+        push its Celery task (`task`: `TaskSender.run_message`'s; None: sent later), in one
+        round trip. Returns its thread's runs that were active before it (`ThreadBusy` with
         `reject_if_busy` when there are some, and nothing is written). `new_thread`: its
         thread id was made for this run."""
         threads = Threads(self.table.engine)
         active = await threads.create_run_async(
             run, reject_if_busy=reject_if_busy, new_thread=new_thread
         )
-        event = make_event(run.id, 1, "run_queued", queued)
-        appended = self.events.append(run.id, 1, "run_queued", encode(event))
+        mark = ""
         if new_thread and run.thread_id is not None:  # its worker will read no history
-            marked = self.threads.mark_new(run, self.settings.events_ttl_s)
-            for outcome in await asyncio.gather(appended, marked, return_exceptions=True):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-        else:
-            await appended
+            mark = self.threads.new_mark(run)
+        event = make_event(run.id, 1, "run_queued", queued)
+        await self.events.queue(
+            run.id, encode(event), task=task, mark=mark, mark_ttl_s=self.settings.events_ttl_s
+        )
         return active
 
     async def start(

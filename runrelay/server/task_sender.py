@@ -43,8 +43,12 @@ class TaskSender:
 
     async def send_async(self, run_id: str, about: RunRef | None = None) -> None:
         """`send`, awaited on the loop, on the Redis client given at construction."""
-        message = self.message(EXECUTE_RUN_TASK, [run_id], _about(about), self._queue)
-        await self._redis.lpush(*message)
+        await self._redis.lpush(*self.run_message(run_id, about))
+
+    def run_message(self, run_id: str, about: RunRef | None = None) -> tuple[str, str]:
+        """The Redis list and the payload `send` pushes, for a caller that pushes it in a
+        round trip of its own (`Lifecycle.create`)."""
+        return self.message(EXECUTE_RUN_TASK, [run_id], _about(about), self._queue)
 
     def message(
         self, name: str, args: list[Any], kwargs: dict[str, Any], queue: str

@@ -12,7 +12,8 @@ is not finished itself (a parked run cancelled meanwhile is skipped) and puts th
 its tenant's pending queue, so it starts at the next free slot. Parking and handing over are
 each one Lua script on the two keys, so a wake-up cannot fall between them.
 
-A thread the shim makes for a new run is marked new (`mark_new`); the first run to take it
+A thread the shim makes for a new run is marked new (the key `new_mark`, which the shim sets in
+the round trip that queues the run: `Lifecycle.create`); the first run to take it
 learns so (`Entry.new_thread`), in the same script, and reads no history: no run has held the
 thread, so none has added messages to it. Whichever run takes it first, the mark goes with it.
 
@@ -41,7 +42,7 @@ class Entry:
     """What `ThreadGate.enter` found."""
 
     holder: str | None  # the unfinished run holding the thread; None: the run holds it now
-    # The run is the first to hold a thread made for it (`mark_new`): the thread has no
+    # The run is the first to hold a thread made for it (`new_mark`): the thread has no
     # messages, so there is no history to read.
     new_thread: bool = False
 
@@ -61,11 +62,12 @@ class ThreadGate:
             self.keys.thread_waiting(tenant_id, thread_id),
         ]
 
-    async def mark_new(self, run: Run, ttl_s: int) -> None:
-        """`run`'s thread was made for it: the first run to take it will know it has no
-        messages yet (`Entry.new_thread`), for `ttl_s` (then it reads the history anyway)."""
+    def new_mark(self, run: Run) -> str:
+        """The key that says `run`'s thread was made for it: while it is set (it has a TTL; then
+        the run reads the history anyway), the first run to take the thread knows it has no
+        messages yet (`Entry.new_thread`)."""
         assert run.thread_id is not None
-        await self.redis.set(self.keys.thread_new(run.tenant_id, run.thread_id), 1, ex=ttl_s)
+        return self.keys.thread_new(run.tenant_id, run.thread_id)
 
     async def enter(self, run: RunIdentity) -> Entry:
         """Take `run`'s thread for it: `holder` None when it may start, else the id of the

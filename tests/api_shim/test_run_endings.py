@@ -20,7 +20,6 @@ from redis.asyncio import Redis as AsyncRedis
 from sqlmodel import Session
 
 from api_shim.app import create_app
-from runrelay.server.embedded_redis import free_port
 from runrelay.server.keys import RedisKeys
 from runrelay.server.lifecycle import Lifecycle
 from runrelay.server.settings import Settings
@@ -236,10 +235,12 @@ def test_too_many_attempts(
 
 
 @pytest.fixture
-def shim_with_dead_broker(
+def shim_with_broken_queue(
     settings: Settings, lifecycle_listener: RecordingListener, worker: WorkerApp
 ) -> Iterator[str]:
-    """A second shim whose task sender points at a closed port: every send fails for real."""
+    """A second shim whose runs go to a queue whose Redis key holds a string, not a list:
+    Redis refuses every push of a task there for real (WRONGTYPE), in the round trip that
+    appended the run's `run_queued`."""
     asgi: Any = create_app(settings, [lifecycle_listener])
     server = ServerThread(asgi)
     server.start()
@@ -247,23 +248,27 @@ def shim_with_dead_broker(
     while not hasattr(inner, "state"):
         inner = inner.app
     state = inner.state.runrelay
-    dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    broken = settings.model_copy(update={"task_queue": f"broken-{secrets.token_hex(4)}"})
+    queue_key = broken.redis_prefix + broken.task_queue
+    plain = redis.Redis.from_url(settings.redis_url)
+    plain.set(queue_key, "not a list")
     state.sender.close()
-    dead_redis = AsyncRedis.from_url(dead.redis_url)  # what the shim sends on, from its loop
-    state.sender = TaskSender(dead, dead_redis)
+    state.sender = TaskSender(broken, AsyncRedis.from_url(settings.redis_url))
     yield server.base_url
     server.stop()
+    plain.delete(queue_key)
+    plain.close()
 
 
 def test_enqueue_failure_ends_failed_with_done(
-    shim_with_dead_broker: str,
+    shim_with_broken_queue: str,
     tenant: TenantKey,
     store: Store,
     settings: Settings,
     lifecycle_listener: RecordingListener,
 ) -> None:
     with httpx.Client(
-        base_url=shim_with_dead_broker, headers=tenant.headers, timeout=60
+        base_url=shim_with_broken_queue, headers=tenant.headers, timeout=60
     ) as client:
         body = {**SLOW, "thread_id": THREAD, "metadata": RECORDED}
         response = client.post("/v1/runs", json=body)

@@ -78,7 +78,7 @@ def test_a_start_takes_the_lease_the_thread_and_the_slot_and_reads_the_last_seq(
 
     async def scenario(starts: Starts) -> None:
         await dispatched(starts, run, seqs=3, reserved="2026-12|500")
-        await starts.threads.mark_new(run, 60)
+        await starts.threads.redis.set(starts.threads.new_mark(run), 1, ex=60)
         redis: Any = starts.quotas.redis
         now_ms = (await starts.quotas.now_ms())
 

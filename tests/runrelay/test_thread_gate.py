@@ -190,7 +190,7 @@ def test_only_the_first_run_to_take_a_new_thread_reads_no_history(
     creator, first, other = make_run(), make_run(), make_run(thread_id="chat-2")
 
     async def scenario(gate: ThreadGate) -> None:
-        await gate.mark_new(creator, ttl_s=60)
+        await gate.redis.set(gate.new_mark(creator), 1, ex=60)  # as `Lifecycle.create` does
         assert (await gate.enter(first)).new_thread, "no run held the thread before it"
         assert not (await gate.enter(first)).new_thread, "a resumed run has its checkpoint"
         assert await gate.enter(creator) == Entry(holder=first.id)
