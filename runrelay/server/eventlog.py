@@ -107,11 +107,12 @@ class EventLog:
         push its Celery task (`task`: the list and the message; None for none). A refused
         append (`SeqConflict`) writes nothing."""
         queue, message = task or ("", "")
-        keys, args = self._append_call(run_id, [(1, "run_queued", data)], "", None)
+        events = [(1, "run_queued", data)]
+        keys, args = self._append_call(run_id, events, "", None)
         try:
             await self._queue_run(keys=[*keys, queue, mark], args=[message, mark_ttl_s, *args])
         except ResponseError as exc:
-            refused = _refused(exc, run_id, [(1, "run_queued", data)])
+            refused = _refused(exc, run_id, events)
             if refused is None:
                 raise
             raise refused from exc
