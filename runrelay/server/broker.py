@@ -37,6 +37,8 @@ BRPOP.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from queue import Empty
@@ -51,6 +53,8 @@ from redis.exceptions import ResponseError
 
 from runrelay.server.json_codec import kombu_message_loads
 
+log = logging.getLogger(__name__)
+
 # The most messages one BLMPOP takes.
 MAX_BATCH = 16
 # The first Redis version with BLMPOP.
@@ -58,11 +62,39 @@ _BLMPOP_SINCE = (7, 0)
 
 
 class QoS(kombu_redis.QoS):  # kombu ships no type hints
-    """kombu's Redis QoS, which leaves out the unacked write for messages a batch wrote."""
+    """kombu's Redis QoS, which leaves out the unacked write for messages a batch wrote, and
+    writes the acks of one turn of the worker's loop together."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self.written: set[str] = set()
+        self.loop_thread: int | None = None  # the thread of the loop that flushes the acks
+        self._acked: list[str] = []
+
+    def ack(self, delivery_tag: str) -> None:
+        """On the loop's thread, the message leaves the unacked hash with the other acks of
+        this turn (`flush_acks`, before the loop waits again); elsewhere at once, as kombu's."""
+        if self.loop_thread is None or self.loop_thread != threading.get_ident():
+            super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+            return
+        self._acked.append(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]  # in memory only
+
+    def flush_acks(self) -> None:
+        """Remove the messages acked since the last call from the unacked hash and index, in
+        one round trip. A Redis that cannot be reached is logged, as kombu's failed ack is: the
+        messages come back after the visibility timeout, and a run's lease or its end refuses
+        the task again."""
+        if not self._acked:
+            return
+        tags, self._acked = self._acked, []
+        try:
+            with self.pipe_or_acquire() as pipe:
+                pipe.zrem(self.unacked_index_key, *tags)
+                pipe.hdel(self.unacked_key, *tags)
+                pipe.execute()
+        except self.channel.connection_errors as exc:
+            log.critical("Couldn't ack %d message(s), reason: %r", len(tags), exc)
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self.written:
@@ -92,6 +124,12 @@ class Channel(kombu_redis.Channel):  # kombu ships no type hints
         yield kept
 
     QoS = QoS
+
+    def close(self) -> None:
+        if isinstance(self._qos, QoS):  # acks of the loop's last turn
+            self._qos.flush_acks()
+        super().close()  # type: ignore[no-untyped-call]
+
     _batch_pop: bool | None = None  # BLMPOP: the server is Redis 7 or newer
     _popping = 0  # the COUNT of the BLMPOP in flight, 0 for a BRPOP
 
@@ -189,3 +227,17 @@ class Channel(kombu_redis.Channel):  # kombu ships no type hints
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """kombu's, and the acks of each turn of the loop written before it waits again."""
+        super().register_with_event_loop(connection, loop)  # type: ignore[no-untyped-call]
+        cycle: Any = self.cycle  # kombu's MultiChannelPoller: the connection's channels
+
+        def flush_acks() -> None:
+            for channel in list(cycle._channels):
+                qos = channel._qos
+                if isinstance(qos, QoS):
+                    qos.loop_thread = threading.get_ident()
+                    qos.flush_acks()
+
+        loop.on_tick.add(flush_acks)

@@ -5,12 +5,14 @@ consumer takes its messages in batches (Redis 7+) without losing any it has not 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.asynchronous import Hub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from runrelay.server.broker import Channel
@@ -133,3 +135,49 @@ def test_a_message_that_fails_does_not_keep_the_rest_of_its_batch_from_the_consu
     assert received == [0, 1, 2]
     with redis.Redis.from_url(redis_url) as r:
         assert r.hlen(f"{prefix}unacked") == 1, "only the failed one is still unacked"
+
+
+def test_acks_of_one_turn_of_the_loop_leave_the_unacked_hash_together(
+    connection: Connection, prefix: str, redis_url: str
+) -> None:
+    """A worker's acks come on its event loop (kombu's hub): those of one turn are written in one
+    round trip once the turn's callbacks have run, before the loop waits again. An ack from
+    another thread is written at once, as kombu's."""
+    queue = Queue("runs", Exchange("runs"), routing_key="runs")
+    producer = Producer(connection.channel())
+    for n in range(4):
+        producer.publish({"n": n}, exchange=queue.exchange, routing_key="runs", declare=[queue])
+    received: list[Any] = []
+    channel = connection.channel()
+    with Consumer(channel, queues=[queue], callbacks=[lambda body, m: received.append(m)],
+                  prefetch_count=4):
+        while len(received) < 4:
+            connection.drain_events(timeout=2)
+    r = redis.Redis.from_url(redis_url)
+    assert r.hlen(f"{prefix}unacked") == 4
+
+    hub = Hub()
+    connection.transport.register_with_event_loop(connection.connection, hub)
+    in_turn: list[int] = []
+
+    def ack_three() -> None:
+        for message in received[:3]:
+            message.ack()
+        in_turn.append(r.hlen(f"{prefix}unacked"))
+
+    hub.run_once()  # the loop's first turn: its thread is known from then on
+    hub.call_soon(ack_three)
+    try:
+        hub.run_once()
+    finally:
+        hub.close()
+    assert in_turn[-1] == 4, "not written while the turn's callbacks run"
+    assert r.hlen(f"{prefix}unacked") == 1, "the turn's three acks written before it ends"
+    assert r.zcard(f"{prefix}unacked_index") == 1
+
+    other = threading.Thread(target=received[3].ack)
+    other.start()
+    other.join()
+    assert r.hlen(f"{prefix}unacked") == 0, "an ack off the loop's thread is written at once"
+    assert r.zcard(f"{prefix}unacked_index") == 0
+    r.close()
