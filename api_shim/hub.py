@@ -46,7 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runrelay.server.eventlog import LoggedEvent, decode_entry
+from runrelay.server.eventlog import LoggedEvent, decode_entry, decode_read
 from runrelay.server.keys import RedisKeys, entry_id
 
 log = logging.getLogger(__name__)
@@ -142,9 +142,13 @@ class StreamHub:
         batch_s: float = 0.0,
     ) -> None:
         """`reader` is used for the blocking XREAD only; `writer` for the wake-ups. After a
-        read that brought events, the next one waits `batch_s` (see the module docstring)."""
+        read that brought events, the next one waits `batch_s` (see the module docstring).
+
+        The reader's XREAD replies come as Redis sends them: `decode_read` reads an entry's
+        flat field list where redis-py would first build a dict of it."""
         self.idle_wake_s = idle_wake_s
         self.batch_s = batch_s
+        reader.set_response_callback("XREAD", _as_sent)
         self.reader = reader
         self.writer = writer
         self.keys = keys
@@ -271,7 +275,7 @@ class StreamHub:
                     self._wakeup_id = last.decode() if isinstance(last, bytes) else last
                     continue
                 came = True
-                self._dispatch(key, [decode_entry(raw_id, fields) for raw_id, fields in entries])
+                self._dispatch(key, [decode_read(raw_id, fields) for raw_id, fields in entries])
             if came and self.batch_s:
                 await self._batch()
 
@@ -311,3 +315,12 @@ class StreamHub:
 def _retrieve(read: asyncio.Future[list[LoggedEvent]]) -> None:
     if not read.cancelled():
         read.exception()  # retrieved here too: every reader may have gone
+
+
+def _as_sent(response: Any, **_: Any) -> Any:
+    """XREAD's reply as Redis sent it, each stream's entries as `[id, [field, value, ...]]`:
+    no dict built per entry. As `(key, entries)` pairs, from a RESP3 map or a RESP2 list; none
+    when the block ran out."""
+    if response is None:
+        return []
+    return list(response.items()) if isinstance(response, dict) else response

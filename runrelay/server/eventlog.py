@@ -173,6 +173,14 @@ def _refused(
     return None
 
 
+def decode_read(raw_id: bytes, fields: list[bytes]) -> LoggedEvent:
+    """A stream entry as Redis sends it, its fields a flat list. The scripts write `d` then
+    `t` (`[b"d", data, b"t", type]`); an entry written otherwise is read by name."""
+    if len(fields) == 4 and fields[0] == b"d" and fields[2] == b"t":
+        return LoggedEvent(seq=seq_of(raw_id), type=fields[3].decode(), data=fields[1].decode())
+    return decode_entry(raw_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+
+
 def decode_entry(raw_id: bytes | str, fields: dict[Any, Any]) -> LoggedEvent:
     """A stream entry as redis-py returns it (bytes, or str with decode_responses)."""
 

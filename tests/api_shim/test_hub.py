@@ -11,6 +11,7 @@ from httpx_sse import aconnect_sse
 from redis.asyncio import Redis
 
 from api_shim.hub import StreamHub, Subscription
+from runrelay.server.eventlog import EventLog
 from runrelay.server.keys import RedisKeys
 from runrelay.server.settings import Settings
 from runrelay.server.store import Store
@@ -154,3 +155,33 @@ def test_events_written_while_the_hub_waits_to_read_come_in_one_batch(settings: 
     takes, late = asyncio.run(scenario())
     assert takes == [[1], [2, 3, 4]]
     assert late == [1]
+
+
+def test_events_the_scripts_wrote_and_entries_written_otherwise_read_alike(
+    settings: Settings,
+) -> None:
+    """The hub reads XREAD's replies as Redis sends them: the scripts' entries (`d`, then `t`)
+    on a short path, any other field order by name; both give the same events."""
+
+    async def scenario() -> list[tuple[int, str, str]]:
+        keys = RedisKeys(f"{settings.redis_prefix}hubfields:")
+        reader, writer = Redis.from_url(settings.redis_url), Redis.from_url(settings.redis_url)
+        hub = StreamHub(reader, writer, keys, block_ms=500, idle_wake_s=5)
+        hub.start()
+        key = keys.events("r1")
+        got: list[tuple[int, str, str]] = []
+        try:
+            sub = await hub.subscribe("r1", 0)
+            await EventLog(writer, keys, 60).append_many("r1", [(1, "delta", '{"n": 1}')])
+            await writer.xadd(key, {"t": "delta", "d": '{"n": 2}'}, id="0-2")
+            async with asyncio.timeout(10):
+                while len(got) < 2:
+                    got += [(e.seq, e.type, e.data) for e in await sub.wait()]
+            return got
+        finally:
+            await hub.stop()
+            await writer.delete(key)
+            await reader.aclose()
+            await writer.aclose()
+
+    assert asyncio.run(scenario()) == [(1, "delta", '{"n": 1}'), (2, "delta", '{"n": 2}')]
