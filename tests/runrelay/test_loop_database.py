@@ -1,6 +1,7 @@
 """`LoopDatabase` against a real PostgreSQL: a statement awaited on the loop returns what the same
-statement returns through SQLAlchemy, and a pooled connection the server closed is replaced
-without the caller noticing."""
+statement returns through SQLAlchemy, a pooled connection the server closed is replaced
+without the caller noticing, and with group commit (the worker's) the statements of many runs
+issued together commit in one transaction, a failing one failing only its own caller."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+
+import psycopg
+from sqlalchemy import func, literal, select
 
 from runrelay.agent.config import AgentsConfig, Registry
 from runrelay.server.loop_database import LoopDatabase
@@ -25,9 +29,15 @@ from tests.postgres_admin import end_backend
 T = TypeVar("T")
 
 
-def on_loop(store: Store, settings: Settings, work: Callable[[LoopDatabase], Awaitable[T]]) -> T:
+def on_loop(
+    store: Store,
+    settings: Settings,
+    work: Callable[[LoopDatabase], Awaitable[T]],
+    *,
+    group_commit: bool = False,
+) -> T:
     async def main() -> T:
-        database = LoopDatabase(settings, max_size=1)
+        database = LoopDatabase(settings, max_size=1, group_commit=group_commit)
         await database.open(store.engine)
         try:
             return await work(database)
@@ -166,3 +176,65 @@ def test_an_admission_trusts_its_read_for_the_cache_window_then_reads_again(
     assert (within[0].revision, within[1].max_concurrent_runs) == (1, None), "the read it trusts"
     assert other_tenant[0].revision == 2, "another tenant's admission reads for itself"
     assert (after[0].revision, after[1].max_concurrent_runs) == (2, 3), "the window ended"
+
+
+def _queued_run(store: Store) -> Run:
+    tenant = store.create_tenant(f"loop-{secrets.token_hex(6)}")
+    run = Run(
+        id=new_id("run"),
+        tenant_id=tenant.id,
+        status=RunStatus.QUEUED,
+        agent_name="analyst",
+        agent_id="bank.analyst",
+        thread_id=f"thr_{secrets.token_hex(4)}",
+        input={"question": "q"},
+    )
+    Threads(store.engine).create_run(run)
+    return run
+
+
+def test_statements_issued_together_commit_together_and_apart_apart(
+    store: Store, postgres: Settings
+) -> None:
+    """Group commit: what the runs on the loop issue while a group is out goes in the next
+    one, one transaction (one WAL flush) for all; a statement alone is its own."""
+    runs = [_queued_run(store) for _ in range(3)]
+    txid = select(func.txid_current())
+
+    async def starts(database: LoopDatabase) -> tuple[list[Any], list[Any], list[Any]]:
+        table = RunTable(store.engine)
+        together = await asyncio.gather(
+            *(table.start_async(run.id, f"token-{n}") for n, run in enumerate(runs)),
+            database.first(txid, {}),
+            database.first(txid, {}),
+        )
+        apart = [await database.first(txid, {}), await database.first(txid, {})]
+        return list(together[:3]), [row[0] for row in together[3:]], [row[0] for row in apart]
+
+    started, grouped, alone = on_loop(store, postgres, starts, group_commit=True)
+
+    assert all(s is not None and s.run.status is RunStatus.RUNNING for s in started)
+    assert [store.get_run(run.id).lease_token for run in runs] == ["token-0", "token-1", "token-2"]
+    assert grouped[0] == grouped[1], "issued together: one transaction"
+    assert alone[0] != alone[1] and grouped[0] not in alone, "awaited one by one: one each"
+
+
+def test_a_statement_that_fails_in_a_group_fails_only_its_caller(
+    store: Store, postgres: Settings
+) -> None:
+    run = _queued_run(store)
+
+    async def group(_database: LoopDatabase) -> tuple[Any, BaseException | None]:
+        failing = _database.first(select(literal(1) / literal(0)), {})
+        started, failed = await asyncio.gather(
+            RunTable(store.engine).start_async(run.id, "token-1"),
+            failing,
+            return_exceptions=True,
+        )
+        return started, failed if isinstance(failed, BaseException) else None
+
+    started, failed = on_loop(store, postgres, group, group_commit=True)
+
+    assert isinstance(failed, psycopg.errors.DivisionByZero)
+    assert started is not None and started.run.status is RunStatus.RUNNING
+    assert store.get_run(run.id).status is RunStatus.RUNNING, "its group's failure undone, redone"
