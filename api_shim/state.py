@@ -203,7 +203,9 @@ class ShimState:
     async def open_database(self) -> None:
         """On PostgreSQL, the hot statements of this process's requests go to connections on
         its event loop (`runrelay.server.loop_database`); call on that loop."""
-        self.database = await LoopDatabase.attached(self.store.engine, self.settings)
+        self.database = await LoopDatabase.attached(
+            self.store.engine, self.settings, group_commit=True
+        )
 
     async def close(self) -> None:
         await self.dispatcher.stop()
