@@ -47,9 +47,8 @@ def on_loop(
     return asyncio.run(main())
 
 
-def test_a_run_read_on_the_loop_is_the_run_sqlalchemy_reads(
-    store: Store, postgres: Settings
-) -> None:
+def _queued_run(store: Store, **fields: Any) -> Run:
+    """A queued run of a tenant of its own, on a new thread, written through SQLAlchemy."""
     tenant = store.create_tenant(f"loop-{secrets.token_hex(6)}")
     run = Run(
         id=new_id("run"),
@@ -58,11 +57,21 @@ def test_a_run_read_on_the_loop_is_the_run_sqlalchemy_reads(
         agent_name="analyst",
         agent_id="bank.analyst",
         thread_id=f"thr_{secrets.token_hex(4)}",
+        **({"input": {"question": "q"}} | fields),
+    )
+    Threads(store.engine).create_run(run)
+    return run
+
+
+def test_a_run_read_on_the_loop_is_the_run_sqlalchemy_reads(
+    store: Store, postgres: Settings
+) -> None:
+    run = _queued_run(
+        store,
         input={"question": "é ✓", "n": [1, 2.5, None]},
         run_metadata={"k": "v"},
         scheduled_for=datetime(2026, 12, 2, 19, 0, tzinfo=UTC),
     )
-    Threads(store.engine).create_run(run)
     through_sqlalchemy = store.get_run(run.id)
 
     async def read_and_start(_database: LoopDatabase) -> tuple[Any, Any, Any]:
@@ -176,21 +185,6 @@ def test_an_admission_trusts_its_read_for_the_cache_window_then_reads_again(
     assert (within[0].revision, within[1].max_concurrent_runs) == (1, None), "the read it trusts"
     assert other_tenant[0].revision == 2, "another tenant's admission reads for itself"
     assert (after[0].revision, after[1].max_concurrent_runs) == (2, 3), "the window ended"
-
-
-def _queued_run(store: Store) -> Run:
-    tenant = store.create_tenant(f"loop-{secrets.token_hex(6)}")
-    run = Run(
-        id=new_id("run"),
-        tenant_id=tenant.id,
-        status=RunStatus.QUEUED,
-        agent_name="analyst",
-        agent_id="bank.analyst",
-        thread_id=f"thr_{secrets.token_hex(4)}",
-        input={"question": "q"},
-    )
-    Threads(store.engine).create_run(run)
-    return run
 
 
 def test_statements_issued_together_commit_together_and_apart_apart(
