@@ -252,6 +252,9 @@ class LoopDatabase:
                     await self._group(calls)
         finally:
             self._batch = None
+            queued, self._queue = self._queue, []
+            for _, _, future in queued:  # left by a cancellation of this task
+                future.cancel()
 
     async def _group(self, calls: list[_Call]) -> None:
         """`calls` in one transaction on one connection, sent in one pipeline: one round trip
