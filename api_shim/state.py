@@ -203,9 +203,7 @@ class ShimState:
     async def open_database(self) -> None:
         """On PostgreSQL, the hot statements of this process's requests go to connections on
         its event loop (`runrelay.server.loop_database`); call on that loop."""
-        self.database = await LoopDatabase.attached(
-            self.store.engine, self.settings, group_commit=True
-        )
+        self.database = await LoopDatabase.attached(self.store.engine, self.settings)
 
     async def close(self) -> None:
         await self.dispatcher.stop()

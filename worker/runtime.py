@@ -110,9 +110,7 @@ class AsyncRuntime:
         self._store = Store(make_engine(settings))
         # The runs' hot statements on this loop, without a thread hop each (PostgreSQL), those
         # of many runs committed together.
-        self._database = await LoopDatabase.attached(
-            self._store.engine, settings, group_commit=True
-        )
+        self._database = await LoopDatabase.attached(self._store.engine, settings)
         self.controls = RunControls(
             self._redis, keys, settings.cancel_poll_s, timers=self._timers_redis
         )

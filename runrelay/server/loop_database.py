@@ -18,7 +18,8 @@ with server-side prepared statements: no transaction ends, so none is forgotten.
 connection is checked before use without a round trip, as the engine's are
 (`engine._check_idle_connection`).
 
-The worker and the API commit their statements in groups (`group_commit`): those issued while
+The worker and the API commit their statements in groups (`RUNRELAY_GROUP_COMMIT`, on by
+default): those issued while
 the previous group was out go in one transaction on one connection, sent as one pipeline
 (BEGIN, the statements, COMMIT): one round trip and one WAL flush where each statement cost its
 own. Each statement still stands alone for its caller: its own rows back, and its own error. A
@@ -168,15 +169,16 @@ class LoopDatabase:
         self._batch: asyncio.Task[None] | None = None
 
     @classmethod
-    async def attached(
-        cls, engine: Engine, settings: Settings, *, group_commit: bool = False
-    ) -> LoopDatabase | None:
+    async def attached(cls, engine: Engine, settings: Settings) -> LoopDatabase | None:
         """On PostgreSQL, a database opened on the running loop for `engine`'s hot statements
-        (`RUNRELAY_LOOP_DATABASE_CONNECTIONS` connections); None on SQLite."""
+        (`RUNRELAY_LOOP_DATABASE_CONNECTIONS` connections, committing in groups unless
+        `RUNRELAY_GROUP_COMMIT` is off); None on SQLite."""
         if engine.dialect.name != "postgresql":
             return None
         database = cls(
-            settings, max_size=settings.loop_database_connections, group_commit=group_commit
+            settings,
+            max_size=settings.loop_database_connections,
+            group_commit=settings.group_commit,
         )
         await database.open(engine)
         return database

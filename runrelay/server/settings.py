@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # statements of runs (create, start, history, checkpoint, end, reads); the others use the
     # engine's pool.
     loop_database_connections: int = Field(8, ge=1)
+    # Those statements committed in groups, one group at a time (loop_database.py); off: each
+    # on its own, up to `loop_database_connections` at once.
+    group_commit: bool = True
     run_lease_ttl_s: float = 30.0
     run_timeout_s: float = 3600.0
     # A request's own `timeout_s` may not exceed this (422 above it).

@@ -213,6 +213,27 @@ def test_statements_issued_together_commit_together_and_apart_apart(
     assert alone[0] != alone[1] and grouped[0] not in alone, "awaited one by one: one each"
 
 
+def test_with_group_commit_off_statements_issued_together_commit_apart(
+    store: Store, postgres: Settings
+) -> None:
+    """`RUNRELAY_GROUP_COMMIT=0`: the process's loop database commits each statement alone."""
+    txid = select(func.txid_current())
+
+    async def together() -> list[Any]:
+        database = await LoopDatabase.attached(
+            store.engine, postgres.model_copy(update={"group_commit": False})
+        )
+        assert database is not None
+        try:
+            rows = await asyncio.gather(database.first(txid, {}), database.first(txid, {}))
+        finally:
+            await database.close()
+        return [row[0] for row in rows if row is not None]
+
+    first, second = asyncio.run(together())
+    assert first != second
+
+
 def test_a_statement_that_fails_in_a_group_fails_only_its_caller(
     store: Store, postgres: Settings
 ) -> None:
