@@ -19,18 +19,17 @@ connection is checked before use without a round trip, as the engine's are
 (`engine._check_idle_connection`).
 
 The worker and the API commit their statements in groups (`RUNRELAY_GROUP_COMMIT`, on by
-default): those issued while
-the previous group was out go in one transaction on one connection, sent as one pipeline
-(BEGIN, the statements, COMMIT): one round trip and one WAL flush where each statement cost its
-own. Each statement still stands alone for its caller: its own rows back, and its own error. A
-statement that fails rolls its group back, and the group's statements are then executed one by
-one, so that only its caller sees the failure; a connection that breaks fails the whole group,
-as it would have failed each statement. One group is out at a time, so two groups of a process
-never wait for each other's row locks. Nor do groups of different processes: the rows the hot
-statements lock are their runs' own (a run's statements are awaited one after another, and a
-thread has one active run), and the API's lock none (reads, and a run inserted with its new
-thread). At 50 runs in flight (`bench/throughput.py`) WAL flushes per run went from 2.2 to
-0.55, and PostgreSQL's CPU per run from ~1.3 to ~0.6 ms.
+default): those issued while the previous group was out go in one transaction on one
+connection, sent as one pipeline (BEGIN, the statements, COMMIT): one round trip and one WAL
+flush where each statement cost its own. Each statement still stands alone for its caller: its
+own rows back, and its own error. A statement that fails rolls its group back, and the group's
+statements are then executed one by one, so that only its caller sees the failure; a connection
+that breaks fails the whole group, as it would have failed each statement. One group is out at
+a time, so two groups of a process never wait for each other's row locks. Nor do groups of
+different processes: the rows the hot statements lock are their runs' own (a run's statements
+are awaited one after another, and a thread has one active run), and the API's lock none
+(reads, and a run inserted with its new thread). At 50 runs in flight (`bench/throughput.py`)
+WAL flushes per run went from 2.2 to 0.55, and PostgreSQL's CPU per run from ~1.3 to ~0.6 ms.
 """
 
 from __future__ import annotations
@@ -319,11 +318,7 @@ def _settle(
 async def _one(
     conn: psycopg.AsyncConnection[Any], done: Compiled, params: dict[str, Any]
 ) -> list[tuple[Any, ...]]:
-    cursor = await conn.execute(done.sql, params, prepare=True)
-    result = cursor.pgresult
-    if result is None or result.nfields == 0:  # no RETURNING
-        return []
-    return done.rows(await cursor.fetchall(), cursor)
+    return await _found(done, await conn.execute(done.sql, params, prepare=True))
 
 
 async def _together(
@@ -334,14 +329,15 @@ async def _together(
     async with conn.pipeline(), conn.transaction():
         for done, params, _ in calls:
             cursors.append(await conn.execute(done.sql, params, prepare=True))
-    found: list[list[tuple[Any, ...]]] = []
-    for (done, _, _), cursor in zip(calls, cursors, strict=True):
-        result = cursor.pgresult
-        if result is None or result.nfields == 0:
-            found.append([])
-        else:
-            found.append(done.rows(await cursor.fetchall(), cursor))
-    return found
+    return [await _found(done, cursor) for (done, _, _), cursor in zip(calls, cursors, strict=True)]
+
+
+async def _found(done: Compiled, cursor: psycopg.AsyncCursor[Any]) -> list[tuple[Any, ...]]:
+    """The rows `cursor` holds for `done` (none for a statement without RETURNING)."""
+    result = cursor.pgresult
+    if result is None or result.nfields == 0:
+        return []
+    return done.rows(await cursor.fetchall(), cursor)
 
 
 def on_loop(engine: Engine) -> LoopDatabase | None:
