@@ -1,10 +1,17 @@
 """ASGI middleware: request ids on every response, and the request body size limit.
 
 Both are plain ASGI (not BaseHTTPMiddleware) so that SSE responses stream through untouched.
-`RequestIdMiddleware`, the outermost of ours, also leaves the `send` it was given in the scope
-under `BODY_SEND`: once a response has started, its body chunks need none of the wrappers
-between there and the route (ours, Starlette's and FastAPI's only look at, or change, the
-start of the response), and an SSE stream with thousands of clients sends a chunk per event.
+`RequestIdMiddleware`, the outermost of ours, also leaves two things in the scope for a long
+response (an SSE stream with thousands of clients sends a chunk per event):
+
+- `BODY_SEND`, the `send` it was given: once a response has started, its body chunks need none
+  of the wrappers between there and the route (ours, Starlette's and FastAPI's only look at, or
+  change, the start of the response);
+- `DETACH`, a function that takes the task which sends the rest of the body: the route's
+  coroutine and every layer above it up to this middleware may then return, and this
+  middleware awaits the task in their place. A waiting stream then holds that task and three
+  coroutines, not the twenty layers of middleware and routing with their requests, exit stacks
+  and closures: about half of what the garbage collector walks per open stream.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from api_shim.errors import STORE_RETRY_AFTER_S, is_store_outage
 log = logging.getLogger(__name__)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 BODY_SEND = "runrelay.body_send"
+DETACH = "runrelay.detach"
 
 
 def _error_body(status: int, code: str, message: str, request_id: str) -> bytes:
@@ -74,7 +82,10 @@ class RequestIdMiddleware:
         request_id = given if _VALID_REQUEST_ID.match(given) else f"req_{secrets.token_hex(12)}"
         scope.setdefault("state", {})["request_id"] = request_id
         scope[BODY_SEND] = send
+        detached: list[asyncio.Future[None]] = []
+        scope[DETACH] = detached.append
         started = False
+        ours = tuple(scope)  # (a tuple of strings: the garbage collector stops tracking it)
 
         # A plain function returning `send`'s awaitable: every chunk of every SSE stream passes
         # here, so no coroutine of its own per message.
@@ -88,6 +99,16 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+            if detached:
+                # What the layers below left in the scope for their own use (FastAPI's exit
+                # stacks, the route, its parameters) is theirs, and they have returned.
+                for key in [key for key in scope if key not in ours]:
+                    del scope[key]
+            for rest in detached:
+                try:
+                    await rest
+                finally:
+                    rest.cancel()
         except Exception as exc:
             log.exception("unhandled error (request %s)", request_id)
             if started:

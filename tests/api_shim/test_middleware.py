@@ -1,0 +1,118 @@
+"""`RequestIdMiddleware`'s hand-over of a long response body (`DETACH`), called as the server
+calls it: the layers under it return while the body goes on, and the body still ends, or is
+cancelled, with its request."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import Message, Receive, Scope, Send
+
+from api_shim.middleware import BODY_SEND, DETACH, RequestIdMiddleware
+
+
+class _Routing:
+    """Stands for the layers between the middleware and a route: it leaves something of its own
+    in the scope and notes when it returns."""
+
+    def __init__(self, route: object) -> None:
+        self.route = route
+        self.returned = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["router"] = self
+        await self.route(scope, receive, send)  # type: ignore[operator]
+        self.returned.set()
+
+
+class _StreamedRoute:
+    """Starts the response and hands the rest of the body over: two chunks, the second only
+    once the test lets it go."""
+
+    def __init__(self) -> None:
+        self.go_on = asyncio.Event()
+        self.body: asyncio.Future[None] | None = None
+        self.scope_while_sending: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        self.body = asyncio.ensure_future(self._rest(scope, scope[BODY_SEND]))
+        scope[DETACH](self.body)
+
+    async def _rest(self, scope: Scope, send: Send) -> None:
+        await send({"type": "http.response.body", "body": b"one\n", "more_body": True})
+        await self.go_on.wait()
+        self.scope_while_sending = set(scope)
+        await send({"type": "http.response.body", "body": b"two\n", "more_body": False})
+
+
+def _request() -> tuple[Scope, Receive, list[Message], Send]:
+    scope = {"type": "http", "method": "GET", "path": "/events", "headers": []}
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client stays
+        raise AssertionError
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    return scope, receive, sent, send
+
+
+def test_a_detached_body_goes_on_after_the_layers_returned() -> None:
+    async def scenario() -> None:
+        route = _StreamedRoute()
+        routing = _Routing(route)
+        scope, receive, sent, send = _request()
+        request = asyncio.ensure_future(RequestIdMiddleware(routing)(scope, receive, send))
+        await asyncio.wait_for(routing.returned.wait(), 5)
+        assert not request.done()  # the middleware waits for the body in the layers' place
+        route.go_on.set()
+        await asyncio.wait_for(request, 5)
+
+        start, *chunks = sent
+        assert start["type"] == "http.response.start"
+        assert dict(start["headers"])[b"x-request-id"].startswith(b"req_")
+        assert [(c["body"], c["more_body"]) for c in chunks] == [
+            (b"one\n", True),
+            (b"two\n", False),
+        ]
+        # What the layers below left in the scope went with them; the server's own keys stayed.
+        assert "router" not in route.scope_while_sending
+        assert {"type", "method", "path", "headers"} <= route.scope_while_sending
+
+    asyncio.run(scenario())
+
+
+def test_a_detached_body_is_cancelled_with_its_request() -> None:
+    async def scenario() -> None:
+        route = _StreamedRoute()
+        routing = _Routing(route)
+        scope, receive, _sent, send = _request()
+        request = asyncio.ensure_future(RequestIdMiddleware(routing)(scope, receive, send))
+        await asyncio.wait_for(routing.returned.wait(), 5)
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+        assert route.body is not None
+        assert route.body.cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_an_error_in_a_detached_body_ends_the_request_with_it() -> None:
+    class _Failing(_StreamedRoute):
+        async def _rest(self, scope: Scope, send: Send) -> None:
+            raise RuntimeError("the body broke")
+
+    async def scenario() -> None:
+        scope, receive, sent, send = _request()
+        try:
+            await asyncio.wait_for(RequestIdMiddleware(_Failing())(scope, receive, send), 5)
+        except RuntimeError as exc:
+            assert str(exc) == "the body broke"  # the server closes the connection
+        else:
+            raise AssertionError("the error was swallowed")
+        assert [m["type"] for m in sent] == ["http.response.start"]  # no 500 after a 200
+
+    asyncio.run(scenario())
