@@ -78,6 +78,23 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        rest = await self._respond(scope, receive, send)
+        if rest is None:
+            return
+        # The body of a response that the layers below handed over (`DETACH`) and returned:
+        # this frame holds no more than that task while it sends.
+        try:
+            await rest
+        except Exception:
+            log.exception("unhandled error (request %s)", scope["state"]["request_id"])
+            raise  # the response has started: the server closes the connection
+        finally:
+            rest.cancel()
+
+    async def _respond(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> asyncio.Future[None] | None:
+        """Calls the app; the task sending the rest of the body, if it handed one over."""
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _VALID_REQUEST_ID.match(given) else f"req_{secrets.token_hex(12)}"
         scope.setdefault("state", {})["request_id"] = request_id
@@ -85,7 +102,7 @@ class RequestIdMiddleware:
         detached: list[asyncio.Future[None]] = []
         scope[DETACH] = detached.append
         started = False
-        ours = tuple(scope)  # (a tuple of strings: the garbage collector stops tracking it)
+        ours = set(scope)
 
         # A plain function returning `send`'s awaitable: every chunk of every SSE stream passes
         # here, so no coroutine of its own per message.
@@ -99,16 +116,6 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-            if detached:
-                # What the layers below left in the scope for their own use (FastAPI's exit
-                # stacks, the route, its parameters) is theirs, and they have returned.
-                for key in [key for key in scope if key not in ours]:
-                    del scope[key]
-            for rest in detached:
-                try:
-                    await rest
-                finally:
-                    rest.cancel()
         except Exception as exc:
             log.exception("unhandled error (request %s)", request_id)
             if started:
@@ -117,11 +124,20 @@ class RequestIdMiddleware:
                 message = "Redis or the database is unavailable; try again shortly"
                 body = _error_body(503, "store_unavailable", message, request_id)
                 await _send_json(send, 503, body, request_id, retry_after=STORE_RETRY_AFTER_S)
-                return
+                return None
             body = _error_body(
                 500, "internal_error", "internal error; report it with the request id", request_id
             )
             await _send_json(send, 500, body, request_id)
+            return None
+        if not detached:
+            return None
+        # What the layers below left in the scope for their own use (FastAPI's exit stacks,
+        # the route, its parameters) is theirs, and they have returned.
+        for key in [key for key in scope if key not in ours or key == DETACH]:
+            del scope[key]
+        (rest,) = detached
+        return rest
 
 
 class BodyLimitMiddleware:

@@ -271,6 +271,7 @@ class EventStream(Response):
         if start.ended:
             return False
         last = start.events[-1].seq if start.events else self._after
+        self._start = start = None  # written: not held while the stream waits
         async with _Tail(state, self._run_id, last, self._key_id) as tail:
             while not gone.done() and not AppStatus.should_exit:
                 # Not `tail.next()`: its coroutines would be held by every stream as it waits.
