@@ -84,7 +84,10 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
     body_limit = BodyLimitMiddleware(
         json_bodies, settings.max_body_bytes, streamed, settings.body_read_timeout_s
     )
-    return _cors(settings, RequestIdMiddleware(body_limit))
+    # With OpenTelemetry on, a stream's request lasts (its duration, the active requests) until
+    # the stream ends: its body is not handed over from under FastAPI's telemetry layer.
+    request_ids = RequestIdMiddleware(body_limit, detach=not settings.otel_telemetry)
+    return _cors(settings, request_ids)
 
 
 CONSOLE_DIR = Path(__file__).parent / "console"

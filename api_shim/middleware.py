@@ -71,8 +71,11 @@ class RequestIdMiddleware:
     carries the request id.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, detach: bool = True) -> None:
+        """`detach`: offer `DETACH` to the app (off: a response's body is sent under every
+        layer, as when a layer must see the request end, e.g. OpenTelemetry's duration)."""
         self.app = app
+        self.detach = detach
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,7 +103,8 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         scope[BODY_SEND] = send
         detached: list[asyncio.Future[None]] = []
-        scope[DETACH] = detached.append
+        if self.detach:
+            scope[DETACH] = detached.append
         started = False
         ours = set(scope)
 

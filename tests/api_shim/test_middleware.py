@@ -116,3 +116,22 @@ def test_an_error_in_a_detached_body_ends_the_request_with_it() -> None:
         assert [m["type"] for m in sent] == ["http.response.start"]  # no 500 after a 200
 
     asyncio.run(scenario())
+
+
+def test_without_detach_the_body_is_sent_under_every_layer() -> None:
+    class _InPlace(_StreamedRoute):
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            assert DETACH not in scope
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            self.go_on.set()
+            await self._rest(scope, scope[BODY_SEND])
+
+    async def scenario() -> None:
+        route = _InPlace()
+        routing = _Routing(route)
+        scope, receive, sent, send = _request()
+        await asyncio.wait_for(RequestIdMiddleware(routing, detach=False)(scope, receive, send), 5)
+        assert "router" in route.scope_while_sending  # the layers were still there
+        assert [m.get("more_body") for m in sent] == [None, True, False]
+
+    asyncio.run(scenario())
