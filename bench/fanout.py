@@ -5,9 +5,10 @@
 It starts its own stack like `bench/throughput.py` (see bench_stack.py: Redis from REDIS_URL,
 the database from DATABASE_URL, a fresh key prefix and schema, ONE `runrelay api` process and one
 worker), creates `--runs` runs of `fanout-ticker` (bench/agents.yaml: one text delta a second
-for ~11 minutes), then `--client-procs` client processes open `--clients` streams
-(`GET /v1/runs/{id}/events`) spread evenly over the runs. The clients are raw asyncio streams,
-not httpx, so that a client costs little next to the server on a shared machine.
+for ~11 minutes), started evenly over one second, then `--client-procs` client processes open
+`--clients` streams (`GET /v1/runs/{id}/events`) spread evenly over the runs. The clients are
+raw asyncio streams, not httpx, so that a client costs little next to the server on a shared
+machine.
 
 Once every client is connected (or the ramp gave up, `--ramp-timeout`, or made no progress for
 30 s) and `--settle-s` later (the last streams opened may still be reading their history), it
@@ -176,7 +177,12 @@ def _create_runs(stack: Stack, n: int) -> list[str]:
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     with httpx.Client(base_url=stack.base_url, headers=headers, timeout=30) as http:
         ids = []
-        for _ in range(n):
+        # Started evenly over a second, the runs' events spread over every second, as those of
+        # independent runs do; started as fast as they can be, they would come in bursts of all
+        # runs at once, and how bunched they were would move the lag from one bench to the next.
+        began = time.monotonic()
+        for i in range(n):
+            time.sleep(max(0.0, began + i / n - time.monotonic()))
             response = http.post("/v1/runs", json={"agent": AGENT, "message": "tick"})
             response.raise_for_status()
             ids.append(response.json()["id"])
