@@ -5,10 +5,10 @@
 It starts its own stack like `bench/throughput.py` (see bench_stack.py: Redis from REDIS_URL,
 the database from DATABASE_URL, a fresh key prefix and schema, ONE `runrelay api` process and one
 worker), creates `--runs` runs of `fanout-ticker` (bench/agents.yaml: one text delta a second
-for ~11 minutes), started evenly over one second, then `--client-procs` client processes open
-`--clients` streams (`GET /v1/runs/{id}/events`) spread evenly over the runs. The clients are
-raw asyncio streams, not httpx, so that a client costs little next to the server on a shared
-machine.
+for ~11 minutes), started evenly over one second (`--start-spread-s`), then `--client-procs`
+client processes open `--clients` streams (`GET /v1/runs/{id}/events`) spread evenly over the
+runs. The clients are raw asyncio streams, not httpx, so that a client costs little next to the
+server on a shared machine.
 
 Once every client is connected (or the ramp gave up, `--ramp-timeout`, or made no progress for
 30 s) and `--settle-s` later (the last streams opened may still be reading their history), it
@@ -173,7 +173,7 @@ def _client_main(
 # ---------------------------------------------------------------------------- the bench
 
 
-def _create_runs(stack: Stack, n: int) -> list[str]:
+def _create_runs(stack: Stack, n: int, spread_s: float) -> list[str]:
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     with httpx.Client(base_url=stack.base_url, headers=headers, timeout=30) as http:
         ids = []
@@ -182,7 +182,7 @@ def _create_runs(stack: Stack, n: int) -> list[str]:
         # runs at once, and how bunched they were would move the lag from one bench to the next.
         began = time.monotonic()
         for i in range(n):
-            time.sleep(max(0.0, began + i / n - time.monotonic()))
+            time.sleep(max(0.0, began + spread_s * i / n - time.monotonic()))
             response = http.post("/v1/runs", json={"agent": AGENT, "message": "tick"})
             response.raise_for_status()
             ids.append(response.json()["id"])
@@ -232,7 +232,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     api = psutil.Process(stack.procs["api"].pid)
-    run_ids = _create_runs(stack, args.runs)
+    run_ids = _create_runs(stack, args.runs, args.start_spread_s)
     time.sleep(2)
     rss_before = api.memory_info().rss
     host, port = stack.base_url.removeprefix("http://").split(":")
@@ -372,6 +372,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--start-spread-s", type=float, default=1.0,
+                        help="start the runs evenly over this long (0: as fast as they can be, "
+                        "so that all runs' events come at about the same moment each second)")
     parser.add_argument("--client-procs", type=int, default=3)
     parser.add_argument("--measure-s", type=float, default=60.0)
     parser.add_argument("--ramp-timeout", type=float, default=300.0)
