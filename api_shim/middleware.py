@@ -7,9 +7,9 @@ response (an SSE stream with thousands of clients sends a chunk per event):
 - `BODY_SEND`, the `send` it was given: once a response has started, its body chunks need none
   of the wrappers between there and the route (ours, Starlette's and FastAPI's only look at, or
   change, the start of the response);
-- `DETACH`, a function that takes the task which sends the rest of the body: the route's
+- `DETACH`, a function that takes the coroutine which sends the rest of the body: the route's
   coroutine and every layer above it up to this middleware may then return, and this
-  middleware awaits the task in their place. A waiting stream then holds that task and three
+  middleware awaits that coroutine in their place. A waiting stream then holds that task and three
   coroutines, not the twenty layers of middleware and routing with their requests, exit stacks
   and closures: about half of what the garbage collector walks per open stream.
 """
@@ -21,7 +21,8 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -85,24 +86,22 @@ class RequestIdMiddleware:
         if rest is None:
             return
         # The body of a response that the layers below handed over (`DETACH`) and returned:
-        # this frame holds no more than that task while it sends.
+        # this frame holds no more than that coroutine while it sends.
         try:
             await rest
         except Exception:
             log.exception("unhandled error (request %s)", scope["state"]["request_id"])
             raise  # the response has started: the server closes the connection
-        finally:
-            rest.cancel()
 
     async def _respond(
         self, scope: Scope, receive: Receive, send: Send
-    ) -> asyncio.Future[None] | None:
-        """Calls the app; the task sending the rest of the body, if it handed one over."""
+    ) -> Coroutine[Any, Any, None] | None:
+        """Calls the app; the coroutine sending the rest of the body, if it handed one over."""
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _VALID_REQUEST_ID.match(given) else f"req_{secrets.token_hex(12)}"
         scope.setdefault("state", {})["request_id"] = request_id
         scope[BODY_SEND] = send
-        detached: list[asyncio.Future[None]] = []
+        detached: list[Coroutine[Any, Any, None]] = []
         if self.detach:
             scope[DETACH] = detached.append
         started = False
@@ -121,6 +120,8 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
+            for rest in detached:
+                rest.close()  # handed over, then the layers failed: never to run
             log.exception("unhandled error (request %s)", request_id)
             if started:
                 raise

@@ -5,17 +5,17 @@ above the client's cursor, then followed through the hub from the last seq seen 
 `$`), so there is no gap and no duplicate between history and tail. While waiting, the run's row
 is re-read now and then: if it ended and its stream is gone, the rest comes from the archive.
 
-`EventStream` is the SSE response: one task per stream that writes the events (several in one
+`EventStream` is the SSE response: a coroutine per stream writes the events (several in one
 write when they came together), a `: ping` after `sse_ping_s` without one, and stops when the
-client goes, the key is revoked or the server shuts down. (sse-starlette's response runs four
-tasks and a cancel scope per message for each stream, which counts at thousands of streams.)
-That task is not the request's own: the request's coroutine sits under some twenty layers of
-ASGI middleware and routing, all resumed at every wake-up of the coroutine at the bottom, so it
-only starts the response and hands the writer to `RequestIdMiddleware` (`DETACH`), which awaits
-it in place of those layers; they return and their objects are freed, so a waiting stream holds
-half as many objects for the garbage collector to walk. The writer sends its chunks, and the
-end of the body, with the server's `send` (the middleware's `BODY_SEND`), not through the
-wrappers of each layer.
+client goes, the key is revoked or the server shuts down; a task per stream waits for the
+client to go. (sse-starlette's response runs four tasks and a cancel scope per message for
+each stream, which counts at thousands of streams.) The request's coroutine sits under some
+twenty layers of ASGI middleware and routing, so the route only starts the response and hands
+the writer to `RequestIdMiddleware` (`DETACH`), which awaits it in place of those layers: they
+return and their objects are freed, so a waiting stream holds a third as many objects for the
+garbage collector to walk, and an event resumes three frames above the writer, not twenty.
+The writer sends its chunks, and the end of the body, with the server's `send` (the
+middleware's `BODY_SEND`), not through the wrappers of each layer.
 """
 
 from __future__ import annotations
@@ -220,15 +220,12 @@ class EventStream(Response):
         if scope.get("method") == "HEAD":
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        body = asyncio.ensure_future(self._body(scope.get(BODY_SEND, send), receive))
+        body = self._body(scope.get(BODY_SEND, send), receive)
         detach = scope.get(DETACH)
         if detach is not None:
             detach(body)  # the request's layers return; the outermost awaits `body` instead
             return
-        try:
-            await body
-        finally:
-            body.cancel()
+        await body
 
     async def _body(self, send: Send, receive: Receive) -> None:
         gone = asyncio.ensure_future(_until_disconnect(receive))
