@@ -63,13 +63,19 @@ def _request() -> tuple[Scope, Receive, list[Message], Send]:
     return scope, receive, sent, send
 
 
+async def _handed_over() -> tuple[_StreamedRoute, list[Message], asyncio.Future[None]]:
+    """A streamed request through the middleware, once the layers under it have returned."""
+    route = _StreamedRoute()
+    routing = _Routing(route)
+    scope, receive, sent, send = _request()
+    request = asyncio.ensure_future(RequestIdMiddleware(routing)(scope, receive, send))
+    await asyncio.wait_for(routing.returned.wait(), 5)
+    return route, sent, request
+
+
 def test_a_detached_body_goes_on_after_the_layers_returned() -> None:
     async def scenario() -> None:
-        route = _StreamedRoute()
-        routing = _Routing(route)
-        scope, receive, sent, send = _request()
-        request = asyncio.ensure_future(RequestIdMiddleware(routing)(scope, receive, send))
-        await asyncio.wait_for(routing.returned.wait(), 5)
+        route, sent, request = await _handed_over()
         assert not request.done()  # the middleware waits for the body in the layers' place
         route.go_on.set()
         await asyncio.wait_for(request, 5)
@@ -90,11 +96,7 @@ def test_a_detached_body_goes_on_after_the_layers_returned() -> None:
 
 def test_a_detached_body_is_cancelled_with_its_request() -> None:
     async def scenario() -> None:
-        route = _StreamedRoute()
-        routing = _Routing(route)
-        scope, receive, _sent, send = _request()
-        request = asyncio.ensure_future(RequestIdMiddleware(routing)(scope, receive, send))
-        await asyncio.wait_for(routing.returned.wait(), 5)
+        route, _sent, request = await _handed_over()
         request.cancel()
         await asyncio.gather(request, return_exceptions=True)
         assert route.cancelled
