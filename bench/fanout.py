@@ -177,9 +177,10 @@ def _create_runs(stack: Stack, n: int, spread_s: float) -> list[str]:
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     with httpx.Client(base_url=stack.base_url, headers=headers, timeout=30) as http:
         ids = []
-        # Started evenly over a second, the runs' events spread over every second, as those of
-        # independent runs do; started as fast as they can be, they would come in bursts of all
-        # runs at once, and how bunched they were would move the lag from one bench to the next.
+        # Started evenly over `spread_s` (a second by default), the runs' events spread over
+        # every second, as those of independent runs do; started as fast as they can be, they
+        # would come in bursts of all runs at once, and how bunched they were would move the lag
+        # from one bench to the next.
         began = time.monotonic()
         for i in range(n):
             time.sleep(max(0.0, began + spread_s * i / n - time.monotonic()))
