@@ -6,7 +6,11 @@ response (an SSE stream with thousands of clients sends a chunk per event):
 
 - `BODY_SEND`, the `send` it was given: once a response has started, its body chunks need none
   of the wrappers between there and the route (ours, Starlette's and FastAPI's only look at, or
-  change, the start of the response);
+  change, the start of the response). It is taken out of the scope when the layers return:
+  the server's `send` is a method of the object that holds the scope, and left there it would
+  tie the request's objects (its transport among them) into a cycle that only the garbage
+  collector frees, a full collection for a stream that lived long enough to reach the old
+  generation;
 - `DETACH`, a function that takes the coroutine which sends the rest of the body: the route's
   coroutine and every layer above it up to this middleware may then return, and this
   middleware awaits that coroutine in their place. A waiting stream's writer then sits under
@@ -136,6 +140,9 @@ class RequestIdMiddleware:
             )
             await _send_json(send, 500, body, request_id)
             return None
+        finally:
+            # Taken by whoever sends the body; left here, a cycle through the server's `send`.
+            scope.pop(BODY_SEND, None)
         if not detached:
             return None
         # What the layers below left in the scope for their own use (FastAPI's exit stacks,

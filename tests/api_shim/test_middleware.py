@@ -5,6 +5,9 @@ cancelled, with its request."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import weakref
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -139,3 +142,56 @@ def test_without_detach_the_body_is_sent_under_every_layer() -> None:
         assert [m.get("more_body") for m in sent] == [None, True, False]
 
     asyncio.run(scenario())
+
+
+class _Connection:
+    """Stands for the server's object of one request: it holds the scope, and the `send` it
+    gives the app is its own method (as uvicorn's `RequestResponseCycle` does)."""
+
+    def __init__(self) -> None:
+        self.scope, self.receive, self.sent, self._send = _request()
+
+    async def send(self, message: Message) -> None:
+        await self._send(message)
+
+
+def test_a_finished_request_is_freed_without_the_garbage_collector() -> None:
+    """Nothing the middleware leaves in the scope ties the server's objects into a cycle: once
+    a request ends they go by reference counting, not in a full collection that stalls every
+    open stream (one that lived long enough to reach the old generation waits for one)."""
+
+    async def one(app: object, detach: bool) -> weakref.ref[_Connection]:
+        connection = _Connection()
+        middleware = RequestIdMiddleware(app, detach=detach)  # type: ignore[arg-type]
+        await middleware(connection.scope, connection.receive, connection.send)
+        assert connection.sent[-1].get("more_body", False) is False  # the response was sent
+        return weakref.ref(connection)
+
+    class _Ends(_StreamedRoute):
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            self.go_on.set()
+            await super().__call__(scope, receive, send)
+
+    class _InPlace(_Ends):
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    async def _failing(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("the route broke")  # answered with a 500 by the middleware
+
+    async def scenario() -> None:
+        for app, detach in [(_Ends(), True), (_InPlace(), False), (_failing, True)]:
+            freed = await one(app, detach)
+            assert freed() is None, f"{app!r} (detach={detach}) left a reference cycle"
+
+    # The 500's log record would hold the traceback, and with it the request, in pytest's
+    # capture of the logs.
+    logger = logging.getLogger("api_shim.middleware")
+    gc.disable()
+    logger.disabled = True
+    try:
+        asyncio.run(scenario())
+    finally:
+        logger.disabled = False
+        gc.enable()
