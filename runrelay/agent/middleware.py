@@ -192,16 +192,20 @@ async def run_pipeline(
     handlers: Sequence[Handler[Any]], context: Any, final: Callable[[Any], Awaitable[None]]
 ) -> None:
     """Call `handlers` around `final`; a context with `terminate` set goes no further."""
+    await _step(handlers, final, 0, context)
 
-    async def step(index: int, ctx: Any) -> None:
-        if ctx.terminate:
-            return
-        if index == len(handlers):
-            await final(ctx)
-            return
-        await handlers[index](ctx, lambda c: step(index + 1, c))
 
-    await step(0, context)
+async def _step(
+    handlers: Sequence[Handler[Any]], final: Callable[[Any], Awaitable[None]], index: int, ctx: Any
+) -> None:
+    # A function of the module, not a closure that calls itself: that closure would hold itself
+    # in a cell, and with it `final` and the whole run, which only the garbage collector frees.
+    if ctx.terminate:
+        return
+    if index == len(handlers):
+        await final(ctx)
+        return
+    await handlers[index](ctx, lambda c: _step(handlers, final, index + 1, c))
 
 
 def import_middleware(path: str) -> object:
