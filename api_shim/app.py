@@ -50,7 +50,7 @@ def create_app(settings: Settings, listeners: Sequence[RunListener] = ()) -> ASG
         feeder = BatchFeeder(state, _blocking_redis(settings))
         feeder.start()
         app.state.runrelay = state
-        tune_gc()
+        tune_gc(settings.gc_full_collection_s)
         try:
             yield
         finally:

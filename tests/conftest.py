@@ -36,6 +36,11 @@ from worker.app import create_app as create_worker_app
 
 WORKER_CONCURRENCY = 64
 
+# This process is no long-lived server: it builds and drops hundreds of apps and workers, and
+# what it froze of them after a full collection (runrelay/server/gc_tuning.py) would stay for
+# the session. The deployments of tests/recovery run as servers do, with the default.
+os.environ["RUNRELAY_GC_FULL_COLLECTION_S"] = "0"
+
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -81,7 +81,7 @@ class AsyncRuntime:
         self._thread = threading.Thread(target=self._run_loop, name="runrelay-asyncio", daemon=True)
         self._thread.start()
         self.executor: RunExecutor = self.call(self._build())
-        tune_gc()  # runs in flight by the thousand: fewer, shorter collections
+        tune_gc(settings.gc_full_collection_s)  # runs in flight by the thousand
 
     def _run_loop(self) -> None:
         """The loop's thread: runs it until `close` stops it, then closes it there, where it

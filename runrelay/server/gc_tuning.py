@@ -1,8 +1,21 @@
-"""The garbage collector of a long-lived server process (the API's and the worker's)."""
+"""The garbage collector of a long-lived server process (the API's and the worker's).
+
+CPython 3.11 collects the old generation whole: one collection walks every object of every open
+stream (~60 each) or run in flight, about a quarter of a second at 10,000 streams, and every
+stream waits for it. It runs whenever the old generation has grown by a quarter, which streams
+that come and go keep doing. Here what survives a full collection is frozen (`gc.freeze()`):
+later collections skip it, and walk only what came since. A frozen object that dies by
+reference counting is freed at once; one that dies in a reference cycle waits for the next
+collection that walks everything, which this module lets come once in `full_collection_s`.
+The request and run paths leave no such cycles (tests pin it), so in between little waits.
+"""
 
 from __future__ import annotations
 
 import gc
+import time
+from collections.abc import Callable
+from typing import Any
 
 # Young-generation collections this far apart (CPython's default is 700 allocations): thousands of
 # open streams, or of runs in flight, allocate a little per event, and each collection walks
@@ -10,11 +23,40 @@ import gc
 GEN0_THRESHOLD = 10_000
 
 
-def tune_gc() -> None:
+def tune_gc(full_collection_s: float) -> None:
     """After start-up: what start-up made (modules, the app, its routes and models) is frozen
-    out of every later collection, so a full collection with thousands of open streams or runs
-    walks only what they hold; and young collections run less often."""
+    out of every later collection, and young collections run less often. `full_collection_s`
+    > 0: what survives each full collection is frozen too, and once that long after the last
+    time everything was walked, it is all walked again (`FreezeSurvivors`); 0: only start-up."""
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(max(GEN0_THRESHOLD, gc.get_threshold()[0]), gen1, gen2)
+    # One policy a process, the last one set (a test process builds many apps).
+    gc.callbacks[:] = [c for c in gc.callbacks if not isinstance(c, FreezeSurvivors)]
+    if full_collection_s > 0:
+        gc.callbacks.append(FreezeSurvivors(full_collection_s))
+
+
+class FreezeSurvivors:
+    """A `gc.callbacks` entry: at the end of each full collection, freezes what survived it
+    (nothing else is left in any generation then), unless `full_collection_s` have passed since
+    the last time everything was walked: then it unfreezes all, and the next full collection
+    walks everything and frees whatever died in a cycle while frozen."""
+
+    def __init__(
+        self, full_collection_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.full_collection_s = full_collection_s
+        self._clock = clock
+        self._walked_all_at = clock()  # start-up's own collection
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase != "stop" or info["generation"] != 2:
+            return
+        now = self._clock()
+        if now - self._walked_all_at >= self.full_collection_s:
+            self._walked_all_at = now
+            gc.unfreeze()
+        else:
+            gc.freeze()

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     # Every Redis key runrelay writes starts with this, and so does the Celery queue.
     redis_prefix: str = "rr:"
     agents_config: Path = DEMO_AGENTS_CONFIG
+    # API and worker processes: what survives a full garbage collection is frozen, so later
+    # ones skip the open streams and runs in flight (no pause that grows with them); once in
+    # this long, one walks everything, to free what died in a reference cycle while frozen.
+    # 0: CPython's own policy after start-up (runrelay/server/gc_tuning.py).
+    gc_full_collection_s: float = Field(3600.0, ge=0)
 
     # Event log
     events_ttl_s: int = 7 * 24 * 3600

@@ -170,6 +170,7 @@ def deployed(
         **env_extra,
     }
     env.pop("RUNRELAY_DATABASE_SCHEMA", None)
+    env.pop("RUNRELAY_GC_FULL_COLLECTION_S", None)  # the servers' default (tests/conftest.py)
     if schema:
         env["RUNRELAY_DATABASE_SCHEMA"] = schema
     settings = Settings(

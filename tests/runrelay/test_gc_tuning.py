@@ -1,0 +1,100 @@
+"""The servers' garbage collector policy: what survives a full collection is skipped by the
+next ones, and whatever died in a cycle while frozen is freed once everything is walked again."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from runrelay.server.gc_tuning import FreezeSurvivors, tune_gc
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Node:
+    """A cycle's member (a plain object can be weakly referenced; a list cannot)."""
+
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def _tracked(obj: object) -> bool:
+    """Whether a collection would walk `obj` (frozen objects are in no generation)."""
+    return any(o is obj for o in gc.get_objects())
+
+
+@pytest.fixture
+def policy() -> Iterator[tuple[FreezeSurvivors, _Clock]]:
+    """The policy on this process's collector for one test, with a clock the test moves."""
+    saved = list(gc.callbacks)
+    clock = _Clock()
+    survivors = FreezeSurvivors(60.0, clock)
+    gc.callbacks.append(survivors)
+    try:
+        yield survivors, clock
+    finally:
+        gc.callbacks[:] = saved
+        gc.unfreeze()
+
+
+def test_what_survives_a_full_collection_is_not_walked_by_the_next(
+    policy: tuple[FreezeSurvivors, _Clock],
+) -> None:
+    kept = _Node()
+    assert _tracked(kept)
+    gc.collect()
+    assert not _tracked(kept)  # frozen: a long-lived stream costs later collections nothing
+    assert gc.get_freeze_count() > 0
+
+
+def test_a_cycle_that_died_frozen_is_freed_once_everything_is_walked_again(
+    policy: tuple[FreezeSurvivors, _Clock],
+) -> None:
+    _, clock = policy
+    first, second = _Node(), _Node()
+    first.other, second.other = second, first
+    gone = weakref.ref(first)
+    gc.collect()  # both survive it, and are frozen
+    del first, second
+    gc.collect()
+    assert gone() is not None  # the price of freezing: a frozen cycle waits...
+
+    clock.now += 60.0
+    gc.collect()  # ...until full_collection_s have passed: this one unfreezes everything,
+    assert gc.get_freeze_count() == 0
+    gc.collect()  # and the next walks it all
+    assert gone() is None
+    assert gc.get_freeze_count() > 0  # and freezes what survived it again
+
+
+def test_young_collections_freeze_nothing(policy: tuple[FreezeSurvivors, _Clock]) -> None:
+    gc.collect()
+    frozen = gc.get_freeze_count()
+    kept = _Node()
+    gc.collect(0)
+    gc.collect(1)
+    assert _tracked(kept)
+    assert gc.get_freeze_count() == frozen
+
+
+def test_tune_gc_sets_one_policy_per_process_and_zero_takes_it_away() -> None:
+    saved = list(gc.callbacks)
+    try:
+        tune_gc(3600.0)
+        tune_gc(1800.0)
+        ours = [c for c in gc.callbacks if isinstance(c, FreezeSurvivors)]
+        assert [c.full_collection_s for c in ours] == [1800.0]
+        tune_gc(0)
+        assert not any(isinstance(c, FreezeSurvivors) for c in gc.callbacks)
+    finally:
+        gc.callbacks[:] = saved
+        gc.unfreeze()
