@@ -31,6 +31,12 @@ connections) and above clients/procs in each client's. Raise the soft limit with
 it waits in SYN retries. `runrelay api --limit-concurrency N` answers 503 above N connections
 instead of running out of descriptors. The bench raises its own soft limit to the hard one.
 
+`--gc-log` loads bench/gc_probe/ into the stack's processes and reports every full garbage
+collection of the API (`api_full_collections`: when, relative to the window's start, and how
+long); `--full-collection-at S [S ...]` (implies it) makes the API run one S seconds into the
+window (negative: before it), to time the pause such a collection costs every stream without
+waiting for the API's collector to run one.
+
 The table goes to stdout and the JSON to bench/results/. Exit status: 0 every client connected,
 2 some did not, 1 the bench could not run.
 """
@@ -43,10 +49,13 @@ import contextlib
 import gc
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
+import signal
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -267,6 +276,8 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     ramp_cpu = cpu_used(ramp_cpu_before, cpu_snapshot(stack, None))
     print(f"ramp: {connected} connected in {ramp_s:.1f} s", file=sys.stderr)
     # Streams opened last may still be receiving their history (the open cost is `ramp_s`).
+    forcing = _force_full_collections(api.pid, time.time() + args.settle_s,
+                                      args.full_collection_at)
     time.sleep(args.settle_s)
     cpu_before = cpu_snapshot(stack, None)
     redis_lags: list[float] = []
@@ -283,6 +294,8 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         connected_samples.append(sum(c.value for c in counters))
         time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
     window[1] = time.time()
+    for timer in forcing:
+        timer.cancel()  # one due after the window (the window is short of it)
     clients_cpu = sum(_cpu_s(c) for c in clients) - clients_cpu_before
     probe.join(timeout=10)
     cpu = cpu_used(cpu_before, cpu_snapshot(stack, None))
@@ -335,7 +348,35 @@ def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "redis_connections_max": {
             k: max(s[k] for s in redis_samples) for k in redis_samples[0]
         },
+        **_full_collections(args.gc_log_path, api.pid, window[0]),
     }
+
+
+def _force_full_collections(
+    api_pid: int, start: float, offsets: list[float]
+) -> list[threading.Timer]:
+    """SIGUSR2 to the API (bench/gc_probe: a full collection) `offsets` seconds after `start`
+    (the window's start, `--settle-s` from now), or at once for one already past."""
+    timers = []
+    for offset in offsets:
+        timer = threading.Timer(max(0.0, start + offset - time.time()),
+                                os.kill, (api_pid, signal.SIGUSR2))
+        timer.daemon = True
+        timer.start()
+        timers.append(timer)
+    return timers
+
+
+def _full_collections(log: Path | None, api_pid: int, start: float) -> dict[str, Any]:
+    """The API's full collections that bench/gc_probe logged, relative to the window's start."""
+    if log is None:
+        return {}
+    rows = [line.split() for line in log.read_text().splitlines()]
+    return {"api_full_collections": [
+        {"at_s": round(float(at) - start, 2), "ms": float(ms), "collected": int(collected),
+         "kind": kind}
+        for role, pid, at, ms, collected, kind in rows if role == "api" and int(pid) == api_pid
+    ]}
 
 
 def _stalls(arrivals: list[tuple[float, float]], start: float) -> list[dict[str, float]]:
@@ -381,13 +422,26 @@ def main() -> int:
     parser.add_argument("--ramp-timeout", type=float, default=300.0)
     parser.add_argument("--settle-s", type=float, default=10.0,
                         help="pause between the ramp and the measured window")
+    parser.add_argument("--gc-log", action="store_true",
+                        help="log the API's full garbage collections (bench/gc_probe)")
+    parser.add_argument("--full-collection-at", type=float, nargs="+", default=[], metavar="S",
+                        help="make the API run a full garbage collection S seconds into the "
+                        "window (negative: before it); implies --gc-log")
     parser.add_argument("--label", default="", help="a tag for the results file (e.g. before)")
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args()
     _raise_fd_limit()
+    env: dict[str, str] = {}
+    args.gc_log_path = None
+    if args.gc_log or args.full_collection_at:
+        args.gc_log_path = Path(tempfile.mkstemp(prefix="runrelay-bench-gc-", suffix=".log")[1])
+        probe = str(BENCH_DIR / "gc_probe")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [probe, os.environ.get("PYTHONPATH")]))
+        env["RUNRELAY_BENCH_GC_LOG"] = str(args.gc_log_path)
     try:
-        with stack_up(worker_concurrency=args.runs + 20, keep_logs=args.keep_logs) as stack:
+        with stack_up(worker_concurrency=args.runs + 20, keep_logs=args.keep_logs,
+                      env=env) as stack:
             info, _ = backends(stack)
             report = {"bench": "fanout", "label": args.label,
                       "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -396,6 +450,9 @@ def main() -> int:
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if args.gc_log_path is not None:
+            args.gc_log_path.unlink(missing_ok=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     name = f"fanout-{args.clients}-{args.label or 'run'}-{int(time.time())}.json"
     (args.results_dir / name).write_text(json.dumps(report, indent=2))
