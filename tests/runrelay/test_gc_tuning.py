@@ -34,14 +34,17 @@ def _tracked(obj: object) -> bool:
 
 @pytest.fixture
 def policy() -> Iterator[tuple[FreezeSurvivors, _Clock]]:
-    """The policy on this process's collector for one test, with a clock the test moves."""
+    """The policy on this process's collector for one test, with a clock the test moves; no
+    collection but the test's own (the session's servers run threads in this process)."""
     saved = list(gc.callbacks)
     clock = _Clock()
     survivors = FreezeSurvivors(60.0, clock)
     gc.callbacks.append(survivors)
+    gc.disable()
     try:
         yield survivors, clock
     finally:
+        gc.enable()
         gc.callbacks[:] = saved
         gc.unfreeze()
 
