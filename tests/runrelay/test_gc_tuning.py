@@ -86,7 +86,7 @@ def test_young_collections_freeze_nothing(policy: tuple[FreezeSurvivors, _Clock]
     gc.collect(0)
     gc.collect(1)
     assert _tracked(kept)
-    assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() <= frozen  # fewer when frozen objects died meanwhile
 
 
 def test_tune_gc_sets_one_policy_per_process_and_zero_takes_it_away() -> None:
