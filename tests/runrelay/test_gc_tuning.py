@@ -33,25 +33,23 @@ def _tracked(obj: object) -> bool:
 
 
 @pytest.fixture
-def policy() -> Iterator[tuple[FreezeSurvivors, _Clock]]:
+def clock() -> Iterator[_Clock]:
     """The policy on this process's collector for one test, with a clock the test moves; no
     collection but the test's own (the session's servers run threads in this process)."""
     saved = list(gc.callbacks)
     clock = _Clock()
-    survivors = FreezeSurvivors(60.0, clock)
-    gc.callbacks.append(survivors)
+    gc.callbacks.append(FreezeSurvivors(60.0, clock))
     gc.disable()
     try:
-        yield survivors, clock
+        yield clock
     finally:
         gc.enable()
         gc.callbacks[:] = saved
         gc.unfreeze()
 
 
-def test_what_survives_a_full_collection_is_not_walked_by_the_next(
-    policy: tuple[FreezeSurvivors, _Clock],
-) -> None:
+@pytest.mark.usefixtures("clock")
+def test_what_survives_a_full_collection_is_not_walked_by_the_next() -> None:
     kept = _Node()
     assert _tracked(kept)
     gc.collect()
@@ -60,9 +58,8 @@ def test_what_survives_a_full_collection_is_not_walked_by_the_next(
 
 
 def test_a_cycle_that_died_frozen_is_freed_once_everything_is_walked_again(
-    policy: tuple[FreezeSurvivors, _Clock],
+    clock: _Clock,
 ) -> None:
-    _, clock = policy
     first, second = _Node(), _Node()
     first.other, second.other = second, first
     gone = weakref.ref(first)
@@ -79,7 +76,8 @@ def test_a_cycle_that_died_frozen_is_freed_once_everything_is_walked_again(
     assert gc.get_freeze_count() > 0  # and freezes what survived it again
 
 
-def test_young_collections_freeze_nothing(policy: tuple[FreezeSurvivors, _Clock]) -> None:
+@pytest.mark.usefixtures("clock")
+def test_young_collections_freeze_nothing() -> None:
     gc.collect()
     frozen = gc.get_freeze_count()
     kept = _Node()
