@@ -3,12 +3,16 @@ in the transaction that ends its run, once, and the last line puts the batch in 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 from sqlmodel import Session
 
 from runrelay.server.batch_tables import Batch, BatchItem
 from runrelay.server.batches import BatchListener, BatchStore
+from runrelay.server.settings import Settings
 from runrelay.server.store import Store, new_id
 from runrelay.server.tables import Run, utcnow
 from runrelay.types import RunStatus
@@ -130,3 +134,44 @@ def test_a_run_of_no_batch_is_left_alone(store: Store) -> None:
 
 def _no_webhook(session: Session, batch: Batch) -> str | None:
     raise AssertionError("a batch without a webhook records no delivery")
+
+
+_LOOK_FOR_ACTIVE_BATCHES = """
+import gc
+from runrelay.server.batches import BatchStore
+from runrelay.server.engine import make_engine
+from runrelay.server.settings import Settings
+
+batches = BatchStore(make_engine(Settings()))
+found = batches.active()  # the engine's first connection and compilation
+gc.collect()
+gc.disable()
+for _ in range(20):
+    assert [b.id for b in batches.active()] == [b.id for b in found]
+print(len(found), gc.collect())
+"""
+
+
+def test_the_feeders_look_for_active_batches_leaves_no_reference_cycles(
+    store: Store, settings: Settings
+) -> None:
+    """The batch feeder of every API process looks for active batches five times a second,
+    batches or not: nothing it leaves may wait for the garbage collector (in a process of its
+    own, so that no other thread's garbage counts)."""
+    _batch(store, 1)
+    env = {**os.environ, "DATABASE_URL": settings.database_url}
+    env.pop("RUNRELAY_DATABASE_SCHEMA", None)
+    if settings.database_schema:
+        env["RUNRELAY_DATABASE_SCHEMA"] = settings.database_schema
+    done = subprocess.run(
+        [sys.executable, "-c", _LOOK_FOR_ACTIVE_BATCHES],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    found, collected = map(int, done.stdout.split())
+    assert found >= 1  # the batch made above, at least
+    assert collected == 0
