@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -180,8 +180,10 @@ class BatchListener:
             await wake_feeder(self._redis, self._keys)
 
 
-# The feeder's query, five times a second in every API process even with no batch: built once,
-# as building it leaves objects in reference cycles (SQLAlchemy's bound parameters) each time.
+# Statements run over and over, built once: building one leaves objects in reference cycles
+# (SQLAlchemy's bound parameters) each time. The feeder's query runs five times a second in every
+# API process, batches or not; a snapshot every `batch_progress_poll_s` for each progress stream.
+_SNAPSHOT = select(Batch, _running_count(Batch.id)).where(col(Batch.id) == bindparam("batch_id"))
 _ACTIVE = (
     select(Batch)
     .where(
@@ -246,9 +248,8 @@ class BatchStore:
     # Reading ------------------------------------------------------------------------------------
 
     def snapshot(self, batch_id: str, *, tenant_id: str | None = None) -> Snapshot | None:
-        query = select(Batch, _running_count(Batch.id)).where(Batch.id == batch_id)
         with Session(self.engine, expire_on_commit=False) as session:
-            found = session.exec(query).first()
+            found = session.exec(_SNAPSHOT, params={"batch_id": batch_id}).first()
         if found is None or (tenant_id is not None and found[0].tenant_id != tenant_id):
             return None
         return Snapshot(found[0], int(found[1]))

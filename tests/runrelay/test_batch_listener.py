@@ -143,21 +143,24 @@ from runrelay.server.engine import make_engine
 from runrelay.server.settings import Settings
 
 batches = BatchStore(make_engine(Settings()))
-found = batches.active()  # the engine's first connection and compilation
+found = batches.active()  # the engine's first connection, and each statement's compilation
+batches.snapshot(found[0].id)
 gc.collect()
 gc.disable()
 for _ in range(20):
     assert [b.id for b in batches.active()] == [b.id for b in found]
+    assert batches.snapshot(found[0].id).batch.id == found[0].id
 print(len(found), gc.collect())
 """
 
 
-def test_the_feeders_look_for_active_batches_leaves_no_reference_cycles(
+def test_the_feeders_look_and_a_progress_streams_poll_leave_no_reference_cycles(
     store: Store, settings: Settings
 ) -> None:
     """The batch feeder of every API process looks for active batches five times a second,
-    batches or not: nothing it leaves may wait for the garbage collector (in a process of its
-    own, so that no other thread's garbage counts)."""
+    batches or not, and each `/events` stream reads its batch twice a second: nothing either
+    leaves may wait for the garbage collector (in a process of its own, so that no other
+    thread's garbage counts)."""
     _batch(store, 1)
     env = {**os.environ, "DATABASE_URL": settings.database_url}
     env.pop("RUNRELAY_DATABASE_SCHEMA", None)
