@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Send
 
 from api_shim.auth import Caller, acting_tenant
 from api_shim.batch_feeder import stop_batch
@@ -24,6 +25,7 @@ from api_shim.batch_upload import (
     store_lines,
 )
 from api_shim.errors import HTTPProblem, describe, request_id_of
+from api_shim.sse import PING, SseResponse, shutting_down
 from api_shim.state import ShimState, state_of
 from runrelay.batch_types import (
     BatchError,
@@ -364,6 +366,45 @@ def _version(value: str, source: str) -> int:
     return int(value)
 
 
+class BatchProgress(SseResponse):
+    """A batch's `batch.progress` events, then its `batch.done` (see `events`): its state is
+    read every `batch_progress_poll_s`, and sent when its version moved."""
+
+    def __init__(self, state: ShimState, batch_id: str, after: int) -> None:
+        super().__init__({})
+        self._state = state
+        self._batch_id = batch_id
+        self._after = after
+
+    async def _stream(self, send: Send, gone: asyncio.Future[None]) -> bool:
+        settings = self._state.settings
+        seen = self._after
+        retry_ms: int | None = settings.sse_retry_ms  # on the first frame only
+        wrote = time.monotonic()
+        while not gone.done() and not shutting_down():
+            snapshot = await asyncio.to_thread(self._state.batches.snapshot, self._batch_id)
+            if snapshot is None:  # an upload refused while it was followed
+                return False
+            version = snapshot.batch.version
+            ended = BatchStatus(snapshot.batch.status).is_terminal
+            if version > seen:
+                kind = "batch.done" if ended else "batch.progress"
+                data = batch_object(snapshot).model_dump_json()  # one line: JSON escapes \n
+                retry = "" if retry_ms is None else f"retry: {retry_ms}\n"
+                frame = f"id: {version}\nevent: {kind}\ndata: {data}\n{retry}\n".encode()
+                await send({"type": "http.response.body", "body": frame, "more_body": not ended})
+                if ended:
+                    return True  # its `batch.done` ended the body
+                seen, retry_ms, wrote = version, None, time.monotonic()
+            elif ended:  # followed from its last version: nothing more to send
+                return False
+            elif settings.sse_ping_s and time.monotonic() - wrote >= settings.sse_ping_s:
+                await send({"type": "http.response.body", "body": PING, "more_body": True})
+                wrote = time.monotonic()
+            await asyncio.wait({gone}, timeout=settings.batch_progress_poll_s)
+        return False
+
+
 @router.get(
     "/{batch_id}/events",
     responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
@@ -375,7 +416,7 @@ async def events(
     batch_id: str,
     after: Annotated[str | None, Query(description="resume after this event id")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> BatchProgress:
     """`batch.progress` events, each the whole batch object, whenever it changed (the event id
     is the batch's version, which only grows), then one `batch.done` once it ended. Resuming
     with `Last-Event-ID` (or `?after=`) sends the current state if it changed since."""
@@ -384,31 +425,5 @@ async def events(
         cursor = _version(after, "after")
     elif last_event_id is not None:
         cursor = _version(last_event_id.strip(), "Last-Event-ID")
-    state = state_of(request)
     batch = await _own(request, caller, batch_id)
-
-    async def frames() -> AsyncIterator[ServerSentEvent]:
-        seen, retry = cursor, state.settings.sse_retry_ms
-        retry_ms: int | None = retry
-        while True:
-            snapshot = await asyncio.to_thread(state.batches.snapshot, batch.id)
-            if snapshot is None:  # an upload refused while it was followed
-                return
-            version = snapshot.batch.version
-            ended = BatchStatus(snapshot.batch.status).is_terminal
-            if version > seen:
-                data = batch_object(snapshot).model_dump_json()
-                kind = "batch.done" if ended else "batch.progress"
-                yield ServerSentEvent(data=data, event=kind, id=str(version), retry=retry_ms)
-                seen, retry_ms = version, None
-            if ended:
-                return
-            await asyncio.sleep(state.settings.batch_progress_poll_s)
-
-    return EventSourceResponse(
-        frames(),
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        ping=state.settings.sse_ping_s,
-        sep="\n",
-        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
-    )
+    return BatchProgress(state_of(request), batch.id, cursor)

@@ -5,16 +5,14 @@ above the client's cursor, then followed through the hub from the last seq seen 
 `$`), so there is no gap and no duplicate between history and tail. While waiting, the run's row
 is re-read now and then: if it ended and its stream is gone, the rest comes from the archive.
 
-`EventStream` is the SSE response: a coroutine per stream writes the events (several in one
-write when they came together), a `: ping` after `sse_ping_s` without one, and stops when the
-client goes, the key is revoked or the server shuts down; a task per stream waits for the
-client to go. (sse-starlette's response runs four tasks and a cancel scope per message for
-each stream, which counts at thousands of streams.) The request's coroutine sits under some
-twenty layers of ASGI middleware and routing, so the route only starts the response and hands
-the writer to `RequestIdMiddleware` (`DETACH`), which awaits it in place of those layers: they
-return and their objects are freed, so a waiting stream holds a third as many objects for the
-garbage collector to walk, and an event resumes three frames above the writer, not twenty.
-The writer sends its chunks, and the end of the body, with the server's `send` (the
+`EventStream` is the SSE response (`api_shim/sse.py`): a coroutine per stream writes the events
+(several in one write when they came together), a `: ping` after `sse_ping_s` without one, and
+stops when the client goes, the key is revoked or the server shuts down. The request's coroutine
+sits under some twenty layers of ASGI middleware and routing, so the route only starts the
+response and hands the writer to `RequestIdMiddleware` (`DETACH`), which awaits it in place of
+those layers: they return and their objects are freed, so a waiting stream holds a third as many
+objects for the garbage collector to walk, and an event resumes three frames above the writer,
+not twenty. The writer sends its chunks, and the end of the body, with the server's `send` (the
 middleware's `BODY_SEND`), not through the wrappers of each layer.
 """
 
@@ -27,12 +25,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from sse_starlette.sse import AppStatus
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Send
 
 from api_shim.hub import Subscription
-from api_shim.middleware import BODY_SEND, DETACH
+from api_shim.sse import PING, SseResponse, shutting_down
 from api_shim.state import ShimState
 from runrelay.server.eventlog import LoggedEvent
 from runrelay.server.store import KEY_CACHE_S
@@ -182,18 +178,8 @@ def sse_frame(event: LoggedEvent, retry_ms: int | None = None) -> bytes:
     return f"id: {event.seq}\nevent: {event.type}\n{lines}{retry}\n".encode()
 
 
-_PING = b": ping\n\n"
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-class EventStream(Response):
+class EventStream(SseResponse):
     """A run's events as Server-Sent Events (see the module docstring)."""
-
-    media_type = "text/event-stream"
 
     def __init__(
         self,
@@ -204,9 +190,7 @@ class EventStream(Response):
         key_id: str | None,
         start: Opening | None,
     ) -> None:
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+        super().__init__(headers)
         self._state = state
         self._run_id = run_id
         self._after = after
@@ -214,26 +198,6 @@ class EventStream(Response):
         self._start = start
         self._retry: int | None = None  # the `retry:` field, on the first frame only
         self._wrote = 0.0  # when a chunk was last written (a ping goes after `sse_ping_s`)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        if scope.get("method") == "HEAD":
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        body = self._body(scope.get(BODY_SEND, send), receive)
-        detach = scope.get(DETACH)
-        if detach is not None:
-            detach(body)  # the request's layers return; the outermost awaits `body` instead
-            return
-        await body
-
-    async def _body(self, send: Send, receive: Receive) -> None:
-        gone = asyncio.ensure_future(_until_disconnect(receive))
-        try:
-            if not await self._stream(send, gone):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            gone.cancel()
 
     async def _write(self, send: Send, events: list[LoggedEvent]) -> bool:
         """Send the events (up to `done`); whether `done` was among them: then the body ends
@@ -270,7 +234,7 @@ class EventStream(Response):
         last = start.events[-1].seq if start.events else self._after
         self._start = start = None  # written: not held while the stream waits
         async with _Tail(state, self._run_id, last, self._key_id) as tail:
-            while not gone.done() and not AppStatus.should_exit:
+            while not gone.done() and not shutting_down():
                 # Not `tail.next()`: its coroutines would be held by every stream as it waits.
                 waiter = tail.waiter()
                 if waiter is not None:
@@ -281,7 +245,7 @@ class EventStream(Response):
                 if await self._write(send, events):
                     return True
                 if not events and ping_s and time.monotonic() - self._wrote >= ping_s:
-                    await send({"type": "http.response.body", "body": _PING, "more_body": True})
+                    await send({"type": "http.response.body", "body": PING, "more_body": True})
                     self._wrote = time.monotonic()
         return False
 

@@ -232,6 +232,7 @@ def test_progress_events_grow_end_with_done_and_resume_after_an_id(
     assert last["status"] == "completed" and last["request_counts"]["completed"] == 30
     resumed = _sse(client, f"/v1/batches/{batch['id']}/events", last_event_id=str(ids[-1] - 1))
     assert [int(e["id"]) for e in resumed] == [ids[-1]]
+    assert _sse(client, f"/v1/batches/{batch['id']}/events", last_event_id=str(ids[-1])) == []
     assert client.get(f"/v1/batches/{batch['id']}/events?after=-1").status_code == 400
 
 
