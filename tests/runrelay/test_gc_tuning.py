@@ -9,7 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from runrelay.server.gc_tuning import GENERATIONAL, FreezeSurvivors, tune_gc
+from runrelay.server.gc_tuning import (
+    GEN2_THRESHOLD_DEFAULT,
+    GEN2_THRESHOLD_FROZEN,
+    GENERATIONAL,
+    FreezeSurvivors,
+    tune_gc,
+)
 
 
 class _Clock:
@@ -89,14 +95,18 @@ def test_young_collections_freeze_nothing() -> None:
 
 @pytest.mark.skipif(not GENERATIONAL, reason="CPython 3.14's collector is incremental")
 def test_tune_gc_sets_one_policy_per_process_and_zero_takes_it_away() -> None:
-    saved = list(gc.callbacks)
+    saved, thresholds = list(gc.callbacks), gc.get_threshold()
     try:
         tune_gc(3600.0)
         tune_gc(1800.0)
         ours = [c for c in gc.callbacks if isinstance(c, FreezeSurvivors)]
         assert [c.full_collection_s for c in ours] == [1800.0]
+        # Each full collection walks only what came since the last: they come more often.
+        assert gc.get_threshold()[2] == GEN2_THRESHOLD_FROZEN < GEN2_THRESHOLD_DEFAULT
         tune_gc(0)
         assert not any(isinstance(c, FreezeSurvivors) for c in gc.callbacks)
+        assert gc.get_threshold()[2] == GEN2_THRESHOLD_DEFAULT  # each walks everything again
     finally:
         gc.callbacks[:] = saved
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
