@@ -24,12 +24,14 @@ from typing import Any
 GEN0_THRESHOLD = 10_000
 # With what survives each full collection frozen, a full collection walks only what came since the
 # last one, about as cheap as a collection of the middle generation: it then runs after every
-# second one of those (CPython's default: every eleventh, `GEN2_THRESHOLD_DEFAULT`). While
-# thousands of streams or runs open, each full collection freezes the few that came since the
-# last; less often, the first one after they stopped opening walks them all at once (at 10,000
-# streams ~0.27 s, against ~25 ms: bench/README.md, fan-out, twenty-fourth round).
+# second one of those (CPython's default: every eleventh), which run after every fifth young
+# one (CPython: every eleventh). While thousands of streams or runs open, each full collection
+# then freezes the few that came since the last; at CPython's pace the first one after they
+# stopped opening walked them all at once (at 10,000 streams ~0.27 s; now ~20 ms, and 30-70 ms
+# while they open: bench/README.md, fan-out, twenty-fourth round).
+GEN1_THRESHOLD_FROZEN = 5
 GEN2_THRESHOLD_FROZEN = 1
-GEN2_THRESHOLD_DEFAULT = 10
+GEN_THRESHOLDS_DEFAULT = (10, 10)  # CPython's, for the two older generations
 # CPython 3.14 alone collects the old generation a piece at a time (no such pause to avoid, and
 # its collections are not the generations `FreezeSurvivors` reads); 3.11-3.13 and 3.15 do not.
 GENERATIONAL = sys.version_info[:2] != (3, 14)
@@ -45,9 +47,8 @@ def tune_gc(full_collection_s: float) -> None:
     gc.collect()
     gc.freeze()
     freezing = full_collection_s > 0 and GENERATIONAL
-    gen0, gen1, _ = gc.get_threshold()
-    gen2 = GEN2_THRESHOLD_FROZEN if freezing else GEN2_THRESHOLD_DEFAULT
-    gc.set_threshold(max(GEN0_THRESHOLD, gen0), gen1, gen2)
+    older = (GEN1_THRESHOLD_FROZEN, GEN2_THRESHOLD_FROZEN) if freezing else GEN_THRESHOLDS_DEFAULT
+    gc.set_threshold(max(GEN0_THRESHOLD, gc.get_threshold()[0]), *older)
     # One policy a process, the last one set (a test process builds many apps).
     gc.callbacks[:] = [c for c in gc.callbacks if not isinstance(c, FreezeSurvivors)]
     if freezing:

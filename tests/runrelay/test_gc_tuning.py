@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from runrelay.server.gc_tuning import (
-    GEN2_THRESHOLD_DEFAULT,
+    GEN1_THRESHOLD_FROZEN,
     GEN2_THRESHOLD_FROZEN,
+    GEN_THRESHOLDS_DEFAULT,
     GENERATIONAL,
     FreezeSurvivors,
     tune_gc,
@@ -102,10 +103,13 @@ def test_tune_gc_sets_one_policy_per_process_and_zero_takes_it_away() -> None:
         ours = [c for c in gc.callbacks if isinstance(c, FreezeSurvivors)]
         assert [c.full_collection_s for c in ours] == [1800.0]
         # Each full collection walks only what came since the last: they come more often.
-        assert gc.get_threshold()[2] == GEN2_THRESHOLD_FROZEN < GEN2_THRESHOLD_DEFAULT
+        frozen = (GEN1_THRESHOLD_FROZEN, GEN2_THRESHOLD_FROZEN)
+        assert gc.get_threshold()[1:] == frozen
+        pairs = zip(frozen, GEN_THRESHOLDS_DEFAULT, strict=True)
+        assert all(ours < cpython for ours, cpython in pairs)
         tune_gc(0)
         assert not any(isinstance(c, FreezeSurvivors) for c in gc.callbacks)
-        assert gc.get_threshold()[2] == GEN2_THRESHOLD_DEFAULT  # each walks everything again
+        assert gc.get_threshold()[1:] == GEN_THRESHOLDS_DEFAULT  # each walks everything again
     finally:
         gc.callbacks[:] = saved
         gc.set_threshold(*thresholds)
