@@ -24,7 +24,7 @@ from typing import Any
 GEN0_THRESHOLD = 10_000
 # With what survives each full collection frozen, a full collection walks only what came since the
 # last one, about as cheap as a collection of the middle generation: it then runs after every
-# second one of those (CPython's default: every eleventh), which run after every fifth young
+# second one of those (CPython's default: every eleventh), which run after every sixth young
 # one (CPython: every eleventh). While thousands of streams or runs open, each full collection
 # then freezes the few that came since the last; at CPython's pace the first one after they
 # stopped opening walked them all at once (at 10,000 streams ~0.27 s; now ~20 ms, and 30-70 ms
