@@ -27,7 +27,7 @@ GEN0_THRESHOLD = 10_000
 # second one of those (CPython's default: every eleventh), which run after every sixth young
 # one (CPython: every eleventh). While thousands of streams or runs open, each full collection
 # then freezes the few that came since the last; at CPython's pace the first one after they
-# stopped opening walked them all at once (at 10,000 streams ~0.27 s; now ~20 ms, and 30-70 ms
+# stopped opening walked them all at once (at 10,000 streams ~0.27 s; now ~20 ms, and 15-90 ms
 # while they open: bench/README.md, fan-out, twenty-fourth round).
 GEN1_THRESHOLD_FROZEN = 5
 GEN2_THRESHOLD_FROZEN = 1
